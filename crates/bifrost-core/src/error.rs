@@ -1,0 +1,85 @@
+//! The one error type of the store contract. Backends keep driver detail as the `source`.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::name::StreamName;
+use crate::store::{ExpectedVersion, Version};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a stream's expected version did not hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionConflict {
+    pub stream: StreamName,
+    pub expected: ExpectedVersion,
+    /// The stream's actual version; `None` when it does not exist (or was soft-deleted).
+    pub actual: Option<Version>,
+}
+
+impl fmt::Display for VersionConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.actual {
+            Some(v) => write!(f, "stream {} expected {} but is at version {v}", self.stream, self.expected),
+            None => write!(f, "stream {} expected {} but does not exist", self.stream, self.expected),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid stream name {name:?}: {reason}")]
+    InvalidStreamName { name: String, reason: String },
+
+    #[error("invalid event type {name:?}: {reason}")]
+    InvalidEventType { name: String, reason: String },
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// One entry per stream whose expected version failed; nothing was stored.
+    #[error("wrong expected version: {}", display_conflicts(.0))]
+    WrongExpectedVersion(Vec<VersionConflict>),
+
+    /// The id is already stored for a different event (or at a different place).
+    #[error("event id {id} is already used by a different event")]
+    DuplicateEventId { id: Uuid },
+
+    #[error("stream {0} not found")]
+    StreamNotFound(StreamName),
+
+    /// The stream was hard-deleted: its name can never be written or read again.
+    #[error("stream {0} was deleted permanently")]
+    StreamDeleted(StreamName),
+
+    /// A read started beyond the end of the stream or of the log.
+    #[error("{0}")]
+    OutOfRange(String),
+
+    /// The store is closed or shutting down.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+
+    /// A failure inside the backend (I/O, driver, corruption).
+    #[error("storage error: {message}")]
+    Storage {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl Error {
+    pub fn storage(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Storage { message: message.into(), source: Some(Box::new(source)) }
+    }
+}
+
+fn display_conflicts(conflicts: &[VersionConflict]) -> String {
+    conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}

@@ -1,0 +1,30 @@
+//! Bifrost's core: the event model, the [`EventStore`] contract every backend implements,
+//! AMQP-style type patterns, an in-memory store and (feature `testkit`) the conformance
+//! suite that every backend runs.
+//!
+//! This crate does no I/O. Backends own their drivers; the server owns the wire JSON.
+
+pub mod error;
+pub mod event;
+pub mod memory;
+pub mod name;
+pub mod pattern;
+pub mod store;
+pub mod subscription;
+pub mod timestamp;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::{Error, Result, VersionConflict};
+pub use event::{EventId, Metadata, NewEvent, RecordedEvent};
+pub use memory::InMemoryStore;
+pub use name::{Category, EventType, StreamName};
+pub use pattern::TypePattern;
+pub use store::{
+    AppendResult, DeleteMode, Direction, EventStore, ExpectedVersion, LogFilter, LogSlice, Position,
+    StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamSlice, StreamSummary, SubscribeFrom,
+    Version,
+};
+pub use subscription::EventStream;
+pub use timestamp::Timestamp;

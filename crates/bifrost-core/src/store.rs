@@ -1,0 +1,485 @@
+//! The store contract. Every backend implements [`EventStore`] and passes the conformance
+//! suite in [`crate::testkit`]; the rules shared by all backends live here too so that they
+//! cannot drift apart.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result, VersionConflict};
+use crate::event::{EventId, NewEvent, RecordedEvent, validate_new_event};
+use crate::name::{Category, EventType, StreamName};
+use crate::pattern::TypePattern;
+use crate::subscription::{self, EventStream};
+use crate::timestamp::Timestamp;
+
+/// A place in the global log (`$all`). Strictly increasing; `0` is "before the first event".
+pub type Position = u64;
+/// A place in one stream: 1-based and contiguous; `0` is "before the first event".
+pub type Version = u64;
+
+/// What the writer believes about a stream before appending (optimistic concurrency).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check.
+    #[default]
+    Any,
+    /// The stream must not exist (or must have been soft-deleted).
+    NoStream,
+    /// The stream must exist.
+    StreamExists,
+    /// The stream must be exactly at this version; `Exact(0)` means the same as `NoStream`.
+    Exact(Version),
+}
+
+impl ExpectedVersion {
+    /// Checks this expectation against the stream's actual version (`None`: no stream).
+    pub fn check(self, stream: &StreamName, actual: Option<Version>) -> Result<(), VersionConflict> {
+        let holds = match self {
+            Self::Any => true,
+            Self::NoStream | Self::Exact(0) => actual.is_none(),
+            Self::StreamExists => actual.is_some(),
+            Self::Exact(v) => actual == Some(v),
+        };
+        if holds { Ok(()) } else { Err(VersionConflict { stream: stream.clone(), expected: self, actual }) }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any version"),
+            Self::NoStream => f.write_str("no stream"),
+            Self::StreamExists => f.write_str("an existing stream"),
+            Self::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// The events for one stream inside an append (which may span several streams).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamAppend {
+    pub stream: StreamName,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    pub fn new(stream: StreamName, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self { stream, expected, events }
+    }
+}
+
+/// Where an append's events landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    pub stream: StreamName,
+    pub first_version: Version,
+    pub last_version: Version,
+    pub first_position: Position,
+    pub last_position: Position,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    #[default]
+    Forward,
+    Backward,
+}
+
+/// A page of one stream. `next` is the version to continue from, `None` at the end.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamSlice {
+    pub events: Vec<RecordedEvent>,
+    pub next: Option<Version>,
+}
+
+/// A page of the global log. `next_position` is the (exclusive) position to continue
+/// from: the last event returned, or the head of the log when the filter skipped the rest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogSlice {
+    pub events: Vec<RecordedEvent>,
+    pub next_position: Position,
+}
+
+/// Which events of the global log a read or subscription wants. Empty matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct LogFilter {
+    /// Any of these patterns (none: every type).
+    pub types: Vec<TypePattern>,
+    pub category: Option<Category>,
+    pub correlation_id: Option<String>,
+    /// `recorded_at >= since`.
+    pub since: Option<Timestamp>,
+    /// `recorded_at < until`.
+    pub until: Option<Timestamp>,
+}
+
+impl LogFilter {
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty()
+            && self.category.is_none()
+            && self.correlation_id.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
+    pub fn with_types<I, S>(mut self, patterns: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for p in patterns {
+            self.types.push(TypePattern::new(p.as_ref())?);
+        }
+        Ok(self)
+    }
+
+    pub fn matches_type(&self, event_type: &str) -> bool {
+        self.types.is_empty() || self.types.iter().any(|p| p.matches(event_type))
+    }
+
+    /// The whole filter, given the fields it looks at.
+    pub fn matches(
+        &self,
+        event_type: &str,
+        stream: &StreamName,
+        correlation_id: Option<&str>,
+        recorded_at: Timestamp,
+    ) -> bool {
+        self.matches_type(event_type)
+            && self.category.as_ref().is_none_or(|c| c.as_str() == stream.category())
+            && self.correlation_id.as_deref().is_none_or(|c| Some(c) == correlation_id)
+            && self.since.is_none_or(|s| recorded_at >= s)
+            && self.until.is_none_or(|u| recorded_at < u)
+    }
+}
+
+/// What the store knows about one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub stream: StreamName,
+    /// The last version written (kept across a soft delete, so appends continue after it).
+    pub version: Version,
+    pub aggregate_type: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Soft-deleted: reads answer "not found" until the next append.
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StreamListQuery {
+    pub prefix: Option<String>,
+    pub category: Option<Category>,
+    /// Exclusive: list names after this one.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub stream: StreamName,
+    pub version: Version,
+    pub aggregate_type: String,
+    pub updated_at: Timestamp,
+}
+
+/// Streams in name order; `next` continues the listing (`after=next`), `None` at the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamListing {
+    pub streams: Vec<StreamSummary>,
+    pub next: Option<StreamName>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteMode {
+    /// Reads answer "not found"; a later append revives the stream after its last version.
+    Soft,
+    /// Tombstone: the events are removed and the name can never be written again.
+    Hard,
+}
+
+/// Where a subscription starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribeFrom {
+    /// The first event of the log.
+    Start,
+    /// Only events committed after the subscription was made.
+    End,
+    /// Events after this position (exclusive).
+    After(Position),
+}
+
+/// The event store contract.
+///
+/// Invariants every backend keeps (the conformance suite checks each one):
+/// appends are atomic across all their streams; versions are contiguous per stream;
+/// positions strictly increase in commit order, so a reader that has seen position `P`
+/// never later meets a newly committed event below `P`; an append is acknowledged only
+/// once it is durable (unless the user chose a relaxed mode); re-sending an acknowledged
+/// append with the same event ids returns the original result and stores nothing twice.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends to several streams atomically: every event of every stream, or nothing.
+    /// Each stream's expected version is checked; on any conflict the error names them all.
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>>;
+
+    /// Appends events to one stream atomically.
+    async fn append(
+        &self,
+        stream: StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let mut results = self.append_many(vec![StreamAppend::new(stream, expected, events)]).await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Storage { message: "append returned no result".into(), source: None })
+    }
+
+    /// Reads up to `limit` events of a stream starting at version `from` (inclusive), in
+    /// `direction`. Backward reads from beyond the last version start at the last version;
+    /// a forward read may start at most one past the last version.
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice>;
+
+    /// Reads up to `limit` events of the global log after position `after` (exclusive)
+    /// that match `filter`. Starting beyond the head of the log is an error.
+    async fn read_all(&self, after: Position, filter: &LogFilter, limit: usize) -> Result<LogSlice>;
+
+    /// One event by id, `None` when no such event is stored.
+    async fn event(&self, id: EventId) -> Result<Option<RecordedEvent>>;
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo>;
+
+    async fn list_streams(&self, query: &StreamListQuery) -> Result<StreamListing>;
+
+    async fn delete_stream(&self, stream: &StreamName, mode: DeleteMode) -> Result<()>;
+
+    /// The position of the last committed event, updated after every commit. Live
+    /// subscriptions wait on it instead of polling.
+    fn head(&self) -> watch::Receiver<Position>;
+
+    /// Stops accepting writes, finishes those in flight and releases the storage.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Subscriptions for every store: catch-up from the log, then live, without gap or
+/// duplicate, pulled by the consumer (back-pressure).
+pub trait EventStoreExt: EventStore {
+    fn subscribe(self: Arc<Self>, from: SubscribeFrom, filter: LogFilter) -> EventStream
+    where
+        Self: Sized,
+    {
+        subscription::subscribe(self, from, filter)
+    }
+}
+
+impl<S: EventStore> EventStoreExt for S {}
+
+/// The checks every backend makes before touching storage: non-empty events, valid event
+/// fields, no stream twice, no event id twice.
+pub fn validate_appends(appends: &[StreamAppend]) -> Result<()> {
+    if appends.is_empty() {
+        return Err(Error::InvalidArgument("an append needs at least one stream".into()));
+    }
+    let mut streams = HashSet::with_capacity(appends.len());
+    let mut ids = HashSet::new();
+    for append in appends {
+        if append.events.is_empty() {
+            return Err(Error::InvalidArgument(format!("the append to {} has no events", append.stream)));
+        }
+        if !streams.insert(&append.stream) {
+            return Err(Error::InvalidArgument(format!(
+                "stream {} appears more than once in one append",
+                append.stream
+            )));
+        }
+        for event in &append.events {
+            validate_new_event(event)?;
+            if !ids.insert(event.id) {
+                return Err(Error::InvalidArgument(format!(
+                    "event id {} appears more than once in one append",
+                    event.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a backend found for an event id during an idempotency check.
+#[derive(Clone, Debug)]
+pub struct StoredEventRef {
+    pub stream: StreamName,
+    pub version: Version,
+    pub position: Position,
+    pub event_type: EventType,
+    pub data: bytes::Bytes,
+}
+
+/// Decides whether `append` re-sends events that are already stored.
+///
+/// `Ok(Some(result))`: every event is already stored, in this stream, in this order, with
+/// the same type and data — the original result is the answer and nothing is written.
+/// `Ok(None)`: the first id is new; the append goes ahead (a later id that turns out to be
+/// stored is a [`Error::DuplicateEventId`], which the backend detects).
+/// `Err(DuplicateEventId)`: some id is stored for a different event or place.
+pub fn check_replay(
+    append: &StreamAppend,
+    mut lookup: impl FnMut(&EventId) -> Result<Option<StoredEventRef>>,
+) -> Result<Option<AppendResult>> {
+    let Some(first) = append.events.first() else { return Ok(None) };
+    let Some(stored_first) = lookup(&first.id)? else { return Ok(None) };
+    let mut last = stored_first.clone();
+    for (offset, event) in (0u64..).zip(&append.events) {
+        let stored = if offset == 0 {
+            stored_first.clone()
+        } else {
+            lookup(&event.id)?.ok_or(Error::DuplicateEventId { id: first.id })?
+        };
+        let same = stored.stream == append.stream
+            && stored.version == stored_first.version + offset
+            && stored.event_type == event.event_type
+            && stored.data == event.data;
+        if !same {
+            return Err(Error::DuplicateEventId { id: event.id });
+        }
+        last = stored;
+    }
+    Ok(Some(AppendResult {
+        stream: append.stream.clone(),
+        first_version: stored_first.version,
+        last_version: last.version,
+        first_position: stored_first.position,
+        last_position: last.position,
+    }))
+}
+
+/// The state of a stream as a backend keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamState {
+    Live,
+    SoftDeleted,
+    Tombstoned,
+}
+
+impl StreamState {
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Self::Live => 0,
+            Self::SoftDeleted => 1,
+            Self::Tombstoned => 2,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Result<Self> {
+        match v {
+            0 => Ok(Self::Live),
+            1 => Ok(Self::SoftDeleted),
+            2 => Ok(Self::Tombstoned),
+            other => Err(Error::Storage { message: format!("unknown stream state {other}"), source: None }),
+        }
+    }
+}
+
+/// The expected-version rule, given a stream's stored version and state: returns the
+/// version to append after. Tombstoned streams refuse every append; soft-deleted ones count
+/// as absent for the check but keep counting versions.
+pub fn check_expected(
+    append: &StreamAppend,
+    stored: Option<(Version, StreamState)>,
+) -> Result<Version, Error> {
+    let (version, actual) = match stored {
+        None => (0, None),
+        Some((_, StreamState::Tombstoned)) => return Err(Error::StreamDeleted(append.stream.clone())),
+        Some((v, StreamState::SoftDeleted)) => (v, None),
+        Some((v, StreamState::Live)) => (v, Some(v)),
+    };
+    append
+        .expected
+        .check(&append.stream, actual)
+        .map(|()| version)
+        .map_err(|c| Error::WrongExpectedVersion(vec![c]))
+}
+
+/// Default `aggregate_type`: the event's own, else the stream's category.
+pub fn aggregate_type_of(event: &NewEvent, stream: &StreamName) -> String {
+    event.aggregate_type.clone().unwrap_or_else(|| stream.category().to_owned())
+}
+
+/// The versions a stream read covers, and where the next page starts.
+pub struct StreamWindow {
+    pub first: Version,
+    pub count: usize,
+    pub direction: Direction,
+    pub next: Option<Version>,
+}
+
+impl StreamWindow {
+    pub fn iter(&self) -> impl Iterator<Item = Version> + '_ {
+        let n = self.count as u64;
+        (0..n).map(move |i| match self.direction {
+            Direction::Forward => self.first + i,
+            Direction::Backward => self.first - i,
+        })
+    }
+}
+
+/// Applies the paging rules of `read_stream` for a stream at version `last`: forward reads
+/// may start at most one past the end, backward reads beyond the end start at the end.
+pub fn stream_window(
+    stream: &StreamName,
+    last: Version,
+    from: Version,
+    direction: Direction,
+    limit: usize,
+) -> Result<StreamWindow> {
+    let limit = limit.max(1) as u64;
+    match direction {
+        Direction::Forward => {
+            let first = from.max(1);
+            if first > last + 1 {
+                return Err(Error::OutOfRange(format!(
+                    "stream {stream} is at version {last}; a forward read can start at most at {}",
+                    last + 1
+                )));
+            }
+            let end = last.min(first.saturating_add(limit - 1));
+            let count = if first > last { 0 } else { end - first + 1 };
+            let next = (end < last).then_some(end + 1);
+            Ok(StreamWindow { first, count: count as usize, direction, next })
+        }
+        Direction::Backward => {
+            let first = from.min(last);
+            if first == 0 {
+                return Ok(StreamWindow { first: 0, count: 0, direction, next: None });
+            }
+            let count = first.min(limit);
+            let end = first - count + 1;
+            let next = (end > 1).then_some(end - 1);
+            Ok(StreamWindow { first, count: count as usize, direction, next })
+        }
+    }
+}
+
+/// Starting a log read past the head is a client error (a position this log never had).
+pub fn check_log_start(after: Position, head: Position) -> Result<()> {
+    if after > head {
+        return Err(Error::OutOfRange(format!(
+            "position {after} is beyond the end of the log (the last position is {head})"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The conformance suite: the store contract as executable cases. Every backend runs all
+//! of them through [`conformance_suite!`](crate::conformance_suite):
+//!
+//! ```ignore
+//! async fn store() -> bifrost_core::testkit::Harness { /* open a fresh, empty store */ }
+//! bifrost_core::conformance_suite!(store);
+//! ```
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::event::NewEvent;
+use crate::name::{EventType, StreamName};
+use crate::store::EventStore;
+
+pub mod cases;
+pub mod properties;
+
+/// A fresh, empty store, plus whatever must live as long as it (a temporary directory, a
+/// database schema to drop).
+pub struct Harness {
+    pub store: Arc<dyn EventStore>,
+    pub guard: Box<dyn Any + Send + Sync>,
+}
+
+impl Harness {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { store, guard: Box::new(()) }
+    }
+
+    pub fn with_guard(store: Arc<dyn EventStore>, guard: impl Any + Send + Sync) -> Self {
+        Self { store, guard: Box::new(guard) }
+    }
+}
+
+/// A stream name; panics on an invalid one (test input only).
+pub fn stream(name: &str) -> StreamName {
+    StreamName::new(name).expect("valid stream name in test")
+}
+
+/// A JSON event of `event_type` carrying `data` verbatim.
+pub fn event(event_type: &str, data: &str) -> NewEvent {
+    NewEvent::new(EventType::new(event_type).expect("valid event type in test"), data.as_bytes().to_vec())
+}
+
+/// `n` events `test.event` with data `{"n":i}`.
+pub fn events(n: usize) -> Vec<NewEvent> {
+    (0..n).map(|i| event("test.event", &format!("{{\"n\":{i}}}"))).collect()
+}
+
+/// Generates one test per conformance case (and the property tests) for a backend.
+/// `$factory` is an `async fn() -> Harness` that opens a fresh, empty store.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:path) => {
+        $crate::__conformance_cases!($factory;
+            append_to_a_new_stream_numbers_versions_from_one,
+            positions_strictly_increase_across_streams,
+            expected_no_stream_holds_only_for_a_missing_stream,
+            expected_stream_exists_holds_only_for_an_existing_stream,
+            append_with_stale_expected_version_is_rejected_with_actual_version,
+            expected_exact_zero_means_no_stream,
+            expected_any_always_appends,
+            resending_an_append_returns_the_original_result_and_stores_nothing,
+            resending_a_stored_id_with_different_content_is_a_duplicate,
+            reusing_an_id_in_another_stream_is_a_duplicate,
+            a_batch_with_one_stored_id_stores_nothing,
+            a_rejected_batch_stores_nothing,
+            multi_stream_append_is_atomic_and_names_every_conflict,
+            multi_stream_append_returns_results_in_request_order,
+            multi_stream_append_is_idempotent,
+            malformed_appends_are_rejected,
+            read_stream_forward_pages_with_next,
+            read_stream_backward_pages_with_next,
+            read_stream_from_past_the_end,
+            read_of_an_unknown_stream_is_not_found,
+            read_all_pages_from_an_exclusive_position,
+            read_all_from_beyond_the_head_is_out_of_range,
+            read_all_filters_by_type_pattern,
+            read_all_filters_by_category,
+            read_all_filters_by_correlation_id,
+            read_all_filters_by_time_range,
+            filtered_read_that_matches_nothing_advances_to_the_head,
+            event_by_id,
+            stream_info_reports_version_type_and_times,
+            aggregate_type_defaults_to_the_category,
+            list_streams_filters_and_pages_in_name_order,
+            soft_delete_hides_the_stream_until_the_next_append,
+            hard_delete_removes_the_events_and_forbids_the_name,
+            deleting_an_unknown_stream_is_not_found,
+            large_and_unicode_payloads_round_trip_byte_for_byte,
+            metadata_round_trips_with_free_keys,
+            occurred_at_is_kept_and_recorded_at_never_decreases,
+            subscription_catches_up_then_goes_live,
+            subscription_from_end_sees_only_new_events,
+            subscription_from_a_position_is_exclusive,
+            subscription_applies_its_filter,
+            subscriptions_under_concurrent_appends_see_every_event_once_in_order,
+            concurrent_appends_with_the_same_expected_version_have_one_winner,
+            concurrent_writers_keep_versions_contiguous_and_positions_increasing,
+            many_events_in_one_append,
+        );
+
+        #[test]
+        fn log_invariants_hold_for_any_sequence_of_operations() {
+            $crate::testkit::properties::sequential_model_check(|| $factory());
+        }
+
+        #[test]
+        fn log_invariants_hold_for_any_interleaving_of_concurrent_appends() {
+            $crate::testkit::properties::concurrent_invariants(|| $factory());
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let harness = $factory().await;
+                $crate::testkit::cases::$case(harness.store.clone()).await;
+                let _ = harness.store.close().await;
+                drop(harness);
+            }
+        )*
+    };
+}
