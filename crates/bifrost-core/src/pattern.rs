@@ -33,7 +33,9 @@ impl TypePattern {
         for segment in pattern.split('.') {
             let compiled = match segment {
                 "" => {
-                    return Err(invalid("segments are separated by single dots and none may be empty".into()));
+                    return Err(invalid(
+                        "segments are separated by single dots and none may be empty".into(),
+                    ));
                 }
                 "*" => Segment::One,
                 "#" => Segment::Any,

@@ -178,6 +178,49 @@ pub async fn a_rejected_batch_stores_nothing(store: Store) {
     assert!(r.first_position > head_before);
 }
 
+pub async fn failing_appends_among_concurrent_ones_store_nothing(store: Store) {
+    let stored = event("a.b", "{}");
+    store.append(stream("dup-1"), ExpectedVersion::Any, vec![stored.clone()]).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        let stored = stored.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 3 {
+                // Fails on its second event, after the first was written.
+                0 => store
+                    .append(
+                        stream(&format!("bad-{i}")),
+                        ExpectedVersion::Any,
+                        vec![event("a.b", "{}"), stored],
+                    )
+                    .await
+                    .map(|_| 0),
+                // Fails its expected version.
+                1 => store.append(stream("dup-1"), ExpectedVersion::Exact(7), events(3)).await.map(|_| 0),
+                _ => store
+                    .append(stream(&format!("good-{i}")), ExpectedVersion::NoStream, events(2))
+                    .await
+                    .map(|_| 2),
+            }
+        }));
+    }
+    let mut stored_events = 1;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match (i % 3, t.await.unwrap()) {
+            (0, Err(Error::DuplicateEventId { .. })) | (1, Err(Error::WrongExpectedVersion(_))) => {}
+            (2, Ok(n)) => stored_events += n,
+            (kind, other) => panic!("append {i} (kind {kind}) ended with {other:?}"),
+        }
+    }
+    let log = all_events(&store).await;
+    assert_eq!(log.len(), stored_events);
+    assert!(log.iter().all(|e| !e.stream.starts_with("bad-")));
+    assert_eq!(store.stream_info(&stream("dup-1")).await.unwrap().version, 1);
+    let bad = StreamListQuery { prefix: Some("bad".into()), limit: 100, ..Default::default() };
+    assert!(store.list_streams(&bad).await.unwrap().streams.is_empty());
+}
+
 pub async fn multi_stream_append_is_atomic_and_names_every_conflict(store: Store) {
     store.append(stream("a-1"), ExpectedVersion::Any, events(1)).await.unwrap();
     store.append(stream("b-1"), ExpectedVersion::Any, events(2)).await.unwrap();

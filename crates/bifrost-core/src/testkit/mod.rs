@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
             reusing_an_id_in_another_stream_is_a_duplicate,
             a_batch_with_one_stored_id_stores_nothing,
             a_rejected_batch_stores_nothing,
+            failing_appends_among_concurrent_ones_store_nothing,
             multi_stream_append_is_atomic_and_names_every_conflict,
             multi_stream_append_returns_results_in_request_order,
             multi_stream_append_is_idempotent,

@@ -1,0 +1,54 @@
+//! Rows to events and back: the on-disk encoding of the model.
+
+use bifrost_core::{Error, EventType, RecordedEvent, Result, StreamName, Timestamp};
+use bytes::Bytes;
+use rusqlite::Row;
+use uuid::Uuid;
+
+/// The columns every event query selects, in the order [`event_from_row`] reads them.
+pub(crate) const EVENT_COLUMNS: &str = "position, id, stream, version, aggregate_type, type, \
+     schema_version, data, metadata, occurred_at, recorded_at";
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Storage { message: format!("stored {what} is invalid: {detail}"), source: None }
+}
+
+pub(crate) fn sql(e: rusqlite::Error) -> Error {
+    Error::storage("query failed", e)
+}
+
+pub(crate) fn uuid_from_blob(blob: &[u8]) -> Result<Uuid> {
+    Uuid::from_slice(blob).map_err(|e| corrupt("event id", e))
+}
+
+pub(crate) fn u64_from(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| corrupt(what, v))
+}
+
+pub(crate) fn i64_from(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} is too large")))
+}
+
+pub(crate) fn event_from_row(row: &Row<'_>) -> Result<RecordedEvent> {
+    let stream = row.get_ref(2).map_err(sql)?.as_str().map_err(|e| corrupt("stream name", e))?;
+    let event_type = row.get_ref(5).map_err(sql)?.as_str().map_err(|e| corrupt("event type", e))?;
+    Ok(RecordedEvent {
+        position: u64_from(row.get(0).map_err(sql)?, "position")?,
+        id: uuid_from_blob(row.get_ref(1).map_err(sql)?.as_blob().map_err(|e| corrupt("event id", e))?)?,
+        stream: StreamName::new(stream).map_err(|e| corrupt("stream name", e))?,
+        version: u64_from(row.get(3).map_err(sql)?, "version")?,
+        aggregate_type: row.get(4).map_err(sql)?,
+        event_type: EventType::new(event_type).map_err(|e| corrupt("event type", e))?,
+        schema_version: u32::try_from(row.get::<_, i64>(6).map_err(sql)?)
+            .map_err(|e| corrupt("schema version", e))?,
+        data: blob(row, 7)?,
+        metadata: blob(row, 8)?,
+        occurred_at: Timestamp::from_micros(row.get(9).map_err(sql)?),
+        recorded_at: Timestamp::from_micros(row.get(10).map_err(sql)?),
+    })
+}
+
+fn blob(row: &Row<'_>, idx: usize) -> Result<Bytes> {
+    let bytes = row.get_ref(idx).map_err(sql)?.as_blob().map_err(|e| corrupt("payload", e))?;
+    Ok(Bytes::copy_from_slice(bytes))
+}
