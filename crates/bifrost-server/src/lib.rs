@@ -1,1 +1,215 @@
+//! Bifrost's HTTP service: the v1 JSON API over an [`EventStore`], live Server-Sent Events,
+//! health, Prometheus metrics and the OpenAPI document.
+//!
+//! Invariants: this crate is the only one that knows the wire JSON ([`wire`]); every error
+//! answer is `application/problem+json` made by [`error::ApiError`]; bad input never
+//! touches the store; a panicking handler answers 500 and the process lives on.
 
+pub mod error;
+mod extract;
+mod metrics;
+mod openapi;
+mod routes;
+pub mod wire;
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use bifrost_core::EventStore;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::error::{ApiError, PROBLEM_JSON, ProblemType};
+
+pub use crate::metrics::install_metrics_recorder;
+pub use crate::openapi::openapi_json;
+
+/// Limits and timings of the HTTP service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Largest request body, in bytes (4 MiB).
+    pub max_body_bytes: usize,
+    /// Largest `data` of one event, in bytes (1 MiB).
+    pub max_event_bytes: usize,
+    /// Most events in one append request, over all its streams (1000).
+    pub max_events_per_append: usize,
+    /// Interval of the SSE heartbeat comment (15 s).
+    pub sse_heartbeat: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_event_bytes: 1024 * 1024,
+            max_events_per_append: 1000,
+            sse_heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What every handler sees.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    /// Cancelled when the server shuts down: ends the infinite responses (SSE).
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The whole API as a router, ready for `axum::serve` or `tower::ServiceExt::oneshot`.
+/// `metrics: None` makes `/metrics` answer 503.
+pub fn router(store: Arc<dyn EventStore>, config: ServerConfig, metrics: Option<PrometheusHandle>) -> Router {
+    let state = AppState { store, config: Arc::new(config), metrics, shutdown: CancellationToken::new() };
+    build(state, None)
+}
+
+/// [`router`] with extra routes behind the same layers (error mapping, panic catching,
+/// metrics). For tests of those layers.
+#[doc(hidden)]
+pub fn router_with_extra_routes(
+    store: Arc<dyn EventStore>,
+    config: ServerConfig,
+    metrics: Option<PrometheusHandle>,
+    extra: Router,
+) -> Router {
+    let state = AppState { store, config: Arc::new(config), metrics, shutdown: CancellationToken::new() };
+    build(state, Some(extra))
+}
+
+fn build(state: AppState, extra: Option<Router>) -> Router {
+    let (mut api, _) = routes::api().split_for_parts();
+    api = api.fallback(routes::ops::not_found);
+    let body_limit = state.config.max_body_bytes;
+    let mut app = api.with_state(state);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
+    // Innermost first: the body limit applies to extraction, panics become 500 problems,
+    // anything else that is not a problem yet becomes one, and the metrics see the final
+    // status under the matched route template.
+    app.layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::map_response(problems_only))
+        .layer(axum::middleware::from_fn(metrics::track_requests))
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    tracing::error!(panic = %message, "a request handler panicked");
+    ApiError::internal("the server failed while handling this request").into_response()
+}
+
+/// Error answers that axum makes on its own (unknown method, body limits) are plain text;
+/// rewrite them as problems so that clients see one error format.
+async fn problems_only(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return response;
+    }
+    let kind = ProblemType::for_status(status);
+    let allow = response.headers().get(ALLOW).cloned();
+    let detail = match kind {
+        ProblemType::MethodNotAllowed => "this route does not support this method".to_owned(),
+        _ => format!("the request failed with status {status}"),
+    };
+    let mut problem = ApiError::new(kind, detail).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(ALLOW, allow);
+    }
+    problem
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then shuts down gracefully:
+/// stops accepting, ends every SSE stream, lets in-flight requests finish, closes the store.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn EventStore>,
+    config: ServerConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = CancellationToken::new();
+    let state = AppState {
+        store: Arc::clone(&store),
+        config: Arc::new(config),
+        metrics: metrics.clone(),
+        shutdown: token.clone(),
+    };
+    let app = build(state, None);
+    let upkeep = metrics.map(|handle| tokio::spawn(metrics_upkeep(handle, token.clone())));
+    let signal = {
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            token.cancel();
+        }
+    };
+    let served = axum::serve(listener, app).with_graceful_shutdown(signal).await;
+    token.cancel();
+    if let Some(task) = upkeep {
+        let _ = task.await;
+    }
+    let closed = store.close().await;
+    served?;
+    closed.map_err(std::io::Error::other)
+}
+
+/// The Prometheus recorder needs periodic upkeep (histogram draining, idle metrics).
+async fn metrics_upkeep(handle: PrometheusHandle, token: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

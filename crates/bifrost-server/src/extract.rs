@@ -1,0 +1,169 @@
+//! Extractors whose rejections are problems, so that no plain-text answer from axum ever
+//! reaches a client.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use bifrost_core::{Category, LogFilter, StreamName, Timestamp, TypePattern};
+
+use crate::error::{ApiError, ProblemType};
+
+/// A JSON request body as raw bytes: the content type is checked (415) and the body limit
+/// applied (413) before anything is parsed.
+pub(crate) struct JsonBytes(pub(crate) Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                ProblemType::UnsupportedMediaType,
+                "send the body with content-type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large("the request body is larger than the configured limit")
+            } else {
+                ApiError::invalid_request(format!("could not read the request body: {rejection}"))
+            }
+        })?;
+        Ok(Self(bytes))
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// The `{stream}` path segment, percent-decoded and validated.
+pub(crate) struct StreamPath(pub(crate) StreamName);
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state).await.map_err(|rejection| {
+            ApiError::new(
+                ProblemType::InvalidStreamName,
+                format!("invalid stream name in the path: {rejection}"),
+            )
+        })?;
+        Ok(Self(StreamName::new(&name)?))
+    }
+}
+
+/// A single path parameter as text (invalid UTF-8 is a 400, not a plain-text answer).
+pub(crate) struct PathText(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state).await.map_err(|rejection| {
+            ApiError::invalid_argument(format!("invalid path parameter: {rejection}"))
+        })?;
+        Ok(Self(text))
+    }
+}
+
+/// The query string as ordered pairs. Parameters are parsed by hand so that every bad value
+/// gets a precise 400 and repeated parameters (`type=a&type=b`) are possible.
+pub(crate) struct QueryParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|rejection| ApiError::invalid_argument(format!("invalid query string: {rejection}")))?;
+        Ok(Self(pairs))
+    }
+}
+
+/// Reads are capped, not rejected, above this many events or streams.
+pub(crate) const MAX_LIMIT: usize = 1000;
+pub(crate) const DEFAULT_LIMIT: usize = 100;
+
+impl QueryParams {
+    /// The value of a parameter that may appear at most once.
+    pub(crate) fn one<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, ApiError> {
+        let mut values = self.all(name);
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::invalid_argument(format!(
+                "query parameter {name} is given more than once"
+            )));
+        }
+        Ok(first)
+    }
+
+    pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.one(name)?
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_argument(format!("{name} must be a non-negative integer, got {v:?}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// `limit`: default 100, at least 1, capped at 1000.
+    pub(crate) fn limit(&self) -> Result<usize, ApiError> {
+        match self.one("limit")? {
+            None => Ok(DEFAULT_LIMIT),
+            Some(v) => match v.parse::<u64>() {
+                Ok(0) | Err(_) => {
+                    Err(ApiError::invalid_argument(format!("limit must be a positive integer, got {v:?}")))
+                }
+                Ok(n) => Ok(usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
+            },
+        }
+    }
+
+    pub(crate) fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        self.one(name)?
+            .map(|v| match v {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ApiError::invalid_argument(format!("{name} must be true or false, got {v:?}"))),
+            })
+            .transpose()
+    }
+
+    pub(crate) fn timestamp(&self, name: &str) -> Result<Option<Timestamp>, ApiError> {
+        self.one(name)?
+            .map(|v| {
+                v.parse::<Timestamp>().map_err(|_| {
+                    ApiError::invalid_argument(format!("{name} must be an RFC 3339 timestamp, got {v:?}"))
+                })
+            })
+            .transpose()
+    }
+
+    pub(crate) fn category(&self) -> Result<Option<Category>, ApiError> {
+        Ok(self.one("category")?.map(Category::new).transpose()?)
+    }
+
+    /// The filter of the global log and of subscriptions: `type` (repeatable), `category`,
+    /// `correlation_id`, `since`, `until`.
+    pub(crate) fn log_filter(&self) -> Result<LogFilter, ApiError> {
+        let types = self.all("type").map(TypePattern::new).collect::<Result<Vec<_>, _>>()?;
+        Ok(LogFilter {
+            types,
+            category: self.category()?,
+            correlation_id: self.one("correlation_id")?.map(str::to_owned),
+            since: self.timestamp("since")?,
+            until: self.timestamp("until")?,
+        })
+    }
+}

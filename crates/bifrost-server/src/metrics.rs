@@ -1,0 +1,108 @@
+//! Prometheus metrics. The server only uses the `metrics` macros; the recorder is global
+//! and installed once by whoever runs the server (see [`install_metrics_recorder`]).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub(crate) const APPENDS_TOTAL: &str = "bifrost_appends_total";
+pub(crate) const EVENTS_APPENDED_TOTAL: &str = "bifrost_events_appended_total";
+pub(crate) const APPEND_DURATION_SECONDS: &str = "bifrost_append_duration_seconds";
+pub(crate) const SSE_CLIENTS: &str = "bifrost_sse_clients";
+pub(crate) const HTTP_REQUESTS_TOTAL: &str = "bifrost_http_requests_total";
+pub(crate) const EVENTS_READ_TOTAL: &str = "bifrost_events_read_total";
+
+/// Append latency buckets, in seconds: from sub-millisecond (memory, group commit) to
+/// seconds (a stalled disk).
+const APPEND_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Installs the global Prometheus recorder, once per process; later calls return the same
+/// handle (or the same error).
+pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(APPEND_DURATION_SECONDS.into()), APPEND_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(APPENDS_TOTAL, "Successful append requests");
+    metrics::describe_counter!(EVENTS_APPENDED_TOTAL, "Events stored by append requests");
+    metrics::describe_histogram!(
+        APPEND_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time the store took to answer an append"
+    );
+    metrics::describe_gauge!(SSE_CLIENTS, "Connected Server-Sent Events clients");
+    metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by method, route template and status");
+    metrics::describe_counter!(EVENTS_READ_TOTAL, "Events returned by reads and subscriptions");
+}
+
+/// Counts every request under its route template (`/v1/streams/{stream}`), never the raw
+/// path, so that the label set stays bounded.
+pub(crate) async fn track_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    metrics::counter!(
+        HTTP_REQUESTS_TOTAL,
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+/// Times one append and counts it when it succeeded.
+pub(crate) struct AppendTimer(Instant);
+
+impl AppendTimer {
+    pub(crate) fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    pub(crate) fn finish(self, events_stored: Option<u64>) {
+        metrics::histogram!(APPEND_DURATION_SECONDS).record(self.0.elapsed().as_secs_f64());
+        if let Some(n) = events_stored {
+            metrics::counter!(APPENDS_TOTAL).increment(1);
+            metrics::counter!(EVENTS_APPENDED_TOTAL).increment(n);
+        }
+    }
+}
+
+pub(crate) fn events_read(n: usize) {
+    metrics::counter!(EVENTS_READ_TOTAL).increment(n as u64);
+}
+
+/// Keeps the SSE client gauge right however the stream ends (client gone, shutdown, error).
+pub(crate) struct SseClientGuard(());
+
+impl SseClientGuard {
+    pub(crate) fn connect() -> Self {
+        metrics::gauge!(SSE_CLIENTS).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for SseClientGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(SSE_CLIENTS).decrement(1.0);
+    }
+}

@@ -1,0 +1,36 @@
+//! The OpenAPI document. Paths come from the `#[utoipa::path]` attribute of each handler
+//! (collected by `routes::api`); this holds what is not attached to a route.
+
+use std::sync::OnceLock;
+
+use utoipa::OpenApi;
+
+use crate::wire::{EventBody, Problem, StreamSummaryBody};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bifrost",
+        description = "Bifrost's HTTP API v1: an event store, global log, live subscriptions. \
+            Every error is application/problem+json with a stable `type` such as `bifrost:wrong-expected-version`."
+    ),
+    components(schemas(EventBody, Problem, StreamSummaryBody)),
+    tags(
+        (name = "streams", description = "Append to and read streams"),
+        (name = "log", description = "The global log of every event"),
+        (name = "live", description = "Server-Sent Events"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+    )
+)]
+pub(crate) struct ApiDoc;
+
+/// The OpenAPI document of this API, as JSON (built once).
+pub fn openapi_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        crate::routes::api().into_openapi().to_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot render the OpenAPI document");
+            "{}".to_owned()
+        })
+    })
+}

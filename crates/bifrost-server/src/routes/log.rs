@@ -1,0 +1,66 @@
+//! The global log: filtered pages, and one event by id.
+
+use axum::extract::State;
+use axum::response::Response;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ProblemType};
+use crate::extract::{PathText, QueryParams};
+use crate::metrics;
+use crate::routes::json_bytes;
+use crate::wire::{self, EventBody, LogEventsBody, Problem};
+
+/// Reads a page of the global log after a position, filtered.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "log",
+    params(
+        ("from_position" = Option<u64>, Query, description = "Exclusive: the last position seen (default 0, the start)"),
+        ("limit" = Option<u32>, Query, description = "Page size, default 100, capped at 1000"),
+        ("type" = Option<Vec<String>>, Query, explode = true, description = "Type pattern (`*` one segment, `#` zero or more); repeat for several"),
+        ("category" = Option<String>, Query, description = "Only events of streams of this category"),
+        ("correlation_id" = Option<String>, Query, description = "Only events with this metadata.correlation_id"),
+        ("since" = Option<String>, Query, description = "RFC 3339: recorded at or after"),
+        ("until" = Option<String>, Query, description = "RFC 3339: recorded before"),
+    ),
+    responses(
+        (status = 200, description = "A page; `next_position` is the `from_position` of the next page", body = LogEventsBody),
+        (status = 400, description = "Bad argument or pattern, or a position past the end", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn read_log(State(state): State<AppState>, query: QueryParams) -> ApiResult<Response> {
+    let after = query.u64("from_position")?.unwrap_or(0);
+    let limit = query.limit()?;
+    let filter = query.log_filter()?;
+    let slice = state.store.read_all(after, &filter, limit).await?;
+    metrics::events_read(slice.events.len());
+    Ok(json_bytes(wire::log_events_json(&slice.events, slice.next_position)))
+}
+
+/// One event by id.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "log",
+    params(("id" = Uuid, Path, description = "The event id")),
+    responses(
+        (status = 200, description = "The event", body = EventBody),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn event_by_id(
+    State(state): State<AppState>,
+    PathText(id): PathText,
+) -> ApiResult<Response> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a UUID")))?;
+    let event = state
+        .store
+        .event(id)
+        .await?
+        .ok_or_else(|| ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}")))?;
+    metrics::events_read(1);
+    Ok(json_bytes(wire::event_json(&event)))
+}

@@ -1,0 +1,37 @@
+//! The routes of the v1 API, each documented for `/openapi.json` next to its handler.
+
+pub(crate) mod live;
+pub(crate) mod log;
+pub(crate) mod ops;
+pub(crate) mod streams;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::openapi::ApiDoc;
+
+/// Every documented route. The OpenAPI document and the router come from this one list, so
+/// they cannot drift apart.
+pub(crate) fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(streams::append, streams::read))
+        .routes(routes!(streams::info, streams::delete))
+        .routes(routes!(streams::list))
+        .routes(routes!(streams::append_many))
+        .routes(routes!(log::read_log))
+        .routes(routes!(log::event_by_id))
+        .routes(routes!(live::subscribe))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// A JSON body that was written by hand (the event writer).
+pub(crate) fn json_bytes(body: Vec<u8>) -> Response {
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}

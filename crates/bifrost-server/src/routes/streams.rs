@@ -1,0 +1,218 @@
+//! Streams: append, read, info, delete, list, and the multi-stream append.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use bifrost_core::{DeleteMode, Direction, StreamAppend, StreamListQuery};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBytes, QueryParams, StreamPath};
+use crate::metrics::{self, AppendTimer};
+use crate::routes::json_bytes;
+use crate::wire::{
+    self, AppendRequest, AppendRequestDoc, AppendResultBody, MultiAppendRequest, MultiAppendRequestDoc,
+    MultiAppendResultBody, Problem, StreamEventsBody, StreamInfoBody, StreamListBody,
+};
+
+/// Appends events to one stream, atomically, with an optional expected version.
+#[utoipa::path(
+    post,
+    path = "/v1/streams/{stream}/events",
+    tag = "streams",
+    params(("stream" = String, Path, description = "1-256 characters of A-Z a-z 0-9 _ . : @ -")),
+    request_body(content = AppendRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Stored (or an idempotent re-send of stored events)", body = AppendResultBody),
+        (status = 400, description = "Malformed body, bad name, type or argument", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Wrong expected version (with `expected`, `actual`) or duplicate event id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The stream was deleted permanently", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body, event or event count over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn append(
+    State(state): State<AppState>,
+    StreamPath(stream): StreamPath,
+    JsonBytes(body): JsonBytes,
+) -> ApiResult<(StatusCode, Json<AppendResultBody>)> {
+    let request: AppendRequest<'_> = wire::parse_body(&body)?;
+    check_event_count(&state, request.events.len())?;
+    let expected = wire::parse_expected_version(request.expected_version)?;
+    let events = wire::to_new_events(&body, request.events, &state.config)?;
+    let count = events.len() as u64;
+    let timer = AppendTimer::start();
+    let result = state.store.append(stream, expected, events).await;
+    timer.finish(result.as_ref().ok().map(|_| count));
+    Ok((StatusCode::CREATED, Json(result?.into())))
+}
+
+/// Appends to several streams atomically, each with its own expected version.
+#[utoipa::path(
+    post,
+    path = "/v1/append",
+    tag = "streams",
+    request_body(content = MultiAppendRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Stored, results in request order", body = MultiAppendResultBody),
+        (status = 400, description = "Malformed body, bad name, type or argument", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Wrong expected version (`conflicts` names every stream) or duplicate event id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "A stream was deleted permanently", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body, event or event count over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn append_many(
+    State(state): State<AppState>,
+    JsonBytes(body): JsonBytes,
+) -> ApiResult<(StatusCode, Json<MultiAppendResultBody>)> {
+    let request: MultiAppendRequest<'_> = wire::parse_body(&body)?;
+    if request.appends.is_empty() {
+        return Err(ApiError::invalid_argument("appends must not be empty"));
+    }
+    check_event_count(&state, request.appends.iter().map(|a| a.events.len()).sum())?;
+    let mut appends = Vec::with_capacity(request.appends.len());
+    for append in request.appends {
+        let stream = wire::stream_name(&append.stream)?;
+        let expected = wire::parse_expected_version(append.expected_version)?;
+        let events = wire::to_new_events(&body, append.events, &state.config)?;
+        appends.push(StreamAppend::new(stream, expected, events));
+    }
+    let count = appends.iter().map(|a| a.events.len() as u64).sum();
+    let timer = AppendTimer::start();
+    let results = state.store.append_many(appends).await;
+    timer.finish(results.as_ref().ok().map(|_| count));
+    let results = results?.into_iter().map(AppendResultBody::from).collect();
+    Ok((StatusCode::CREATED, Json(MultiAppendResultBody { results })))
+}
+
+fn check_event_count(state: &AppState, count: usize) -> ApiResult<()> {
+    let max = state.config.max_events_per_append;
+    if count > max {
+        return Err(ApiError::payload_too_large(format!("{count} events in one append; the limit is {max}")));
+    }
+    Ok(())
+}
+
+/// Reads a page of one stream.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}/events",
+    tag = "streams",
+    params(
+        ("stream" = String, Path, description = "The stream name"),
+        ("from" = Option<u64>, Query, description = "First version to return (inclusive); default 1 forward, the last version backward"),
+        ("limit" = Option<u32>, Query, description = "Page size, default 100, capped at 1000"),
+        ("direction" = Option<String>, Query, description = "`forward` (default) or `backward`"),
+    ),
+    responses(
+        (status = 200, description = "A page; `next` is the version to continue from, or null", body = StreamEventsBody),
+        (status = 400, description = "Bad argument, or `from` past the end (`bifrost:out-of-range`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such stream (or soft-deleted)", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The stream was deleted permanently", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn read(
+    State(state): State<AppState>,
+    StreamPath(stream): StreamPath,
+    query: QueryParams,
+) -> ApiResult<Response> {
+    let direction = match query.one("direction")? {
+        None | Some("forward") => Direction::Forward,
+        Some("backward") => Direction::Backward,
+        Some(other) => {
+            return Err(ApiError::invalid_argument(format!(
+                "direction must be forward or backward, got {other:?}"
+            )));
+        }
+    };
+    let from = query.u64("from")?.unwrap_or(match direction {
+        Direction::Forward => 1,
+        Direction::Backward => u64::MAX,
+    });
+    let limit = query.limit()?;
+    let slice = state.store.read_stream(&stream, from, direction, limit).await?;
+    metrics::events_read(slice.events.len());
+    Ok(json_bytes(wire::stream_events_json(&slice.events, slice.next)))
+}
+
+/// What the store knows about one stream.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}",
+    tag = "streams",
+    params(("stream" = String, Path, description = "The stream name")),
+    responses(
+        (status = 200, description = "The stream (`deleted`: soft-deleted)", body = StreamInfoBody),
+        (status = 400, description = "Bad stream name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such stream", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The stream was deleted permanently", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn info(
+    State(state): State<AppState>,
+    StreamPath(stream): StreamPath,
+) -> ApiResult<Json<StreamInfoBody>> {
+    Ok(Json(state.store.stream_info(&stream).await?.into()))
+}
+
+/// Deletes a stream: soft by default (a later append continues after the last version),
+/// permanently with `hard=true` (the name can never be written again).
+#[utoipa::path(
+    delete,
+    path = "/v1/streams/{stream}",
+    tag = "streams",
+    params(
+        ("stream" = String, Path, description = "The stream name"),
+        ("hard" = Option<bool>, Query, description = "`true`: tombstone the stream"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad stream name or argument", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such stream", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Already deleted permanently", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    StreamPath(stream): StreamPath,
+    query: QueryParams,
+) -> ApiResult<StatusCode> {
+    let mode = if query.bool("hard")?.unwrap_or(false) { DeleteMode::Hard } else { DeleteMode::Soft };
+    state.store.delete_stream(&stream, mode).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lists live streams in name order.
+#[utoipa::path(
+    get,
+    path = "/v1/streams",
+    tag = "streams",
+    params(
+        ("prefix" = Option<String>, Query, description = "Only names starting with this"),
+        ("category" = Option<String>, Query, description = "Only streams of this category (the name before its first `-`)"),
+        ("after" = Option<String>, Query, description = "Exclusive: names after this one (the previous page's `next`)"),
+        ("limit" = Option<u32>, Query, description = "Page size, default 100, capped at 1000"),
+    ),
+    responses(
+        (status = 200, description = "A page of streams; `next` continues the listing, null at the end", body = StreamListBody),
+        (status = 400, description = "Bad argument", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> ApiResult<Json<StreamListBody>> {
+    let listing_query = StreamListQuery {
+        prefix: query.one("prefix")?.map(str::to_owned),
+        category: query.category()?,
+        after: query.one("after")?.map(str::to_owned),
+        limit: query.limit()?,
+    };
+    let listing = state.store.list_streams(&listing_query).await?;
+    Ok(Json(StreamListBody {
+        streams: listing.streams.into_iter().map(Into::into).collect(),
+        next: listing.next.map(|s| s.to_string()),
+    }))
+}

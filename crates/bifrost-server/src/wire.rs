@@ -1,0 +1,524 @@
+//! The API's JSON: request bodies, response bodies and the event writer.
+//!
+//! These types are the wire contract, kept apart from the core model on purpose: their
+//! serde shape is a promise to clients. Event payloads are never re-serialised: `data`
+//! is taken from the request body as a zero-copy slice and written back verbatim.
+
+use bifrost_core::{
+    AppendResult, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamInfo, StreamName,
+    StreamSummary, Timestamp,
+};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::ServerConfig;
+use crate::error::{ApiError, ApiResult};
+
+// ---------------------------------------------------------------------------------------
+// Requests
+
+/// `POST /v1/streams/{stream}/events`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequest<'a> {
+    #[serde(default, borrow)]
+    pub expected_version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub events: Vec<NewEventRequest<'a>>,
+}
+
+/// One entry of `POST /v1/append`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamAppendRequest<'a> {
+    pub stream: String,
+    #[serde(default, borrow)]
+    pub expected_version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub events: Vec<NewEventRequest<'a>>,
+}
+
+/// `POST /v1/append`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiAppendRequest<'a> {
+    #[serde(borrow)]
+    pub appends: Vec<StreamAppendRequest<'a>>,
+}
+
+/// An event as a client sends it. Fields whose bad values are argument errors rather than
+/// shape errors (`id`, `occurred_at`) are taken raw and checked by hand.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEventRequest<'a> {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Required; any JSON value including `null`, kept as the exact bytes received.
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    #[serde(default, borrow)]
+    pub id: Option<&'a RawValue>,
+    #[serde(default)]
+    pub metadata: Option<MetadataRequest>,
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+    #[serde(default, borrow)]
+    pub occurred_at: Option<&'a RawValue>,
+    #[serde(default)]
+    pub aggregate_type: Option<String>,
+}
+
+/// Event metadata: the known keys are strings (or null); any other key is kept.
+#[derive(Deserialize, Default)]
+pub struct MetadataRequest {
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub causation_id: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl From<MetadataRequest> for Metadata {
+    fn from(m: MetadataRequest) -> Self {
+        Metadata {
+            correlation_id: m.correlation_id,
+            causation_id: m.causation_id,
+            source: m.source,
+            user_id: m.user_id,
+            tenant_id: m.tenant_id,
+            extra: m.extra,
+        }
+    }
+}
+
+/// Parses a JSON body, turning serde's complaint into a 400 `invalid-request`.
+pub fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
+}
+
+/// `"any" | "no_stream" | "exists" | <integer ≥ 0>`; absent or null means `any`.
+pub fn parse_expected_version(raw: Option<&RawValue>) -> ApiResult<ExpectedVersion> {
+    let Some(raw) = raw else { return Ok(ExpectedVersion::Any) };
+    let bad = || {
+        ApiError::invalid_argument(format!(
+            "invalid expected_version {}: use \"any\", \"no_stream\", \"exists\" or an integer >= 0",
+            raw.get()
+        ))
+    };
+    match serde_json::from_str::<Value>(raw.get()).map_err(|_| bad())? {
+        Value::Null => Ok(ExpectedVersion::Any),
+        Value::String(s) => match s.as_str() {
+            "any" => Ok(ExpectedVersion::Any),
+            "no_stream" => Ok(ExpectedVersion::NoStream),
+            "exists" => Ok(ExpectedVersion::StreamExists),
+            _ => Err(bad()),
+        },
+        Value::Number(n) => n.as_u64().map(ExpectedVersion::Exact).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_optional_string<'a>(raw: Option<&'a RawValue>, field: &str) -> ApiResult<Option<String>> {
+    let Some(raw) = raw else { return Ok(None) };
+    serde_json::from_str::<Option<String>>(raw.get())
+        .map_err(|_| ApiError::invalid_argument(format!("{field} must be a string, got {}", raw.get())))
+}
+
+/// Turns the events of a request into core events, enforcing the per-event size limit.
+/// `body` is the request body the events borrow from: payloads become slices of it.
+pub fn to_new_events(
+    body: &Bytes,
+    events: Vec<NewEventRequest<'_>>,
+    config: &ServerConfig,
+) -> ApiResult<Vec<NewEvent>> {
+    if events.is_empty() {
+        return Err(ApiError::invalid_argument("events must not be empty"));
+    }
+    events.into_iter().enumerate().map(|(i, e)| to_new_event(body, e, config, i)).collect()
+}
+
+fn to_new_event(
+    body: &Bytes,
+    event: NewEventRequest<'_>,
+    config: &ServerConfig,
+    index: usize,
+) -> ApiResult<NewEvent> {
+    let raw = event.data.get();
+    if raw.len() > config.max_event_bytes {
+        return Err(ApiError::payload_too_large(format!(
+            "the data of event {index} has {} bytes; the limit is {}",
+            raw.len(),
+            config.max_event_bytes
+        )));
+    }
+    let event_type = EventType::new(&event.event_type)?;
+    // `raw` borrows from `body`, so this is a zero-copy view of the received bytes.
+    let mut new = NewEvent::new(event_type, body.slice_ref(raw.as_bytes()));
+    if let Some(id) = parse_optional_string(event.id, "id")? {
+        new.id = Uuid::parse_str(&id)
+            .map_err(|_| ApiError::invalid_argument(format!("id {id:?} of event {index} is not a UUID")))?;
+    }
+    if let Some(at) = parse_optional_string(event.occurred_at, "occurred_at")? {
+        new.occurred_at = Some(at.parse::<Timestamp>().map_err(|_| {
+            ApiError::invalid_argument(format!(
+                "occurred_at {at:?} of event {index} is not an RFC 3339 timestamp"
+            ))
+        })?);
+    }
+    if let Some(metadata) = event.metadata {
+        new.metadata = metadata.into();
+    }
+    if let Some(schema_version) = event.schema_version {
+        new.schema_version = schema_version;
+    }
+    new.aggregate_type = event.aggregate_type;
+    Ok(new)
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses
+
+/// Where an append's events landed.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct AppendResultBody {
+    pub stream: String,
+    pub first_version: u64,
+    pub last_version: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+impl From<AppendResult> for AppendResultBody {
+    fn from(r: AppendResult) -> Self {
+        Self {
+            stream: r.stream.to_string(),
+            first_version: r.first_version,
+            last_version: r.last_version,
+            first_position: r.first_position,
+            last_position: r.last_position,
+        }
+    }
+}
+
+/// The answer of `POST /v1/append`, in request order.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct MultiAppendResultBody {
+    pub results: Vec<AppendResultBody>,
+}
+
+/// `GET /v1/streams/{stream}`.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct StreamInfoBody {
+    pub stream: String,
+    pub version: u64,
+    pub aggregate_type: String,
+    /// RFC 3339, microseconds, UTC.
+    pub created_at: String,
+    pub updated_at: String,
+    /// Soft-deleted: reads answer 404 until the next append.
+    pub deleted: bool,
+}
+
+impl From<StreamInfo> for StreamInfoBody {
+    fn from(i: StreamInfo) -> Self {
+        Self {
+            stream: i.stream.to_string(),
+            version: i.version,
+            aggregate_type: i.aggregate_type,
+            created_at: i.created_at.to_string(),
+            updated_at: i.updated_at.to_string(),
+            deleted: i.deleted,
+        }
+    }
+}
+
+/// One entry of `GET /v1/streams`.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct StreamSummaryBody {
+    pub stream: String,
+    pub version: u64,
+    pub aggregate_type: String,
+    pub updated_at: String,
+}
+
+impl From<StreamSummary> for StreamSummaryBody {
+    fn from(s: StreamSummary) -> Self {
+        Self {
+            stream: s.stream.to_string(),
+            version: s.version,
+            aggregate_type: s.aggregate_type,
+            updated_at: s.updated_at.to_string(),
+        }
+    }
+}
+
+/// `GET /v1/streams`: streams in name order; `next` is the `after` of the next page.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct StreamListBody {
+    pub streams: Vec<StreamSummaryBody>,
+    pub next: Option<String>,
+}
+
+/// An event as the API shows it. Documents the output of [`write_event`], which writes it
+/// without going through this type (the read path must not re-serialise payloads).
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventBody {
+    pub id: Uuid,
+    pub stream: String,
+    pub aggregate_type: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub version: u64,
+    pub position: u64,
+    /// The payload exactly as it was appended.
+    pub data: Value,
+    /// `correlation_id`, `causation_id`, `source`, `user_id`, `tenant_id` and any other key.
+    pub metadata: Map<String, Value>,
+    /// RFC 3339, six fractional digits, `Z`.
+    pub occurred_at: String,
+    pub recorded_at: String,
+}
+
+/// `GET /v1/streams/{stream}/events`: `next` is the version to continue from, or null.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct StreamEventsBody {
+    pub events: Vec<EventBody>,
+    pub next: Option<u64>,
+}
+
+/// `GET /v1/events`: `next_position` is the `from_position` of the next page.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct LogEventsBody {
+    pub events: Vec<EventBody>,
+    pub next_position: u64,
+}
+
+/// An RFC 9457 problem; more members may follow, e.g. `expected` / `actual` / `conflicts`
+/// for `bifrost:wrong-expected-version`.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// Stable, e.g. `bifrost:wrong-expected-version`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+/// The request body of the single-stream append.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only: requests are parsed by `AppendRequest`
+pub struct AppendRequestDoc {
+    /// `"any"` (default), `"no_stream"`, `"exists"` or the exact version (integer ≥ 0).
+    #[schema(value_type = Option<Object>)]
+    pub expected_version: Option<Value>,
+    pub events: Vec<NewEventDoc>,
+}
+
+/// One stream of a multi-stream append.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StreamAppendDoc {
+    pub stream: String,
+    #[schema(value_type = Option<Object>)]
+    pub expected_version: Option<Value>,
+    pub events: Vec<NewEventDoc>,
+}
+
+/// The request body of `POST /v1/append`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MultiAppendRequestDoc {
+    pub appends: Vec<StreamAppendDoc>,
+}
+
+/// An event to append.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewEventDoc {
+    #[schema(rename = "type")]
+    pub event_type: String,
+    /// Any JSON value; stored and returned byte-for-byte.
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// UUID; the idempotency key (UUID v7 generated when absent).
+    pub id: Option<Uuid>,
+    pub metadata: Option<Map<String, Value>>,
+    pub schema_version: Option<u32>,
+    pub occurred_at: Option<String>,
+    pub aggregate_type: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The event writer (hot path of reads and SSE)
+
+/// Appends one event's JSON to `out`. `data` and `metadata` are the stored bytes, verbatim.
+pub fn write_event(out: &mut Vec<u8>, e: &RecordedEvent) {
+    out.extend_from_slice(b"{\"id\":\"");
+    // A UUID's hyphenated form needs no escaping.
+    let mut id = Uuid::encode_buffer();
+    out.extend_from_slice(e.id.hyphenated().encode_lower(&mut id).as_bytes());
+    out.extend_from_slice(b"\",\"stream\":");
+    write_str(out, e.stream.as_str());
+    out.extend_from_slice(b",\"aggregate_type\":");
+    write_str(out, &e.aggregate_type);
+    out.extend_from_slice(b",\"type\":");
+    write_str(out, e.event_type.as_str());
+    out.extend_from_slice(b",\"schema_version\":");
+    write_u64(out, u64::from(e.schema_version));
+    out.extend_from_slice(b",\"version\":");
+    write_u64(out, e.version);
+    out.extend_from_slice(b",\"position\":");
+    write_u64(out, e.position);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(if e.data.is_empty() { b"null" } else { &e.data });
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(if e.metadata.is_empty() { b"{}" } else { &e.metadata });
+    out.extend_from_slice(b",\"occurred_at\":\"");
+    write_timestamp(out, e.occurred_at);
+    out.extend_from_slice(b"\",\"recorded_at\":\"");
+    write_timestamp(out, e.recorded_at);
+    out.extend_from_slice(b"\"}");
+}
+
+/// `[event, event, ...]`.
+pub fn write_events(out: &mut Vec<u8>, events: &[RecordedEvent]) {
+    out.push(b'[');
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_event(out, e);
+    }
+    out.push(b']');
+}
+
+/// `{"events":[...],"next":N|null}`.
+pub fn stream_events_json(events: &[RecordedEvent], next: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(estimate(events));
+    out.extend_from_slice(b"{\"events\":");
+    write_events(&mut out, events);
+    out.extend_from_slice(b",\"next\":");
+    match next {
+        Some(n) => write_u64(&mut out, n),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    out
+}
+
+/// `{"events":[...],"next_position":P}`.
+pub fn log_events_json(events: &[RecordedEvent], next_position: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(estimate(events));
+    out.extend_from_slice(b"{\"events\":");
+    write_events(&mut out, events);
+    out.extend_from_slice(b",\"next_position\":");
+    write_u64(&mut out, next_position);
+    out.push(b'}');
+    out
+}
+
+pub fn event_json(e: &RecordedEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(estimate(std::slice::from_ref(e)));
+    write_event(&mut out, e);
+    out
+}
+
+fn estimate(events: &[RecordedEvent]) -> usize {
+    64 + events.iter().map(|e| 320 + e.data.len() + e.metadata.len()).sum::<usize>()
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_u64(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write;
+    let _ = write!(out, "{n}");
+}
+
+fn write_timestamp(out: &mut Vec<u8>, t: Timestamp) {
+    use std::io::Write;
+    let _ = write!(out, "{t}");
+}
+
+/// Validates a stream name from the path or a body.
+pub fn stream_name(name: &str) -> ApiResult<StreamName> {
+    Ok(StreamName::new(name)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(data: &'static [u8], metadata: &'static [u8]) -> RecordedEvent {
+        RecordedEvent {
+            id: Uuid::nil(),
+            stream: StreamName::new("order-1").unwrap(),
+            aggregate_type: "order\"x".into(),
+            event_type: EventType::new("order.submitted").unwrap(),
+            schema_version: 2,
+            version: 3,
+            position: 1041,
+            data: Bytes::from_static(data),
+            metadata: Bytes::from_static(metadata),
+            occurred_at: "2026-11-22T10:00:00.123456Z".parse().unwrap(),
+            recorded_at: "2026-11-22T10:00:00.124001Z".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn event_writer_emits_the_documented_shape_with_verbatim_payload() {
+        let e = recorded(b"{ \"total\" :42.50 }", br#"{"correlation_id":"c-1"}"#);
+        let json = event_json(&e);
+        let text = std::str::from_utf8(&json).unwrap();
+        assert!(text.contains(r#""data":{ "total" :42.50 },"#), "{text}");
+        let parsed: EventBody = serde_json::from_slice(&json).unwrap();
+        assert_eq!(parsed.aggregate_type, "order\"x");
+        assert_eq!(parsed.event_type, "order.submitted");
+        assert_eq!(parsed.position, 1041);
+        assert_eq!(parsed.recorded_at, "2026-11-22T10:00:00.124001Z");
+        assert_eq!(parsed.metadata["correlation_id"], "c-1");
+    }
+
+    #[test]
+    fn page_writers_produce_valid_json() {
+        let events = vec![recorded(b"null", b"{}"), recorded(b"[1,2]", b"")];
+        let page: StreamEventsBody = serde_json::from_slice(&stream_events_json(&events, None)).unwrap();
+        assert_eq!(page.events.len(), 2);
+        assert_eq!(page.next, None);
+        let page: LogEventsBody = serde_json::from_slice(&log_events_json(&events, 7)).unwrap();
+        assert_eq!(page.next_position, 7);
+        assert_eq!(page.events[1].data, serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn expected_version_accepts_only_the_wire_forms() {
+        let parse = |s: &str| {
+            let raw: Box<RawValue> = serde_json::from_str(s).unwrap();
+            parse_expected_version(Some(&raw)).map_err(|e| e.kind())
+        };
+        assert_eq!(parse("\"any\""), Ok(ExpectedVersion::Any));
+        assert_eq!(parse("\"no_stream\""), Ok(ExpectedVersion::NoStream));
+        assert_eq!(parse("\"exists\""), Ok(ExpectedVersion::StreamExists));
+        assert_eq!(parse("7"), Ok(ExpectedVersion::Exact(7)));
+        assert_eq!(parse("null"), Ok(ExpectedVersion::Any));
+        for bad in ["-1", "1.5", "\"sometimes\"", "true", "[]", "1e3"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
