@@ -1,0 +1,137 @@
+//! Helpers shared by the HTTP tests: an app over a store, requests, problem checks and a
+//! snapshot of everything stored (to prove that rejected requests changed nothing).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use bifrost_core::{EventStore, InMemoryStore, LogFilter, RecordedEvent, StreamListQuery, StreamSummary};
+use bifrost_server::{ServerConfig, router};
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub struct TestApp {
+    pub router: Router,
+    pub store: Arc<dyn EventStore>,
+    /// Keeps a backend's directory alive for the test.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub fn memory() -> Self {
+        Self::memory_with(ServerConfig::default())
+    }
+
+    pub fn memory_with(config: ServerConfig) -> Self {
+        let store: Arc<dyn EventStore> = InMemoryStore::shared();
+        Self { router: router(Arc::clone(&store), config, None), store, _dir: None }
+    }
+
+    pub fn sqlite_with(config: ServerConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = bifrost_sqlite::SqliteStore::open(dir.path(), bifrost_sqlite::SqliteOptions::default())
+            .expect("open the sqlite store");
+        let store: Arc<dyn EventStore> = Arc::new(store);
+        Self { router: router(Arc::clone(&store), config, None), store, _dir: Some(dir) }
+    }
+
+    pub async fn call(&self, request: Request<Body>) -> Resp {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        Resp { status, headers, body }
+    }
+
+    pub async fn get(&self, uri: &str) -> Resp {
+        self.call(Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    pub async fn post_json(&self, uri: &str, body: impl Into<Body>) -> Resp {
+        self.call(request(Method::POST, uri, Some("application/json"), body)).await
+    }
+
+    pub async fn delete(&self, uri: &str) -> Resp {
+        self.call(Request::delete(uri).body(Body::empty()).unwrap()).await
+    }
+
+    /// Appends and insists on 201.
+    pub async fn append(&self, stream: &str, body: Value) -> Value {
+        let resp = self.post_json(&format!("/v1/streams/{stream}/events"), body.to_string()).await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
+        resp.json()
+    }
+
+    /// Everything the store holds: the whole log and the stream listing.
+    pub async fn snapshot(&self) -> (Vec<RecordedEvent>, Vec<StreamSummary>) {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let slice = self.store.read_all(after, &LogFilter::default(), 1000).await.unwrap();
+            if slice.events.is_empty() {
+                break;
+            }
+            after = slice.events.last().unwrap().position;
+            events.extend(slice.events);
+        }
+        let listing =
+            self.store.list_streams(&StreamListQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        (events, listing.streams)
+    }
+}
+
+pub fn request(
+    method: Method,
+    uri: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        builder = builder.header(header::CONTENT_TYPE, ct);
+    }
+    builder.body(body.into()).unwrap()
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.headers.get(header::CONTENT_TYPE).map_or("", |v| v.to_str().unwrap())
+    }
+
+    /// Asserts an RFC 9457 problem with this status and `type`; returns its body.
+    pub fn assert_problem(&self, status: u16, problem_type: &str) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(self.content_type(), "application/problem+json");
+        let body = self.json();
+        assert_eq!(body["type"], problem_type, "{body}");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(body["title"].is_string(), "{body}");
+        assert!(body["detail"].is_string(), "{body}");
+        body
+    }
+}
+
+/// A body with `n` simple events of type `order.placed`.
+pub fn events_body(n: usize) -> Value {
+    let events: Vec<Value> =
+        (0..n).map(|i| serde_json::json!({"type": "order.placed", "data": {"n": i}})).collect();
+    serde_json::json!({ "events": events })
+}
