@@ -3,6 +3,7 @@
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of, check_expected, check_replay};
 use bifrost_core::{
@@ -121,6 +122,66 @@ impl Reply {
     }
 }
 
+/// Decides how long to gather a group before committing it.
+///
+/// Taking only what is already queued makes groups alternate between a handful and
+/// everyone else: the writers answered last are still re-sending when the next commit
+/// starts. So when recent groups were large (many concurrent writers), the writer lingers
+/// until about as many appends have arrived — never longer than a fraction of a commit,
+/// and never when appends stop arriving. A lone writer (recent groups of one) never waits.
+#[derive(Default)]
+struct GroupSizer {
+    /// Recent largest group, decaying so that a burst does not make every later commit wait.
+    recent: usize,
+    /// How long the last commit took (the cost a linger is weighed against).
+    commit_time: Duration,
+}
+
+impl GroupSizer {
+    /// Longest pause between arrivals before the group is considered complete.
+    const GAP: Duration = Duration::from_micros(150);
+    const MAX_LINGER: Duration = Duration::from_millis(2);
+
+    fn collect(&self, first: Command, receiver: &mpsc::Receiver<Command>, max_batch: usize) -> Vec<Command> {
+        let mut weight = first.weight();
+        let mut batch = vec![first];
+        let full = |batch: &Vec<Command>, weight: usize| batch.len() >= max_batch || weight >= 16 * max_batch;
+        while !full(&batch, weight) {
+            match receiver.try_recv() {
+                Ok(command) => {
+                    weight += command.weight();
+                    batch.push(command);
+                }
+                Err(_) => break,
+            }
+        }
+        let target = self.recent.min(max_batch);
+        if batch.len() >= target {
+            return batch;
+        }
+        let deadline = Instant::now() + (self.commit_time / 2).min(Self::MAX_LINGER);
+        while batch.len() < target && !full(&batch, weight) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match receiver.recv_timeout(Self::GAP.min(deadline - now)) {
+                Ok(command) => {
+                    weight += command.weight();
+                    batch.push(command);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    fn committed(&mut self, size: usize, took: Duration) {
+        self.recent = size.max(self.recent - self.recent / 8);
+        self.commit_time = took;
+    }
+}
+
 struct WriterState {
     conn: Connection,
     last_position: Position,
@@ -145,21 +206,13 @@ impl WriterState {
     }
 
     fn run(&mut self, receiver: &mpsc::Receiver<Command>, head: &watch::Sender<Position>, max_batch: usize) {
-        // Block for the first command, then take whatever queued up meanwhile: that queue is
-        // the group. Under load it fills while the previous commit's fsync runs.
+        let mut group = GroupSizer::default();
         while let Ok(first) = receiver.recv() {
-            let mut weight = first.weight();
-            let mut batch = vec![first];
-            while batch.len() < max_batch && weight < 16 * max_batch {
-                match receiver.try_recv() {
-                    Ok(command) => {
-                        weight += command.weight();
-                        batch.push(command);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let batch = group.collect(first, receiver, max_batch);
+            let started = Instant::now();
+            let size = batch.len();
             let replies = self.commit_group(batch);
+            group.committed(size, started.elapsed());
             head.send_if_modified(|h| std::mem::replace(h, self.last_position) != self.last_position);
             for reply in replies {
                 reply.send();
