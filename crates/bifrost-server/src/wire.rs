@@ -129,7 +129,7 @@ pub fn parse_expected_version(raw: Option<&RawValue>) -> ApiResult<ExpectedVersi
     }
 }
 
-fn parse_optional_string<'a>(raw: Option<&'a RawValue>, field: &str) -> ApiResult<Option<String>> {
+fn parse_optional_string(raw: Option<&RawValue>, field: &str) -> ApiResult<Option<String>> {
     let Some(raw) = raw else { return Ok(None) };
     serde_json::from_str::<Option<String>>(raw.get())
         .map_err(|_| ApiError::invalid_argument(format!("{field} must be a string, got {}", raw.get())))

@@ -1,6 +1,8 @@
 //! Every bad input gets a 4xx problem with a stable type, and nothing stored changes.
 //! Each case runs against the in-memory store and the embedded SQLite store.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use axum::http::Method;

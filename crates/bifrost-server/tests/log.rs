@@ -1,5 +1,7 @@
 //! The global log and events by id.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use axum::http::StatusCode;

@@ -1,5 +1,7 @@
 //! The stream routes: append, read, info, delete, list and the multi-stream append.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use axum::http::{Method, StatusCode};

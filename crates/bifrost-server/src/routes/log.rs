@@ -56,11 +56,10 @@ pub(crate) async fn event_by_id(
     PathText(id): PathText,
 ) -> ApiResult<Response> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a UUID")))?;
-    let event = state
-        .store
-        .event(id)
-        .await?
-        .ok_or_else(|| ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}")))?;
+    let event = state.store.event(id).await?.ok_or_else(|| {
+        ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}"))
+            .with("id", id.to_string().into())
+    })?;
     metrics::events_read(1);
     Ok(json_bytes(wire::event_json(&event)))
 }

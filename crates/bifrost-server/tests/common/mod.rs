@@ -1,7 +1,7 @@
 //! Helpers shared by the HTTP tests: an app over a store, requests, problem checks and a
 //! snapshot of everything stored (to prove that rejected requests changed nothing).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
