@@ -92,3 +92,41 @@ fn sse_event(event: &RecordedEvent) -> Event {
         .event(event.event_type.as_str())
         .data(String::from_utf8_lossy(&json))
 }
+
+#[cfg(test)]
+mod tests {
+    use bifrost_core::{EventType, StreamName, Timestamp};
+    use bytes::Bytes;
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn an_event_with_line_breaks_in_its_payload_is_one_data_line() {
+        let event = RecordedEvent {
+            id: Uuid::nil(),
+            stream: StreamName::new("order-1").unwrap(),
+            aggregate_type: "order".into(),
+            event_type: EventType::new("order.placed").unwrap(),
+            schema_version: 1,
+            version: 1,
+            position: 7,
+            data: Bytes::from_static(b"{\r\n  \"text\": \"a\\nb\"\n}"),
+            metadata: Bytes::from_static(b"{}"),
+            occurred_at: Timestamp::from_micros(0),
+            recorded_at: Timestamp::from_micros(0),
+        };
+        let mut frame = Vec::new();
+        let sse = Sse::new(futures::stream::iter([Ok::<_, Infallible>(sse_event(&event))]));
+        let body = sse.into_response().into_body();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        frame.extend_from_slice(&rt.block_on(axum::body::to_bytes(body, usize::MAX)).unwrap());
+        let text = String::from_utf8(frame).unwrap();
+        let lines: Vec<&str> = text.strip_suffix("\n\n").unwrap().split('\n').collect();
+        assert_eq!(lines[..2], ["id: 7", "event: order.placed"]);
+        let data = lines[2].strip_prefix("data: ").unwrap();
+        assert_eq!(lines.len(), 3, "{text:?}");
+        let json: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(json["data"]["text"], "a\nb");
+    }
+}
