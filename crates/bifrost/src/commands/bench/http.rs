@@ -1,0 +1,390 @@
+//! The HTTP workloads — W4 (appends over keep-alive connections) and W5 (append → SSE
+//! delivery latency) — and the in-process server they use when no `--url` is given.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bifrost_core::EventStore;
+use futures::StreamExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+
+use super::report::{self, Report};
+use super::workloads::{payload, shares};
+use crate::client::{ApiClient, problem_message};
+use crate::sse::SseParser;
+
+/// W5: appends in flight at once before the pacer waits (a stalled server shows up as a
+/// lower achieved rate, not as unbounded memory).
+const MAX_IN_FLIGHT: usize = 1024;
+/// W5: how long deliveries may trail the last append before the run fails (a hang guard).
+const DELIVERY_GRACE: Duration = Duration::from_secs(30);
+
+/// `bifrost_server::serve` on 127.0.0.1:0, on its own runtime in its own thread, so that
+/// the load generator and the server do not share a scheduler.
+pub(super) struct InProcessServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessServer {
+    pub(super) async fn start(
+        store: Arc<dyn EventStore>,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
+        let (addr_tx, addr_rx) = oneshot::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-server".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("bench-server")
+                    .build()
+                    .context("cannot start the server's runtime")?;
+                runtime.block_on(async move {
+                    let listener =
+                        TcpListener::bind("127.0.0.1:0").await.context("cannot bind 127.0.0.1:0")?;
+                    let _ = addr_tx.send(listener.local_addr()?);
+                    let shutdown = async move {
+                        let _ = stopped.await;
+                    };
+                    let config = bifrost_server::ServerConfig::default();
+                    bifrost_server::serve(listener, store, config, metrics, shutdown).await?;
+                    anyhow::Ok(())
+                })
+            })
+            .context("cannot start the server thread")?;
+        match addr_rx.await {
+            Ok(addr) => Ok(Self { addr, stop, thread }),
+            Err(_) => {
+                let why = tokio::task::spawn_blocking(move || thread.join()).await;
+                match why {
+                    Ok(Ok(Err(e))) => Err(e.context("the in-process server did not start")),
+                    _ => bail!("the in-process server did not start"),
+                }
+            }
+        }
+    }
+
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful shutdown; the server closes the store.
+    pub(super) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(result)) => result.context("the in-process server failed"),
+            _ => bail!("the in-process server stopped unexpectedly"),
+        }
+    }
+}
+
+/// Waits (bounded) until the server answers `/healthz`.
+pub(super) async fn wait_ready(client: &ApiClient) -> anyhow::Result<()> {
+    let url = client.url(&["healthz"], &[]);
+    let mut last = String::new();
+    for _ in 0..100 {
+        match client.http().get(url.clone()).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = format!("HTTP {}", r.status()),
+            Err(e) => last = client.transport_error(e).to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server at {} is not ready: {last}", client.base())
+}
+
+#[derive(Debug, Deserialize)]
+struct Appended {
+    first_version: u64,
+    last_version: u64,
+    last_position: u64,
+}
+
+/// A W4 phase: `connections` concurrent clients, each appending `batch` events per
+/// request to its own stream.
+pub(super) struct HttpWrite<'a> {
+    pub(super) name: &'static str,
+    pub(super) connections: u64,
+    pub(super) batch: u64,
+    pub(super) total: u64,
+    pub(super) run_id: &'a str,
+}
+
+/// The request body of an append of `n` bench events starting at `seq`.
+fn append_body(expected: &str, event_type: &str, writer: u64, seq: u64, n: u64) -> Vec<u8> {
+    let mut body = String::with_capacity(64 + n as usize * 320);
+    let _ = write!(body, r#"{{"expected_version":{expected},"events":["#);
+    for (i, seq) in (seq..seq + n).enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        let data = payload(writer, seq);
+        let _ = write!(body, r#"{{"type":"{event_type}","data":{}}}"#, String::from_utf8_lossy(&data));
+    }
+    body.push_str("]}");
+    body.into_bytes()
+}
+
+/// POSTs an append and insists on `201 Created`.
+async fn append(client: &ApiClient, stream: &str, body: Vec<u8>) -> anyhow::Result<Appended> {
+    let url = client.url(&["v1", "streams", stream, "events"], &[]);
+    let response = client
+        .http()
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| client.transport_error(e))?;
+    let status = response.status();
+    let bytes =
+        response.bytes().await.with_context(|| format!("reading the answer to an append to {stream}"))?;
+    if status != StatusCode::CREATED {
+        bail!("append to {stream} answered {status}: {}", problem_message(status, &bytes));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| anyhow!("unexpected answer to an append to {stream}: {e}"))
+}
+
+/// W4: appends through HTTP, each checked (201, the expected versions), then each
+/// stream's version checked through `GET /v1/streams/{stream}`.
+pub(super) async fn write(client: &ApiClient, spec: &HttpWrite<'_>) -> anyhow::Result<Report> {
+    let event_type = format!("bench.{}", spec.name.replace('-', "_"));
+    let bar = report::progress(spec.name, spec.total, "events");
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (writer, count) in shares(spec.total, spec.connections).filter(|(_, n)| *n > 0) {
+        let client = client.clone();
+        let stream = format!("bench-{}.{}.{writer}", spec.run_id, spec.name);
+        let event_type = event_type.clone();
+        let bar = bar.clone();
+        let batch = spec.batch;
+        tasks.spawn(async move {
+            let mut latency = report::histogram()?;
+            let mut version = 0;
+            while version < count {
+                let n = batch.min(count - version);
+                let body = append_body(&version.to_string(), &event_type, writer, version, n);
+                let sent = Instant::now();
+                let result = append(&client, &stream, body).await?;
+                report::record(&mut latency, sent.elapsed());
+                if result.first_version != version + 1 || result.last_version != version + n {
+                    bail!(
+                        "append to {stream} after version {version} landed at versions {}..={}",
+                        result.first_version,
+                        result.last_version
+                    );
+                }
+                version = result.last_version;
+                bar.inc(n);
+            }
+            anyhow::Ok((stream, count, latency))
+        });
+    }
+    let mut latency = report::histogram()?;
+    let mut streams = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (stream, count, h) = joined.context("a connection's task stopped unexpectedly")??;
+        latency.add(&h).context("merging latencies")?;
+        streams.push((stream, count));
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    #[derive(Deserialize)]
+    struct StreamState {
+        version: u64,
+    }
+    for (stream, count) in streams {
+        let body = client.get(client.url(&["v1", "streams", &stream], &[])).await?;
+        let state: StreamState =
+            serde_json::from_slice(&body).map_err(|e| anyhow!("unexpected stream state of {stream}: {e}"))?;
+        if state.version != count {
+            bail!("{}: stream {stream} is at version {} after {count} events", spec.name, state.version);
+        }
+    }
+    let per = if spec.batch == 1 { "1 event".to_owned() } else { format!("{} events", spec.batch) };
+    let description = format!("HTTP: {} connections × {per} per request", spec.connections);
+    Ok(Report::new(spec.name, description, spec.total, elapsed, "request", &latency))
+}
+
+#[derive(Deserialize)]
+struct Delivered {
+    stream: String,
+    position: u64,
+    data: DeliveredData,
+}
+
+#[derive(Deserialize)]
+struct DeliveredData {
+    seq: Option<u64>,
+}
+
+/// W5: one SSE subscriber from the end of the log; appends paced at `rate` per second by
+/// absolute deadlines, fired from their own tasks; latency is the SSE arrival time minus
+/// the instant the append's request was sent, matched by the `seq` in the payload.
+pub(super) async fn delivery(
+    client: &ApiClient,
+    rate: u64,
+    duration: f64,
+    run_id: &str,
+) -> anyhow::Result<Report> {
+    let total = ((rate as f64 * duration).round() as u64).max(1);
+    let stream = format!("bench-{run_id}.w5");
+    let event_type = "bench.w5";
+
+    // The marker's position is "the end of the log" for the subscription.
+    let marker =
+        format!(r#"{{"expected_version":"no_stream","events":[{{"type":"{event_type}","data":{{}}}}]}}"#);
+    let start_after = append(client, &stream, marker.into_bytes()).await?.last_position;
+
+    let subscriber = reqwest::Client::builder().build().context("cannot create the SSE client")?;
+    let url = client.url(
+        &["v1", "subscribe"],
+        &[("from_position", start_after.to_string()), ("type", event_type.into())],
+    );
+    let response = subscriber
+        .get(url)
+        .header(ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .map_err(|e| client.transport_error(e))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        bail!("w5: the subscription was refused: {}", problem_message(status, &body));
+    }
+
+    let epoch = Instant::now();
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let bar = report::progress("w5", total, "delivered");
+    let receiver = tokio::spawn(receive(
+        response,
+        stream.clone(),
+        total,
+        epoch,
+        Arc::clone(&sent),
+        Arc::clone(&delivered),
+        bar.clone(),
+    ));
+
+    let interval = 1e9 / rate as f64;
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut appends = JoinSet::new();
+    let start = tokio::time::Instant::now();
+    for seq in 0..total {
+        tokio::time::sleep_until(start + Duration::from_nanos((seq as f64 * interval) as u64)).await;
+        let permit = Arc::clone(&in_flight).acquire_owned().await.context("the pacer's semaphore closed")?;
+        let (client, stream, sent) = (client.clone(), stream.clone(), Arc::clone(&sent));
+        appends.spawn(async move {
+            let _permit = permit;
+            let body = append_body("\"any\"", event_type, 0, seq, 1);
+            if let Some(slot) = usize::try_from(seq).ok().and_then(|i| sent.get(i)) {
+                slot.store(nanos_since(epoch) + 1, Ordering::Release);
+            }
+            append(&client, &stream, body).await.map(|_| ())
+        });
+        while let Some(done) = appends.try_join_next() {
+            done.context("an append task stopped unexpectedly")??;
+        }
+    }
+    let send_window = start.elapsed();
+    while let Some(done) = appends.join_next().await {
+        done.context("an append task stopped unexpectedly")??;
+    }
+
+    let latency = match tokio::time::timeout(DELIVERY_GRACE, receiver).await {
+        Ok(joined) => joined.context("the SSE subscriber stopped unexpectedly")??,
+        Err(_) => bail!(
+            "w5: only {} of {total} appended events were delivered over SSE within {DELIVERY_GRACE:?}",
+            delivered.load(Ordering::Relaxed)
+        ),
+    };
+    bar.finish_and_clear();
+    let description = format!("HTTP: append → SSE, {rate}/s for {duration}s");
+    let mut report = Report::new("w5", description, total, send_window, "delivery", &latency);
+    report.target_rate = Some(rate as f64);
+    Ok(report)
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+/// The W5 subscriber: every bench event exactly once, positions increasing.
+async fn receive(
+    response: reqwest::Response,
+    stream: String,
+    total: u64,
+    epoch: Instant,
+    sent: Arc<Vec<AtomicU64>>,
+    delivered: Arc<AtomicU64>,
+    bar: indicatif::ProgressBar,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let mut latency = report::histogram()?;
+    let mut parser = SseParser::new();
+    let mut body = response.bytes_stream();
+    let mut seen = vec![false; sent.len()];
+    let (mut received, mut last_position) = (0u64, 0u64);
+    let mut events = Vec::new();
+    while received < total {
+        let chunk = match body.next().await {
+            Some(chunk) => chunk.context("w5: the SSE connection broke")?,
+            None => bail!("w5: the server ended the SSE stream after {received} of {total} events"),
+        };
+        let now = nanos_since(epoch);
+        parser.feed(&chunk, |event| events.push(event));
+        for event in events.drain(..) {
+            let d: Delivered = serde_json::from_str(&event.data)
+                .map_err(|e| anyhow!("w5: an SSE event is not an event: {e}"))?;
+            let Some(seq) = d.data.seq.filter(|_| d.stream == stream) else { continue };
+            if d.position <= last_position {
+                bail!("w5: position {} was delivered after position {last_position}", d.position);
+            }
+            last_position = d.position;
+            let index = usize::try_from(seq).ok().filter(|&i| i < seen.len());
+            let Some(index) = index else { bail!("w5: delivered an event with unknown seq {seq}") };
+            if std::mem::replace(&mut seen[index], true) {
+                bail!("w5: event {seq} was delivered twice");
+            }
+            let sent_at = sent[index].load(Ordering::Acquire);
+            if sent_at == 0 {
+                bail!("w5: event {seq} was delivered before it was sent");
+            }
+            report::record(&mut latency, Duration::from_nanos(now.saturating_sub(sent_at - 1)));
+            received += 1;
+            delivered.store(received, Ordering::Relaxed);
+            bar.inc(1);
+        }
+    }
+    Ok(latency)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_bodies_are_valid_requests() {
+        let body = append_body("3", "bench.w4_batch", 2, 10, 3);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["expected_version"], 3);
+        assert_eq!(v["events"].as_array().unwrap().len(), 3);
+        assert_eq!(v["events"][2]["data"]["seq"], 12);
+        assert_eq!(v["events"][0]["type"], "bench.w4_batch");
+    }
+}

@@ -1,0 +1,303 @@
+//! `bifrost bench`: throughput and latency of the store and of the HTTP service, measured
+//! the way a user would see them.
+//!
+//! W1–W3 drive the store in process; W4–W5 go through HTTP, to `--url` or to a server the
+//! bench starts on its own runtime over the same store. Every workload checks what it did
+//! and fails loudly when the store disagrees; timings are reported, never asserted.
+
+mod http;
+mod report;
+mod workloads;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bifrost_core::EventStore;
+use bifrost_sqlite::Durability;
+use clap::{Args, ValueEnum};
+
+use crate::client::ApiClient;
+use crate::store::StoreSpec;
+
+use self::http::{HttpWrite, InProcessServer};
+use self::report::Summary;
+use self::workloads::{LogExpectation, WriteSpec};
+
+/// The default size of W3's prefill when it runs without W1 and W2 (their default sum).
+const PREFILL_EVENTS: u64 = 700_000;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Which workloads to run: w1 (64 writers, 1 event per append), w2 (4 writers, 100 per
+    /// append), w3 (read the global log), w4 (HTTP appends), w5 (append → SSE delivery
+    /// latency), or all. Comma-separated or repeated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub(crate) workload: Vec<WorkloadArg>,
+
+    /// The store: `sqlite://DIR` or `memory:` [default: the embedded store in a fresh
+    /// temporary directory, removed afterwards unless --keep].
+    #[arg(long, value_name = "URL")]
+    pub(crate) store: Option<String>,
+
+    /// Durability of the embedded store.
+    #[arg(long, value_name = "MODE", value_parser = ["full", "relaxed"], default_value = "full")]
+    pub(crate) durability: String,
+
+    /// Keep the temporary store directory (its path is printed).
+    #[arg(long)]
+    pub(crate) keep: bool,
+
+    /// Run the HTTP workloads (w4, w5) against this running server instead of one started
+    /// in process.
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: Option<String>,
+
+    /// Concurrent writers (w1, w2) or connections (w4) instead of each workload's default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) writers: Option<u64>,
+
+    /// Events per append (w2, and the batch phase of w4) [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub(crate) batch: Option<u64>,
+
+    /// Events each write workload writes (w1, w2, each phase of w4; w3's prefill when it
+    /// runs alone) instead of its default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+
+    /// w5: how long to append, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub(crate) duration: f64,
+
+    /// w5: appends per second.
+    #[arg(long, value_name = "N", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rate: u64,
+
+    /// w3: events per page.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub(crate) page_size: usize,
+
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub(crate) enum WorkloadArg {
+    W1,
+    W2,
+    W3,
+    W4,
+    W5,
+    All,
+}
+
+/// The workloads to run, in their fixed order.
+#[derive(Debug, Default, Clone, Copy)]
+struct Selection {
+    w1: bool,
+    w2: bool,
+    w3: bool,
+    w4: bool,
+    w5: bool,
+}
+
+impl Selection {
+    fn from_args(args: &[WorkloadArg]) -> Self {
+        let all = args.contains(&WorkloadArg::All);
+        let has = |w| all || args.contains(&w);
+        Self {
+            w1: has(WorkloadArg::W1),
+            w2: has(WorkloadArg::W2),
+            w3: has(WorkloadArg::W3),
+            w4: has(WorkloadArg::W4),
+            w5: has(WorkloadArg::W5),
+        }
+    }
+
+    fn needs_store(self) -> bool {
+        self.w1 || self.w2 || self.w3
+    }
+
+    fn needs_http(self) -> bool {
+        self.w4 || self.w5
+    }
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let selection = Selection::from_args(&args.workload);
+    if !(args.duration > 0.0 && args.duration.is_finite()) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    if args.page_size == 0 {
+        bail!("--page-size must be greater than 0");
+    }
+    let durability: Durability =
+        args.durability.parse().map_err(|_| anyhow::anyhow!("unknown durability {:?}", args.durability))?;
+
+    // The temporary directory lives as long as this function: removed on every way out.
+    let (spec, temp_dir) = match &args.store {
+        Some(url) => (StoreSpec::parse(Some(url), &PathBuf::from("."))?, None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("bifrost-bench-")
+                .tempdir()
+                .context("cannot create a temporary directory for the store")?;
+            (StoreSpec::Sqlite(dir.path().to_owned()), Some(dir))
+        }
+    };
+    // Only a store this run made starts empty, so only then must the log hold exactly what
+    // the workloads wrote.
+    let fresh = temp_dir.is_some() || spec == StoreSpec::Memory;
+    let in_process_server = selection.needs_http() && args.url.is_none();
+    let store = if selection.needs_store() || in_process_server {
+        let open_spec = spec.clone();
+        Some(
+            tokio::task::spawn_blocking(move || open_spec.open(durability))
+                .await
+                .context("opening the store stopped unexpectedly")??,
+        )
+    } else {
+        None
+    };
+    // The server runs with its metrics recorder; so does the bench, for comparable numbers.
+    let metrics = bifrost_server::install_metrics_recorder().ok();
+
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut summary = Summary::new(
+        match (&args.url, selection.needs_store()) {
+            (Some(url), false) => format!("server at {url}"),
+            _ if temp_dir.is_some() => "embedded SQLite in a temporary directory".to_owned(),
+            _ => spec.to_string(),
+        },
+        durability.to_string(),
+    );
+
+    let outcome = run_workloads(&args, selection, store.clone(), fresh, metrics, &run_id, &mut summary).await;
+    let outcome = match (outcome, store) {
+        // A server started here closed the store when it stopped.
+        (Ok(true), _) | (Ok(false), None) => Ok(()),
+        (Ok(false), Some(store)) => store.close().await.context("closing the store"),
+        (Err(e), _) => Err(e),
+    };
+    outcome?;
+
+    if args.json {
+        println!("{}", summary.to_json()?);
+    } else {
+        print!("{}", summary.table());
+    }
+    if let Some(dir) = temp_dir.filter(|_| args.keep) {
+        eprintln!("the store is kept in {}", dir.keep().display());
+    }
+    Ok(())
+}
+
+/// Runs the selected workloads in order; returns whether an in-process server ran (it
+/// closes the store when it stops).
+async fn run_workloads(
+    args: &BenchArgs,
+    selection: Selection,
+    store: Option<Arc<dyn EventStore>>,
+    fresh: bool,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    run_id: &str,
+    summary: &mut Summary,
+) -> anyhow::Result<bool> {
+    let mut written = 0u64;
+    if let Some(store) = store.as_ref().filter(|_| selection.needs_store()) {
+        if selection.w1 {
+            let spec = WriteSpec {
+                name: "w1",
+                writers: args.writers.unwrap_or(64),
+                batch: 1,
+                total: args.count.unwrap_or(200_000),
+                run_id,
+            };
+            summary.push(workloads::write(store, &spec).await?);
+            written += spec.total;
+        }
+        if selection.w2 {
+            let spec = WriteSpec {
+                name: "w2",
+                writers: args.writers.unwrap_or(4),
+                batch: args.batch.unwrap_or(100),
+                total: args.count.unwrap_or(500_000),
+                run_id,
+            };
+            summary.push(workloads::write(store, &spec).await?);
+            written += spec.total;
+        }
+        if selection.w3 {
+            if written == 0 && *store.head().borrow() == 0 {
+                let spec = WriteSpec {
+                    name: "w3-prefill",
+                    writers: 4,
+                    batch: 1000,
+                    total: args.count.unwrap_or(PREFILL_EVENTS),
+                    run_id,
+                };
+                workloads::write(store, &spec).await?;
+                written += spec.total;
+            }
+            let expect =
+                if fresh { LogExpectation::Exactly(written) } else { LogExpectation::AtLeast(written) };
+            summary.push(workloads::read_log(store, args.page_size, expect).await?);
+        }
+    }
+    if !selection.needs_http() {
+        return Ok(false);
+    }
+
+    let server = match (&args.url, store) {
+        (Some(_), _) => None,
+        (None, Some(store)) => Some(InProcessServer::start(store, metrics).await?),
+        (None, None) => bail!("no store for the in-process server"),
+    };
+    let url = match (&server, &args.url) {
+        (Some(server), _) => format!("http://{}", server.addr()),
+        (None, Some(url)) => url.clone(),
+        (None, None) => bail!("no server to benchmark"),
+    };
+    let result = run_http(args, selection, &url, run_id, summary).await;
+    let stopped = match server {
+        Some(server) => server.stop().await.map(|()| true),
+        None => Ok(false),
+    };
+    result?;
+    stopped
+}
+
+async fn run_http(
+    args: &BenchArgs,
+    selection: Selection,
+    url: &str,
+    run_id: &str,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let connections = args.writers.unwrap_or(64);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::try_from(connections).unwrap_or(usize::MAX))
+        .tcp_nodelay(true)
+        .build()
+        .context("cannot create the HTTP client")?;
+    let client = ApiClient::with_http(url, http)?;
+    http::wait_ready(&client).await?;
+    if selection.w4 {
+        let total = args.count.unwrap_or(200_000);
+        summary.push(
+            http::write(&client, &HttpWrite { name: "w4-single", connections, batch: 1, total, run_id })
+                .await?,
+        );
+        let total = args.count.unwrap_or(500_000);
+        let batch = args.batch.unwrap_or(100);
+        summary.push(
+            http::write(&client, &HttpWrite { name: "w4-batch", connections, batch, total, run_id }).await?,
+        );
+    }
+    if selection.w5 {
+        summary.push(http::delivery(&client, args.rate, args.duration, run_id).await?);
+    }
+    Ok(())
+}

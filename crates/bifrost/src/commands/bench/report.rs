@@ -1,0 +1,186 @@
+//! What the bench prints: a table for people, `--json` for machines.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+/// Latencies are recorded in microseconds, up to an hour, with 3 significant digits.
+pub(super) fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).context("cannot create a latency histogram")
+}
+
+pub(super) fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    histogram.saturating_record(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1));
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub(super) fn progress(name: &str, len: u64, unit: &str) -> ProgressBar {
+    let template =
+        format!("{{prefix:>10}} [{{bar:40}}] {{human_pos}}/{{human_len}} {unit} {{per_sec}} eta {{eta}}");
+    let style = ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+        .with_style(style.progress_chars("=> "))
+        .with_prefix(name.to_owned())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Latency {
+    pub(super) p50: u64,
+    pub(super) p90: u64,
+    pub(super) p99: u64,
+    pub(super) p99_9: u64,
+    pub(super) max: u64,
+    pub(super) mean: f64,
+    pub(super) samples: u64,
+}
+
+impl Latency {
+    pub(super) fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p99_9: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            samples: h.len(),
+        }
+    }
+}
+
+/// One workload's result.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Report {
+    pub(super) name: String,
+    pub(super) description: String,
+    pub(super) events: u64,
+    /// Appends, pages or requests.
+    pub(super) operations: u64,
+    pub(super) seconds: f64,
+    pub(super) events_per_second: f64,
+    /// What one latency sample measures.
+    pub(super) latency_of: &'static str,
+    pub(super) latency_us: Latency,
+    /// W5: the rate asked for (`events_per_second` is the rate achieved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) target_rate: Option<f64>,
+}
+
+impl Report {
+    pub(super) fn new(
+        name: &str,
+        description: String,
+        events: u64,
+        elapsed: Duration,
+        latency_of: &'static str,
+        latency: &Histogram<u64>,
+    ) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Self {
+            name: name.to_owned(),
+            description,
+            events,
+            operations: latency.len(),
+            seconds: (seconds * 1000.0).round() / 1000.0,
+            events_per_second: if seconds > 0.0 { (events as f64 / seconds).round() } else { 0.0 },
+            latency_of,
+            latency_us: Latency::of(latency),
+            target_rate: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Summary {
+    bifrost_version: &'static str,
+    store: String,
+    durability: String,
+    cpus: usize,
+    workloads: Vec<Report>,
+}
+
+impl Summary {
+    pub(super) fn new(store: String, durability: String) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self { bifrost_version: env!("CARGO_PKG_VERSION"), store, durability, cpus, workloads: Vec::new() }
+    }
+
+    pub(super) fn push(&mut self, report: Report) {
+        self.workloads.push(report);
+    }
+
+    pub(super) fn to_json(&self) -> anyhow::Result<String> {
+        serde_json::to_string_pretty(self).context("cannot encode the results")
+    }
+
+    pub(super) fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "bifrost {} bench: {}, durability {}, {} CPUs\n",
+            self.bifrost_version, self.store, self.durability, self.cpus
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:<44} {:>9} {:>8} {:>10}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "workload", "", "events", "seconds", "events/s", "latency", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for r in &self.workloads {
+            let l = &r.latency_us;
+            let _ = writeln!(
+                out,
+                "{:<10} {:<44} {:>9} {:>8.2} {:>10}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                r.name,
+                r.description,
+                r.events,
+                r.seconds,
+                r.events_per_second,
+                r.latency_of,
+                micros(l.p50),
+                micros(l.p90),
+                micros(l.p99),
+                micros(l.p99_9),
+                micros(l.max),
+            );
+        }
+        out
+    }
+}
+
+/// `850µs`, `3.14ms`, `1.20s`.
+fn micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us}µs"),
+        1_000..1_000_000 => format!("{:.2}ms", us as f64 / 1e3),
+        _ => format!("{:.2}s", us as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_print_in_a_readable_unit() {
+        assert_eq!(micros(850), "850µs");
+        assert_eq!(micros(3_140), "3.14ms");
+        assert_eq!(micros(1_200_000), "1.20s");
+    }
+
+    #[test]
+    fn a_report_summarises_its_histogram() {
+        let mut h = histogram().unwrap();
+        for us in 1..=1000 {
+            record(&mut h, Duration::from_micros(us));
+        }
+        let r = Report::new("w1", "x".into(), 1000, Duration::from_secs(2), "append", &h);
+        assert_eq!(r.events_per_second, 500.0);
+        assert_eq!(r.operations, 1000);
+        assert!((499..=501).contains(&r.latency_us.p50), "{}", r.latency_us.p50);
+        assert!((989..=991).contains(&r.latency_us.p99), "{}", r.latency_us.p99);
+    }
+}

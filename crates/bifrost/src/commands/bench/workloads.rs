@@ -1,0 +1,208 @@
+//! The in-process workloads: W1 and W2 write through the `EventStore` trait, W3 reads the
+//! whole global log back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bifrost_core::{EventStore, EventType, ExpectedVersion, LogFilter, NewEvent, StreamName};
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::report::{self, Report};
+
+/// Size of every event's `data`, in bytes.
+pub(super) const PAYLOAD_BYTES: usize = 256;
+
+/// A JSON object of exactly [`PAYLOAD_BYTES`] bytes that names its writer and sequence
+/// number (W5 matches deliveries to appends by `seq`).
+pub(super) fn payload(writer: u64, seq: u64) -> Bytes {
+    let head = format!(r#"{{"writer":{writer},"seq":{seq},"pad":""#);
+    let pad = PAYLOAD_BYTES.saturating_sub(head.len() + 2);
+    let mut json = String::with_capacity(PAYLOAD_BYTES);
+    json.push_str(&head);
+    json.extend(std::iter::repeat_n('x', pad));
+    json.push_str("\"}");
+    Bytes::from(json)
+}
+
+/// Splits `total` events between `writers` as evenly as possible.
+pub(super) fn shares(total: u64, writers: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..writers).map(move |w| (w, total / writers + u64::from(w < total % writers)))
+}
+
+/// A write workload: `writers` concurrent writers, each appending `batch` events at a
+/// time to its own stream, `total` events in all.
+pub(super) struct WriteSpec<'a> {
+    pub(super) name: &'static str,
+    pub(super) writers: u64,
+    pub(super) batch: u64,
+    pub(super) total: u64,
+    pub(super) run_id: &'a str,
+}
+
+impl WriteSpec<'_> {
+    pub(super) fn stream(&self, writer: u64) -> anyhow::Result<StreamName> {
+        Ok(StreamName::new(&format!("bench-{}.{}.{writer}", self.run_id, self.name))?)
+    }
+
+    fn description(&self) -> String {
+        let per = if self.batch == 1 { "1 event".to_owned() } else { format!("{} events", self.batch) };
+        format!("store: {} writers × {per} per append", self.writers)
+    }
+}
+
+/// W1 / W2: appends through the trait, each writer with exact expected versions so that
+/// every result can be checked.
+pub(super) async fn write(store: &Arc<dyn EventStore>, spec: &WriteSpec<'_>) -> anyhow::Result<Report> {
+    let event_type = EventType::new(&format!("bench.{}", spec.name.replace('-', "_")))?;
+    let bar = report::progress(spec.name, spec.total, "events");
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (writer, count) in shares(spec.total, spec.writers).filter(|(_, n)| *n > 0) {
+        let store = Arc::clone(store);
+        let stream = spec.stream(writer)?;
+        let event_type = event_type.clone();
+        let bar = bar.clone();
+        let batch = spec.batch;
+        tasks.spawn(async move {
+            let mut latency = report::histogram()?;
+            let mut version = 0;
+            while version < count {
+                let n = batch.min(count - version);
+                let events = (version..version + n)
+                    .map(|seq| NewEvent::new(event_type.clone(), payload(writer, seq)))
+                    .collect();
+                let sent = Instant::now();
+                let result = store
+                    .append(stream.clone(), ExpectedVersion::Exact(version), events)
+                    .await
+                    .with_context(|| format!("append to {stream} at version {version} failed"))?;
+                report::record(&mut latency, sent.elapsed());
+                if result.first_version != version + 1 || result.last_version != version + n {
+                    bail!(
+                        "append to {stream} after version {version} landed at versions {}..={}",
+                        result.first_version,
+                        result.last_version
+                    );
+                }
+                version = result.last_version;
+                bar.inc(n);
+            }
+            anyhow::Ok((stream, count, latency))
+        });
+    }
+    let mut latency = report::histogram()?;
+    let mut streams = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (stream, count, h) = joined.context("a writer stopped unexpectedly")??;
+        latency.add(&h).context("merging latencies")?;
+        streams.push((stream, count));
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    for (stream, count) in streams {
+        let info = store.stream_info(&stream).await?;
+        if info.version != count {
+            bail!(
+                "{}: stream {stream} is at version {} after {count} events were written",
+                spec.name,
+                info.version
+            );
+        }
+    }
+    Ok(Report::new(spec.name, spec.description(), spec.total, elapsed, "append", &latency))
+}
+
+/// What W3 must find in the log.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum LogExpectation {
+    /// A store this run created: exactly the events it wrote.
+    Exactly(u64),
+    /// A store given by the user may hold more.
+    AtLeast(u64),
+}
+
+/// W3: the whole global log, page by page, checking that positions strictly increase.
+pub(super) async fn read_log(
+    store: &Arc<dyn EventStore>,
+    page_size: usize,
+    expect: LogExpectation,
+) -> anyhow::Result<Report> {
+    let head = *store.head().borrow();
+    let bar = report::progress("w3", head, "positions");
+    let filter = LogFilter::default();
+    let mut latency = report::histogram()?;
+    let (mut after, mut events) = (0, 0u64);
+    let started = Instant::now();
+    loop {
+        let sent = Instant::now();
+        let page = store.read_all(after, &filter, page_size).await.context("reading the global log")?;
+        if page.events.is_empty() {
+            break;
+        }
+        report::record(&mut latency, sent.elapsed());
+        for event in &page.events {
+            if event.position <= after {
+                bail!("w3: position {} follows position {after} in the global log", event.position);
+            }
+            after = event.position;
+        }
+        events += page.events.len() as u64;
+        bar.set_position(after);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    match expect {
+        LogExpectation::Exactly(n) if events != n => {
+            bail!("w3: the log holds {events} events, {n} were written")
+        }
+        LogExpectation::AtLeast(n) if events < n => {
+            bail!("w3: the log holds {events} events, fewer than the {n} written")
+        }
+        _ => {}
+    }
+    if after < head {
+        bail!("w3: the read ended at position {after}, before the head of the log at {head}");
+    }
+    let description = format!("store: read_all, pages of {page_size}");
+    Ok(Report::new("w3", description, events, elapsed, "page", &latency))
+}
+
+#[cfg(test)]
+mod tests {
+    use bifrost_core::InMemoryStore;
+
+    use super::*;
+
+    #[test]
+    fn payloads_are_256_bytes_of_json() {
+        for (w, seq) in [(0, 0), (63, 199_999), (u64::MAX, u64::MAX)] {
+            let p = payload(w, seq);
+            assert_eq!(p.len(), PAYLOAD_BYTES);
+            let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+            assert_eq!(v["seq"], seq);
+        }
+    }
+
+    #[test]
+    fn shares_add_up() {
+        let s: Vec<_> = shares(10, 4).collect();
+        assert_eq!(s, vec![(0, 3), (1, 3), (2, 2), (3, 2)]);
+        assert_eq!(shares(200_000, 64).map(|(_, n)| n).sum::<u64>(), 200_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_then_read_verifies_the_log() {
+        let store: Arc<dyn EventStore> = InMemoryStore::shared();
+        let w1 = WriteSpec { name: "w1", writers: 8, batch: 1, total: 100, run_id: "t" };
+        let w2 = WriteSpec { name: "w2", writers: 3, batch: 7, total: 50, run_id: "t" };
+        assert_eq!(write(&store, &w1).await.unwrap().operations, 100);
+        assert_eq!(write(&store, &w2).await.unwrap().operations, 9, "17, 17 and 16 events in appends of 7");
+        let r = read_log(&store, 40, LogExpectation::Exactly(150)).await.unwrap();
+        assert_eq!((r.events, r.operations), (150, 4));
+        assert!(read_log(&store, 40, LogExpectation::Exactly(151)).await.is_err());
+    }
+}

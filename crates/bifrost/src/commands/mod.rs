@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub(crate) mod append;
+pub(crate) mod bench;
+pub(crate) mod read;
+pub(crate) mod serve;
+pub(crate) mod tail;

@@ -1,0 +1,53 @@
+//! `bifrost serve`: open the store, bind, serve until SIGTERM or SIGINT, close the store.
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::Level;
+
+use crate::config::Settings;
+
+pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Bind before opening the store: a busy port should not create a data directory.
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr().context("the listening socket has no address")?;
+
+    let spec = settings.store.clone();
+    let durability = settings.durability;
+    let store = tokio::task::spawn_blocking(move || spec.open(durability))
+        .await
+        .context("opening the store stopped unexpectedly")??;
+    tracing::info!(store = %settings.store, durability = %settings.durability, "store open");
+
+    let metrics = match bifrost_server::install_metrics_recorder() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!("metrics are disabled: {e}");
+            None
+        }
+    };
+
+    announce(&format!("bifrost listening on http://{addr}"));
+    bifrost_server::serve(
+        listener,
+        store,
+        settings.server_config(),
+        metrics,
+        bifrost_server::shutdown_signal(),
+    )
+    .await
+    .context("the server stopped with an error")?;
+    tracing::info!("bifrost stopped");
+    Ok(())
+}
+
+/// The one line scripts wait for: through the log when it shows `info`, else on stderr
+/// directly, so that it appears whatever the log filter.
+fn announce(line: &str) {
+    if tracing::enabled!(Level::INFO) {
+        tracing::info!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}

@@ -1,0 +1,298 @@
+//! Configuration: defaults, a TOML file, `BIFROST_*` environment variables and flags.
+//!
+//! Precedence is flag > environment > file > default. Clap reads a flag and its
+//! environment twin into one [`ConfigLayer`] (the flag wins); [`Settings::resolve`] is the
+//! pure merge of that layer over the file's layer over the defaults, so the rules are
+//! testable without touching the process environment.
+
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bifrost_server::ServerConfig;
+use bifrost_sqlite::Durability;
+use clap::Args;
+use serde::Deserialize;
+
+use crate::store::StoreSpec;
+
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub(crate) const DEFAULT_DATA_DIR: &str = "./bifrost-data";
+pub(crate) const DEFAULT_LOG: &str = "info";
+
+/// Every configurable key, each optional. The same struct is the flags (with their
+/// environment twins) and the TOML file, so a key cannot exist in one and not the other.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ConfigLayer {
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "BIFROST_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+
+    /// Directory of the embedded store [default: ./bifrost-data].
+    #[arg(long, env = "BIFROST_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+
+    /// The store: absent for the embedded store in the data dir, `sqlite://DIR`, or `memory:`
+    /// (nothing kept after exit).
+    #[arg(long, env = "BIFROST_STORE", value_name = "URL")]
+    pub(crate) store: Option<String>,
+
+    /// `full`: an append is acknowledged once it is on disk (fsync); `relaxed`: once it is
+    /// committed, a crash of the machine may lose the last appends [default: full].
+    #[arg(long, env = "BIFROST_DURABILITY", value_name = "MODE", value_parser = ["full", "relaxed"])]
+    pub(crate) durability: Option<String>,
+
+    /// Largest request body accepted, in bytes [default: 4194304].
+    #[arg(long, env = "BIFROST_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub(crate) max_body_bytes: Option<usize>,
+
+    /// Largest `data` of one event, in bytes [default: 1048576].
+    #[arg(long, env = "BIFROST_MAX_EVENT_BYTES", value_name = "BYTES")]
+    pub(crate) max_event_bytes: Option<usize>,
+
+    /// Most events in one append request [default: 1000].
+    #[arg(long, env = "BIFROST_MAX_EVENTS_PER_APPEND", value_name = "N")]
+    pub(crate) max_events_per_append: Option<usize>,
+
+    /// Interval of SSE heartbeat comments, in milliseconds [default: 15000].
+    #[arg(long, env = "BIFROST_SSE_HEARTBEAT_MS", value_name = "MS")]
+    pub(crate) sse_heartbeat_ms: Option<u64>,
+
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,bifrost_server=debug`) [default: info].
+    #[arg(long, env = "BIFROST_LOG", value_name = "FILTER")]
+    pub(crate) log: Option<String>,
+}
+
+impl ConfigLayer {
+    /// Reads a config file. A file named explicitly must exist; unknown keys are errors.
+    pub(crate) fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub(crate) fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            // toml's Display draws a multi-line snippet; errors here are one line.
+            let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let message = e.message().trim().replace('\n', " ");
+            match line {
+                Some(line) => anyhow::anyhow!("line {line}: {message}"),
+                None => anyhow::anyhow!("{message}"),
+            }
+        })
+    }
+
+    /// `self` where it has a value, else `lower`.
+    fn over(self, lower: Self) -> Self {
+        Self {
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            store: self.store.or(lower.store),
+            durability: self.durability.or(lower.durability),
+            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            max_event_bytes: self.max_event_bytes.or(lower.max_event_bytes),
+            max_events_per_append: self.max_events_per_append.or(lower.max_events_per_append),
+            sse_heartbeat_ms: self.sse_heartbeat_ms.or(lower.sse_heartbeat_ms),
+            log: self.log.or(lower.log),
+        }
+    }
+}
+
+/// The effective configuration of `bifrost serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) listen: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) store: StoreSpec,
+    pub(crate) durability: Durability,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) max_events_per_append: usize,
+    pub(crate) sse_heartbeat: Duration,
+    pub(crate) log: String,
+}
+
+impl Settings {
+    /// Merges the flags (already merged with their environment twins by clap) over the
+    /// file over the defaults, and checks every value.
+    pub(crate) fn resolve(flags_and_env: ConfigLayer, file: ConfigLayer) -> anyhow::Result<Self> {
+        let layer = flags_and_env.over(file);
+        let defaults = ServerConfig::default();
+        let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let store = StoreSpec::parse(layer.store.as_deref(), &data_dir)?;
+        let durability = match layer.durability.as_deref() {
+            None => Durability::Full,
+            Some(s) => s
+                .parse()
+                .map_err(|_| anyhow::anyhow!("durability must be \"full\" or \"relaxed\", not {s:?}"))?,
+        };
+        let settings = Self {
+            listen: layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            data_dir,
+            store,
+            durability,
+            max_body_bytes: layer.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_event_bytes: layer.max_event_bytes.unwrap_or(defaults.max_event_bytes),
+            max_events_per_append: layer.max_events_per_append.unwrap_or(defaults.max_events_per_append),
+            sse_heartbeat: layer.sse_heartbeat_ms.map_or(defaults.sse_heartbeat, Duration::from_millis),
+            log: layer.log.unwrap_or_else(|| DEFAULT_LOG.to_owned()),
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Reads the file (when one is named) and resolves.
+    pub(crate) fn load(config: Option<&Path>, flags_and_env: ConfigLayer) -> anyhow::Result<Self> {
+        let file = match config {
+            Some(path) => ConfigLayer::from_file(path)?,
+            None => ConfigLayer::default(),
+        };
+        Self::resolve(flags_and_env, file)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.listen.trim().is_empty() {
+            bail!("listen must be an address such as {DEFAULT_LISTEN}");
+        }
+        for (key, value) in [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_event_bytes", self.max_event_bytes),
+            ("max_events_per_append", self.max_events_per_append),
+        ] {
+            if value == 0 {
+                bail!("{key} must be greater than 0");
+            }
+        }
+        if self.sse_heartbeat.is_zero() {
+            bail!("sse_heartbeat_ms must be greater than 0");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            max_body_bytes: self.max_body_bytes,
+            max_event_bytes: self.max_event_bytes,
+            max_events_per_append: self.max_events_per_append,
+            sse_heartbeat: self.sse_heartbeat,
+        }
+    }
+}
+
+/// The settings as a TOML file that reproduces them.
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A JSON string literal is a valid TOML basic string.
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""));
+        let mut out = String::new();
+        let _ = writeln!(out, "listen = {}", quote(&self.listen));
+        let _ = writeln!(out, "data_dir = {}", quote(&self.data_dir.to_string_lossy()));
+        let _ = writeln!(out, "store = {}", quote(&self.store.to_string()));
+        let _ = writeln!(out, "durability = {}", quote(&self.durability.to_string()));
+        let _ = writeln!(out, "max_body_bytes = {}", self.max_body_bytes);
+        let _ = writeln!(out, "max_event_bytes = {}", self.max_event_bytes);
+        let _ = writeln!(out, "max_events_per_append = {}", self.max_events_per_append);
+        let _ = writeln!(out, "sse_heartbeat_ms = {}", self.sse_heartbeat.as_millis());
+        let _ = write!(out, "log = {}", quote(&self.log));
+        f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        layer: ConfigLayer,
+    }
+
+    fn flags(args: &[&str]) -> ConfigLayer {
+        let mut argv = vec!["bifrost"];
+        argv.extend_from_slice(args);
+        Flags::try_parse_from(argv).unwrap().layer
+    }
+
+    fn file(text: &str) -> ConfigLayer {
+        ConfigLayer::from_toml(text).unwrap()
+    }
+
+    #[test]
+    fn no_configuration_gives_the_documented_defaults() {
+        let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:7070");
+        assert_eq!(s.data_dir, PathBuf::from("./bifrost-data"));
+        assert_eq!(s.store, StoreSpec::Sqlite(PathBuf::from("./bifrost-data")));
+        assert_eq!(s.durability, Durability::Full);
+        assert_eq!(s.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(s.max_event_bytes, 1024 * 1024);
+        assert_eq!(s.max_events_per_append, 1000);
+        assert_eq!(s.sse_heartbeat, Duration::from_secs(15));
+        assert_eq!(s.log, "info");
+    }
+
+    #[test]
+    fn file_beats_default() {
+        let s = Settings::resolve(
+            ConfigLayer::default(),
+            file("listen = \"0.0.0.0:9000\"\nsse_heartbeat_ms = 500\ndurability = \"relaxed\""),
+        )
+        .unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000");
+        assert_eq!(s.sse_heartbeat, Duration::from_millis(500));
+        assert_eq!(s.durability, Durability::Relaxed);
+        assert_eq!(s.max_events_per_append, 1000);
+    }
+
+    #[test]
+    fn flag_or_environment_beats_file_key_by_key() {
+        let s = Settings::resolve(
+            flags(&["--listen", "127.0.0.1:1", "--max-event-bytes", "10"]),
+            file("listen = \"0.0.0.0:9000\"\nmax_event_bytes = 20\nmax_body_bytes = 30"),
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:1");
+        assert_eq!(s.max_event_bytes, 10);
+        assert_eq!(s.max_body_bytes, 30, "keys the flags leave out still come from the file");
+    }
+
+    #[test]
+    fn the_store_defaults_to_the_embedded_store_in_the_data_dir() {
+        let s = Settings::resolve(ConfigLayer::default(), file("data_dir = \"/var/lib/bifrost\"")).unwrap();
+        assert_eq!(s.store, StoreSpec::Sqlite(PathBuf::from("/var/lib/bifrost")));
+        let s = Settings::resolve(flags(&["--store", "memory:"]), file("data_dir = \"/x\"")).unwrap();
+        assert_eq!(s.store, StoreSpec::Memory);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_named_in_the_error() {
+        let err = ConfigLayer::from_toml("listen = \"a:1\"\nlisten_addr = \"b:2\"").unwrap_err().to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        assert!(Settings::resolve(ConfigLayer::default(), file("durability = \"sometimes\"")).is_err());
+        assert!(Settings::resolve(ConfigLayer::default(), file("max_body_bytes = 0")).is_err());
+        assert!(ConfigLayer::from_toml("max_body_bytes = \"big\"").is_err());
+    }
+
+    #[test]
+    fn printed_settings_read_back_as_the_same_settings() {
+        let s = Settings::resolve(
+            flags(&["--listen", "[::1]:7000", "--log", "debug,hyper=warn", "--store", "memory:"]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        let again = Settings::resolve(ConfigLayer::default(), file(&s.to_string())).unwrap();
+        assert_eq!(again, s);
+    }
+}
