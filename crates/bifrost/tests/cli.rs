@@ -1,0 +1,329 @@
+//! The binary end to end: serve's lifecycle, usage errors, config precedence, and the
+//! client commands against a spawned server.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failure is a failed test
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Server, bifrost, run, stderr, stdout};
+
+fn one_error_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got {stderr:?}");
+    assert!(lines[0].starts_with("error: "), "{stderr:?}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn serve_logs_its_address_once_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    assert!(dir.path().join("bifrost.db").exists(), "the embedded store lives in the data dir");
+    let (status, lines) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    let announced = lines.iter().filter(|l| l.contains("bifrost listening on http://127.0.0.1:")).count();
+    assert_eq!(announced, 1, "{lines:?}");
+}
+
+#[test]
+fn the_listening_line_appears_even_when_the_log_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = bifrost();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", "memory:", "--data-dir"]).arg(dir.path());
+    cmd.env("BIFROST_LOG", "error");
+    let server = Server::spawn(cmd);
+    let (status, lines) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(lines.iter().filter(|l| l.contains("listening on")).count(), 1, "{lines:?}");
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_error_line() {
+    let out = run(bifrost().args(["serve", "--lisen", "127.0.0.1:1"]), None);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_error_line(&stderr(&out));
+    assert!(line.contains("--lisen"), "{line}");
+
+    let out = run(bifrost().args(["read"]), None);
+    assert_eq!(out.status.code(), Some(2));
+    one_error_line(&stderr(&out));
+}
+
+#[test]
+fn a_busy_port_is_one_error_line_and_a_failure() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(bifrost().args(["serve", "--listen", &addr, "--data-dir"]).arg(dir.path()), None);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_error_line(&stderr(&out));
+    assert!(line.contains(&addr), "{line}");
+}
+
+#[test]
+fn postgres_store_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        bifrost()
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", "postgres://localhost/test", "--data-dir"])
+            .arg(dir.path()),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&stderr(&out)).contains("PostgreSQL backend is not available"));
+}
+
+#[test]
+fn config_precedence_is_flag_then_environment_then_file_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bifrost.toml");
+    std::fs::write(
+        &file,
+        "listen = \"10.0.0.1:1\"\nmax_body_bytes = 111\nmax_event_bytes = 222\nlog = \"debug\"\n",
+    )
+    .unwrap();
+    let out = run(
+        bifrost()
+            .args(["config", "--max-body-bytes", "333"])
+            .env("BIFROST_CONFIG", &file)
+            .env("BIFROST_MAX_BODY_BYTES", "444")
+            .env("BIFROST_MAX_EVENT_BYTES", "555"),
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("max_body_bytes = 333"), "flag beats environment and file: {text}");
+    assert!(text.contains("max_event_bytes = 555"), "environment beats file: {text}");
+    assert!(text.contains("listen = \"10.0.0.1:1\""), "file beats default: {text}");
+    assert!(text.contains("log = \"debug\""), "{text}");
+    assert!(text.contains("sse_heartbeat_ms = 15000"), "default: {text}");
+
+    std::fs::write(&file, "listen = \"a:1\"\nlisten_adress = \"b:2\"\n").unwrap();
+    let out = run(bifrost().arg("config").arg("--config").arg(&file), None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&stderr(&out)).contains("listen_adress"));
+
+    let out = run(bifrost().args(["config", "--config", "/nonexistent/bifrost.toml"]), None);
+    assert_eq!(out.status.code(), Some(1));
+    one_error_line(&stderr(&out));
+}
+
+#[test]
+fn invalid_json_data_is_refused_before_sending() {
+    // No server at this address: the check happens first.
+    let out = run(
+        bifrost().args(["append", "order-1", "order.placed", "{not json", "--server", "http://127.0.0.1:9"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&stderr(&out)).contains("not valid JSON"));
+}
+
+#[test]
+fn append_and_read_round_trip_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let url = server.url();
+
+    let out = run(
+        bifrost()
+            .args([
+                "append",
+                "order-1",
+                "order.placed",
+                r#"{"total": 42.5}"#,
+                "--expected-version",
+                "no_stream",
+            ])
+            .args(["--metadata", r#"{"correlation_id":"c-1"}"#])
+            .env("BIFROST_SERVER", &url),
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(result["stream"], "order-1");
+    assert_eq!(result["first_version"], 1);
+
+    // DATA from stdin, a fixed id.
+    let id = "0193a5e0-0000-7000-8000-000000000001";
+    let out = run(
+        bifrost().args([
+            "append",
+            "order-1",
+            "order.paid",
+            "-",
+            "--expected-version",
+            "1",
+            "--id",
+            id,
+            "--server",
+            &url,
+        ]),
+        Some("{\n  \"amount\": 42.5\n}\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A stale expected version: the server's problem, on one line, exit 1.
+    let out = run(
+        bifrost().args([
+            "append",
+            "order-1",
+            "order.paid",
+            "{}",
+            "--expected-version",
+            "1",
+            "--server",
+            &url,
+        ]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_error_line(&stderr(&out));
+    assert!(line.contains(": "), "title: detail, got {line}");
+
+    run(bifrost().args(["append", "invoice-9", "invoice.sent", "\"text\"", "--server", &url]), None);
+
+    let out = run(bifrost().args(["read", "order-1", "--server", &url]), None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> =
+        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["type"], "order.placed");
+    assert_eq!(events[0]["data"]["total"], 42.5);
+    assert_eq!(events[0]["metadata"]["correlation_id"], "c-1");
+    assert_eq!(events[1]["id"], id);
+    assert_eq!(events[1]["version"], 2);
+
+    let out = run(bifrost().args(["read", "order-1", "--backward", "--limit", "1", "--server", &url]), None);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", stderr(&out));
+    assert!(lines[0].contains("order.paid"));
+
+    let out = run(bifrost().args(["read", "--all", "--server", &url]), None);
+    assert_eq!(stdout(&out).lines().count(), 3, "{}", stderr(&out));
+    let out = run(bifrost().args(["read", "--all", "--type", "order.*", "--server", &url]), None);
+    assert_eq!(stdout(&out).lines().count(), 2);
+    let out = run(bifrost().args(["read", "--all", "--category", "invoice", "--server", &url]), None);
+    assert_eq!(stdout(&out).lines().count(), 1);
+    let out = run(
+        bifrost().args(["read", "--all", "--from-position", "1", "--limit", "1", "--server", &url]),
+        None,
+    );
+    let event: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(event["id"], id);
+
+    let out = run(bifrost().args(["read", "nope-1", "--server", &url]), None);
+    assert_eq!(out.status.code(), Some(1));
+    one_error_line(&stderr(&out));
+}
+
+/// Reads JSON lines from a child's stdout on a thread; `take(n)` waits (bounded).
+struct LineReader {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl LineReader {
+    fn new(pipe: std::process::ChildStdout) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    fn take(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line =
+                self.rx.recv_timeout(left).unwrap_or_else(|_| panic!("only {} of {n} lines", out.len()));
+            out.push(serde_json::from_str(&line).unwrap());
+        }
+        out
+    }
+
+    fn nothing_more_within(&self, wait: Duration) {
+        if let Ok(line) = self.rx.recv_timeout(wait) {
+            panic!("unexpected line {line}");
+        }
+    }
+}
+
+#[test]
+fn tail_follows_the_log_and_resumes_after_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let url = server.url();
+    let append = |stream: &str, t: &str| {
+        let out = run(bifrost().args(["append", stream, t, "{}", "--server", &url]), None);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    append("a-1", "a.one");
+
+    let mut tail = bifrost()
+        .args(["tail", "--from-position", "0", "--type", "a.#", "--server", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = LineReader::new(tail.stdout.take().unwrap());
+    let first = lines.take(1);
+    assert_eq!(first[0]["type"], "a.one", "catch-up from the log");
+
+    append("b-1", "b.skipped");
+    append("a-1", "a.two");
+    assert_eq!(lines.take(1)[0]["type"], "a.two", "live, filtered");
+
+    // The server goes away and comes back on the same address and data.
+    let addr = server.addr.clone();
+    server.kill();
+    let server = Server::start(dir.path(), &addr, &[]);
+    append("a-2", "a.three");
+    let resumed = lines.take(1);
+    assert_eq!(resumed[0]["type"], "a.three", "resumed after the last position, no duplicate");
+    lines.nothing_more_within(Duration::from_millis(500));
+
+    let _ = tail.kill();
+    let _ = tail.wait();
+    drop(server);
+}
+
+#[test]
+fn bench_runs_every_workload_small_and_prints_json() {
+    let out = run(
+        bifrost().args([
+            "bench",
+            "--count",
+            "600",
+            "--writers",
+            "8",
+            "--rate",
+            "400",
+            "--duration",
+            "0.5",
+            "--json",
+        ]),
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let names: Vec<&str> =
+        report["workloads"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["w1", "w2", "w3", "w4-single", "w4-batch", "w5"]);
+    let w3 = &report["workloads"][2];
+    assert_eq!(w3["events"], 1200, "w3 reads what w1 and w2 wrote");
+    for w in report["workloads"].as_array().unwrap() {
+        assert!(w["latency_us"]["p50"].as_u64().unwrap() > 0, "{w}");
+    }
+}
