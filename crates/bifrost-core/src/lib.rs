@@ -19,7 +19,7 @@ pub mod testkit;
 pub use error::{Error, Result, VersionConflict};
 pub use event::{EventId, Metadata, NewEvent, RecordedEvent};
 pub use memory::InMemoryStore;
-pub use name::{Category, EventType, StreamName};
+pub use name::{Category, EventType, NameCache, StreamName};
 pub use pattern::TypePattern;
 pub use store::{
     AppendResult, DeleteMode, Direction, EventStore, ExpectedVersion, LogFilter, LogSlice, Position,

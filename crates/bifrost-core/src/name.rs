@@ -1,5 +1,6 @@
 //! Validated names: streams, categories and event types.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::str::FromStr;
@@ -183,6 +184,41 @@ impl fmt::Debug for EventType {
 impl serde::Serialize for EventType {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
+    }
+}
+
+/// Shares one allocation per distinct stream name and event type across the rows of a
+/// read, instead of validating and allocating both for every row. Bounded, so a read over
+/// many distinct names cannot grow it without limit.
+#[derive(Default)]
+pub struct NameCache {
+    streams: HashMap<Box<str>, StreamName>,
+    types: HashMap<Box<str>, EventType>,
+}
+
+impl NameCache {
+    const MAX: usize = 4096;
+
+    pub fn stream(&mut self, name: &str) -> Result<StreamName, Error> {
+        if let Some(s) = self.streams.get(name) {
+            return Ok(s.clone());
+        }
+        let s = StreamName::new(name)?;
+        if self.streams.len() < Self::MAX {
+            self.streams.insert(name.into(), s.clone());
+        }
+        Ok(s)
+    }
+
+    pub fn event_type(&mut self, name: &str) -> Result<EventType, Error> {
+        if let Some(t) = self.types.get(name) {
+            return Ok(t.clone());
+        }
+        let t = EventType::new(name)?;
+        if self.types.len() < Self::MAX {
+            self.types.insert(name.into(), t.clone());
+        }
+        Ok(t)
     }
 }
 

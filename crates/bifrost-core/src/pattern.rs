@@ -67,6 +67,26 @@ impl TypePattern {
         self.segments.iter().all(|s| matches!(s, Segment::Literal(_))).then_some(&*self.source)
     }
 
+    /// An anchored POSIX regular expression that matches `"." + event_type` exactly when
+    /// this pattern matches `event_type`, so SQL backends can filter with
+    /// `('.' || type) ~ regex`. (The leading dot lets `#` absorb zero segments without
+    /// special cases.) Literal segments hold only `A-Z a-z 0-9 _ -`, which need no escaping.
+    pub fn to_dotted_regex(&self) -> String {
+        let mut regex = String::from("^");
+        for segment in self.segments.iter() {
+            match segment {
+                Segment::Literal(lit) => {
+                    regex.push_str("\\.");
+                    regex.push_str(lit);
+                }
+                Segment::One => regex.push_str("\\.[^.]+"),
+                Segment::Any => regex.push_str("(\\.[^.]+)*"),
+            }
+        }
+        regex.push('$');
+        regex
+    }
+
     pub fn matches(&self, event_type: &str) -> bool {
         let words: Vec<&str> = event_type.split('.').collect();
         matches_from(&self.segments, &words)

@@ -1,9 +1,8 @@
 //! Rows to events and back: the on-disk encoding of the model.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use bifrost_core::{Error, EventType, Metadata, RecordedEvent, Result, StreamName, Timestamp};
+use bifrost_core::{Error, Metadata, NameCache, RecordedEvent, Result, Timestamp};
 use bytes::Bytes;
 use rusqlite::Row;
 use uuid::Uuid;
@@ -32,51 +31,16 @@ pub(crate) fn i64_from(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} is too large")))
 }
 
-/// Names repeat across the rows of one read: share one allocation per distinct name
-/// instead of validating and allocating one per row.
-#[derive(Default)]
-pub(crate) struct Names {
-    streams: HashMap<Box<str>, StreamName>,
-    types: HashMap<Box<str>, EventType>,
-}
-
-impl Names {
-    /// Bounds the memory of a read over many distinct names.
-    const MAX: usize = 4096;
-
-    fn stream(&mut self, name: &str) -> Result<StreamName> {
-        if let Some(s) = self.streams.get(name) {
-            return Ok(s.clone());
-        }
-        let s = StreamName::new(name).map_err(|e| corrupt("stream name", e))?;
-        if self.streams.len() < Self::MAX {
-            self.streams.insert(name.into(), s.clone());
-        }
-        Ok(s)
-    }
-
-    fn event_type(&mut self, name: &str) -> Result<EventType> {
-        if let Some(t) = self.types.get(name) {
-            return Ok(t.clone());
-        }
-        let t = EventType::new(name).map_err(|e| corrupt("event type", e))?;
-        if self.types.len() < Self::MAX {
-            self.types.insert(name.into(), t.clone());
-        }
-        Ok(t)
-    }
-}
-
-pub(crate) fn event_from_row(row: &Row<'_>, names: &mut Names) -> Result<RecordedEvent> {
+pub(crate) fn event_from_row(row: &Row<'_>, names: &mut NameCache) -> Result<RecordedEvent> {
     let stream = row.get_ref(2).map_err(sql)?.as_str().map_err(|e| corrupt("stream name", e))?;
     let event_type = row.get_ref(5).map_err(sql)?.as_str().map_err(|e| corrupt("event type", e))?;
     Ok(RecordedEvent {
         position: u64_from(row.get(0).map_err(sql)?, "position")?,
         id: uuid_from_blob(row.get_ref(1).map_err(sql)?.as_blob().map_err(|e| corrupt("event id", e))?)?,
-        stream: names.stream(stream)?,
+        stream: names.stream(stream).map_err(|e| corrupt("stream name", e))?,
         version: u64_from(row.get(3).map_err(sql)?, "version")?,
         aggregate_type: row.get(4).map_err(sql)?,
-        event_type: names.event_type(event_type)?,
+        event_type: names.event_type(event_type).map_err(|e| corrupt("event type", e))?,
         schema_version: u32::try_from(row.get::<_, i64>(6).map_err(sql)?)
             .map_err(|e| corrupt("schema version", e))?,
         data: blob(row, 7)?,

@@ -5,15 +5,15 @@ use std::sync::{Arc, Mutex};
 
 use bifrost_core::store::{StreamState, check_log_start, stream_window};
 use bifrost_core::{
-    Direction, Error, LogFilter, LogSlice, Position, RecordedEvent, Result, StreamInfo, StreamListQuery,
-    StreamListing, StreamName, StreamSlice, StreamSummary, Timestamp, Version,
+    Direction, Error, LogFilter, LogSlice, NameCache, Position, RecordedEvent, Result, StreamInfo,
+    StreamListQuery, StreamListing, StreamName, StreamSlice, StreamSummary, Timestamp, Version,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::codec::{EVENT_COLUMNS, Names, event_from_row, i64_from, sql, u64_from};
+use crate::codec::{EVENT_COLUMNS, event_from_row, i64_from, sql, u64_from};
 use crate::schema::open_reader;
 
 /// Rows a filtered global read examines before it returns what it has (with
@@ -117,7 +117,7 @@ pub(crate) fn read_stream(
         .map_err(sql)?;
     let mut rows = stmt.query(params![stream.as_str(), i64_from(low)?, i64_from(high)?]).map_err(sql)?;
     let mut events = Vec::with_capacity(window.count);
-    let mut names = Names::default();
+    let mut names = NameCache::default();
     while let Some(row) = rows.next().map_err(sql)? {
         events.push(event_from_row(row, &mut names)?);
     }
@@ -200,7 +200,7 @@ pub(crate) fn read_all(
     let mut rows = stmt.query(params_from_iter(args)).map_err(sql)?;
     let mut events: Vec<RecordedEvent> =
         Vec::with_capacity(if filter.is_empty() { limit.min(16_384) } else { limit.min(1024) });
-    let mut names = Names::default();
+    let mut names = NameCache::default();
     let mut scanned = 0;
     let mut last_seen = after;
     while let Some(row) = rows.next().map_err(sql)? {
@@ -230,7 +230,7 @@ pub(crate) fn event(conn: &Connection, id: Uuid) -> Result<Option<RecordedEvent>
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1")).map_err(sql)?;
     let mut rows = stmt.query([id.as_bytes().as_slice()]).map_err(sql)?;
-    rows.next().map_err(sql)?.map(|row| event_from_row(row, &mut Names::default())).transpose()
+    rows.next().map_err(sql)?.map(|row| event_from_row(row, &mut NameCache::default())).transpose()
 }
 
 pub(crate) fn stream_info(conn: &Connection, stream: &StreamName) -> Result<StreamInfo> {

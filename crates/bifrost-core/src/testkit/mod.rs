@@ -33,6 +33,35 @@ impl Harness {
     }
 }
 
+/// What a backend's factory returns: a store, or `None` when the service it needs is
+/// unreachable and the run does not require services (see [`service_unavailable`]).
+pub trait IntoHarness {
+    fn into_harness(self) -> Option<Harness>;
+}
+
+impl IntoHarness for Harness {
+    fn into_harness(self) -> Option<Harness> {
+        Some(self)
+    }
+}
+
+impl IntoHarness for Option<Harness> {
+    fn into_harness(self) -> Option<Harness> {
+        self
+    }
+}
+
+/// Call when a test's external service (PostgreSQL, a broker) is unreachable: prints a
+/// clear skip line and returns `None`, or panics when `BIFROST_REQUIRE_SERVICES=1` (CI),
+/// so a missing service can never pass silently there.
+pub fn service_unavailable<T>(service: &str, why: impl std::fmt::Display) -> Option<T> {
+    if std::env::var("BIFROST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("{service} is required (BIFROST_REQUIRE_SERVICES=1) but unreachable: {why}");
+    }
+    eprintln!("skipped: {service} is unreachable ({why}); set BIFROST_REQUIRE_SERVICES=1 to fail instead");
+    None
+}
+
 /// A stream name; panics on an invalid one (test input only).
 pub fn stream(name: &str) -> StreamName {
     StreamName::new(name).expect("valid stream name in test")
@@ -121,7 +150,9 @@ macro_rules! __conformance_cases {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                let harness = $factory().await;
+                let Some(harness) = $crate::testkit::IntoHarness::into_harness($factory().await) else {
+                    return;
+                };
                 $crate::testkit::cases::$case(harness.store.clone()).await;
                 let _ = harness.store.close().await;
                 drop(harness);

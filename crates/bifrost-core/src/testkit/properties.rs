@@ -10,7 +10,7 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use super::{Harness, events, stream};
+use super::{IntoHarness, events, stream};
 use crate::error::Error;
 use crate::store::{DeleteMode, Direction, ExpectedVersion, LogFilter, SubscribeFrom};
 use crate::subscription::subscribe;
@@ -60,14 +60,14 @@ struct Model {
 pub fn sequential_model_check<F, Fut>(factory: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Harness>,
+    Fut: Future<Output: IntoHarness>,
 {
     let rt = runtime();
     let mut runner = TestRunner::new(Config { cases: 24, ..Config::default() });
     runner
         .run(&proptest::collection::vec(op(), 1..40), |ops| {
             rt.block_on(async {
-                let harness = factory().await;
+                let Some(harness) = factory().await.into_harness() else { return Ok(()) };
                 let store = harness.store.clone();
                 let mut model = Model::default();
                 for op in ops {
@@ -147,7 +147,7 @@ where
 pub fn concurrent_invariants<F, Fut>(factory: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Harness>,
+    Fut: Future<Output: IntoHarness>,
 {
     let rt = runtime();
     let mut runner = TestRunner::new(Config { cases: 8, ..Config::default() });
@@ -156,7 +156,7 @@ where
     runner
         .run(&plan, |writers| {
             rt.block_on(async {
-                let harness = factory().await;
+                let Some(harness) = factory().await.into_harness() else { return Ok(()) };
                 let store = harness.store.clone();
                 let mut sub = subscribe(store.clone(), SubscribeFrom::Start, LogFilter::default());
                 let mut tasks = Vec::new();

@@ -1,0 +1,121 @@
+//! Keeps the store's head current with what other nodes commit: `LISTEN` on the head
+//! channel, a slow poll as a fallback for a lost notification or connection, and a
+//! reconnect loop. Also closes pooled connections that sat idle too long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bifrost_core::Position;
+use deadpool_postgres::Pool;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::PostgresOptions;
+use crate::schema::Sql;
+use crate::writer::advance;
+
+pub(crate) struct Listener {
+    stop: watch::Sender<bool>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Listener {
+    pub(crate) fn start(
+        config: tokio_postgres::Config,
+        sql: Arc<Sql>,
+        pool: Pool,
+        head: Arc<watch::Sender<Position>>,
+        options: &PostgresOptions,
+    ) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let poll = options.poll_interval;
+        let idle = options.idle_timeout;
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            let mut stopped = stopped;
+            loop {
+                let session = listen(&config, &sql, &pool, &head, poll, idle, &mut stopped).await;
+                if *stopped.borrow() {
+                    return;
+                }
+                if let Err(e) = session {
+                    tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+        Self { stop, task: tokio::sync::Mutex::new(Some(task)) }
+    }
+
+    pub(crate) async fn stop(&self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// One listening session; returns when its connection fails or the store stops.
+async fn listen(
+    config: &tokio_postgres::Config,
+    sql: &Sql,
+    pool: &Pool,
+    head: &watch::Sender<Position>,
+    poll: Duration,
+    idle: Duration,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (notes_tx, mut notes) = mpsc::unbounded_channel();
+    // The connection delivers notifications only while it is polled for messages.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if notes_tx.send(n.payload().parse::<Position>().ok()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "change listener connection failed");
+                    return;
+                }
+            }
+        }
+    });
+    let session = async {
+        client.batch_execute(&format!("LISTEN {}", sql.channel)).await?;
+        // Whatever committed while no one listened.
+        let read_head = client.prepare(&sql.read_head).await?;
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                note = notes.recv() => match note {
+                    Some(Some(position)) => { head.send_if_modified(|h| advance(h, position)); }
+                    Some(None) => {}
+                    None => return Ok(()), // the connection ended
+                },
+                _ = tick.tick() => {
+                    let row = client.query_one(&read_head, &[]).await?;
+                    if let Ok(position) = Position::try_from(row.get::<_, i64>(0)) {
+                        head.send_if_modified(|h| advance(h, position));
+                    }
+                    pool.retain(|_, metrics| metrics.last_used() < idle);
+                }
+                _ = stopped.changed() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    session
+}

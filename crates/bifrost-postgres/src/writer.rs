@@ -1,0 +1,426 @@
+//! The writer task: gathers appends into groups and commits each group in one transaction
+//! that holds the `head` row lock, with a fixed number of round trips per group.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of, check_expected, check_replay};
+use bifrost_core::{
+    AppendResult, DeleteMode, Error, EventType, Position, Result, StreamAppend, StreamName, Timestamp,
+    Version,
+};
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::codec::{i64_from, pg, pool as pool_error, u64_from};
+use crate::schema::Sql;
+
+enum Command {
+    Append { appends: Vec<StreamAppend>, reply: oneshot::Sender<Result<Vec<AppendResult>>> },
+    Delete { stream: StreamName, mode: DeleteMode, reply: oneshot::Sender<Result<()>> },
+}
+
+pub(crate) struct Writer {
+    sender: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+fn closed() -> Error {
+    Error::Unavailable("the store is closed".into())
+}
+
+impl Writer {
+    pub(crate) fn start(
+        pool: Pool,
+        sql: Arc<Sql>,
+        head: Arc<watch::Sender<Position>>,
+        max_batch: usize,
+    ) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(pool, sql, head, receiver, max_batch));
+        Self { sender: Mutex::new(Some(sender)), task: tokio::sync::Mutex::new(Some(task)) }
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().ok_or_else(closed)?.send(command).map_err(|_| closed())
+    }
+
+    pub(crate) async fn append(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Append { appends, reply })?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    pub(crate) async fn delete(&self, stream: StreamName, mode: DeleteMode) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Delete { stream, mode, reply })?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Lets queued commands finish, then stops the task.
+    pub(crate) async fn close(&self) {
+        drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(
+    pool: Pool,
+    sql: Arc<Sql>,
+    head: Arc<watch::Sender<Position>>,
+    mut receiver: mpsc::UnboundedReceiver<Command>,
+    max_batch: usize,
+) {
+    let mut held: Option<Command> = None;
+    loop {
+        let first = match held.take() {
+            Some(c) => c,
+            None => match receiver.recv().await {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        match first {
+            Command::Delete { stream, mode, reply } => {
+                let result = delete(&pool, &sql, &stream, mode).await;
+                let _ = reply.send(result);
+            }
+            Command::Append { appends, reply } => {
+                // The group: whatever queued up while the previous transaction ran. A delete
+                // ends the group and runs on its own next.
+                let mut group = vec![(appends, reply)];
+                while group.len() < max_batch {
+                    match receiver.try_recv() {
+                        Ok(Command::Append { appends, reply }) => group.push((appends, reply)),
+                        Ok(delete) => {
+                            held = Some(delete);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let (results, committed) = commit_group(&pool, &sql, &requests).await;
+                if let Some(position) = committed {
+                    head.send_if_modified(|h| advance(h, position));
+                }
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Moves a head forward, never back.
+pub(crate) fn advance(head: &mut Position, to: Position) -> bool {
+    if to > *head {
+        *head = to;
+        true
+    } else {
+        false
+    }
+}
+
+/// One planned append of one stream: where its events go.
+enum Plan {
+    Replay(AppendResult),
+    Write { after: Version, first_position: Position },
+}
+
+/// What the group's transaction knows, updated as each request is planned.
+struct Working {
+    ids: HashMap<Uuid, StoredEventRef>,
+    streams: HashMap<String, (Version, StreamState)>,
+    last_position: Position,
+}
+
+impl Working {
+    /// Plans one request against the state left by the requests before it in the group.
+    /// Nothing is written here; a request that fails leaves the state untouched.
+    fn plan(&mut self, appends: &[StreamAppend]) -> Result<Vec<Plan>> {
+        let mut plans = Vec::with_capacity(appends.len());
+        let mut conflicts = Vec::new();
+        for append in appends {
+            if let Some(original) = check_replay(append, |id| Ok(self.ids.get(id).cloned()))? {
+                plans.push(Plan::Replay(original));
+                continue;
+            }
+            if let Some(e) = append.events.iter().find(|e| self.ids.contains_key(&e.id)) {
+                return Err(Error::DuplicateEventId { id: e.id });
+            }
+            match check_expected(append, self.streams.get(append.stream.as_str()).copied()) {
+                Ok(after) => plans.push(Plan::Write { after, first_position: 0 }),
+                Err(Error::WrongExpectedVersion(c)) => conflicts.extend(c),
+                Err(other) => return Err(other),
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(Error::WrongExpectedVersion(conflicts));
+        }
+        for (append, plan) in appends.iter().zip(plans.iter_mut()) {
+            let Plan::Write { after, first_position } = plan else { continue };
+            *first_position = self.last_position + 1;
+            for (offset, event) in (1u64..).zip(&append.events) {
+                self.ids.insert(
+                    event.id,
+                    StoredEventRef {
+                        stream: append.stream.clone(),
+                        version: *after + offset,
+                        position: self.last_position + offset,
+                        event_type: event.event_type.clone(),
+                        data: event.data.clone(),
+                    },
+                );
+            }
+            let count = append.events.len() as u64;
+            self.last_position += count;
+            self.streams.insert(append.stream.to_string(), (*after + count, StreamState::Live));
+        }
+        Ok(plans)
+    }
+}
+
+/// Column buffers for one `unnest` insert, borrowing the requests' bytes.
+#[derive(Default)]
+struct Rows<'a> {
+    position: Vec<i64>,
+    id: Vec<Uuid>,
+    stream: Vec<&'a str>,
+    version: Vec<i64>,
+    category: Vec<&'a str>,
+    aggregate_type: Vec<String>,
+    event_type: Vec<&'a str>,
+    schema_version: Vec<i32>,
+    data: Vec<&'a [u8]>,
+    metadata: Vec<Bytes>,
+    correlation_id: Vec<Option<&'a str>>,
+    occurred_at: Vec<i64>,
+    recorded_at: Vec<i64>,
+}
+
+/// Commits a group. Returns each request's result, and the new head when the transaction
+/// committed.
+async fn commit_group(
+    pool: &Pool,
+    sql: &Sql,
+    requests: &[Vec<StreamAppend>],
+) -> (Vec<Result<Vec<AppendResult>>>, Option<Position>) {
+    match try_commit_group(pool, sql, requests).await {
+        Ok((results, head)) => (results, head),
+        Err(e) => {
+            tracing::warn!(error = %e, "group commit failed; every append in the group is rejected");
+            let message = e.to_string();
+            let unavailable = matches!(e, Error::Unavailable(_));
+            let results = requests
+                .iter()
+                .map(|_| {
+                    Err(if unavailable {
+                        Error::Unavailable(message.clone())
+                    } else {
+                        Error::Storage { message: message.clone(), source: None }
+                    })
+                })
+                .collect();
+            (results, None)
+        }
+    }
+}
+
+async fn try_commit_group(
+    pool: &Pool,
+    sql: &Sql,
+    requests: &[Vec<StreamAppend>],
+) -> Result<(Vec<Result<Vec<AppendResult>>>, Option<Position>)> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    // The serialization point: until this transaction commits, no other writer on any node
+    // can number events.
+    let lock = tx.prepare_cached(&sql.lock_head).await.map_err(pg)?;
+    let head_row = tx.query_one(&lock, &[]).await.map_err(pg)?;
+    let head = u64_from(head_row.get(0), "head position")?;
+    let now = Timestamp::now().max(Timestamp::from_micros(head_row.get(1)));
+
+    let all_ids: Vec<Uuid> = requests.iter().flatten().flat_map(|a| a.events.iter().map(|e| e.id)).collect();
+    let all_streams: Vec<&str> = requests.iter().flatten().map(|a| a.stream.as_str()).collect();
+    let find_ids = tx.prepare_cached(&sql.find_ids).await.map_err(pg)?;
+    let find_streams = tx.prepare_cached(&sql.find_streams).await.map_err(pg)?;
+    let (ids_param, streams_param): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        ([&all_ids], [&all_streams]);
+    // Pipelined: both lookups travel in one round trip.
+    let (id_rows, stream_rows) =
+        futures::try_join!(tx.query(&find_ids, &ids_param), tx.query(&find_streams, &streams_param))
+            .map_err(pg)?;
+    let mut working = Working { ids: HashMap::new(), streams: HashMap::new(), last_position: head };
+    for row in id_rows {
+        let stream: &str = row.get(1);
+        let event_type: &str = row.get(4);
+        working.ids.insert(
+            row.get(0),
+            StoredEventRef {
+                stream: StreamName::new(stream)?,
+                version: u64_from(row.get(2), "version")?,
+                position: u64_from(row.get(3), "position")?,
+                event_type: EventType::new(event_type)?,
+                data: Bytes::copy_from_slice(row.get::<_, &[u8]>(5)),
+            },
+        );
+    }
+    for row in stream_rows {
+        let state = StreamState::from_i64(i64::from(row.get::<_, i16>(2)))?;
+        working.streams.insert(row.get(0), (u64_from(row.get(1), "version")?, state));
+    }
+
+    let plans: Vec<Result<Vec<Plan>>> = requests.iter().map(|appends| working.plan(appends)).collect();
+    if working.last_position == head {
+        // Nothing to write (all conflicts or replays): no need to hold the lock longer.
+        tx.rollback().await.map_err(pg)?;
+        return Ok((finish(requests, plans), None));
+    }
+
+    let mut rows = Rows::default();
+    let mut stream_heads: HashMap<&str, (&str, String, Version)> = HashMap::new();
+    for (appends, plans) in requests.iter().zip(&plans) {
+        let Ok(plans) = plans else { continue };
+        for (append, plan) in appends.iter().zip(plans) {
+            let Plan::Write { after, first_position } = plan else { continue };
+            let stream = append.stream.as_str();
+            let category = append.stream.category();
+            for (offset, event) in (0u64..).zip(&append.events) {
+                rows.position.push(i64_from(first_position + offset)?);
+                rows.id.push(event.id);
+                rows.stream.push(stream);
+                rows.version.push(i64_from(after + 1 + offset)?);
+                rows.category.push(category);
+                rows.aggregate_type.push(aggregate_type_of(event, &append.stream));
+                rows.event_type.push(event.event_type.as_str());
+                rows.schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+                rows.data.push(event.data.as_ref());
+                rows.metadata.push(event.metadata.to_json_bytes());
+                rows.correlation_id.push(event.metadata.correlation_id.as_deref());
+                rows.occurred_at.push(event.occurred_at.unwrap_or(now).as_micros());
+                rows.recorded_at.push(now.as_micros());
+            }
+            let last = after + append.events.len() as u64;
+            stream_heads
+                .entry(stream)
+                .and_modify(|h| h.2 = last)
+                .or_insert_with(|| (category, aggregate_type_of(&append.events[0], &append.stream), last));
+        }
+    }
+    let metadata: Vec<&[u8]> = rows.metadata.iter().map(|m| m.as_ref()).collect();
+    let insert = tx.prepare_cached(&sql.insert_events).await.map_err(pg)?;
+    tx.execute(
+        &insert,
+        &[
+            &rows.position,
+            &rows.id,
+            &rows.stream,
+            &rows.version,
+            &rows.category,
+            &rows.aggregate_type,
+            &rows.event_type,
+            &rows.schema_version,
+            &rows.data,
+            &metadata,
+            &rows.correlation_id,
+            &rows.occurred_at,
+            &rows.recorded_at,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    let mut names = Vec::with_capacity(stream_heads.len());
+    let mut categories = Vec::with_capacity(stream_heads.len());
+    let mut types = Vec::with_capacity(stream_heads.len());
+    let mut versions = Vec::with_capacity(stream_heads.len());
+    for (name, (category, aggregate_type, version)) in &stream_heads {
+        names.push(*name);
+        categories.push(*category);
+        types.push(aggregate_type.as_str());
+        versions.push(i64_from(*version)?);
+    }
+    let upsert = tx.prepare_cached(&sql.upsert_streams).await.map_err(pg)?;
+    let update_head = tx.prepare_cached(&sql.update_head).await.map_err(pg)?;
+    let notify = tx.prepare_cached(&sql.notify).await.map_err(pg)?;
+    let last = working.last_position;
+    let last_i = i64_from(last)?;
+    let channel = sql.channel_name();
+    let payload = last.to_string();
+    let now_micros = now.as_micros();
+    let upsert_params: [&(dyn ToSql + Sync); 5] = [&names, &categories, &types, &versions, &now_micros];
+    let head_params: [&(dyn ToSql + Sync); 2] = [&last_i, &now_micros];
+    let notify_params: [&(dyn ToSql + Sync); 2] = [&channel, &payload];
+    futures::try_join!(
+        tx.execute(&upsert, &upsert_params),
+        tx.execute(&update_head, &head_params),
+        tx.execute(&notify, &notify_params),
+    )
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok((finish(requests, plans), Some(last)))
+}
+
+fn finish(requests: &[Vec<StreamAppend>], plans: Vec<Result<Vec<Plan>>>) -> Vec<Result<Vec<AppendResult>>> {
+    requests
+        .iter()
+        .zip(plans)
+        .map(|(appends, plans)| {
+            let plans = plans?;
+            Ok(appends
+                .iter()
+                .zip(plans)
+                .map(|(append, plan)| match plan {
+                    Plan::Replay(original) => original,
+                    Plan::Write { after, first_position } => {
+                        let count = append.events.len() as u64;
+                        AppendResult {
+                            stream: append.stream.clone(),
+                            first_version: after + 1,
+                            last_version: after + count,
+                            first_position,
+                            last_position: first_position + count - 1,
+                        }
+                    }
+                })
+                .collect())
+        })
+        .collect()
+}
+
+async fn delete(pool: &Pool, sql: &Sql, stream: &StreamName, mode: DeleteMode) -> Result<()> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    let lock = tx.prepare_cached(&sql.lock_head).await.map_err(pg)?;
+    tx.query_one(&lock, &[]).await.map_err(pg)?;
+    let state_stmt = tx.prepare_cached(&sql.stream_state).await.map_err(pg)?;
+    let row = tx.query_opt(&state_stmt, &[&stream.as_str()]).await.map_err(pg)?;
+    let state = row.map(|r| StreamState::from_i64(i64::from(r.get::<_, i16>(1)))).transpose()?;
+    match (state, mode) {
+        (None, _) | (Some(StreamState::SoftDeleted), DeleteMode::Soft) => {
+            return Err(Error::StreamNotFound(stream.clone()));
+        }
+        (Some(StreamState::Tombstoned), _) => return Err(Error::StreamDeleted(stream.clone())),
+        _ => {}
+    }
+    let new_state = match mode {
+        DeleteMode::Soft => StreamState::SoftDeleted,
+        DeleteMode::Hard => {
+            let delete = tx.prepare_cached(&sql.delete_events).await.map_err(pg)?;
+            tx.execute(&delete, &[&stream.as_str()]).await.map_err(pg)?;
+            StreamState::Tombstoned
+        }
+    };
+    let set = tx.prepare_cached(&sql.set_stream_state).await.map_err(pg)?;
+    let state_i = i16::try_from(new_state.as_i64()).unwrap_or(0);
+    tx.execute(&set, &[&stream.as_str(), &state_i, &Timestamp::now().as_micros()]).await.map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(())
+}
