@@ -46,7 +46,9 @@ struct Inner {
 
 pub struct InMemoryStore {
     inner: RwLock<Inner>,
-    head: watch::Sender<Position>,
+    /// Dropped on close, which ends every subscription.
+    head_tx: std::sync::Mutex<Option<watch::Sender<Position>>>,
+    head: watch::Receiver<Position>,
 }
 
 impl Default for InMemoryStore {
@@ -57,17 +59,23 @@ impl Default for InMemoryStore {
 
 impl InMemoryStore {
     pub fn new() -> Self {
-        Self { inner: RwLock::new(Inner::default()), head: watch::Sender::new(0) }
+        let (head_tx, head) = watch::channel(0);
+        Self { inner: RwLock::new(Inner::default()), head_tx: std::sync::Mutex::new(Some(head_tx)), head }
     }
 
     pub fn shared() -> Arc<Self> {
         Arc::new(Self::new())
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+    /// The log for reading; `Unavailable` once closed.
+    fn read(&self) -> Result<RwLockReadGuard<'_, Inner>> {
         // A panic while holding the lock cannot leave the log half-written: appends build
         // everything first and mutate only after every check has passed.
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        if inner.closed {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
+        Ok(inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
@@ -187,7 +195,9 @@ impl EventStore for InMemoryStore {
             .collect();
         let head = inner.last_position;
         drop(inner);
-        self.head.send_if_modified(|h| std::mem::replace(h, head) != head);
+        if let Some(tx) = self.head_tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            tx.send_if_modified(|h| std::mem::replace(h, head) != head);
+        }
         Ok(results)
     }
 
@@ -198,7 +208,7 @@ impl EventStore for InMemoryStore {
         direction: Direction,
         limit: usize,
     ) -> Result<StreamSlice> {
-        let inner = self.read();
+        let inner = self.read()?;
         let row = match inner.streams.get(stream) {
             None => return Err(Error::StreamNotFound(stream.clone())),
             Some(r) if r.state == StreamState::Tombstoned => {
@@ -220,7 +230,7 @@ impl EventStore for InMemoryStore {
     }
 
     async fn read_all(&self, after: Position, filter: &LogFilter, limit: usize) -> Result<LogSlice> {
-        let inner = self.read();
+        let inner = self.read()?;
         check_log_start(after, inner.last_position)?;
         let mut events = Vec::new();
         let mut next_position = inner.last_position;
@@ -238,12 +248,12 @@ impl EventStore for InMemoryStore {
     }
 
     async fn event(&self, id: EventId) -> Result<Option<RecordedEvent>> {
-        let inner = self.read();
+        let inner = self.read()?;
         Ok(inner.by_id.get(&id).and_then(|p| inner.log.get(p)).map(|s| s.event.clone()))
     }
 
     async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo> {
-        let inner = self.read();
+        let inner = self.read()?;
         match inner.streams.get(stream) {
             None => Err(Error::StreamNotFound(stream.clone())),
             Some(r) if r.state == StreamState::Tombstoned => Err(Error::StreamDeleted(stream.clone())),
@@ -259,7 +269,7 @@ impl EventStore for InMemoryStore {
     }
 
     async fn list_streams(&self, query: &StreamListQuery) -> Result<StreamListing> {
-        let inner = self.read();
+        let inner = self.read()?;
         let limit = query.limit.max(1);
         let mut streams = Vec::new();
         let mut more = false;
@@ -288,6 +298,9 @@ impl EventStore for InMemoryStore {
 
     async fn delete_stream(&self, stream: &StreamName, mode: DeleteMode) -> Result<()> {
         let mut inner = self.write();
+        if inner.closed {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
         let inner = &mut *inner;
         let row = match inner.streams.get_mut(stream) {
             None => return Err(Error::StreamNotFound(stream.clone())),
@@ -315,11 +328,12 @@ impl EventStore for InMemoryStore {
     }
 
     fn head(&self) -> watch::Receiver<Position> {
-        self.head.subscribe()
+        self.head.clone()
     }
 
     async fn close(&self) -> Result<()> {
         self.write().closed = true;
+        drop(self.head_tx.lock().unwrap_or_else(|p| p.into_inner()).take());
         Ok(())
     }
 }

@@ -849,3 +849,14 @@ pub async fn many_events_in_one_append(store: Store) {
     let back = store.read_stream(&stream("big-1"), u64::MAX, Direction::Backward, 1).await.unwrap();
     assert_eq!(back.events[0].data, Bytes::from_static(b"{\"n\":4999}"));
 }
+
+pub async fn closing_the_store_ends_subscriptions_and_refuses_appends(store: Store) {
+    store.append(stream("a-1"), ExpectedVersion::Any, events(2)).await.unwrap();
+    let mut sub = subscribe(store.clone(), SubscribeFrom::Start, LogFilter::default());
+    take(&mut sub, 2).await;
+    store.close().await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+    assert!(matches!(end, Ok(None)), "the subscription must end when the store closes, got {end:?}");
+    let err = store.append(stream("a-1"), ExpectedVersion::Any, events(1)).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+}

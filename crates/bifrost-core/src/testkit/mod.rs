@@ -129,6 +129,7 @@ macro_rules! conformance_suite {
             concurrent_appends_with_the_same_expected_version_have_one_winner,
             concurrent_writers_keep_versions_contiguous_and_positions_increasing,
             many_events_in_one_append,
+            closing_the_store_ends_subscriptions_and_refuses_appends,
         );
 
         #[test]
