@@ -282,6 +282,7 @@ pub(super) async fn delivery(
         bar.clone(),
     ));
 
+    let append_latency = Arc::new(std::sync::Mutex::new(report::histogram()?));
     let interval = 1e9 / rate as f64;
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut appends = JoinSet::new();
@@ -290,13 +291,20 @@ pub(super) async fn delivery(
         tokio::time::sleep_until(start + Duration::from_nanos((seq as f64 * interval) as u64)).await;
         let permit = Arc::clone(&in_flight).acquire_owned().await.context("the pacer's semaphore closed")?;
         let (client, stream, sent) = (client.clone(), stream.clone(), Arc::clone(&sent));
+        let append_latency = Arc::clone(&append_latency);
         appends.spawn(async move {
             let _permit = permit;
             let body = append_body("\"any\"", event_type, 0, seq, 1);
+            let started = Instant::now();
             if let Some(slot) = usize::try_from(seq).ok().and_then(|i| sent.get(i)) {
                 slot.store(nanos_since(epoch) + 1, Ordering::Release);
             }
-            append(&client, &stream, body).await.map(|_| ())
+            append(&client, &stream, body).await?;
+            let elapsed = started.elapsed();
+            // Never held across an await.
+            let mut histogram = append_latency.lock().unwrap_or_else(|p| p.into_inner());
+            report::record(&mut histogram, elapsed);
+            anyhow::Ok(())
         });
         while let Some(done) = appends.try_join_next() {
             done.context("an append task stopped unexpectedly")??;
@@ -318,6 +326,8 @@ pub(super) async fn delivery(
     let description = format!("HTTP: append → SSE, {rate}/s for {duration}s");
     let mut report = Report::new("w5", description, total, send_window, "delivery", &latency);
     report.target_rate = Some(rate as f64);
+    report.append_latency_us =
+        Some(report::Latency::of(&append_latency.lock().unwrap_or_else(|p| p.into_inner())));
     Ok(report)
 }
 

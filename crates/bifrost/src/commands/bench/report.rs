@@ -68,6 +68,9 @@ pub(super) struct Report {
     /// W5: the rate asked for (`events_per_second` is the rate achieved).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) target_rate: Option<f64>,
+    /// W5: latency of the append requests themselves, next to their delivery latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) append_latency_us: Option<Latency>,
 }
 
 impl Report {
@@ -90,6 +93,7 @@ impl Report {
             latency_of,
             latency_us: Latency::of(latency),
             target_rate: None,
+            append_latency_us: None,
         }
     }
 }
@@ -127,7 +131,17 @@ impl Summary {
         let _ = writeln!(
             out,
             "{:<10} {:<44} {:>9} {:>8} {:>10}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "workload", "", "events", "seconds", "events/s", "latency", "p50", "p90", "p99", "p99.9", "max"
+            "workload",
+            "what",
+            "events",
+            "seconds",
+            "events/s",
+            "latency",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max"
         );
         for r in &self.workloads {
             let l = &r.latency_us;
@@ -146,6 +160,23 @@ impl Summary {
                 micros(l.p99_9),
                 micros(l.max),
             );
+            if let Some(l) = &r.append_latency_us {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<44} {:>9} {:>8} {:>10}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "append",
+                    micros(l.p50),
+                    micros(l.p90),
+                    micros(l.p99),
+                    micros(l.p99_9),
+                    micros(l.max),
+                );
+            }
         }
         out
     }
