@@ -165,14 +165,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let metrics = bifrost_server::install_metrics_recorder().ok();
 
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let mut summary = Summary::new(
-        match (&args.url, selection.needs_store()) {
-            (Some(url), false) => format!("server at {url}"),
-            _ if temp_dir.is_some() => "embedded SQLite in a temporary directory".to_owned(),
-            _ => spec.to_string(),
-        },
-        durability.to_string(),
-    );
+    let (store_label, durability_label) = match (&args.url, selection.needs_store()) {
+        (Some(url), false) => (format!("server at {url}"), "as the server is configured".to_owned()),
+        _ if temp_dir.is_some() => {
+            ("embedded SQLite in a temporary directory".to_owned(), durability.to_string())
+        }
+        _ => (spec.to_string(), durability.to_string()),
+    };
+    let mut summary = Summary::new(store_label, durability_label);
 
     let outcome = run_workloads(&args, selection, store.clone(), fresh, metrics, &run_id, &mut summary).await;
     let outcome = match (outcome, store) {
