@@ -9,6 +9,7 @@ pub mod event;
 pub mod memory;
 pub mod name;
 pub mod pattern;
+pub mod plan;
 pub mod store;
 pub mod subscription;
 pub mod timestamp;

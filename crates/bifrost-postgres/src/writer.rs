@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of, check_expected, check_replay};
+use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned};
+use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of};
 use bifrost_core::{
     AppendResult, DeleteMode, Error, EventType, Position, Result, StreamAppend, StreamName, Timestamp,
     Version,
@@ -129,62 +130,20 @@ pub(crate) fn advance(head: &mut Position, to: Position) -> bool {
     }
 }
 
-/// One planned append of one stream: where its events go.
-enum Plan {
-    Replay(AppendResult),
-    Write { after: Version, first_position: Position },
+/// The committed state a group's planning needs, fetched in bulk up front.
+#[derive(Default)]
+struct Fetched {
+    events: HashMap<Uuid, StoredEventRef>,
+    streams: HashMap<StreamName, (Version, StreamState)>,
 }
 
-/// What the group's transaction knows, updated as each request is planned.
-struct Working {
-    ids: HashMap<Uuid, StoredEventRef>,
-    streams: HashMap<String, (Version, StreamState)>,
-    last_position: Position,
-}
+impl PlanLookup for Fetched {
+    fn event(&mut self, id: &Uuid) -> Result<Option<StoredEventRef>> {
+        Ok(self.events.get(id).cloned())
+    }
 
-impl Working {
-    /// Plans one request against the state left by the requests before it in the group.
-    /// Nothing is written here; a request that fails leaves the state untouched.
-    fn plan(&mut self, appends: &[StreamAppend]) -> Result<Vec<Plan>> {
-        let mut plans = Vec::with_capacity(appends.len());
-        let mut conflicts = Vec::new();
-        for append in appends {
-            if let Some(original) = check_replay(append, |id| Ok(self.ids.get(id).cloned()))? {
-                plans.push(Plan::Replay(original));
-                continue;
-            }
-            if let Some(e) = append.events.iter().find(|e| self.ids.contains_key(&e.id)) {
-                return Err(Error::DuplicateEventId { id: e.id });
-            }
-            match check_expected(append, self.streams.get(append.stream.as_str()).copied()) {
-                Ok(after) => plans.push(Plan::Write { after, first_position: 0 }),
-                Err(Error::WrongExpectedVersion(c)) => conflicts.extend(c),
-                Err(other) => return Err(other),
-            }
-        }
-        if !conflicts.is_empty() {
-            return Err(Error::WrongExpectedVersion(conflicts));
-        }
-        for (append, plan) in appends.iter().zip(plans.iter_mut()) {
-            let Plan::Write { after, first_position } = plan else { continue };
-            *first_position = self.last_position + 1;
-            for (offset, event) in (1u64..).zip(&append.events) {
-                self.ids.insert(
-                    event.id,
-                    StoredEventRef {
-                        stream: append.stream.clone(),
-                        version: *after + offset,
-                        position: self.last_position + offset,
-                        event_type: event.event_type.clone(),
-                        data: event.data.clone(),
-                    },
-                );
-            }
-            let count = append.events.len() as u64;
-            self.last_position += count;
-            self.streams.insert(append.stream.to_string(), (*after + count, StreamState::Live));
-        }
-        Ok(plans)
+    fn stream(&mut self, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
+        Ok(self.streams.get(stream).copied())
     }
 }
 
@@ -258,11 +217,11 @@ async fn try_commit_group(
     let (id_rows, stream_rows) =
         futures::try_join!(tx.query(&find_ids, &ids_param), tx.query(&find_streams, &streams_param))
             .map_err(pg)?;
-    let mut working = Working { ids: HashMap::new(), streams: HashMap::new(), last_position: head };
+    let mut fetched = Fetched::default();
     for row in id_rows {
         let stream: &str = row.get(1);
         let event_type: &str = row.get(4);
-        working.ids.insert(
+        fetched.events.insert(
             row.get(0),
             StoredEventRef {
                 stream: StreamName::new(stream)?,
@@ -275,11 +234,15 @@ async fn try_commit_group(
     }
     for row in stream_rows {
         let state = StreamState::from_i64(i64::from(row.get::<_, i16>(2)))?;
-        working.streams.insert(row.get(0), (u64_from(row.get(1), "version")?, state));
+        let name: &str = row.get(0);
+        fetched.streams.insert(StreamName::new(name)?, (u64_from(row.get(1), "version")?, state));
     }
 
-    let plans: Vec<Result<Vec<Plan>>> = requests.iter().map(|appends| working.plan(appends)).collect();
-    if working.last_position == head {
+    // Every id was fetched, so the planner can check them all: nothing fails while writing.
+    let mut planner = GroupPlanner::new(fetched, head);
+    let plans: Vec<Result<Vec<Planned>>> =
+        requests.iter().map(|appends| planner.plan(appends, true)).collect();
+    if planner.last_position() == head {
         // Nothing to write (all conflicts or replays): no need to hold the lock longer.
         tx.rollback().await.map_err(pg)?;
         return Ok((finish(requests, plans), None));
@@ -290,7 +253,7 @@ async fn try_commit_group(
     for (appends, plans) in requests.iter().zip(&plans) {
         let Ok(plans) = plans else { continue };
         for (append, plan) in appends.iter().zip(plans) {
-            let Plan::Write { after, first_position } = plan else { continue };
+            let Planned::Write { after, first_position } = plan else { continue };
             let stream = append.stream.as_str();
             let category = append.stream.category();
             for (offset, event) in (0u64..).zip(&append.events) {
@@ -350,7 +313,7 @@ async fn try_commit_group(
     let upsert = tx.prepare_cached(&sql.upsert_streams).await.map_err(pg)?;
     let update_head = tx.prepare_cached(&sql.update_head).await.map_err(pg)?;
     let notify = tx.prepare_cached(&sql.notify).await.map_err(pg)?;
-    let last = working.last_position;
+    let last = planner.last_position();
     let last_i = i64_from(last)?;
     let channel = sql.channel_name();
     let payload = last.to_string();
@@ -368,30 +331,14 @@ async fn try_commit_group(
     Ok((finish(requests, plans), Some(last)))
 }
 
-fn finish(requests: &[Vec<StreamAppend>], plans: Vec<Result<Vec<Plan>>>) -> Vec<Result<Vec<AppendResult>>> {
+fn finish(
+    requests: &[Vec<StreamAppend>],
+    plans: Vec<Result<Vec<Planned>>>,
+) -> Vec<Result<Vec<AppendResult>>> {
     requests
         .iter()
         .zip(plans)
-        .map(|(appends, plans)| {
-            let plans = plans?;
-            Ok(appends
-                .iter()
-                .zip(plans)
-                .map(|(append, plan)| match plan {
-                    Plan::Replay(original) => original,
-                    Plan::Write { after, first_position } => {
-                        let count = append.events.len() as u64;
-                        AppendResult {
-                            stream: append.stream.clone(),
-                            first_version: after + 1,
-                            last_version: after + count,
-                            first_position,
-                            last_position: first_position + count - 1,
-                        }
-                    }
-                })
-                .collect())
-        })
+        .map(|(appends, plans)| Ok(appends.iter().zip(&plans?).map(|(a, p)| p.result(a)).collect()))
         .collect()
 }
 

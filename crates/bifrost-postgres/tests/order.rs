@@ -2,6 +2,8 @@
 //! across nodes, one winner per expected version, and no acknowledged event lost when
 //! connections drop mid-load.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -11,7 +13,9 @@ use std::time::Duration;
 
 use bifrost_core::store::EventStoreExt;
 use bifrost_core::testkit::{events, stream};
-use bifrost_core::{AppendResult, Error, EventStore, ExpectedVersion, LogFilter, RecordedEvent, SubscribeFrom};
+use bifrost_core::{
+    AppendResult, Error, EventStore, ExpectedVersion, LogFilter, RecordedEvent, SubscribeFrom,
+};
 use bifrost_postgres::PostgresStore;
 use futures::StreamExt;
 use support::{fresh_schema, options, store_with};
@@ -156,7 +160,9 @@ async fn exactly_one_of_64_racing_appends_wins_each_version() {
         for t in 0..64 {
             let store = if t % 2 == 0 { a.clone() } else { b.clone() };
             let name = name.clone();
-            tasks.push(tokio::spawn(async move { store.append(name, ExpectedVersion::Exact(round), events(1)).await }));
+            tasks.push(tokio::spawn(async move {
+                store.append(name, ExpectedVersion::Exact(round), events(1)).await
+            }));
         }
         let mut winners = 0;
         for t in tasks {
@@ -220,7 +226,8 @@ async fn dropped_connections_fail_appends_loudly_and_lose_nothing_acknowledged()
         }));
     }
     let killer = tokio::spawn(async move {
-        let (client, connection) = tokio_postgres::connect(&support::url(), tokio_postgres::NoTls).await.unwrap();
+        let (client, connection) =
+            tokio_postgres::connect(&support::url(), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -5,7 +5,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of, check_expected, check_replay};
+use std::collections::HashMap;
+
+use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned};
+use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of};
 use bifrost_core::{
     AppendResult, DeleteMode, Error, EventType, Position, Result, StreamAppend, StreamName, Timestamp,
     Version,
@@ -21,13 +24,10 @@ enum Command {
     Delete { stream: StreamName, mode: DeleteMode, reply: oneshot::Sender<Result<()>> },
 }
 
-impl Command {
-    fn weight(&self) -> usize {
-        match self {
-            Self::Append { appends, .. } => appends.iter().map(|a| a.events.len()).sum(),
-            Self::Delete { .. } => 1,
-        }
-    }
+type AppendRequest = (Vec<StreamAppend>, oneshot::Sender<Result<Vec<AppendResult>>>);
+
+fn event_count(appends: &[StreamAppend]) -> usize {
+    appends.iter().map(|a| a.events.len()).sum()
 }
 
 /// Handle to the writer thread. Dropping the last sender (on close) ends the thread.
@@ -91,37 +91,6 @@ impl Drop for Writer {
     }
 }
 
-enum Reply {
-    Append(oneshot::Sender<Result<Vec<AppendResult>>>, Result<Vec<AppendResult>>),
-    Delete(oneshot::Sender<Result<()>>, Result<()>),
-}
-
-impl Reply {
-    fn is_ok(&self) -> bool {
-        match self {
-            Self::Append(_, r) => r.is_ok(),
-            Self::Delete(_, r) => r.is_ok(),
-        }
-    }
-
-    fn fail(self, message: &str) -> Self {
-        let error = || Error::Storage { message: message.to_owned(), source: None };
-        match self {
-            Self::Append(tx, Ok(_)) => Self::Append(tx, Err(error())),
-            Self::Delete(tx, Ok(())) => Self::Delete(tx, Err(error())),
-            other => other,
-        }
-    }
-
-    fn send(self) {
-        // A caller that went away (cancelled request) no longer needs its answer.
-        match self {
-            Self::Append(tx, r) => drop(tx.send(r)),
-            Self::Delete(tx, r) => drop(tx.send(r)),
-        }
-    }
-}
-
 /// Decides how long to gather a group before committing it.
 ///
 /// Taking only what is already queued makes groups alternate between a handful and
@@ -142,44 +111,110 @@ impl GroupSizer {
     const GAP: Duration = Duration::from_micros(150);
     const MAX_LINGER: Duration = Duration::from_millis(2);
 
-    fn collect(&self, first: Command, receiver: &mpsc::Receiver<Command>, max_batch: usize) -> Vec<Command> {
-        let mut weight = first.weight();
+    /// Gathers a group of appends after `first`. A delete ends the group; it is returned to
+    /// run on its own next.
+    fn collect(
+        &self,
+        first: AppendRequest,
+        receiver: &mpsc::Receiver<Command>,
+        max_batch: usize,
+    ) -> (Vec<AppendRequest>, Option<Command>) {
+        let mut weight = event_count(&first.0);
         let mut batch = vec![first];
-        let full = |batch: &Vec<Command>, weight: usize| batch.len() >= max_batch || weight >= 16 * max_batch;
-        while !full(&batch, weight) {
-            match receiver.try_recv() {
-                Ok(command) => {
-                    weight += command.weight();
-                    batch.push(command);
-                }
-                Err(_) => break,
-            }
-        }
         let target = self.recent.min(max_batch);
-        if batch.len() >= target {
-            return batch;
-        }
         let deadline = Instant::now() + (self.commit_time / 2).min(Self::MAX_LINGER);
-        while batch.len() < target && !full(&batch, weight) {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match receiver.recv_timeout(Self::GAP.min(deadline - now)) {
-                Ok(command) => {
-                    weight += command.weight();
-                    batch.push(command);
+        while batch.len() < max_batch && weight < 16 * max_batch {
+            let next = match receiver.try_recv() {
+                Ok(command) => command,
+                Err(_) => {
+                    // Queue empty: linger only while the group is smaller than recent ones.
+                    let now = Instant::now();
+                    if batch.len() >= target || now >= deadline {
+                        break;
+                    }
+                    match receiver.recv_timeout(Self::GAP.min(deadline - now)) {
+                        Ok(command) => command,
+                        Err(_) => break,
+                    }
                 }
-                Err(_) => break,
+            };
+            match next {
+                Command::Append { appends, reply } => {
+                    weight += event_count(&appends);
+                    batch.push((appends, reply));
+                }
+                delete => return (batch, Some(delete)),
             }
         }
-        batch
+        (batch, None)
     }
 
     fn committed(&mut self, size: usize, took: Duration) {
         self.recent = size.max(self.recent - self.recent / 8);
         self.commit_time = took;
     }
+}
+
+/// Planning lookups against the writer's own transaction.
+struct Lookup<'c> {
+    conn: &'c Connection,
+}
+
+impl PlanLookup for Lookup<'_> {
+    fn event(&mut self, id: &uuid::Uuid) -> Result<Option<StoredEventRef>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT stream, version, position, type, data FROM events WHERE id = ?1")
+            .map_err(sql)?;
+        let mut rows = stmt.query([id.as_bytes().as_slice()]).map_err(sql)?;
+        let Some(row) = rows.next().map_err(sql)? else { return Ok(None) };
+        let text = |i: usize| -> Result<String> { row.get::<_, String>(i).map_err(sql) };
+        Ok(Some(StoredEventRef {
+            stream: StreamName::new(&text(0)?)?,
+            version: u64_from(row.get(1).map_err(sql)?, "version")?,
+            position: u64_from(row.get(2).map_err(sql)?, "position")?,
+            event_type: EventType::new(&text(3)?)?,
+            data: Bytes::from(row.get::<_, Vec<u8>>(4).map_err(sql)?),
+        }))
+    }
+
+    fn stream(&mut self, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
+        stream_state(self.conn, stream)
+    }
+}
+
+fn stream_state(conn: &Connection, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
+    let mut stmt = conn.prepare_cached("SELECT version, state FROM streams WHERE name = ?1").map_err(sql)?;
+    let row = stmt
+        .query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .optional()
+        .map_err(sql)?;
+    row.map(|(v, s)| Ok((u64_from(v, "version")?, StreamState::from_i64(s)?))).transpose()
+}
+
+/// A write that failed because one append reused a stored id (caught by the unique index,
+/// see [`GroupPlanner::plan`]): the group is retried without that append.
+struct Reused {
+    request: usize,
+    id: uuid::Uuid,
+}
+
+enum WriteError {
+    Reused(Reused),
+    Failed(Error),
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// A group written inside its (not yet committed) transaction.
+struct Written {
+    results: Vec<Result<Vec<AppendResult>>>,
+    last_position: Position,
+    recorded_at: Timestamp,
 }
 
 struct WriterState {
@@ -207,155 +242,120 @@ impl WriterState {
 
     fn run(&mut self, receiver: &mpsc::Receiver<Command>, head: &watch::Sender<Position>, max_batch: usize) {
         let mut group = GroupSizer::default();
-        while let Ok(first) = receiver.recv() {
-            let batch = group.collect(first, receiver, max_batch);
-            let started = Instant::now();
-            let size = batch.len();
-            let replies = self.commit_group(batch);
-            group.committed(size, started.elapsed());
-            head.send_if_modified(|h| std::mem::replace(h, self.last_position) != self.last_position);
-            for reply in replies {
-                reply.send();
+        let mut held = None;
+        loop {
+            let first = match held.take() {
+                Some(command) => command,
+                None => match receiver.recv() {
+                    Ok(command) => command,
+                    Err(_) => return,
+                },
+            };
+            match first {
+                Command::Delete { stream, mode, reply } => {
+                    let result = self.delete(&stream, mode);
+                    let _ = reply.send(result);
+                }
+                Command::Append { appends, reply } => {
+                    let (batch, next) = group.collect((appends, reply), receiver, max_batch);
+                    held = next;
+                    let started = Instant::now();
+                    let size = batch.len();
+                    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let results = self.commit_group(&requests);
+                    group.committed(size, started.elapsed());
+                    head.send_if_modified(|h| std::mem::replace(h, self.last_position) != self.last_position);
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        // A caller that went away (cancelled request) no longer needs it.
+                        let _ = reply.send(result);
+                    }
+                }
             }
         }
     }
 
-    fn commit_group(&mut self, batch: Vec<Command>) -> Vec<Reply> {
-        let start_position = self.last_position;
-        let start_recorded = self.last_recorded;
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            let message = format!("cannot begin a transaction: {e}");
-            return batch.into_iter().map(|c| reply_error(c, &message)).collect();
+    /// Commits a group of append requests in one transaction: plan, write, commit once.
+    fn commit_group(&mut self, requests: &[Vec<StreamAppend>]) -> Vec<Result<Vec<AppendResult>>> {
+        let mut excluded: Vec<Option<Error>> = requests.iter().map(|_| None).collect();
+        loop {
+            match self.try_commit_group(requests, &mut excluded) {
+                Ok(results) => return results,
+                Err(WriteError::Reused(Reused { request, id })) => {
+                    excluded[request] = Some(Error::DuplicateEventId { id });
+                }
+                Err(WriteError::Failed(e)) => {
+                    tracing::error!(error = %e, "group commit failed; every append in the group is rejected");
+                    let message = e.to_string();
+                    return requests
+                        .iter()
+                        .zip(excluded)
+                        .map(|(_, ex)| {
+                            Err(ex
+                                .unwrap_or_else(|| Error::Storage { message: message.clone(), source: None }))
+                        })
+                        .collect();
+                }
+            }
         }
-        self.last_recorded = Timestamp::now().max(self.last_recorded);
-        let now = self.last_recorded;
-        let replies: Vec<Reply> =
-            batch.into_iter().map(|command| self.apply_isolated(command, now)).collect();
-        let committed = if replies.iter().any(Reply::is_ok) {
-            self.conn
-                .execute(
-                    "UPDATE meta SET value = ?1 WHERE key = 'last_position'",
-                    [self.last_position as i64],
-                )
-                .and_then(|_| self.conn.execute_batch("COMMIT"))
-        } else {
-            self.conn.execute_batch("ROLLBACK")
-        };
-        match committed {
-            Ok(()) => replies,
+    }
+
+    fn try_commit_group(
+        &mut self,
+        requests: &[Vec<StreamAppend>],
+        excluded: &mut [Option<Error>],
+    ) -> Result<Vec<Result<Vec<AppendResult>>>, WriteError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+        let written = match self.write_group(requests, excluded) {
+            Ok(written) => written,
             Err(e) => {
-                tracing::error!(error = %e, "group commit failed; every append in the group is rejected");
                 let _ = self.conn.execute_batch("ROLLBACK");
-                self.last_position = start_position;
-                self.last_recorded = start_recorded;
-                let message = format!("commit failed: {e}");
-                replies.into_iter().map(|r| r.fail(&message)).collect()
+                return Err(e);
             }
-        }
-    }
-
-    /// Runs one command inside its own savepoint, so that its failure leaves the rest of
-    /// the group untouched.
-    fn apply_isolated(&mut self, command: Command, now: Timestamp) -> Reply {
-        let before = self.last_position;
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT command") {
-            return reply_error(command, &format!("cannot open a savepoint: {e}"));
-        }
-        let reply = match command {
-            Command::Append { appends, reply } => Reply::Append(reply, self.append(appends, now)),
-            Command::Delete { stream, mode, reply } => Reply::Delete(reply, self.delete(&stream, mode, now)),
         };
-        let finish = if reply.is_ok() {
-            "RELEASE command"
-        } else {
-            self.last_position = before;
-            "ROLLBACK TO command; RELEASE command"
-        };
-        match self.conn.execute_batch(finish) {
-            Ok(()) => reply,
-            Err(e) => reply.fail(&format!("savepoint failed: {e}")),
+        if written.last_position == self.last_position {
+            // Only replays and failures: nothing to commit.
+            self.conn.execute_batch("ROLLBACK").map_err(sql)?;
+            return Ok(written.results);
         }
-    }
-
-    fn lookup(&self, id: &uuid::Uuid) -> Result<Option<StoredEventRef>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT stream, version, position, type, data FROM events WHERE id = ?1")
-            .map_err(sql)?;
-        let row = stmt
-            .query_row([id.as_bytes().as_slice()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                ))
-            })
-            .optional()
-            .map_err(sql)?;
-        let Some((stream, version, position, event_type, data)) = row else { return Ok(None) };
-        Ok(Some(StoredEventRef {
-            stream: StreamName::new(&stream)?,
-            version: u64_from(version, "version")?,
-            position: u64_from(position, "position")?,
-            event_type: EventType::new(&event_type)?,
-            data: Bytes::from(data),
-        }))
-    }
-
-    fn stream_state(&self, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT version, state FROM streams WHERE name = ?1").map_err(sql)?;
-        let row = stmt
-            .query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-            .optional()
-            .map_err(sql)?;
-        row.map(|(v, s)| Ok((u64_from(v, "version")?, StreamState::from_i64(s)?))).transpose()
-    }
-
-    fn append(&mut self, appends: Vec<StreamAppend>, now: Timestamp) -> Result<Vec<AppendResult>> {
-        // Check every stream before writing anything: a replay answers with the original
-        // result, and every conflict is reported, not just the first.
-        enum Plan {
-            Replay(AppendResult),
-            Write(Version),
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(WriteError::Failed(Error::storage("commit failed", e)));
         }
-        let mut plans = Vec::with_capacity(appends.len());
-        let mut conflicts = Vec::new();
-        for append in &appends {
-            if let Some(original) = check_replay(append, |id| self.lookup(id))? {
-                plans.push(Plan::Replay(original));
+        self.last_position = written.last_position;
+        self.last_recorded = written.recorded_at;
+        Ok(written.results)
+    }
+
+    /// Plans and writes the group inside the open transaction.
+    fn write_group(
+        &self,
+        requests: &[Vec<StreamAppend>],
+        excluded: &mut [Option<Error>],
+    ) -> Result<Written, WriteError> {
+        let now = Timestamp::now().max(self.last_recorded);
+        let mut planner = GroupPlanner::new(Lookup { conn: &self.conn }, self.last_position);
+        let mut plans = Vec::with_capacity(requests.len());
+        for (appends, excluded) in requests.iter().zip(excluded.iter_mut()) {
+            if excluded.is_some() {
+                plans.push(None);
                 continue;
             }
-            match check_expected(append, self.stream_state(&append.stream)?) {
-                Ok(version) => plans.push(Plan::Write(version)),
-                Err(Error::WrongExpectedVersion(c)) => {
-                    conflicts.extend(c);
-                    plans.push(Plan::Write(0));
+            match planner.plan(appends, false) {
+                Ok(p) => plans.push(Some(p)),
+                Err(e) => {
+                    *excluded = Some(e);
+                    plans.push(None);
                 }
-                Err(other) => return Err(other),
             }
         }
-        if !conflicts.is_empty() {
-            return Err(Error::WrongExpectedVersion(conflicts));
+        let last_position = planner.last_position();
+        if last_position == self.last_position {
+            return Ok(Written {
+                results: finish(requests, excluded, plans),
+                last_position,
+                recorded_at: now,
+            });
         }
-        appends
-            .into_iter()
-            .zip(plans)
-            .map(|(append, plan)| match plan {
-                Plan::Replay(original) => Ok(original),
-                Plan::Write(version) => self.write_events(append, version, now),
-            })
-            .collect()
-    }
-
-    fn write_events(&mut self, append: StreamAppend, after: Version, now: Timestamp) -> Result<AppendResult> {
-        let stream = append.stream;
-        let category = stream.category();
-        let stream_type = aggregate_type_of(&append.events[0], &stream);
-        let first_position = self.last_position + 1;
-        let mut version = after;
         let mut insert = self
             .conn
             .prepare_cached(
@@ -364,83 +364,111 @@ impl WriterState {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .map_err(sql)?;
-        for event in &append.events {
-            version += 1;
-            let position = self.last_position + 1;
-            let inserted = insert.execute(params![
-                i64_from(position)?,
-                event.id.as_bytes().as_slice(),
-                stream.as_str(),
-                i64_from(version)?,
-                category,
-                event.aggregate_type.as_deref().unwrap_or(&stream_type),
-                event.event_type.as_str(),
-                i64::from(event.schema_version),
-                event.data.as_ref(),
-                event.metadata.to_json_bytes().as_ref(),
-                event.metadata.correlation_id.as_deref(),
-                event.occurred_at.unwrap_or(now).as_micros(),
-                now.as_micros(),
-            ]);
-            match inserted {
-                Ok(_) => self.last_position = position,
-                Err(rusqlite::Error::SqliteFailure(f, Some(msg)))
-                    if f.code == ErrorCode::ConstraintViolation && msg.contains("events.id") =>
-                {
-                    return Err(Error::DuplicateEventId { id: event.id });
+        // Each stream's head after the group, and its aggregate type should it be new.
+        let mut heads: HashMap<&StreamName, (String, Version)> = HashMap::new();
+        for (request, (appends, plans)) in requests.iter().zip(&plans).enumerate() {
+            let Some(plans) = plans else { continue };
+            for (append, plan) in appends.iter().zip(plans) {
+                let Planned::Write { after, first_position } = plan else { continue };
+                let stream = &append.stream;
+                let stream_type = aggregate_type_of(&append.events[0], stream);
+                for (offset, event) in (0u64..).zip(&append.events) {
+                    let inserted = insert.execute(params![
+                        i64_from(first_position + offset)?,
+                        event.id.as_bytes().as_slice(),
+                        stream.as_str(),
+                        i64_from(after + 1 + offset)?,
+                        stream.category(),
+                        event.aggregate_type.as_deref().unwrap_or(&stream_type),
+                        event.event_type.as_str(),
+                        i64::from(event.schema_version),
+                        event.data.as_ref(),
+                        event.metadata.to_json_bytes().as_ref(),
+                        event.metadata.correlation_id.as_deref(),
+                        event.occurred_at.unwrap_or(now).as_micros(),
+                        now.as_micros(),
+                    ]);
+                    match inserted {
+                        Ok(_) => {}
+                        Err(rusqlite::Error::SqliteFailure(f, Some(msg)))
+                            if f.code == ErrorCode::ConstraintViolation && msg.contains("events.id") =>
+                        {
+                            return Err(WriteError::Reused(Reused { request, id: event.id }));
+                        }
+                        Err(e) => return Err(Error::storage("inserting an event failed", e).into()),
+                    }
                 }
-                Err(e) => return Err(Error::storage("inserting an event failed", e)),
+                let last = after + append.events.len() as u64;
+                heads.entry(stream).and_modify(|h| h.1 = last).or_insert((stream_type, last));
             }
         }
         drop(insert);
-        let version_column = i64_from(version)?;
-        self.conn
+        let mut upsert = self
+            .conn
             .prepare_cached(
                 "INSERT INTO streams (name, category, aggregate_type, version, state, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) \
                  ON CONFLICT (name) DO UPDATE SET version = excluded.version, state = 0, \
                  updated_at = excluded.updated_at",
             )
-            .and_then(|mut s| s.execute(params![stream.as_str(), category, stream_type, version_column, now.as_micros()]))
             .map_err(sql)?;
-        Ok(AppendResult {
-            stream,
-            first_version: after + 1,
-            last_version: version,
-            first_position,
-            last_position: self.last_position,
-        })
+        for (stream, (aggregate_type, version)) in &heads {
+            upsert
+                .execute(params![
+                    stream.as_str(),
+                    stream.category(),
+                    aggregate_type,
+                    i64_from(*version)?,
+                    now.as_micros()
+                ])
+                .map_err(sql)?;
+        }
+        self.conn
+            .execute("UPDATE meta SET value = ?1 WHERE key = 'last_position'", [i64_from(last_position)?])
+            .map_err(sql)?;
+        Ok(Written { results: finish(requests, excluded, plans), last_position, recorded_at: now })
     }
 
-    fn delete(&mut self, stream: &StreamName, mode: DeleteMode, now: Timestamp) -> Result<()> {
-        match (self.stream_state(stream)?, mode) {
+    fn delete(&mut self, stream: &StreamName, mode: DeleteMode) -> Result<()> {
+        match (stream_state(&self.conn, stream)?, mode) {
             (None, _) | (Some((_, StreamState::SoftDeleted)), DeleteMode::Soft) => {
                 return Err(Error::StreamNotFound(stream.clone()));
             }
             (Some((_, StreamState::Tombstoned)), _) => return Err(Error::StreamDeleted(stream.clone())),
             _ => {}
         }
+        let now = Timestamp::now().max(self.last_recorded);
+        let tx = self.conn.transaction().map_err(sql)?;
         let state = match mode {
             DeleteMode::Soft => StreamState::SoftDeleted,
             DeleteMode::Hard => {
-                self.conn.execute("DELETE FROM events WHERE stream = ?1", [stream.as_str()]).map_err(sql)?;
+                tx.execute("DELETE FROM events WHERE stream = ?1", [stream.as_str()]).map_err(sql)?;
                 StreamState::Tombstoned
             }
         };
-        self.conn
-            .execute(
-                "UPDATE streams SET state = ?2, updated_at = ?3 WHERE name = ?1",
-                params![stream.as_str(), state.as_i64(), now.as_micros()],
-            )
-            .map_err(sql)?;
-        Ok(())
+        tx.execute(
+            "UPDATE streams SET state = ?2, updated_at = ?3 WHERE name = ?1",
+            params![stream.as_str(), state.as_i64(), now.as_micros()],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(|e| Error::storage("commit failed", e))
     }
 }
 
-fn reply_error(command: Command, message: &str) -> Reply {
-    let error = || Error::Storage { message: message.to_owned(), source: None };
-    match command {
-        Command::Append { reply, .. } => Reply::Append(reply, Err(error())),
-        Command::Delete { reply, .. } => Reply::Delete(reply, Err(error())),
-    }
+/// Each request's answer: its own failure, or its plans turned into results.
+fn finish(
+    requests: &[Vec<StreamAppend>],
+    excluded: &mut [Option<Error>],
+    plans: Vec<Option<Vec<Planned>>>,
+) -> Vec<Result<Vec<AppendResult>>> {
+    let mut plans = plans.into_iter();
+    requests
+        .iter()
+        .zip(excluded.iter_mut())
+        .map(|(appends, excluded)| match (excluded.take(), plans.next().flatten()) {
+            (Some(e), _) => Err(e),
+            (None, Some(plans)) => Ok(appends.iter().zip(&plans).map(|(a, p)| p.result(a)).collect()),
+            (None, None) => Err(Error::Storage { message: "append was not planned".into(), source: None }),
+        })
+        .collect()
 }
