@@ -21,6 +21,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use bifrost_core::EventStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
@@ -164,6 +165,13 @@ pub async fn serve(
             token.cancel();
         }
     };
+    // Responses are small and latency matters (SSE frames above all): without NODELAY, Nagle
+    // holds a frame back until the client's delayed ACK, tens of milliseconds later.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app).with_graceful_shutdown(signal).await;
     token.cancel();
     if let Some(task) = upkeep {
