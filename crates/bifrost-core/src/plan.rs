@@ -69,6 +69,16 @@ impl<L: PlanLookup> GroupPlanner<L> {
         self.last_position
     }
 
+    /// The backend's lookup, e.g. to change how it looks things up between requests.
+    pub fn lookup_mut(&mut self) -> &mut L {
+        &mut self.lookup
+    }
+
+    /// The head of every stream the group writes, once it commits.
+    pub fn into_planned_streams(self) -> HashMap<StreamName, (Version, StreamState)> {
+        self.planned_streams
+    }
+
     fn event(&mut self, id: &EventId) -> Result<Option<StoredEventRef>> {
         match self.planned_events.get(id) {
             Some(e) => Ok(Some(e.clone())),

@@ -155,13 +155,25 @@ impl GroupSizer {
     }
 }
 
+/// Most stream heads the writer keeps in memory; past this the cache starts over.
+const STREAM_CACHE_LIMIT: usize = 100_000;
+
 /// Planning lookups against the writer's own transaction.
 struct Lookup<'c> {
     conn: &'c Connection,
+    /// Committed stream heads. The writer is the only writer, so they never go stale.
+    streams: &'c mut HashMap<StreamName, (Version, StreamState)>,
+    /// Whether to look event ids up at all. Off, every id is taken to be new and the unique
+    /// index reports the rare exception (a retried append), which is then planned again
+    /// with lookups on: one index probe fewer per append on the common path.
+    probe_ids: bool,
 }
 
 impl PlanLookup for Lookup<'_> {
     fn event(&mut self, id: &uuid::Uuid) -> Result<Option<StoredEventRef>> {
+        if !self.probe_ids {
+            return Ok(None);
+        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT stream, version, position, type, data FROM events WHERE id = ?1")
@@ -179,7 +191,17 @@ impl PlanLookup for Lookup<'_> {
     }
 
     fn stream(&mut self, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
-        stream_state(self.conn, stream)
+        if let Some(head) = self.streams.get(stream) {
+            return Ok(Some(*head));
+        }
+        let head = stream_state(self.conn, stream)?;
+        if let Some(head) = head {
+            if self.streams.len() >= STREAM_CACHE_LIMIT {
+                self.streams.clear();
+            }
+            self.streams.insert(stream.clone(), head);
+        }
+        Ok(head)
     }
 }
 
@@ -193,7 +215,8 @@ fn stream_state(conn: &Connection, stream: &StreamName) -> Result<Option<(Versio
 }
 
 /// A write that failed because one append reused a stored id (caught by the unique index,
-/// see [`GroupPlanner::plan`]): the group is retried without that append.
+/// see [`GroupPlanner::plan`]): the group is retried, planning that append with id lookups
+/// (it may be a replay) or, if it was already, without it.
 struct Reused {
     request: usize,
     id: uuid::Uuid,
@@ -215,10 +238,22 @@ struct Written {
     results: Vec<Result<Vec<AppendResult>>>,
     last_position: Position,
     recorded_at: Timestamp,
+    /// Stream heads after the group, for the cache once it commits.
+    streams: HashMap<StreamName, (Version, StreamState)>,
+}
+
+/// How far along a request is in its group.
+enum Status {
+    /// Planned on the fast path: ids assumed new.
+    Optimistic,
+    /// Planned with every id looked up, after the unique index objected.
+    Verified,
+    Failed(Error),
 }
 
 struct WriterState {
     conn: Connection,
+    streams: HashMap<StreamName, (Version, StreamState)>,
     last_position: Position,
     last_recorded: Timestamp,
 }
@@ -237,7 +272,12 @@ impl WriterState {
             .query_row("SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1", [], |r| r.get(0))
             .optional()
             .map_err(sql)?;
-        Ok(Self { conn, last_position, last_recorded: Timestamp::from_micros(last_recorded.unwrap_or(0)) })
+        Ok(Self {
+            conn,
+            streams: HashMap::new(),
+            last_position,
+            last_recorded: Timestamp::from_micros(last_recorded.unwrap_or(0)),
+        })
     }
 
     fn run(&mut self, receiver: &mpsc::Receiver<Command>, head: &watch::Sender<Position>, max_batch: usize) {
@@ -276,22 +316,24 @@ impl WriterState {
 
     /// Commits a group of append requests in one transaction: plan, write, commit once.
     fn commit_group(&mut self, requests: &[Vec<StreamAppend>]) -> Vec<Result<Vec<AppendResult>>> {
-        let mut excluded: Vec<Option<Error>> = requests.iter().map(|_| None).collect();
+        let mut status: Vec<Status> = requests.iter().map(|_| Status::Optimistic).collect();
         loop {
-            match self.try_commit_group(requests, &mut excluded) {
+            match self.try_commit_group(requests, &mut status) {
                 Ok(results) => return results,
                 Err(WriteError::Reused(Reused { request, id })) => {
-                    excluded[request] = Some(Error::DuplicateEventId { id });
+                    status[request] = match status[request] {
+                        Status::Optimistic => Status::Verified,
+                        _ => Status::Failed(Error::DuplicateEventId { id }),
+                    };
                 }
                 Err(WriteError::Failed(e)) => {
                     tracing::error!(error = %e, "group commit failed; every append in the group is rejected");
                     let message = e.to_string();
-                    return requests
-                        .iter()
-                        .zip(excluded)
-                        .map(|(_, ex)| {
-                            Err(ex
-                                .unwrap_or_else(|| Error::Storage { message: message.clone(), source: None }))
+                    return status
+                        .into_iter()
+                        .map(|s| match s {
+                            Status::Failed(e) => Err(e),
+                            _ => Err(Error::Storage { message: message.clone(), source: None }),
                         })
                         .collect();
                 }
@@ -302,10 +344,10 @@ impl WriterState {
     fn try_commit_group(
         &mut self,
         requests: &[Vec<StreamAppend>],
-        excluded: &mut [Option<Error>],
+        status: &mut [Status],
     ) -> Result<Vec<Result<Vec<AppendResult>>>, WriteError> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
-        let written = match self.write_group(requests, excluded) {
+        let written = match self.write_group(requests, status) {
             Ok(written) => written,
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -323,37 +365,55 @@ impl WriterState {
         }
         self.last_position = written.last_position;
         self.last_recorded = written.recorded_at;
+        if self.streams.len() + written.streams.len() > STREAM_CACHE_LIMIT {
+            self.streams.clear();
+        }
+        self.streams.extend(written.streams);
         Ok(written.results)
     }
 
     /// Plans and writes the group inside the open transaction.
     fn write_group(
-        &self,
+        &mut self,
         requests: &[Vec<StreamAppend>],
-        excluded: &mut [Option<Error>],
+        status: &mut [Status],
     ) -> Result<Written, WriteError> {
         let now = Timestamp::now().max(self.last_recorded);
-        let mut planner = GroupPlanner::new(Lookup { conn: &self.conn }, self.last_position);
+        let lookup = Lookup { conn: &self.conn, streams: &mut self.streams, probe_ids: false };
+        let mut planner = GroupPlanner::new(lookup, self.last_position);
         let mut plans = Vec::with_capacity(requests.len());
-        for (appends, excluded) in requests.iter().zip(excluded.iter_mut()) {
-            if excluded.is_some() {
-                plans.push(None);
-                continue;
+        for (appends, status) in requests.iter().zip(status.iter_mut()) {
+            planner.lookup_mut().probe_ids = match status {
+                Status::Optimistic => false,
+                Status::Verified => true,
+                Status::Failed(_) => {
+                    plans.push(None);
+                    continue;
+                }
+            };
+            let mut planned = planner.plan(appends, false);
+            if matches!(planned, Err(Error::WrongExpectedVersion(_))) && !planner.lookup_mut().probe_ids {
+                // A retried append carries an expected version that its first attempt made
+                // stale: look its ids up before calling it a conflict.
+                planner.lookup_mut().probe_ids = true;
+                planned = planner.plan(appends, false);
             }
-            match planner.plan(appends, false) {
+            match planned {
                 Ok(p) => plans.push(Some(p)),
                 Err(e) => {
-                    *excluded = Some(e);
+                    *status = Status::Failed(e);
                     plans.push(None);
                 }
             }
         }
         let last_position = planner.last_position();
+        let streams = planner.into_planned_streams();
         if last_position == self.last_position {
             return Ok(Written {
-                results: finish(requests, excluded, plans),
+                results: finish(status, plans, requests),
                 last_position,
                 recorded_at: now,
+                streams,
             });
         }
         let mut insert = self
@@ -426,10 +486,12 @@ impl WriterState {
         self.conn
             .execute("UPDATE meta SET value = ?1 WHERE key = 'last_position'", [i64_from(last_position)?])
             .map_err(sql)?;
-        Ok(Written { results: finish(requests, excluded, plans), last_position, recorded_at: now })
+        Ok(Written { results: finish(status, plans, requests), last_position, recorded_at: now, streams })
     }
 
     fn delete(&mut self, stream: &StreamName, mode: DeleteMode) -> Result<()> {
+        // The next lookup reads the new state from the table.
+        self.streams.remove(stream);
         match (stream_state(&self.conn, stream)?, mode) {
             (None, _) | (Some((_, StreamState::SoftDeleted)), DeleteMode::Soft) => {
                 return Err(Error::StreamNotFound(stream.clone()));
@@ -455,20 +517,21 @@ impl WriterState {
     }
 }
 
-/// Each request's answer: its own failure, or its plans turned into results.
+/// Each request's answer: its own failure, or its plans turned into results. Takes the
+/// failures out of `status` (if the commit then fails, every request gets that failure).
 fn finish(
-    requests: &[Vec<StreamAppend>],
-    excluded: &mut [Option<Error>],
+    status: &mut [Status],
     plans: Vec<Option<Vec<Planned>>>,
+    requests: &[Vec<StreamAppend>],
 ) -> Vec<Result<Vec<AppendResult>>> {
-    let mut plans = plans.into_iter();
-    requests
-        .iter()
-        .zip(excluded.iter_mut())
-        .map(|(appends, excluded)| match (excluded.take(), plans.next().flatten()) {
-            (Some(e), _) => Err(e),
-            (None, Some(plans)) => Ok(appends.iter().zip(&plans).map(|(a, p)| p.result(a)).collect()),
-            (None, None) => Err(Error::Storage { message: "append was not planned".into(), source: None }),
+    status
+        .iter_mut()
+        .zip(plans)
+        .zip(requests)
+        .map(|((status, plans), appends)| match (std::mem::replace(status, Status::Optimistic), plans) {
+            (Status::Failed(e), _) => Err(e),
+            (_, Some(plans)) => Ok(appends.iter().zip(&plans).map(|(a, p)| p.result(a)).collect()),
+            (_, None) => Err(Error::Storage { message: "append was not planned".into(), source: None }),
         })
         .collect()
 }
