@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bifrost_postgres::PostgresOptions;
 use bifrost_server::ServerConfig;
 use bifrost_sqlite::Durability;
 use clap::Args;
@@ -34,8 +35,8 @@ pub(crate) struct ConfigLayer {
     #[arg(long, env = "BIFROST_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
 
-    /// The store: absent for the embedded store in the data dir, `sqlite://DIR`, or `memory:`
-    /// (nothing kept after exit).
+    /// The store: absent for the embedded store in the data dir, `sqlite://DIR`, `memory:`
+    /// (nothing kept after exit), or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`.
     #[arg(long, env = "BIFROST_STORE", value_name = "URL")]
     pub(crate) store: Option<String>,
 
@@ -59,6 +60,28 @@ pub(crate) struct ConfigLayer {
     /// Interval of SSE heartbeat comments, in milliseconds [default: 15000].
     #[arg(long, env = "BIFROST_SSE_HEARTBEAT_MS", value_name = "MS")]
     pub(crate) sse_heartbeat_ms: Option<u64>,
+
+    /// PostgreSQL: the schema that holds Bifrost's tables, created if missing [default: bifrost].
+    #[arg(long, env = "BIFROST_PG_SCHEMA", value_name = "NAME")]
+    pub(crate) pg_schema: Option<String>,
+
+    /// PostgreSQL: most pooled connections, shared by reads and the writer [default: 10].
+    #[arg(long, env = "BIFROST_PG_POOL_SIZE", value_name = "N")]
+    pub(crate) pg_pool_size: Option<usize>,
+
+    /// PostgreSQL: how long opening a connection may take, in milliseconds [default: 10000].
+    #[arg(long, env = "BIFROST_PG_CONNECT_TIMEOUT_MS", value_name = "MS")]
+    pub(crate) pg_connect_timeout_ms: Option<u64>,
+
+    /// PostgreSQL: pooled connections idle longer than this are closed, in milliseconds
+    /// [default: 30000].
+    #[arg(long, env = "BIFROST_PG_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub(crate) pg_idle_timeout_ms: Option<u64>,
+
+    /// PostgreSQL: how long a request waits for a pooled connection before it is answered
+    /// 503, in milliseconds [default: 10000].
+    #[arg(long, env = "BIFROST_PG_WAIT_TIMEOUT_MS", value_name = "MS")]
+    pub(crate) pg_wait_timeout_ms: Option<u64>,
 
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info,bifrost_server=debug`) [default: info].
     #[arg(long, env = "BIFROST_LOG", value_name = "FILTER")]
@@ -96,6 +119,11 @@ impl ConfigLayer {
             max_event_bytes: self.max_event_bytes.or(lower.max_event_bytes),
             max_events_per_append: self.max_events_per_append.or(lower.max_events_per_append),
             sse_heartbeat_ms: self.sse_heartbeat_ms.or(lower.sse_heartbeat_ms),
+            pg_schema: self.pg_schema.or(lower.pg_schema),
+            pg_pool_size: self.pg_pool_size.or(lower.pg_pool_size),
+            pg_connect_timeout_ms: self.pg_connect_timeout_ms.or(lower.pg_connect_timeout_ms),
+            pg_idle_timeout_ms: self.pg_idle_timeout_ms.or(lower.pg_idle_timeout_ms),
+            pg_wait_timeout_ms: self.pg_wait_timeout_ms.or(lower.pg_wait_timeout_ms),
             log: self.log.or(lower.log),
         }
     }
@@ -112,6 +140,11 @@ pub(crate) struct Settings {
     pub(crate) max_event_bytes: usize,
     pub(crate) max_events_per_append: usize,
     pub(crate) sse_heartbeat: Duration,
+    pub(crate) pg_schema: String,
+    pub(crate) pg_pool_size: usize,
+    pub(crate) pg_connect_timeout: Duration,
+    pub(crate) pg_idle_timeout: Duration,
+    pub(crate) pg_wait_timeout: Duration,
     pub(crate) log: String,
 }
 
@@ -121,6 +154,8 @@ impl Settings {
     pub(crate) fn resolve(flags_and_env: ConfigLayer, file: ConfigLayer) -> anyhow::Result<Self> {
         let layer = flags_and_env.over(file);
         let defaults = ServerConfig::default();
+        let pg = PostgresOptions::default();
+        let millis = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
         let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let store = StoreSpec::parse(layer.store.as_deref(), &data_dir)?;
         let durability = match layer.durability.as_deref() {
@@ -138,6 +173,11 @@ impl Settings {
             max_event_bytes: layer.max_event_bytes.unwrap_or(defaults.max_event_bytes),
             max_events_per_append: layer.max_events_per_append.unwrap_or(defaults.max_events_per_append),
             sse_heartbeat: layer.sse_heartbeat_ms.map_or(defaults.sse_heartbeat, Duration::from_millis),
+            pg_schema: layer.pg_schema.unwrap_or(pg.schema),
+            pg_pool_size: layer.pg_pool_size.unwrap_or(pg.pool_size),
+            pg_connect_timeout: millis(layer.pg_connect_timeout_ms, pg.connect_timeout),
+            pg_idle_timeout: millis(layer.pg_idle_timeout_ms, pg.idle_timeout),
+            pg_wait_timeout: millis(layer.pg_wait_timeout_ms, pg.wait_timeout),
             log: layer.log.unwrap_or_else(|| DEFAULT_LOG.to_owned()),
         };
         settings.check()?;
@@ -161,13 +201,25 @@ impl Settings {
             ("max_body_bytes", self.max_body_bytes),
             ("max_event_bytes", self.max_event_bytes),
             ("max_events_per_append", self.max_events_per_append),
+            ("pg_pool_size", self.pg_pool_size),
         ] {
             if value == 0 {
                 bail!("{key} must be greater than 0");
             }
         }
-        if self.sse_heartbeat.is_zero() {
-            bail!("sse_heartbeat_ms must be greater than 0");
+        for (key, value) in [
+            ("sse_heartbeat_ms", self.sse_heartbeat),
+            ("pg_connect_timeout_ms", self.pg_connect_timeout),
+            ("pg_idle_timeout_ms", self.pg_idle_timeout),
+            ("pg_wait_timeout_ms", self.pg_wait_timeout),
+        ] {
+            if value.is_zero() {
+                bail!("{key} must be greater than 0");
+            }
+        }
+        // The full naming rule is the PostgreSQL store's; it reports a bad name on connect.
+        if self.pg_schema.trim().is_empty() {
+            bail!("pg_schema must name a schema, such as \"bifrost\"");
         }
         Ok(())
     }
@@ -180,9 +232,21 @@ impl Settings {
             sse_heartbeat: self.sse_heartbeat,
         }
     }
+
+    pub(crate) fn postgres_options(&self) -> PostgresOptions {
+        PostgresOptions {
+            schema: self.pg_schema.clone(),
+            pool_size: self.pg_pool_size,
+            connect_timeout: self.pg_connect_timeout,
+            idle_timeout: self.pg_idle_timeout,
+            wait_timeout: self.pg_wait_timeout,
+            ..PostgresOptions::default()
+        }
+    }
 }
 
-/// The settings as a TOML file that reproduces them.
+/// The settings as a TOML file that reproduces them, except that a PostgreSQL password is
+/// printed as `***` (give it through `BIFROST_STORE` or a private file instead).
 impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A JSON string literal is a valid TOML basic string.
@@ -196,6 +260,11 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "max_event_bytes = {}", self.max_event_bytes);
         let _ = writeln!(out, "max_events_per_append = {}", self.max_events_per_append);
         let _ = writeln!(out, "sse_heartbeat_ms = {}", self.sse_heartbeat.as_millis());
+        let _ = writeln!(out, "pg_schema = {}", quote(&self.pg_schema));
+        let _ = writeln!(out, "pg_pool_size = {}", self.pg_pool_size);
+        let _ = writeln!(out, "pg_connect_timeout_ms = {}", self.pg_connect_timeout.as_millis());
+        let _ = writeln!(out, "pg_idle_timeout_ms = {}", self.pg_idle_timeout.as_millis());
+        let _ = writeln!(out, "pg_wait_timeout_ms = {}", self.pg_wait_timeout.as_millis());
         let _ = write!(out, "log = {}", quote(&self.log));
         f.write_str(&out)
     }
@@ -235,6 +304,70 @@ mod tests {
         assert_eq!(s.max_events_per_append, 1000);
         assert_eq!(s.sse_heartbeat, Duration::from_secs(15));
         assert_eq!(s.log, "info");
+        assert_eq!(s.pg_schema, "bifrost");
+        assert_eq!(s.pg_pool_size, 10);
+        assert_eq!(s.pg_connect_timeout, Duration::from_secs(10));
+        assert_eq!(s.pg_idle_timeout, Duration::from_secs(30));
+        assert_eq!(s.pg_wait_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn postgres_keys_follow_the_same_precedence_and_reach_the_store_options() {
+        let s = Settings::resolve(
+            flags(&[
+                "--store",
+                "postgres://u@db/app",
+                "--pg-schema",
+                "from_flag",
+                "--pg-wait-timeout-ms",
+                "1",
+            ]),
+            file(
+                "pg_schema = \"from_file\"\npg_pool_size = 4\npg_connect_timeout_ms = 2500\n\
+                 pg_idle_timeout_ms = 60000\npg_wait_timeout_ms = 9",
+            ),
+        )
+        .unwrap();
+        assert_eq!(s.store, StoreSpec::Postgres("postgres://u@db/app".into()));
+        assert_eq!(s.pg_schema, "from_flag", "flag beats file");
+        assert_eq!(s.pg_wait_timeout, Duration::from_millis(1), "flag beats file");
+        assert_eq!(s.pg_pool_size, 4, "file beats default");
+        let options = s.postgres_options();
+        assert_eq!(options.schema, "from_flag");
+        assert_eq!(options.pool_size, 4);
+        assert_eq!(options.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(options.idle_timeout, Duration::from_secs(60));
+        assert_eq!(options.wait_timeout, Duration::from_millis(1));
+        let defaults = PostgresOptions::default();
+        assert_eq!(options.max_batch, defaults.max_batch, "keys without a setting keep the store's default");
+    }
+
+    #[test]
+    fn invalid_postgres_settings_are_one_line_errors_naming_the_key() {
+        for (text, key) in [
+            ("pg_pool_size = 0", "pg_pool_size"),
+            ("pg_connect_timeout_ms = 0", "pg_connect_timeout_ms"),
+            ("pg_idle_timeout_ms = 0", "pg_idle_timeout_ms"),
+            ("pg_wait_timeout_ms = 0", "pg_wait_timeout_ms"),
+            ("pg_schema = \" \"", "pg_schema"),
+        ] {
+            let err = Settings::resolve(ConfigLayer::default(), file(text)).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        assert!(ConfigLayer::from_toml("pg_pool_size = -1").is_err());
+    }
+
+    #[test]
+    fn printed_settings_hide_the_postgres_password() {
+        let s = Settings::resolve(
+            flags(&["--store", "postgres://app:s3cret@db:5432/events"]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        let text = s.to_string();
+        assert!(text.contains("store = \"postgres://app:***@db:5432/events\""), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]
@@ -288,7 +421,18 @@ mod tests {
     #[test]
     fn printed_settings_read_back_as_the_same_settings() {
         let s = Settings::resolve(
-            flags(&["--listen", "[::1]:7000", "--log", "debug,hyper=warn", "--store", "memory:"]),
+            flags(&[
+                "--listen",
+                "[::1]:7000",
+                "--log",
+                "debug,hyper=warn",
+                "--store",
+                "memory:",
+                "--pg-schema",
+                "events",
+                "--pg-idle-timeout-ms",
+                "1234",
+            ]),
             ConfigLayer::default(),
         )
         .unwrap();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bifrost_core::{EventStore, InMemoryStore};
+use bifrost_postgres::{PostgresOptions, PostgresStore};
 use bifrost_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// A parsed `store` setting.
@@ -15,8 +16,8 @@ pub(crate) enum StoreSpec {
     Sqlite(PathBuf),
     /// Nothing kept after exit.
     Memory,
-    /// A PostgreSQL URL (not available in this build).
-    Postgres,
+    /// A PostgreSQL URL (it may carry a password: print it only through `Display`).
+    Postgres(String),
 }
 
 impl StoreSpec {
@@ -30,7 +31,7 @@ impl StoreSpec {
             return Ok(Self::Memory);
         }
         if value.starts_with("postgres://") || value.starts_with("postgresql://") {
-            return Ok(Self::Postgres);
+            return Ok(Self::Postgres(value.to_owned()));
         }
         if let Some(dir) = value.strip_prefix("sqlite://").or_else(|| value.strip_prefix("sqlite:")) {
             if dir.is_empty() {
@@ -38,23 +39,46 @@ impl StoreSpec {
             }
             return Ok(Self::Sqlite(PathBuf::from(dir)));
         }
-        bail!("unknown store {value:?}: use sqlite://DIR, memory: or postgres://…");
+        // Not `{value:?}`: a mistyped PostgreSQL URL may still carry a password.
+        bail!("unknown store {:?}: use sqlite://DIR, memory: or postgres://…", redact_url(value));
     }
 
-    /// Opens the store. `durability` applies to the embedded store.
-    pub(crate) fn open(&self, durability: Durability) -> anyhow::Result<Arc<dyn EventStore>> {
+    /// Opens the store. `durability` applies to the embedded store, `postgres` to
+    /// PostgreSQL (whose durability is the database's own `synchronous_commit`).
+    pub(crate) async fn open(
+        &self,
+        durability: Durability,
+        postgres: PostgresOptions,
+    ) -> anyhow::Result<Arc<dyn EventStore>> {
         match self {
             Self::Sqlite(dir) => {
-                let options = SqliteOptions { durability, ..SqliteOptions::default() };
-                let store = SqliteStore::open(dir, options)
-                    .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+                let dir = dir.clone();
+                // SQLite opens with blocking file I/O (and may wait on the directory lock).
+                let store = tokio::task::spawn_blocking(move || {
+                    let options = SqliteOptions { durability, ..SqliteOptions::default() };
+                    SqliteStore::open(&dir, options)
+                        .with_context(|| format!("cannot open the store in {}", dir.display()))
+                })
+                .await
+                .context("opening the store stopped unexpectedly")??;
                 Ok(Arc::new(store))
             }
             Self::Memory => Ok(InMemoryStore::shared()),
-            Self::Postgres => bail!(
-                "the PostgreSQL backend is not available in this build; use the embedded store \
-                 (sqlite://DIR, the default) or memory:"
-            ),
+            Self::Postgres(url) => {
+                // The driver bounds each connection attempt, but not a server that accepts
+                // the connection and then says nothing; start-up must not hang on one. The
+                // allowance covers the schema connection and the first pooled one.
+                let limit = postgres.connect_timeout.saturating_mul(2);
+                let schema = postgres.schema.clone();
+                let connected = tokio::time::timeout(limit, PostgresStore::connect(url, postgres))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("PostgreSQL did not answer within {} ms", limit.as_millis()))
+                    .and_then(|r| r.map_err(anyhow::Error::from));
+                let store = connected.with_context(|| {
+                    format!("cannot open the PostgreSQL store {self} (schema {schema:?})")
+                })?;
+                Ok(Arc::new(store))
+            }
         }
     }
 }
@@ -64,9 +88,48 @@ impl fmt::Display for StoreSpec {
         match self {
             Self::Sqlite(dir) => write!(f, "sqlite://{}", dir.display()),
             Self::Memory => f.write_str("memory:"),
-            Self::Postgres => f.write_str("postgres://…"),
+            Self::Postgres(url) => f.write_str(&redact_url(url)),
         }
     }
+}
+
+/// The URL with any password replaced by `***`: `user:secret@host` and a
+/// `password=` query parameter both. Logs, errors and `bifrost config` show URLs; none of
+/// them may show a password.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    // The query may name `user=a@b`; the userinfo ends at the last `@` before it.
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let mut out = format!("{scheme}://");
+    match before_query.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -83,14 +146,50 @@ mod tests {
         assert_eq!(parse(Some("sqlite:///var/lib/b")).unwrap(), StoreSpec::Sqlite("/var/lib/b".into()));
         assert_eq!(parse(Some("sqlite://rel/dir")).unwrap(), StoreSpec::Sqlite("rel/dir".into()));
         assert_eq!(parse(Some("memory:")).unwrap(), StoreSpec::Memory);
-        assert_eq!(parse(Some("postgres://u@localhost/db")).unwrap(), StoreSpec::Postgres);
+        assert_eq!(
+            parse(Some("postgres://u@localhost/db")).unwrap(),
+            StoreSpec::Postgres("postgres://u@localhost/db".into())
+        );
+        assert_eq!(
+            parse(Some(" postgresql://localhost/db ")).unwrap(),
+            StoreSpec::Postgres("postgresql://localhost/db".into())
+        );
         assert!(parse(Some("mysql://x")).is_err());
         assert!(parse(Some("sqlite://")).is_err());
     }
 
     #[test]
-    fn postgres_says_it_is_not_available() {
-        let err = parse(Some("postgres://localhost/test")).unwrap().open(Durability::Full).err().unwrap();
-        assert!(err.to_string().contains("PostgreSQL backend is not available"), "{err}");
+    fn a_postgres_url_never_prints_its_password() {
+        let cases = [
+            ("postgres://user:secret@db:5432/app", "postgres://user:***@db:5432/app"),
+            ("postgres://user@db/app", "postgres://user@db/app"),
+            ("postgres://db/app", "postgres://db/app"),
+            (
+                "postgresql://u:p%40ss@h1,h2/app?sslmode=disable",
+                "postgresql://u:***@h1,h2/app?sslmode=disable",
+            ),
+            ("postgres://u:a@b@db/app", "postgres://u:***@db/app"),
+            ("postgres://db/app?user=u&password=secret", "postgres://db/app?user=u&password=***"),
+        ];
+        for (url, shown) in cases {
+            let spec = parse(Some(url)).unwrap();
+            assert_eq!(spec.to_string(), shown);
+            assert!(!format!("{spec}").contains("secret"));
+        }
+        let err = parse(Some("postgress://u:secret@db/app")).unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_an_error_naming_the_store_without_its_password() {
+        let spec = parse(Some("postgres://u:secret@127.0.0.1:1/test")).unwrap();
+        let options = PostgresOptions {
+            connect_timeout: std::time::Duration::from_secs(2),
+            ..PostgresOptions::default()
+        };
+        let err = spec.open(Durability::Full, options).await.err().unwrap();
+        let text = format!("{err:#}");
+        assert!(text.contains("postgres://u:***@127.0.0.1:1/test"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
     }
 }

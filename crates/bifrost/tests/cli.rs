@@ -65,16 +65,24 @@ fn a_busy_port_is_one_error_line_and_a_failure() {
 }
 
 #[test]
-fn postgres_store_is_a_clear_error() {
+fn an_unreachable_postgres_is_one_error_line_and_a_failure() {
     let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
     let out = run(
         bifrost()
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", "postgres://localhost/test", "--data-dir"])
-            .arg(dir.path()),
+            .args(["serve", "--listen", "127.0.0.1:0", "--pg-connect-timeout-ms", "3000", "--data-dir"])
+            .arg(dir.path())
+            // Nothing listens on port 1: the connection is refused at once.
+            .env("BIFROST_STORE", "postgres://bifrost:s3cret@127.0.0.1:1/test"),
         None,
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(one_error_line(&stderr(&out)).contains("PostgreSQL backend is not available"));
+    let line = one_error_line(&stderr(&out));
+    assert!(line.contains("postgres://bifrost:***@127.0.0.1:1/test"), "names the store: {line}");
+    assert!(line.contains("unreachable"), "{line}");
+    assert!(!line.contains("s3cret"), "never the password: {line}");
+    assert!(started.elapsed() < Duration::from_secs(10), "no wait beyond the connect timeout");
+    assert!(!dir.path().join("bifrost.db").exists(), "PostgreSQL leaves the data dir alone");
 }
 
 #[test]

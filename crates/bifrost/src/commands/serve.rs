@@ -5,6 +5,7 @@ use tokio::net::TcpListener;
 use tracing::Level;
 
 use crate::config::Settings;
+use crate::store::StoreSpec;
 
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     // Bind before opening the store: a busy port should not create a data directory.
@@ -13,12 +14,13 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr().context("the listening socket has no address")?;
 
-    let spec = settings.store.clone();
-    let durability = settings.durability;
-    let store = tokio::task::spawn_blocking(move || spec.open(durability))
-        .await
-        .context("opening the store stopped unexpectedly")??;
-    tracing::info!(store = %settings.store, durability = %settings.durability, "store open");
+    let store = settings.store.open(settings.durability, settings.postgres_options()).await?;
+    match &settings.store {
+        StoreSpec::Postgres(_) => {
+            tracing::info!(store = %settings.store, schema = %settings.pg_schema, "store open");
+        }
+        _ => tracing::info!(store = %settings.store, durability = %settings.durability, "store open"),
+    }
 
     let metrics = match bifrost_server::install_metrics_recorder() {
         Ok(handle) => Some(handle),
