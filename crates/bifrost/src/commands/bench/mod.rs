@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bifrost_core::EventStore;
+use bifrost_postgres::PostgresOptions;
 use bifrost_sqlite::Durability;
 use clap::{Args, ValueEnum};
 
@@ -35,16 +36,23 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub(crate) workload: Vec<WorkloadArg>,
 
-    /// The store: `sqlite://DIR` or `memory:` [default: the embedded store in a fresh
-    /// temporary directory, removed afterwards unless --keep].
+    /// The store: `sqlite://DIR`, `memory:` or `postgres://…` [default: the embedded store in
+    /// a fresh temporary directory, removed afterwards unless --keep]. PostgreSQL runs in a
+    /// fresh schema `bifrost_bench_<hex>`, dropped afterwards unless --keep.
     #[arg(long, value_name = "URL")]
     pub(crate) store: Option<String>,
 
-    /// Durability of the embedded store.
+    /// PostgreSQL: run in this schema instead of a fresh one (it is created if missing and
+    /// never dropped; the log may already hold events).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) pg_schema: Option<String>,
+
+    /// Durability of the embedded store (PostgreSQL's is the database's `synchronous_commit`).
     #[arg(long, value_name = "MODE", value_parser = ["full", "relaxed"], default_value = "full")]
     pub(crate) durability: String,
 
-    /// Keep the temporary store directory (its path is printed).
+    /// Keep the temporary store directory or the fresh PostgreSQL schema (its path or name
+    /// is printed).
     #[arg(long)]
     pub(crate) keep: bool,
 
@@ -147,30 +155,51 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (StoreSpec::Sqlite(dir.path().to_owned()), Some(dir))
         }
     };
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    // The log must start empty (W3 checks its length), so PostgreSQL gets a schema of its
+    // own unless one is named.
+    let schema = match (&spec, &args.pg_schema) {
+        (StoreSpec::Postgres(url), named) => Some(BenchSchema {
+            url: url.clone(),
+            name: named.clone().unwrap_or_else(|| format!("bifrost_bench_{run_id}")),
+            fresh: named.is_none(),
+        }),
+        (_, Some(_)) => bail!("--pg-schema applies only to a postgres:// store"),
+        (_, None) => None,
+    };
     // Only a store this run made starts empty, so only then must the log hold exactly what
     // the workloads wrote.
-    let fresh = temp_dir.is_some() || spec == StoreSpec::Memory;
+    let fresh = temp_dir.is_some() || spec == StoreSpec::Memory || schema.as_ref().is_some_and(|s| s.fresh);
     let in_process_server = selection.needs_http() && args.url.is_none();
     let store = if selection.needs_store() || in_process_server {
-        let open_spec = spec.clone();
-        Some(
-            tokio::task::spawn_blocking(move || open_spec.open(durability))
-                .await
-                .context("opening the store stopped unexpectedly")??,
-        )
+        let postgres = PostgresOptions {
+            schema: schema.as_ref().map_or_else(|| PostgresOptions::default().schema, |s| s.name.clone()),
+            ..PostgresOptions::default()
+        };
+        let opened = spec.open(durability, postgres).await;
+        // A fresh schema is dropped even when connecting failed half way (after creating it).
+        if let (Err(_), Some(schema)) = (&opened, &schema) {
+            let _ = schema.finish(false).await;
+        }
+        Some(opened?)
     } else {
         None
     };
     // The server runs with its metrics recorder; so does the bench, for comparable numbers.
     let metrics = bifrost_server::install_metrics_recorder().ok();
 
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (store_label, durability_label) = match (&args.url, selection.needs_store()) {
         (Some(url), false) => (format!("server at {url}"), "as the server is configured".to_owned()),
         _ if temp_dir.is_some() => {
             ("embedded SQLite in a temporary directory".to_owned(), durability.to_string())
         }
-        _ => (spec.to_string(), durability.to_string()),
+        _ => match &schema {
+            Some(schema) => (
+                format!("PostgreSQL {spec}, schema {}", schema.name),
+                "as the database is configured (synchronous_commit)".to_owned(),
+            ),
+            None => (spec.to_string(), durability.to_string()),
+        },
     };
     let mut summary = Summary::new(store_label, durability_label);
 
@@ -179,9 +208,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // A server started here closed the store when it stopped.
         (Ok(true), _) | (Ok(false), None) => Ok(()),
         (Ok(false), Some(store)) => store.close().await.context("closing the store"),
-        (Err(e), _) => Err(e),
+        (Err(e), store) => {
+            // Stop the store's writer and listener before its schema is dropped.
+            if let (Some(store), Some(_)) = (store, &schema) {
+                let _ = store.close().await;
+            }
+            Err(e)
+        }
+    };
+    let finished = match schema.as_ref().filter(|_| in_process_server || selection.needs_store()) {
+        Some(schema) => schema.finish(args.keep).await,
+        None => Ok(()),
     };
     outcome?;
+    finished?;
 
     if args.json {
         println!("{}", summary.to_json()?);
@@ -192,6 +232,35 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("the store is kept in {}", dir.keep().display());
     }
     Ok(())
+}
+
+/// The PostgreSQL schema a bench runs in.
+struct BenchSchema {
+    url: String,
+    name: String,
+    /// Made by this run (and so dropped by it, unless --keep).
+    fresh: bool,
+}
+
+impl BenchSchema {
+    /// Drops a schema this run made, or says where it is kept.
+    async fn finish(&self, keep: bool) -> anyhow::Result<()> {
+        if !self.fresh {
+            return Ok(());
+        }
+        if keep {
+            eprintln!("the PostgreSQL schema is kept: {}", self.name);
+            return Ok(());
+        }
+        // Dropping connects afresh, with no timeout of its own: a database that went silent
+        // must not keep the bench from ending.
+        let limit = PostgresOptions::default().connect_timeout;
+        let dropped = tokio::time::timeout(limit, bifrost_postgres::drop_schema(&self.url, &self.name))
+            .await
+            .map_err(|_| anyhow::anyhow!("PostgreSQL did not answer within {} ms", limit.as_millis()))
+            .and_then(|r| r.map_err(anyhow::Error::from));
+        dropped.with_context(|| format!("cannot drop the bench schema {}", self.name))
+    }
 }
 
 /// Runs the selected workloads in order; returns whether an in-process server ran (it
