@@ -21,6 +21,7 @@ use crate::schema::open_reader;
 const SCAN_BUDGET: usize = 100_000;
 
 pub(crate) struct ReadPool {
+    size: usize,
     connections: Arc<Mutex<Vec<Connection>>>,
     permits: Arc<Semaphore>,
 }
@@ -42,7 +43,11 @@ impl Drop for Lease {
 impl ReadPool {
     pub(crate) fn open(path: &Path, size: usize) -> Result<Self> {
         let connections = (0..size).map(|_| open_reader(path)).collect::<Result<Vec<_>>>()?;
-        Ok(Self { connections: Arc::new(Mutex::new(connections)), permits: Arc::new(Semaphore::new(size)) })
+        Ok(Self {
+            size,
+            connections: Arc::new(Mutex::new(connections)),
+            permits: Arc::new(Semaphore::new(size)),
+        })
     }
 
     /// Runs `read` on a pooled connection, on the blocking thread pool, in one transaction.
@@ -71,6 +76,11 @@ impl ReadPool {
         })
         .await
         .map_err(|e| Error::storage("a read task failed", e))?
+    }
+
+    /// How many connections the pool holds.
+    pub(crate) fn size(&self) -> usize {
+        self.size
     }
 
     pub(crate) fn close(&self) {
@@ -224,6 +234,22 @@ pub(crate) fn read_all(
     // Nothing more matched up to the snapshot's head (or the time range's end).
     let next_position = if high > head { head } else { last_seen.max(high - 1) };
     Ok(LogSlice { events, next_position })
+}
+
+/// Every event with `low < position <= high`, in order: the unfiltered page read.
+pub(crate) fn read_range(conn: &Connection, low: Position, high: Position) -> Result<Vec<RecordedEvent>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 AND position <= ?2 ORDER BY position"
+        ))
+        .map_err(sql)?;
+    let mut rows = stmt.query(params![i64_from(low)?, i64_from(high)?]).map_err(sql)?;
+    let mut events = Vec::with_capacity(usize::try_from(high - low).unwrap_or(0).min(16_384));
+    let mut names = NameCache::default();
+    while let Some(row) = rows.next().map_err(sql)? {
+        events.push(event_from_row(row, &mut names)?);
+    }
+    Ok(events)
 }
 
 pub(crate) fn event(conn: &Connection, id: Uuid) -> Result<Option<RecordedEvent>> {

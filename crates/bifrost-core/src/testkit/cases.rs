@@ -860,3 +860,34 @@ pub async fn closing_the_store_ends_subscriptions_and_refuses_appends(store: Sto
     let err = store.append(stream("a-1"), ExpectedVersion::Any, events(1)).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
 }
+
+pub async fn large_page_reads_match_small_page_reads_across_gaps(store: Store) {
+    for i in 0..12 {
+        store.append(stream(&format!("big-{}", i % 4)), ExpectedVersion::Any, events(500)).await.unwrap();
+    }
+    // Hard-deleting a stream leaves gaps in the positions that large reads must step over.
+    store.delete_stream(&stream("big-2"), DeleteMode::Hard).await.unwrap();
+    let head = *store.head().borrow();
+    let paged = all_events(&store).await;
+    assert_eq!(paged.len(), 4500);
+    let whole = store.read_all(0, &LogFilter::default(), 10_000).await.unwrap();
+    assert_eq!(
+        whole.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        paged.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(whole.next_position, head);
+    let from_middle = store.read_all(paged[1000].position, &LogFilter::default(), 5000).await.unwrap();
+    assert!(from_middle.events.len() <= 5000);
+    assert_eq!(from_middle.events[0].id, paged[1001].id);
+    let mut after = from_middle.next_position;
+    let mut rest: Vec<_> = from_middle.events.iter().map(|e| e.id).collect();
+    loop {
+        let page = store.read_all(after, &LogFilter::default(), 4096).await.unwrap();
+        if page.events.is_empty() {
+            break;
+        }
+        after = page.next_position;
+        rest.extend(page.events.iter().map(|e| e.id));
+    }
+    assert_eq!(rest, paged[1001..].iter().map(|e| e.id).collect::<Vec<_>>());
+}

@@ -130,6 +130,7 @@ macro_rules! conformance_suite {
             concurrent_writers_keep_versions_contiguous_and_positions_increasing,
             many_events_in_one_append,
             closing_the_store_ends_subscriptions_and_refuses_appends,
+            large_page_reads_match_small_page_reads_across_gaps,
         );
 
         #[test]
