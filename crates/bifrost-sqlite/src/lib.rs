@@ -10,6 +10,7 @@
 //! every read snapshot is a prefix of the log; `recorded_at` never decreases along the
 //! log, which lets time-range filters become position ranges by binary search.
 
+mod checkpoint;
 mod codec;
 mod reader;
 mod schema;
@@ -28,6 +29,7 @@ use bifrost_core::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::checkpoint::Checkpointer;
 use crate::reader::ReadPool;
 use crate::writer::Writer;
 
@@ -101,7 +103,8 @@ impl SqliteStore {
         let lock = lock_dir(dir)?;
         let path = dir.join(DB_FILE);
         let conn = schema::open_writer(&path, options.durability)?;
-        let (writer, head) = Writer::start(conn, options.max_batch)?;
+        let checkpointer = Checkpointer::start(&path, options.durability)?;
+        let (writer, head) = Writer::start(conn, checkpointer, options.max_batch)?;
         let reads = ReadPool::open(&path, options.readers.max(1))?;
         Ok(Self { path, lock: std::sync::Mutex::new(Some(lock)), writer, reads, head })
     }

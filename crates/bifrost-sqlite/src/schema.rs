@@ -19,18 +19,17 @@ pub(crate) fn sqlite_error(context: &str) -> impl FnOnce(rusqlite::Error) -> Err
 pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connection> {
     let mut conn =
         Connection::open(path).map_err(|e| Error::storage(format!("cannot open {}", path.display()), e))?;
-    let synchronous = match durability {
-        Durability::Full => "FULL",
-        Durability::Relaxed => "NORMAL",
-    };
+    let synchronous = synchronous(durability);
     // WAL: readers never block the writer and see consistent snapshots. A large page cache
-    // keeps the indexes hot for group commits.
+    // keeps the indexes hot for group commits. Checkpoints belong to the checkpoint thread;
+    // the writer's own threshold (about 400 MB of WAL) is only a backstop should it lag.
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {synchronous};
          PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -65536;
-         PRAGMA temp_store = MEMORY;"
+         PRAGMA temp_store = MEMORY;
+         PRAGMA wal_autocheckpoint = 100000;"
     ))
     .map_err(sqlite_error("cannot configure the database"))?;
     embedded::migrations::runner()
@@ -38,6 +37,26 @@ pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
         .map_err(|e| Error::storage("schema migration failed", e))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// The checkpointer's connection: writes only the database file, from the WAL.
+pub(crate) fn open_checkpointer(path: &Path, durability: Durability) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| Error::storage(format!("cannot open {} for checkpoints", path.display()), e))?;
+    conn.execute_batch(&format!(
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA synchronous = {};",
+        synchronous(durability)
+    ))
+    .map_err(sqlite_error("cannot configure the checkpoint connection"))?;
+    Ok(conn)
+}
+
+fn synchronous(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "FULL",
+        Durability::Relaxed => "NORMAL",
+    }
 }
 
 /// A read-only connection for the read pool.

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
+use crate::checkpoint::Checkpointer;
 use crate::codec::{i64_from, sql, u64_from};
 
 enum Command {
@@ -41,13 +42,20 @@ fn closed() -> Error {
 }
 
 impl Writer {
-    pub(crate) fn start(conn: Connection, max_batch: usize) -> Result<(Self, watch::Receiver<Position>)> {
-        let mut state = WriterState::load(conn)?;
+    pub(crate) fn start(
+        conn: Connection,
+        checkpointer: Checkpointer,
+        max_batch: usize,
+    ) -> Result<(Self, watch::Receiver<Position>)> {
+        let mut state = WriterState::load(conn, checkpointer)?;
         let (head_tx, head_rx) = watch::channel(state.last_position);
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("bifrost-sqlite-writer".into())
-            .spawn(move || state.run(&receiver, &head_tx, max_batch.max(1)))
+            .spawn(move || {
+                state.run(&receiver, &head_tx, max_batch.max(1));
+                state.checkpointer.stop();
+            })
             .map_err(|e| Error::storage("cannot start the writer thread", e))?;
         let writer = Self { sender: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) };
         Ok((writer, head_rx))
@@ -253,13 +261,14 @@ enum Status {
 
 struct WriterState {
     conn: Connection,
+    checkpointer: Checkpointer,
     streams: HashMap<StreamName, (Version, StreamState)>,
     last_position: Position,
     last_recorded: Timestamp,
 }
 
 impl WriterState {
-    fn load(conn: Connection) -> Result<Self> {
+    fn load(conn: Connection, checkpointer: Checkpointer) -> Result<Self> {
         let stored: i64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'last_position'", [], |r| r.get(0))
             .map_err(sql)?;
@@ -274,6 +283,7 @@ impl WriterState {
             .map_err(sql)?;
         Ok(Self {
             conn,
+            checkpointer,
             streams: HashMap::new(),
             last_position,
             last_recorded: Timestamp::from_micros(last_recorded.unwrap_or(0)),
@@ -365,6 +375,7 @@ impl WriterState {
         }
         self.last_position = written.last_position;
         self.last_recorded = written.recorded_at;
+        self.checkpointer.nudge();
         if self.streams.len() + written.streams.len() > STREAM_CACHE_LIMIT {
             self.streams.clear();
         }
