@@ -92,6 +92,14 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("bifrost");
         }
+        // Plan every execution with its real arguments: a generic plan cached while the log
+        // was empty (a sequential scan for `id = ANY($1)`, a sort for a page) would stay
+        // wrong as the log grows.
+        let server_options = match config.get_options() {
+            Some(existing) => format!("{existing} -c plan_cache_mode=force_custom_plan"),
+            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+        };
+        config.options(&server_options);
         let sql = Arc::new(Sql::new(&options.schema)?);
         schema::migrate(&config, &sql).await?;
         let manager = Manager::from_config(
@@ -109,6 +117,7 @@ impl PostgresStore {
             .map_err(|e| Error::storage("cannot build the connection pool", e))?;
         let initial = reader::head(&pool, &sql).await?;
         let (head_tx, head) = watch::channel(initial);
+        reader::analyze(&pool, &sql).await?;
         let head_tx = Arc::new(head_tx);
         let listener = Listener::start(config, sql.clone(), pool.clone(), head_tx.clone(), &options);
         let writer = Writer::start(pool.clone(), sql.clone(), head_tx, options.max_batch.max(1));

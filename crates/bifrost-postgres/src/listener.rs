@@ -16,6 +16,9 @@ use crate::PostgresOptions;
 use crate::schema::Sql;
 use crate::writer::advance;
 
+/// Log size at which statistics are first refreshed after start-up.
+const ANALYZE_FIRST: Position = 10_000;
+
 pub(crate) struct Listener {
     stop: watch::Sender<bool>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
@@ -96,6 +99,7 @@ async fn listen(
         // Whatever committed while no one listened.
         let read_head = client.prepare(&sql.read_head).await?;
         let mut tick = tokio::time::interval(poll);
+        let mut next_analyze = head.borrow().saturating_mul(2).max(ANALYZE_FIRST);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -110,6 +114,15 @@ async fn listen(
                         head.send_if_modified(|h| advance(h, position));
                     }
                     pool.retain(|_, metrics| metrics.last_used() < idle);
+                    // Statistics follow the log's growth (doubling steps), whether or not
+                    // autovacuum runs on this database.
+                    let head_now = *head.borrow();
+                    if head_now >= next_analyze {
+                        if let Err(e) = crate::reader::analyze(pool, sql).await {
+                            tracing::warn!(error = %e, "ANALYZE of the event tables failed");
+                        }
+                        next_analyze = head_now.saturating_mul(2).max(ANALYZE_FIRST);
+                    }
                 }
                 _ = stopped.changed() => return Ok(()),
             }

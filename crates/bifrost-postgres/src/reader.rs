@@ -24,6 +24,14 @@ pub(crate) async fn head(pool: &Pool, sql: &Sql) -> Result<Position> {
     u64_from(row.get(0), "head position")
 }
 
+/// Refreshes the planner's statistics of Bifrost's tables. Run at start-up and as the log
+/// grows, so plans do not depend on autovacuum being on.
+pub(crate) async fn analyze(pool: &Pool, sql: &Sql) -> Result<()> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let s = sql.quoted_schema();
+    client.batch_execute(&format!("ANALYZE {s}.events, {s}.streams")).await.map_err(pg)
+}
+
 fn state_of(version: i64, state: i16) -> Result<(Version, StreamState)> {
     Ok((u64_from(version, "version")?, StreamState::from_i64(i64::from(state))?))
 }
@@ -73,21 +81,24 @@ pub(crate) async fn read_all(
     let head = u64_from(client.query_one(&head_stmt, &[]).await.map_err(pg)?.get(0), "head position")?;
     check_log_start(after, head)?;
     let limit = limit.max(1);
-    // Everything up to `head` is committed, and nothing below it can still appear.
-    let upper = if filter.is_empty() { head } else { head.min(after.saturating_add(SCAN_BUDGET)) };
-    if after >= upper {
+    let schema = sql.quoted_schema();
+    // Appends commit in position order, so whatever a snapshot holds above `after` is a
+    // gap-free run of the log: no upper bound is needed for correctness, and without one
+    // the plan is a plain walk of the primary key. A filtered read gets one anyway, the scan
+    // budget, so that a rare match never scans the whole log in one request.
+    let upper = (!filter.is_empty()).then(|| head.min(after.saturating_add(SCAN_BUDGET)));
+    if upper.is_some_and(|u| after >= u) {
         return Ok(LogSlice { events: Vec::new(), next_position: head });
     }
-    let schema = sql.quoted_schema();
-    let mut text =
-        format!("SELECT {EVENT_COLUMNS} FROM {schema}.events WHERE position > $1 AND position <= $2");
-    let after_i = i64_from(after)?;
-    let upper_i = i64_from(upper)?;
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(after_i), Box::new(upper_i)];
+    let mut text = format!("SELECT {EVENT_COLUMNS} FROM {schema}.events WHERE position > $1");
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(i64_from(after)?)];
     let mut push = |text: &mut String, clause: &str, value: Box<dyn ToSql + Sync + Send>| {
         params.push(value);
         text.push_str(&clause.replace("$?", &format!("${}", params.len())));
     };
+    if let Some(upper) = upper {
+        push(&mut text, " AND position <= $?", Box::new(i64_from(upper)?));
+    }
     if let Some(category) = &filter.category {
         push(&mut text, " AND category = $?", Box::new(category.as_str().to_owned()));
     }
@@ -111,9 +122,11 @@ pub(crate) async fn read_all(
     let mut names = NameCache::default();
     let events =
         rows.iter().map(|r| event_from_row(r, &mut names)).collect::<Result<Vec<RecordedEvent>>>()?;
-    let next_position = match events.last() {
-        Some(last) if events.len() == limit => last.position,
-        _ => upper,
+    let last_returned = events.last().map_or(after, |e| e.position);
+    let next_position = match upper {
+        _ if events.len() == limit => last_returned,
+        Some(upper) => upper.max(last_returned),
+        None => head.max(last_returned),
     };
     Ok(LogSlice { events, next_position })
 }
