@@ -181,26 +181,14 @@ pub(super) async fn write(client: &ApiClient, spec: &HttpWrite<'_>) -> anyhow::R
                 let sent = Instant::now();
                 let result = append(&client, &stream, body).await?;
                 report::record(&mut latency, sent.elapsed());
-                if result.first_version != version + 1 || result.last_version != version + n {
-                    bail!(
-                        "append to {stream} after version {version} landed at versions {}..={}",
-                        result.first_version,
-                        result.last_version
-                    );
-                }
+                report::check_landed(&stream, version, n, result.first_version, result.last_version)?;
                 version = result.last_version;
                 bar.inc(n);
             }
             anyhow::Ok((stream, count, latency))
         });
     }
-    let mut latency = report::histogram()?;
-    let mut streams = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (stream, count, h) = joined.context("a connection's task stopped unexpectedly")??;
-        latency.add(&h).context("merging latencies")?;
-        streams.push((stream, count));
-    }
+    let (latency, streams) = report::join_writers(&mut tasks).await?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
 

@@ -18,6 +18,31 @@ pub(super) fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
+/// Fails unless an append after `version` of `n` events landed right after it: every
+/// write workload checks each answer, so a figure never counts a misplaced write.
+pub(super) fn check_landed(stream: &str, version: u64, n: u64, first: u64, last: u64) -> anyhow::Result<()> {
+    if first != version + 1 || last != version + n {
+        anyhow::bail!("append to {stream} after version {version} landed at versions {first}..={last}");
+    }
+    Ok(())
+}
+
+/// Waits for every writer task; merges their latencies and lists each stream with the
+/// number of events written to it.
+pub(super) async fn join_writers<S: Send + 'static>(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<(S, u64, Histogram<u64>)>>,
+) -> anyhow::Result<(Histogram<u64>, Vec<(S, u64)>)> {
+    use anyhow::Context as _;
+    let mut latency = histogram()?;
+    let mut streams = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (stream, count, h) = joined.context("a writer task stopped unexpectedly")??;
+        latency.add(&h).context("merging latencies")?;
+        streams.push((stream, count));
+    }
+    Ok((latency, streams))
+}
+
 pub(super) fn progress(name: &str, len: u64, unit: &str) -> ProgressBar {
     let template =
         format!("{{prefix:>10}} [{{bar:40}}] {{human_pos}}/{{human_len}} {unit} {{per_sec}} eta {{eta}}");

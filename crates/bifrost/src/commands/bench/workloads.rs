@@ -79,26 +79,14 @@ pub(super) async fn write(store: &Arc<dyn EventStore>, spec: &WriteSpec<'_>) -> 
                     .await
                     .with_context(|| format!("append to {stream} at version {version} failed"))?;
                 report::record(&mut latency, sent.elapsed());
-                if result.first_version != version + 1 || result.last_version != version + n {
-                    bail!(
-                        "append to {stream} after version {version} landed at versions {}..={}",
-                        result.first_version,
-                        result.last_version
-                    );
-                }
+                report::check_landed(&stream, version, n, result.first_version, result.last_version)?;
                 version = result.last_version;
                 bar.inc(n);
             }
             anyhow::Ok((stream, count, latency))
         });
     }
-    let mut latency = report::histogram()?;
-    let mut streams = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (stream, count, h) = joined.context("a writer stopped unexpectedly")??;
-        latency.add(&h).context("merging latencies")?;
-        streams.push((stream, count));
-    }
+    let (latency, streams) = report::join_writers(&mut tasks).await?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
 
