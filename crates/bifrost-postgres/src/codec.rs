@@ -15,8 +15,20 @@ pub(crate) fn pg(e: tokio_postgres::Error) -> Error {
     }
 }
 
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("PostgreSQL is unreachable: {e}"))
+pub(crate) fn unavailable(e: impl std::error::Error) -> Error {
+    // The driver's message names only the step that failed ("error performing TLS
+    // handshake"); the reason (an untrusted certificate, a wrong host name) is its source.
+    let mut message = format!("PostgreSQL is unreachable: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.ends_with(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    Error::Unavailable(message)
 }
 
 pub(crate) fn pool(e: deadpool_postgres::PoolError) -> Error {

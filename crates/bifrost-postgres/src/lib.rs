@@ -18,9 +18,9 @@ mod codec;
 mod listener;
 mod reader;
 mod schema;
+mod tls;
 mod writer;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,6 @@ use bifrost_core::{
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use crate::codec::unavailable;
@@ -86,8 +85,8 @@ impl PostgresStore {
     /// Connects, creates or upgrades the schema (safe when several nodes start at once)
     /// and starts the writer and the change listener.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| Error::InvalidArgument(format!("invalid PostgreSQL URL: {e}")))?;
+        let (mut config, tls_settings) = tls::parse(url)?;
+        let tls = tls::connector(&tls_settings)?;
         config.connect_timeout(options.connect_timeout);
         if config.get_application_name().is_none() {
             config.application_name("bifrost");
@@ -101,10 +100,10 @@ impl PostgresStore {
         };
         config.options(&server_options);
         let sql = Arc::new(Sql::new(&options.schema)?);
-        schema::migrate(&config, &sql).await?;
+        schema::migrate(&config, tls.clone(), &sql).await?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
@@ -119,7 +118,7 @@ impl PostgresStore {
         let (head_tx, head) = watch::channel(initial);
         reader::analyze(&pool, &sql).await?;
         let head_tx = Arc::new(head_tx);
-        let listener = Listener::start(config, sql.clone(), pool.clone(), head_tx.clone(), &options);
+        let listener = Listener::start(config, tls, sql.clone(), pool.clone(), head_tx.clone(), &options);
         let writer = Writer::start(pool.clone(), sql.clone(), head_tx, options.max_batch.max(1));
         Ok(Self { pool, sql, writer, listener, head })
     }
@@ -127,6 +126,18 @@ impl PostgresStore {
     /// The schema this store uses.
     pub fn schema(&self) -> &str {
         self.sql.schema()
+    }
+
+    /// Whether a pooled connection of this store is encrypted, as the server sees it
+    /// (`pg_stat_ssl`); lets tests prove what a connection string negotiated.
+    #[doc(hidden)]
+    pub async fn connection_encrypted(&self) -> Result<bool> {
+        let client = self.pool.get().await.map_err(codec::pool)?;
+        let row = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .map_err(codec::pg)?;
+        row.try_get(0).map_err(codec::pg)
     }
 }
 
@@ -182,7 +193,8 @@ impl EventStore for PostgresStore {
 /// Drops a schema and everything in it: for tests that each use their own schema.
 pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
     let sql = Sql::new(schema)?;
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(unavailable)?;
+    let (config, tls_settings) = tls::parse(url)?;
+    let (client, connection) = config.connect(tls::connector(&tls_settings)?).await.map_err(unavailable)?;
     let driver = tokio::spawn(connection);
     let result = client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", sql.quoted_schema()))

@@ -10,7 +10,8 @@ use deadpool_postgres::Pool;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::PostgresOptions;
 use crate::schema::Sql;
@@ -27,6 +28,7 @@ pub(crate) struct Listener {
 impl Listener {
     pub(crate) fn start(
         config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
         sql: Arc<Sql>,
         pool: Pool,
         head: Arc<watch::Sender<Position>>,
@@ -35,11 +37,12 @@ impl Listener {
         let (stop, stopped) = watch::channel(false);
         let poll = options.poll_interval;
         let idle = options.idle_timeout;
+        let server = (config, tls);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let mut stopped = stopped;
             loop {
-                let session = listen(&config, &sql, &pool, &head, poll, idle, &mut stopped).await;
+                let session = listen(&server, &sql, &pool, &head, poll, idle, &mut stopped).await;
                 if *stopped.borrow() {
                     return;
                 }
@@ -66,7 +69,7 @@ impl Listener {
 
 /// One listening session; returns when its connection fails or the store stops.
 async fn listen(
-    config: &tokio_postgres::Config,
+    (config, tls): &(tokio_postgres::Config, MakeRustlsConnect),
     sql: &Sql,
     pool: &Pool,
     head: &watch::Sender<Position>,
@@ -74,7 +77,7 @@ async fn listen(
     idle: Duration,
     stopped: &mut watch::Receiver<bool>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel();
     // The connection delivers notifications only while it is polled for messages.
     let driver = tokio::spawn(async move {

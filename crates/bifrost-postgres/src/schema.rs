@@ -1,7 +1,7 @@
 //! The schema name, the SQL built for it once, and migrations.
 
 use bifrost_core::{Error, Result};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::codec::{pg, unavailable};
 
@@ -109,8 +109,12 @@ impl Sql {
 
 /// Creates the schema and applies pending migrations. Serialised by an advisory lock, so
 /// several nodes starting at once apply each migration exactly once.
-pub(crate) async fn migrate(config: &tokio_postgres::Config, sql: &Sql) -> Result<()> {
-    let (mut client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
+pub(crate) async fn migrate(
+    config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    sql: &Sql,
+) -> Result<()> {
+    let (mut client, connection) = config.connect(tls).await.map_err(unavailable)?;
     let driver = tokio::spawn(connection);
     let lock_key = format!("bifrost-migrate:{}", sql.schema());
     let result = async {
