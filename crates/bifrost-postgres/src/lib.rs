@@ -13,6 +13,12 @@
 //! appends that arrive while the previous transaction runs and commits them together, with
 //! a fixed number of round trips per group (bulk lookups, one `unnest` insert), whatever
 //! its size. Live subscriptions wake on `LISTEN/NOTIFY`, with a slow poll as a fallback.
+//!
+//! **TLS** follows the connection string's libpq `sslmode`: `disable`, `prefer` (the
+//! default: TLS when the server offers it, certificate unchecked), `require` (TLS, unchecked
+//! unless an `sslrootcert` is named), `verify-ca` (the chain must reach a trusted root) and
+//! `verify-full` (the chain and the host name). Roots come from `sslrootcert` or else the
+//! platform's store. rustls with the ring provider, one connector for every connection.
 
 mod codec;
 mod listener;
