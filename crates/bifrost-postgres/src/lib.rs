@@ -45,6 +45,12 @@ use crate::listener::Listener;
 use crate::schema::Sql;
 use crate::writer::Writer;
 
+/// Settings for every session Bifrost opens. Custom plans: see `connect`. The timeouts turn
+/// a transaction abandoned while holding the head lock, or a wait on it that cannot end,
+/// into an error instead of a stalled cluster.
+const SESSION_SETTINGS: &str = "-c plan_cache_mode=force_custom_plan -c lock_timeout=30s \
+     -c idle_in_transaction_session_timeout=60s";
+
 /// Connection and pool settings (the seeds' pool size and timeouts).
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
@@ -101,8 +107,8 @@ impl PostgresStore {
         // was empty (a sequential scan for `id = ANY($1)`, a sort for a page) would stay
         // wrong as the log grows.
         let server_options = match config.get_options() {
-            Some(existing) => format!("{existing} -c plan_cache_mode=force_custom_plan"),
-            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+            Some(existing) => format!("{existing} {SESSION_SETTINGS}"),
+            None => SESSION_SETTINGS.to_owned(),
         };
         config.options(&server_options);
         let sql = Arc::new(Sql::new(&options.schema)?);

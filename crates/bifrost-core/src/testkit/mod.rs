@@ -155,7 +155,11 @@ macro_rules! __conformance_cases {
                 let Some(harness) = $crate::testkit::IntoHarness::into_harness($factory().await) else {
                     return;
                 };
-                $crate::testkit::cases::$case(harness.store.clone()).await;
+                // A hang is a failure with a name, not a stalled test run.
+                let case = $crate::testkit::cases::$case(harness.store.clone());
+                if tokio::time::timeout(std::time::Duration::from_secs(120), case).await.is_err() {
+                    panic!("conformance case {} did not finish within 120 s", stringify!($case));
+                }
                 let _ = harness.store.close().await;
                 drop(harness);
             }
