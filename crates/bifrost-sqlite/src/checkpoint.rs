@@ -3,7 +3,8 @@
 //! SQLite checkpoints the WAL into the database file inside whichever commit crosses the
 //! auto-checkpoint threshold, which stalls the writer (and every append waiting on it) for
 //! the copy and its fsyncs. Here a thread with its own connection runs passive checkpoints
-//! after commits instead, on the other core; passive checkpoints never block the writer.
+//! once about a thousand events have been committed since the last one, on the other core;
+//! passive checkpoints never block the writer.
 //! The writer keeps a far higher auto-checkpoint threshold only as a backstop.
 
 use std::path::Path;

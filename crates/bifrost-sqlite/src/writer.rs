@@ -163,6 +163,11 @@ impl GroupSizer {
     }
 }
 
+/// Events between two checkpoints. Checkpointing after every commit made the database
+/// file's fsyncs compete with the WAL's on every commit; batching them lets the pages that
+/// many commits rewrite (index leaves of busy streams) reach the database once.
+const CHECKPOINT_EVERY: u64 = 1024;
+
 /// Most stream heads the writer keeps in memory; past this the cache starts over.
 const STREAM_CACHE_LIMIT: usize = 100_000;
 
@@ -262,6 +267,8 @@ enum Status {
 struct WriterState {
     conn: Connection,
     checkpointer: Checkpointer,
+    /// Events committed since the checkpoint thread was last asked to run.
+    since_checkpoint: u64,
     streams: HashMap<StreamName, (Version, StreamState)>,
     last_position: Position,
     last_recorded: Timestamp,
@@ -284,6 +291,7 @@ impl WriterState {
         Ok(Self {
             conn,
             checkpointer,
+            since_checkpoint: 0,
             streams: HashMap::new(),
             last_position,
             last_recorded: Timestamp::from_micros(last_recorded.unwrap_or(0)),
@@ -373,9 +381,13 @@ impl WriterState {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(WriteError::Failed(Error::storage("commit failed", e)));
         }
+        self.since_checkpoint += written.last_position - self.last_position;
         self.last_position = written.last_position;
         self.last_recorded = written.recorded_at;
-        self.checkpointer.nudge();
+        if self.since_checkpoint >= CHECKPOINT_EVERY {
+            self.since_checkpoint = 0;
+            self.checkpointer.nudge();
+        }
         if self.streams.len() + written.streams.len() > STREAM_CACHE_LIMIT {
             self.streams.clear();
         }
