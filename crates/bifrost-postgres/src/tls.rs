@@ -99,8 +99,10 @@ pub(crate) fn connector(settings: &TlsSettings) -> Result<MakeRustlsConnect> {
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::storage("cannot configure TLS", e))?;
     let verifier: Arc<dyn ServerCertVerifier> = match settings.verify {
-        Verify::Nothing => Arc::new(EncryptOnly { provider }),
-        Verify::Chain => Arc::new(ChainOnly { roots: Arc::new(roots(&settings.roots)?), provider }),
+        Verify::Nothing => Arc::new(WithoutHostName { roots: None, provider }),
+        Verify::Chain => {
+            Arc::new(WithoutHostName { roots: Some(Arc::new(roots(&settings.roots)?)), provider })
+        }
         Verify::Full => WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots(&settings.roots)?),
             provider,
@@ -149,56 +151,16 @@ fn roots(source: &Roots) -> Result<RootCertStore> {
     Ok(store)
 }
 
-/// Accepts any certificate (libpq `prefer`/`require`: encryption without authentication)
-/// but still checks that the server holds the key it presented.
+/// The libpq modes that do not check the host name. Without roots (`prefer`/`require`):
+/// encryption without authentication. With roots (`verify-ca`): the chain must end at a
+/// trusted root. Either way the server must hold the key of the certificate it presented.
 #[derive(Debug)]
-struct EncryptOnly {
+struct WithoutHostName {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// libpq `verify-ca`: the chain must end at a trusted root; the host name is not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for WithoutHostName {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -207,14 +169,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
