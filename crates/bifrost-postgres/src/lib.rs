@@ -209,7 +209,12 @@ pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
     let (client, connection) = config.connect(tls::connector(&tls_settings)?).await.map_err(unavailable)?;
     let driver = tokio::spawn(connection);
     let result = client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", sql.quoted_schema()))
+        // A session that still holds a lock on one of the tables must not make this wait
+        // forever: give up (and say so) instead.
+        .batch_execute(&format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            sql.quoted_schema()
+        ))
         .await
         .map_err(codec::pg);
     drop(client);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bifrost_core::store::EventStoreExt;
-use bifrost_core::testkit::{events, stream};
+use bifrost_core::testkit::{all_events, events, stream};
 use bifrost_core::{
     AppendResult, Error, EventStore, ExpectedVersion, LogFilter, RecordedEvent, SubscribeFrom,
 };
@@ -26,19 +26,6 @@ async fn two_nodes() -> Option<(Arc<PostgresStore>, Arc<PostgresStore>, support:
     let (b, _same_schema) = store_with(options(&schema)).await?;
     std::mem::forget(_same_schema); // one guard drops the schema
     Some((Arc::new(a), Arc::new(b), guard))
-}
-
-async fn whole_log(store: &PostgresStore) -> Vec<RecordedEvent> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, &LogFilter::default(), 1000).await.unwrap();
-        if page.events.is_empty() {
-            return out;
-        }
-        after = page.next_position;
-        out.extend(page.events);
-    }
 }
 
 /// 16 writers on two nodes (separate pools), some of them losing expected-version races
@@ -113,7 +100,7 @@ async fn readers_never_skip_an_event_with_concurrent_writers_on_two_nodes() {
     done.store(true, Ordering::Release);
     let paged = pager.await.unwrap();
 
-    let log = whole_log(&a).await;
+    let log = all_events(a.as_ref()).await;
     let total: u64 = acked.iter().map(|r| r.last_version - r.first_version + 1).sum();
     assert_eq!(log.len() as u64, total, "the log holds exactly the acknowledged events");
     assert!(total > 3000, "the run must be long enough to hit the race");
@@ -254,7 +241,7 @@ async fn dropped_connections_fail_appends_loudly_and_lose_nothing_acknowledged()
     // It recovered: a new append goes through.
     store.append(stream("after-1"), ExpectedVersion::NoStream, events(1)).await.unwrap();
 
-    let log = whole_log(&store).await;
+    let log = all_events(store.as_ref()).await;
     let ids: HashSet<_> = log.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), log.len(), "an event is stored twice");
     assert!(log.windows(2).all(|w| w[0].position < w[1].position));

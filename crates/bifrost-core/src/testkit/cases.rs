@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{event, events, stream};
+use super::{all_events, event, events, stream};
 use crate::error::Error;
 use crate::event::{Metadata, NewEvent, RecordedEvent};
 use crate::name::Category;
@@ -21,19 +21,6 @@ use crate::subscription::subscribe;
 use crate::timestamp::Timestamp;
 
 type Store = Arc<dyn EventStore>;
-
-async fn all_events(store: &Store) -> Vec<RecordedEvent> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, &LogFilter::default(), 1000).await.unwrap();
-        if page.events.is_empty() {
-            return out;
-        }
-        after = page.next_position;
-        out.extend(page.events);
-    }
-}
 
 async fn stream_events(store: &Store, name: &str) -> Vec<RecordedEvent> {
     store.read_stream(&stream(name), 1, Direction::Forward, 100_000).await.unwrap().events
@@ -70,7 +57,7 @@ pub async fn positions_strictly_increase_across_streams(store: Store) {
         assert_eq!(r.last_position, r.first_position + 1);
         last = r.last_position;
     }
-    let all = all_events(&store).await;
+    let all = all_events(store.as_ref()).await;
     assert_eq!(all.len(), 20);
     assert!(all.windows(2).all(|w| w[0].position < w[1].position));
 }
@@ -126,7 +113,7 @@ pub async fn resending_an_append_returns_the_original_result_and_stores_nothing(
     assert_eq!(again, first);
     let again_any = store.append(stream("a-1"), ExpectedVersion::Any, batch).await.unwrap();
     assert_eq!(again_any, first);
-    assert_eq!(all_events(&store).await.len(), 4);
+    assert_eq!(all_events(store.as_ref()).await.len(), 4);
     assert_eq!(stream_events(&store, "a-1").await.len(), 3);
 }
 
@@ -139,7 +126,7 @@ pub async fn resending_a_stored_id_with_different_content_is_a_duplicate(store: 
     let retyped = event("a.c", "{\"x\":1}").with_id(original.id);
     let err = store.append(stream("a-1"), ExpectedVersion::Any, vec![retyped]).await.unwrap_err();
     assert!(matches!(err, Error::DuplicateEventId { .. }), "{err:?}");
-    assert_eq!(all_events(&store).await.len(), 1);
+    assert_eq!(all_events(store.as_ref()).await.len(), 1);
 }
 
 pub async fn reusing_an_id_in_another_stream_is_a_duplicate(store: Store) {
@@ -161,7 +148,7 @@ pub async fn a_batch_with_one_stored_id_stores_nothing(store: Store) {
     let batch = vec![stored, event("a.b", "{\"new\":3}")];
     let err = store.append(stream("a-1"), ExpectedVersion::Any, batch).await.unwrap_err();
     assert!(matches!(err, Error::DuplicateEventId { .. }), "{err:?}");
-    assert_eq!(all_events(&store).await.len(), 1);
+    assert_eq!(all_events(store.as_ref()).await.len(), 1);
     assert_eq!(store.stream_info(&stream("a-1")).await.unwrap().version, 1);
 }
 
@@ -170,7 +157,7 @@ pub async fn a_rejected_batch_stores_nothing(store: Store) {
     let head_before = *store.head().borrow();
     let err = store.append(stream("a-1"), ExpectedVersion::Exact(1), events(50)).await.unwrap_err();
     assert!(matches!(err, Error::WrongExpectedVersion(_)));
-    assert_eq!(all_events(&store).await.len(), 2);
+    assert_eq!(all_events(store.as_ref()).await.len(), 2);
     assert_eq!(store.stream_info(&stream("a-1")).await.unwrap().version, 2);
     // The next successful append continues right after: no version was burnt.
     let r = store.append(stream("a-1"), ExpectedVersion::Exact(2), events(1)).await.unwrap();
@@ -213,7 +200,7 @@ pub async fn failing_appends_among_concurrent_ones_store_nothing(store: Store) {
             (kind, other) => panic!("append {i} (kind {kind}) ended with {other:?}"),
         }
     }
-    let log = all_events(&store).await;
+    let log = all_events(store.as_ref()).await;
     assert_eq!(log.len(), stored_events);
     assert!(log.iter().all(|e| !e.stream.starts_with("bad-")));
     assert_eq!(store.stream_info(&stream("dup-1")).await.unwrap().version, 1);
@@ -240,7 +227,7 @@ pub async fn multi_stream_append_is_atomic_and_names_every_conflict(store: Store
             ("c-1".into(), ExpectedVersion::StreamExists, None),
         ]
     );
-    assert_eq!(all_events(&store).await.len(), 3);
+    assert_eq!(all_events(store.as_ref()).await.len(), 3);
     assert!(matches!(store.stream_info(&stream("d-1")).await, Err(Error::StreamNotFound(_))));
 }
 
@@ -257,7 +244,7 @@ pub async fn multi_stream_append_returns_results_in_request_order(store: Store) 
     assert_eq!(results[1].stream.as_str(), "a-1");
     assert_eq!((results[1].first_version, results[1].last_version), (1, 3));
     assert!(results[1].first_position > results[0].last_position);
-    let all = all_events(&store).await;
+    let all = all_events(store.as_ref()).await;
     assert_eq!(all.len(), 7);
     // One commit: every event of the append shares one recorded_at.
     assert!(all[2..].iter().all(|e| e.recorded_at == all[2].recorded_at));
@@ -271,7 +258,7 @@ pub async fn multi_stream_append_is_idempotent(store: Store) {
     let first = store.append_many(appends.clone()).await.unwrap();
     let again = store.append_many(appends).await.unwrap();
     assert_eq!(first, again);
-    assert_eq!(all_events(&store).await.len(), 3);
+    assert_eq!(all_events(store.as_ref()).await.len(), 3);
 }
 
 pub async fn malformed_appends_are_rejected(store: Store) {
@@ -298,7 +285,7 @@ pub async fn malformed_appends_are_rejected(store: Store) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
-    assert!(all_events(&store).await.is_empty());
+    assert!(all_events(store.as_ref()).await.is_empty());
 }
 
 pub async fn read_stream_forward_pages_with_next(store: Store) {
@@ -558,7 +545,7 @@ pub async fn soft_delete_hides_the_stream_until_the_next_append(store: Store) {
     assert!(info.deleted);
     assert_eq!(info.version, 3);
     // Still part of history: the global log keeps the events.
-    assert_eq!(all_events(&store).await.len(), 3);
+    assert_eq!(all_events(store.as_ref()).await.len(), 3);
     assert!(matches!(
         store.delete_stream(&stream("a-1"), DeleteMode::Soft).await,
         Err(Error::StreamNotFound(_))
@@ -593,7 +580,7 @@ pub async fn hard_delete_removes_the_events_and_forbids_the_name(store: Store) {
         Err(Error::StreamDeleted(_))
     ));
     assert!(store.event(gone_id).await.unwrap().is_none());
-    let all = all_events(&store).await;
+    let all = all_events(store.as_ref()).await;
     assert_eq!(all.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>(), ["keep-1"]);
     assert_eq!(all[0].position, kept.first_position);
     // Positions are never reused, even when the deleted events were the newest.
@@ -661,7 +648,7 @@ pub async fn occurred_at_is_kept_and_recorded_at_never_decreases(store: Store) {
     for _ in 0..20 {
         store.append(stream("o-2"), ExpectedVersion::Any, events(2)).await.unwrap();
     }
-    let all = all_events(&store).await;
+    let all = all_events(store.as_ref()).await;
     assert!(all.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at));
 }
 
@@ -767,7 +754,7 @@ pub async fn subscriptions_under_concurrent_appends_see_every_event_once_in_orde
         w.await.unwrap();
     }
     let early_events = early.await.unwrap();
-    let log = all_events(&store).await;
+    let log = all_events(store.as_ref()).await;
     assert_eq!(log.len(), TOTAL);
     for got in [&early_events, &late_events] {
         assert_eq!(got.len(), TOTAL);
@@ -824,7 +811,7 @@ pub async fn concurrent_writers_keep_versions_contiguous_and_positions_increasin
     for t in tasks {
         acknowledged.extend(t.await.unwrap());
     }
-    let log = all_events(&store).await;
+    let log = all_events(store.as_ref()).await;
     let expected_total: u64 = acknowledged.iter().map(|r| r.last_version - r.first_version + 1).sum();
     assert_eq!(log.len() as u64, expected_total);
     let by_position: HashMap<_, _> = log.iter().map(|e| (e.position, e)).collect();
@@ -868,7 +855,7 @@ pub async fn large_page_reads_match_small_page_reads_across_gaps(store: Store) {
     // Hard-deleting a stream leaves gaps in the positions that large reads must step over.
     store.delete_stream(&stream("big-2"), DeleteMode::Hard).await.unwrap();
     let head = *store.head().borrow();
-    let paged = all_events(&store).await;
+    let paged = all_events(store.as_ref()).await;
     assert_eq!(paged.len(), 4500);
     let whole = store.read_all(0, &LogFilter::default(), 10_000).await.unwrap();
     assert_eq!(

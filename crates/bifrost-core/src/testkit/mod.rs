@@ -62,6 +62,21 @@ pub fn service_unavailable<T>(service: &str, why: impl std::fmt::Display) -> Opt
     None
 }
 
+/// The whole global log, read page by page.
+pub async fn all_events<S: EventStore + ?Sized>(store: &S) -> Vec<crate::event::RecordedEvent> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page =
+            store.read_all(after, &crate::store::LogFilter::default(), 1000).await.expect("read the log");
+        if page.events.is_empty() {
+            return out;
+        }
+        after = page.next_position;
+        out.extend(page.events);
+    }
+}
+
 /// A stream name; panics on an invalid one (test input only).
 pub fn stream(name: &str) -> StreamName {
     StreamName::new(name).expect("valid stream name in test")
@@ -161,7 +176,9 @@ macro_rules! __conformance_cases {
                     panic!("conformance case {} did not finish within 120 s", stringify!($case));
                 }
                 let _ = harness.store.close().await;
-                drop(harness);
+                // Guards may block (dropping a database schema): not on a runtime worker,
+                // which may be the one that must drive the connections they wait for.
+                let _ = tokio::task::spawn_blocking(move || drop(harness)).await;
             }
         )*
     };

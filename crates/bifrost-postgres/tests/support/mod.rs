@@ -25,12 +25,23 @@ pub(crate) struct SchemaGuard {
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
         let schema = self.schema.clone();
-        // Drop runs outside any async context we could use: a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            let _ = rt.block_on(drop_schema(&url(), &schema));
-        })
-        .join();
+        // Drop cannot await: a thread with its own runtime does the work. Inside a test's
+        // multi-thread runtime, waiting for it happens in `block_in_place`, so that this
+        // worker's queued tasks (the store's connections closing) move to other workers
+        // instead of waiting behind the drop.
+        let drop_it = move || {
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                let _ = rt.block_on(drop_schema(&url(), &schema));
+            })
+            .join();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(drop_it)
+            }
+            _ => drop_it(),
+        }
     }
 }
 
