@@ -266,7 +266,9 @@ pub trait EventStore: Send + Sync + 'static {
     async fn delete_stream(&self, stream: &StreamName, mode: DeleteMode) -> Result<()>;
 
     /// The position of the last committed event, updated after every commit. Live
-    /// subscriptions wait on it instead of polling.
+    /// subscriptions wait on it instead of polling. Copy the value out
+    /// (`let head = *store.head().borrow();`): a borrow held across an `.await` blocks the
+    /// store's own updates of the head.
     fn head(&self) -> watch::Receiver<Position>;
 
     /// Stops accepting writes, finishes those in flight and releases the storage.
