@@ -10,11 +10,11 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent, RecordedEvent};
 use crate::name::StreamName;
+use crate::plan::{GroupPlanner, PlanLookup, Planned};
 use crate::store::{
     AppendResult, DeleteMode, Direction, EventStore, LogFilter, LogSlice, Position, StoredEventRef,
     StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamSlice, StreamState, StreamSummary,
-    Version, aggregate_type_of, check_expected, check_log_start, check_replay, stream_window,
-    validate_appends,
+    Version, aggregate_type_of, check_log_start, stream_window, validate_appends,
 };
 use crate::timestamp::Timestamp;
 
@@ -95,10 +95,6 @@ impl Inner {
         })
     }
 
-    fn stored_state(&self, stream: &StreamName) -> Option<(Version, StreamState)> {
-        self.streams.get(stream).map(|s| (s.version, s.state))
-    }
-
     fn record(
         &mut self,
         stream: &StreamName,
@@ -152,6 +148,16 @@ impl Inner {
     }
 }
 
+impl PlanLookup for &Inner {
+    fn event(&mut self, id: &EventId) -> Result<Option<StoredEventRef>> {
+        Ok(self.lookup(id))
+    }
+
+    fn stream(&mut self, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
+        Ok(self.streams.get(stream).map(|s| (s.version, s.state)))
+    }
+}
+
 #[async_trait]
 impl EventStore for InMemoryStore {
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
@@ -160,37 +166,17 @@ impl EventStore for InMemoryStore {
         if inner.closed {
             return Err(Error::Unavailable("the store is closed".into()));
         }
-        // Check everything first; mutate only when all of it holds (atomicity).
-        let mut plans = Vec::with_capacity(appends.len());
-        let mut conflicts = Vec::new();
-        for append in &appends {
-            if let Some(original) = check_replay(append, |id| Ok(inner.lookup(id)))? {
-                plans.push(Err(original));
-                continue;
-            }
-            if let Some(id) = append.events.iter().map(|e| e.id).find(|id| inner.by_id.contains_key(id)) {
-                return Err(Error::DuplicateEventId { id });
-            }
-            match check_expected(append, inner.stored_state(&append.stream)) {
-                Ok(version) => plans.push(Ok(version)),
-                Err(Error::WrongExpectedVersion(c)) => {
-                    conflicts.extend(c);
-                    plans.push(Ok(0));
-                }
-                Err(other) => return Err(other),
-            }
-        }
-        if !conflicts.is_empty() {
-            return Err(Error::WrongExpectedVersion(conflicts));
-        }
+        // Plan everything first; mutate only when all of it holds (atomicity). Every id is
+        // checked, so nothing can fail while recording.
+        let plans = GroupPlanner::new(&*inner, inner.last_position).plan(&appends, true)?;
         let now = Timestamp::now().max(inner.last_recorded);
         inner.last_recorded = now;
         let results = appends
             .into_iter()
             .zip(plans)
             .map(|(append, plan)| match plan {
-                Err(original) => original,
-                Ok(start) => inner.record(&append.stream, start, append.events, now),
+                Planned::Replay(original) => original,
+                Planned::Write { after, .. } => inner.record(&append.stream, after, append.events, now),
             })
             .collect();
         let head = inner.last_position;
