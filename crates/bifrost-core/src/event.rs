@@ -1,6 +1,8 @@
 //! Events: what a client hands in ([`NewEvent`]) and what the store gives back
 //! ([`RecordedEvent`]).
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -30,16 +32,34 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// The JSON object the store keeps (and the API prints verbatim).
+    /// The JSON object the store keeps (and the API prints verbatim). Most events carry no
+    /// metadata: they share one encoding instead of serialising it per event.
     pub fn to_json_bytes(&self) -> Bytes {
+        if self.is_empty() {
+            return EMPTY_METADATA_JSON.clone();
+        }
         // Serialising plain strings and JSON values cannot fail.
         serde_json::to_vec(self).map(Bytes::from).unwrap_or_else(|_| Bytes::from_static(b"{}"))
+    }
+
+    /// Stored metadata bytes as a `Bytes`, sharing the common empty encoding rather than
+    /// copying it for every event read.
+    pub fn stored_json(stored: &[u8]) -> Bytes {
+        if stored == EMPTY_METADATA_JSON.as_ref() {
+            EMPTY_METADATA_JSON.clone()
+        } else {
+            Bytes::copy_from_slice(stored)
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self == &Self::default()
     }
 }
+
+static EMPTY_METADATA_JSON: LazyLock<Bytes> = LazyLock::new(|| {
+    serde_json::to_vec(&Metadata::default()).map(Bytes::from).unwrap_or_else(|_| Bytes::from_static(b"{}"))
+});
 
 /// An event to append. The store assigns its version, position and `recorded_at`.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,4 +171,20 @@ pub(crate) fn validate_new_event(event: &NewEvent) -> Result<()> {
         return Err(Error::InvalidArgument("schema_version starts at 1".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_metadata_shares_one_encoding_that_equals_serde_output() {
+        let empty = Metadata::default().to_json_bytes();
+        assert_eq!(empty.as_ref(), serde_json::to_vec(&Metadata::default()).unwrap().as_slice());
+        assert_eq!(Metadata::stored_json(&empty).as_ptr(), empty.as_ptr(), "not shared");
+        let full = Metadata { user_id: Some("u-1".into()), ..Metadata::default() };
+        let bytes = full.to_json_bytes();
+        assert_eq!(serde_json::from_slice::<Metadata>(&bytes).unwrap(), full);
+        assert_eq!(Metadata::stored_json(&bytes), bytes);
+    }
 }

@@ -1,6 +1,6 @@
 //! Rows to events, and driver errors to store errors.
 
-use bifrost_core::{Error, NameCache, RecordedEvent, Result, Timestamp};
+use bifrost_core::{Error, Metadata, NameCache, RecordedEvent, Result, Timestamp};
 use bytes::Bytes;
 use tokio_postgres::Row;
 
@@ -62,7 +62,7 @@ pub(crate) fn event_from_row(row: &Row, names: &mut NameCache) -> Result<Recorde
         schema_version: u32::try_from(row.try_get::<_, i32>(6).map_err(get)?)
             .map_err(|e| corrupt("schema version", e))?,
         data: Bytes::copy_from_slice(row.try_get::<_, &[u8]>(7).map_err(get)?),
-        metadata: Bytes::copy_from_slice(row.try_get::<_, &[u8]>(8).map_err(get)?),
+        metadata: Metadata::stored_json(row.try_get::<_, &[u8]>(8).map_err(get)?),
         occurred_at: Timestamp::from_micros(row.try_get(9).map_err(get)?),
         recorded_at: Timestamp::from_micros(row.try_get(10).map_err(get)?),
     })

@@ -1,7 +1,5 @@
 //! Rows to events and back: the on-disk encoding of the model.
 
-use std::sync::LazyLock;
-
 use bifrost_core::{Error, Metadata, NameCache, RecordedEvent, Result, Timestamp};
 use bytes::Bytes;
 use rusqlite::Row;
@@ -50,11 +48,9 @@ pub(crate) fn event_from_row(row: &Row<'_>, names: &mut NameCache) -> Result<Rec
     })
 }
 
-/// Most events carry no metadata; they share one static copy of its encoding.
 fn metadata(row: &Row<'_>) -> Result<Bytes> {
-    static EMPTY: LazyLock<Bytes> = LazyLock::new(|| Metadata::default().to_json_bytes());
     let bytes = row.get_ref(8).map_err(sql)?.as_blob().map_err(|e| corrupt("metadata", e))?;
-    if bytes == EMPTY.as_ref() { Ok(EMPTY.clone()) } else { Ok(Bytes::copy_from_slice(bytes)) }
+    Ok(Metadata::stored_json(bytes))
 }
 
 fn blob(row: &Row<'_>, idx: usize) -> Result<Bytes> {
