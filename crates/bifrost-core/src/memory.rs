@@ -103,7 +103,7 @@ impl Inner {
         now: Timestamp,
     ) -> AppendResult {
         let first_position = self.last_position + 1;
-        let aggregate_type = aggregate_type_of(&events[0], stream);
+        let aggregate_type = aggregate_type_of(&events[0], stream).to_owned();
         let row = self.streams.entry(stream.clone()).or_insert_with(|| StreamRow {
             version: 0,
             aggregate_type,
@@ -122,7 +122,7 @@ impl Inner {
             let recorded = RecordedEvent {
                 id: event.id,
                 stream: stream.clone(),
-                aggregate_type: aggregate_type_of(&event, stream),
+                aggregate_type: aggregate_type_of(&event, stream).to_owned(),
                 event_type: event.event_type,
                 schema_version: event.schema_version,
                 version,

@@ -417,8 +417,8 @@ pub fn check_expected(
 }
 
 /// Default `aggregate_type`: the event's own, else the stream's category.
-pub fn aggregate_type_of(event: &NewEvent, stream: &StreamName) -> String {
-    event.aggregate_type.clone().unwrap_or_else(|| stream.category().to_owned())
+pub fn aggregate_type_of<'a>(event: &'a NewEvent, stream: &'a StreamName) -> &'a str {
+    event.aggregate_type.as_deref().unwrap_or_else(|| stream.category())
 }
 
 /// The versions a stream read covers, and where the next page starts.

@@ -155,7 +155,7 @@ struct Rows<'a> {
     stream: Vec<&'a str>,
     version: Vec<i64>,
     category: Vec<&'a str>,
-    aggregate_type: Vec<String>,
+    aggregate_type: Vec<&'a str>,
     event_type: Vec<&'a str>,
     schema_version: Vec<i32>,
     data: Vec<&'a [u8]>,
@@ -249,7 +249,7 @@ async fn try_commit_group(
     }
 
     let mut rows = Rows::default();
-    let mut stream_heads: HashMap<&str, (&str, String, Version)> = HashMap::new();
+    let mut stream_heads: HashMap<&str, (&str, &str, Version)> = HashMap::new();
     for (appends, plans) in requests.iter().zip(&plans) {
         let Ok(plans) = plans else { continue };
         for (append, plan) in appends.iter().zip(plans) {
@@ -307,7 +307,7 @@ async fn try_commit_group(
     for (name, (category, aggregate_type, version)) in &stream_heads {
         names.push(*name);
         categories.push(*category);
-        types.push(aggregate_type.as_str());
+        types.push(*aggregate_type);
         versions.push(i64_from(*version)?);
     }
     let upsert = tx.prepare_cached(&sql.upsert_streams).await.map_err(pg)?;

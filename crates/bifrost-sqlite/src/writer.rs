@@ -448,7 +448,7 @@ impl WriterState {
             )
             .map_err(sql)?;
         // Each stream's head after the group, and its aggregate type should it be new.
-        let mut heads: HashMap<&StreamName, (String, Version)> = HashMap::new();
+        let mut heads: HashMap<&StreamName, (&str, Version)> = HashMap::new();
         for (request, (appends, plans)) in requests.iter().zip(&plans).enumerate() {
             let Some(plans) = plans else { continue };
             for (append, plan) in appends.iter().zip(plans) {
@@ -462,7 +462,7 @@ impl WriterState {
                         stream.as_str(),
                         i64_from(after + 1 + offset)?,
                         stream.category(),
-                        event.aggregate_type.as_deref().unwrap_or(&stream_type),
+                        aggregate_type_of(event, stream),
                         event.event_type.as_str(),
                         i64::from(event.schema_version),
                         event.data.as_ref(),

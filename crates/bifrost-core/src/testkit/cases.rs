@@ -501,6 +501,11 @@ pub async fn aggregate_type_defaults_to_the_category(store: Store) {
     let cart = stream_events(&store, "cart-1").await.remove(0);
     assert_eq!(cart.aggregate_type, "ShoppingCart");
     assert_eq!(store.stream_info(&stream("cart-1")).await.unwrap().aggregate_type, "ShoppingCart");
+    // Per event: one event's own aggregate type does not become the default of the next.
+    let mixed = vec![event("a.b", "{}").with_aggregate_type("Special"), event("a.b", "{}")];
+    store.append(stream("order-2"), ExpectedVersion::Any, mixed).await.unwrap();
+    let read = stream_events(&store, "order-2").await;
+    assert_eq!((read[0].aggregate_type.as_str(), read[1].aggregate_type.as_str()), ("Special", "order"));
 }
 
 pub async fn list_streams_filters_and_pages_in_name_order(store: Store) {
