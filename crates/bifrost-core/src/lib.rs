@@ -10,6 +10,7 @@ pub mod memory;
 pub mod name;
 pub mod pattern;
 pub mod plan;
+pub mod state;
 pub mod store;
 pub mod subscription;
 pub mod timestamp;
@@ -27,5 +28,6 @@ pub use store::{
     StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamSlice, StreamSummary, SubscribeFrom,
     Version,
 };
+pub use state::{DurableStore, MemoryState, StateChange, StateEntry, StateStore};
 pub use subscription::EventStream;
 pub use timestamp::Timestamp;

@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent, RecordedEvent};
 use crate::name::StreamName;
 use crate::plan::{GroupPlanner, PlanLookup, Planned};
+use crate::state::{MemoryState, StateChange, StateEntry, StateStore};
 use crate::store::{
     AppendResult, DeleteMode, Direction, EventStore, LogFilter, LogSlice, Position, StoredEventRef,
     StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamSlice, StreamState, StreamSummary,
@@ -46,6 +48,7 @@ struct Inner {
 
 pub struct InMemoryStore {
     inner: RwLock<Inner>,
+    state: MemoryState,
     /// Dropped on close, which ends every subscription.
     head_tx: std::sync::Mutex<Option<watch::Sender<Position>>>,
     head: watch::Receiver<Position>,
@@ -60,7 +63,12 @@ impl Default for InMemoryStore {
 impl InMemoryStore {
     pub fn new() -> Self {
         let (head_tx, head) = watch::channel(0);
-        Self { inner: RwLock::new(Inner::default()), head_tx: std::sync::Mutex::new(Some(head_tx)), head }
+        Self {
+            inner: RwLock::new(Inner::default()),
+            state: MemoryState::new(),
+            head_tx: std::sync::Mutex::new(Some(head_tx)),
+            head,
+        }
     }
 
     pub fn shared() -> Arc<Self> {
@@ -155,6 +163,21 @@ impl PlanLookup for &Inner {
 
     fn stream(&mut self, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
         Ok(self.streams.get(stream).map(|s| (s.version, s.state)))
+    }
+}
+
+#[async_trait]
+impl StateStore for InMemoryStore {
+    async fn write_state(&self, changes: Vec<StateChange>) -> Result<()> {
+        self.state.write_state(changes).await
+    }
+
+    async fn read_state(&self, scope: &str, key: &str) -> Result<Option<Bytes>> {
+        self.state.read_state(scope, key).await
+    }
+
+    async fn scan_state(&self, scope: &str, after: Option<&str>, limit: usize) -> Result<Vec<StateEntry>> {
+        self.state.scan_state(scope, after, limit).await
     }
 }
 

@@ -11,25 +11,35 @@ use std::sync::Arc;
 
 use crate::event::NewEvent;
 use crate::name::{EventType, StreamName};
+use crate::state::{DurableStore, StateStore};
 use crate::store::EventStore;
 
 pub mod cases;
 pub mod properties;
+pub mod state_cases;
 
 /// A fresh, empty store, plus whatever must live as long as it (a temporary directory, a
 /// database schema to drop).
 pub struct Harness {
     pub store: Arc<dyn EventStore>,
+    /// The same store's state space, when it keeps one (every backend does; a remote
+    /// client may not). [`state_conformance_suite!`](crate::state_conformance_suite) needs it.
+    pub state: Option<Arc<dyn StateStore>>,
     pub guard: Box<dyn Any + Send + Sync>,
 }
 
 impl Harness {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store, guard: Box::new(()) }
+        Self { store, state: None, guard: Box::new(()) }
     }
 
     pub fn with_guard(store: Arc<dyn EventStore>, guard: impl Any + Send + Sync) -> Self {
-        Self { store, guard: Box::new(guard) }
+        Self { store, state: None, guard: Box::new(guard) }
+    }
+
+    /// A store that keeps its readers' state as well as the log.
+    pub fn durable<S: DurableStore>(store: Arc<S>, guard: impl Any + Send + Sync) -> Self {
+        Self { state: Some(store.clone()), store, guard: Box::new(guard) }
     }
 }
 
@@ -178,6 +188,48 @@ macro_rules! __conformance_cases {
                 let _ = harness.store.close().await;
                 // Guards may block (dropping a database schema): not on a runtime worker,
                 // which may be the one that must drive the connections they wait for.
+                let _ = tokio::task::spawn_blocking(move || drop(harness)).await;
+            }
+        )*
+    };
+}
+
+/// Generates one test per case of the state contract ([`StateStore`]) for a backend whose
+/// factory (the same one [`conformance_suite!`](crate::conformance_suite) takes) returns a
+/// [`Harness::durable`].
+#[macro_export]
+macro_rules! state_conformance_suite {
+    ($factory:path) => {
+        $crate::__state_conformance_cases!($factory;
+            state_put_then_read_round_trips_bytes,
+            state_reads_of_missing_keys_are_none,
+            state_put_replaces_and_delete_removes,
+            state_write_applies_changes_in_order,
+            state_write_with_an_invalid_change_applies_nothing,
+            state_scan_pages_in_key_order_within_one_scope,
+            state_delete_scope_removes_only_that_scope,
+            state_concurrent_writers_lose_nothing,
+            state_is_separate_from_the_log,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __state_conformance_cases {
+    ($factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let Some(harness) = $crate::testkit::IntoHarness::into_harness($factory().await) else {
+                    return;
+                };
+                let state = harness.state.clone().expect("the factory must return Harness::durable");
+                let case = $crate::testkit::state_cases::$case(harness.store.clone(), state);
+                if tokio::time::timeout(std::time::Duration::from_secs(120), case).await.is_err() {
+                    panic!("state conformance case {} did not finish within 120 s", stringify!($case));
+                }
+                let _ = harness.store.close().await;
                 let _ = tokio::task::spawn_blocking(move || drop(harness)).await;
             }
         )*

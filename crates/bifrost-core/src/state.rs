@@ -1,0 +1,167 @@
+//! Durable state kept beside the log for those who read it: consumer checkpoints,
+//! consumer-group cursors, dead letters, snapshots.
+//!
+//! The log stays the single source of truth; this is the bookkeeping of its readers. It is
+//! a small key-value space split into scopes (`group/orders`, `dlq/orders`, …). A write is
+//! atomic across all its changes and, like an append, durable once it returns (unless the
+//! store runs in a relaxed durability mode).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+/// Longest scope or key, in bytes.
+pub const MAX_STATE_NAME_LEN: usize = 512;
+
+/// One change of a [`StateStore::write_state`] call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateChange {
+    /// Creates or replaces the value at `scope`/`key`.
+    Put { scope: String, key: String, value: Bytes },
+    /// Removes `scope`/`key`; removing a missing key is not an error.
+    Delete { scope: String, key: String },
+    /// Removes every key of `scope`.
+    DeleteScope { scope: String },
+}
+
+impl StateChange {
+    pub fn put(scope: impl Into<String>, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        Self::Put { scope: scope.into(), key: key.into(), value: value.into() }
+    }
+
+    pub fn delete(scope: impl Into<String>, key: impl Into<String>) -> Self {
+        Self::Delete { scope: scope.into(), key: key.into() }
+    }
+
+    pub fn delete_scope(scope: impl Into<String>) -> Self {
+        Self::DeleteScope { scope: scope.into() }
+    }
+
+    fn names(&self) -> (&str, Option<&str>) {
+        match self {
+            Self::Put { scope, key, .. } | Self::Delete { scope, key } => (scope, Some(key)),
+            Self::DeleteScope { scope } => (scope, None),
+        }
+    }
+}
+
+/// A key and its value, as [`StateStore::scan_state`] returns them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateEntry {
+    pub key: String,
+    pub value: Bytes,
+}
+
+/// The durable key-value space of a store. Every backend implements it and runs
+/// [`state_conformance_suite!`](crate::state_conformance_suite).
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Applies every change, in order, atomically: all of them or none. Durable on return.
+    async fn write_state(&self, changes: Vec<StateChange>) -> Result<()>;
+
+    /// The value at `scope`/`key`, `None` when there is none.
+    async fn read_state(&self, scope: &str, key: &str) -> Result<Option<Bytes>>;
+
+    /// Up to `limit` entries of `scope` in byte order of their keys, starting after `after`
+    /// (exclusive) when given.
+    async fn scan_state(&self, scope: &str, after: Option<&str>, limit: usize) -> Result<Vec<StateEntry>>;
+}
+
+/// An event store that also keeps its readers' state: what the delivery engine runs on.
+/// Every backend of Bifrost is one.
+pub trait DurableStore: crate::store::EventStore + StateStore {}
+
+impl<T: crate::store::EventStore + StateStore> DurableStore for T {}
+
+/// The checks every backend makes before writing: scopes and keys are non-empty, at most
+/// [`MAX_STATE_NAME_LEN`] bytes, and without NUL (which some databases cannot store).
+pub fn validate_state_changes(changes: &[StateChange]) -> Result<()> {
+    for change in changes {
+        let (scope, key) = change.names();
+        validate_state_name("scope", scope)?;
+        if let Some(key) = key {
+            validate_state_name("key", key)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_state_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument(format!("a state {what} must not be empty")));
+    }
+    if name.len() > MAX_STATE_NAME_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "a state {what} is at most {MAX_STATE_NAME_LEN} bytes, got {}",
+            name.len()
+        )));
+    }
+    if name.contains('\0') {
+        return Err(Error::InvalidArgument(format!("a state {what} must not contain NUL")));
+    }
+    Ok(())
+}
+
+/// State held in memory: for the in-memory store, and for readers that need no durability
+/// (an unnamed bus subscription).
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    scopes: Mutex<BTreeMap<String, BTreeMap<String, Bytes>>>,
+}
+
+impl MemoryState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn scopes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, Bytes>>> {
+        // Nothing under this lock can panic half-way through a write: changes are validated
+        // before any is applied, and applying one cannot fail.
+        self.scopes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryState {
+    async fn write_state(&self, changes: Vec<StateChange>) -> Result<()> {
+        validate_state_changes(&changes)?;
+        let mut scopes = self.scopes();
+        for change in changes {
+            match change {
+                StateChange::Put { scope, key, value } => {
+                    scopes.entry(scope).or_default().insert(key, value);
+                }
+                StateChange::Delete { scope, key } => {
+                    if let Some(keys) = scopes.get_mut(&scope) {
+                        keys.remove(&key);
+                        if keys.is_empty() {
+                            scopes.remove(&scope);
+                        }
+                    }
+                }
+                StateChange::DeleteScope { scope } => {
+                    scopes.remove(&scope);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_state(&self, scope: &str, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.scopes().get(scope).and_then(|keys| keys.get(key)).cloned())
+    }
+
+    async fn scan_state(&self, scope: &str, after: Option<&str>, limit: usize) -> Result<Vec<StateEntry>> {
+        let scopes = self.scopes();
+        let Some(keys) = scopes.get(scope) else { return Ok(Vec::new()) };
+        let range = match after {
+            Some(after) => keys.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => keys.range::<str, _>(..),
+        };
+        Ok(range.take(limit).map(|(key, value)| StateEntry { key: key.clone(), value: value.clone() }).collect())
+    }
+}
