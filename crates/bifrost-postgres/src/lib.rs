@@ -14,6 +14,9 @@
 //! a fixed number of round trips per group (bulk lookups, one `unnest` insert), whatever
 //! its size. Live subscriptions wake on `LISTEN/NOTIFY`, with a slow poll as a fallback.
 //!
+//! **Readers' state** (the `state` table, see [`StateStore`]) is written in transactions
+//! of its own on pooled connections, outside the head lock.
+//!
 //! **TLS** follows the connection string's libpq `sslmode`: `disable`, `prefer` (the
 //! default: TLS when the server offers it, certificate unchecked), `require` (TLS, unchecked
 //! unless an `sslrootcert` is named), `verify-ca` (the chain must reach a trusted root) and
@@ -24,6 +27,7 @@ mod codec;
 mod listener;
 mod reader;
 mod schema;
+mod state;
 mod tls;
 mod writer;
 
@@ -31,11 +35,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bifrost_core::state::validate_state_changes;
 use bifrost_core::store::validate_appends;
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventStore, LogFilter, LogSlice, Position, RecordedEvent,
-    Result, StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamName, StreamSlice, Version,
+    Result, StateChange, StateEntry, StateStore, StreamAppend, StreamInfo, StreamListQuery, StreamListing,
+    StreamName, StreamSlice, Version,
 };
+use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -199,6 +206,22 @@ impl EventStore for PostgresStore {
         self.listener.stop().await;
         self.pool.close();
         Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn write_state(&self, changes: Vec<StateChange>) -> Result<()> {
+        validate_state_changes(&changes)?;
+        state::write(&self.pool, &self.sql, &changes).await
+    }
+
+    async fn read_state(&self, scope: &str, key: &str) -> Result<Option<Bytes>> {
+        state::read(&self.pool, &self.sql, scope, key).await
+    }
+
+    async fn scan_state(&self, scope: &str, after: Option<&str>, limit: usize) -> Result<Vec<StateEntry>> {
+        state::scan(&self.pool, &self.sql, scope, after, limit).await
     }
 }
 

@@ -33,6 +33,12 @@ pub(crate) struct Sql {
     pub(crate) stream_info: String,
     pub(crate) read_stream_forward: String,
     pub(crate) read_stream_backward: String,
+    pub(crate) clear_state_scopes: String,
+    pub(crate) delete_state: String,
+    pub(crate) put_state: String,
+    pub(crate) read_state: String,
+    pub(crate) scan_state: String,
+    pub(crate) scan_state_after: String,
 }
 
 impl Sql {
@@ -88,6 +94,21 @@ impl Sql {
             read_stream_backward: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE stream = $1 AND version BETWEEN $2 AND $3 \
                  ORDER BY version DESC"
+            ),
+            clear_state_scopes: format!("DELETE FROM {s}.state WHERE scope = ANY($1::text[])"),
+            delete_state: format!(
+                "DELETE FROM {s}.state AS t USING unnest($1::text[], $2::text[]) AS d (scope, key) \
+                 WHERE t.scope = d.scope AND t.key = d.key"
+            ),
+            put_state: format!(
+                "INSERT INTO {s}.state (scope, key, value) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value"
+            ),
+            read_state: format!("SELECT value FROM {s}.state WHERE scope = $1 AND key = $2"),
+            scan_state: format!("SELECT key, value FROM {s}.state WHERE scope = $1 ORDER BY key LIMIT $2"),
+            scan_state_after: format!(
+                "SELECT key, value FROM {s}.state WHERE scope = $1 AND key > $2 ORDER BY key LIMIT $3"
             ),
             quoted: s,
         })

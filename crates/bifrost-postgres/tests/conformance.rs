@@ -1,5 +1,7 @@
-//! The PostgreSQL store runs the full conformance suite, each case on its own schema.
+//! The PostgreSQL store runs the full conformance suite and the state suite, each case on
+//! its own schema.
 
 mod support;
 
 bifrost_core::conformance_suite!(support::harness);
+bifrost_core::state_conformance_suite!(support::harness);

@@ -5,6 +5,8 @@
 //! fsync; each caller is answered only after its commit. An append that fails inside a
 //! batch (a conflict, a duplicate id) is rolled back to its own savepoint and fails alone.
 //! Reads run on a small pool of read-only connections, each read in one snapshot.
+//! Readers' state (the `state` table, see [`StateStore`]) is written by the same thread,
+//! in the same group commits as appends.
 //!
 //! Invariants: positions are assigned by the writer in commit order and never reused, so
 //! every read snapshot is a prefix of the log; `recorded_at` never decreases along the
@@ -14,6 +16,7 @@ mod checkpoint;
 mod codec;
 mod reader;
 mod schema;
+mod state;
 mod writer;
 
 use std::fmt;
@@ -21,11 +24,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use bifrost_core::state::validate_state_changes;
 use bifrost_core::store::validate_appends;
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventStore, LogFilter, LogSlice, Position, RecordedEvent,
-    Result, StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamName, StreamSlice, Version,
+    Result, StateChange, StateEntry, StateStore, StreamAppend, StreamInfo, StreamListQuery, StreamListing,
+    StreamName, StreamSlice, Version,
 };
+use bytes::Bytes;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -212,5 +218,23 @@ impl EventStore for SqliteStore {
         self.reads.close();
         drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn write_state(&self, changes: Vec<StateChange>) -> Result<()> {
+        validate_state_changes(&changes)?;
+        self.writer.write_state(changes).await
+    }
+
+    async fn read_state(&self, scope: &str, key: &str) -> Result<Option<Bytes>> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.reads.run(move |conn| state::read(conn, &scope, &key)).await
+    }
+
+    async fn scan_state(&self, scope: &str, after: Option<&str>, limit: usize) -> Result<Vec<StateEntry>> {
+        let (scope, after) = (scope.to_owned(), after.map(str::to_owned));
+        self.reads.run(move |conn| state::scan(conn, &scope, after.as_deref(), limit)).await
     }
 }

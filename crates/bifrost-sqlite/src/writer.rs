@@ -1,4 +1,5 @@
-//! The writer thread: the only connection that writes, committing appends in groups.
+//! The writer thread: the only connection that writes, committing appends (and state
+//! writes) in groups.
 
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -10,8 +11,8 @@ use std::collections::HashMap;
 use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned};
 use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of};
 use bifrost_core::{
-    AppendResult, DeleteMode, Error, EventType, Position, Result, StreamAppend, StreamName, Timestamp,
-    Version,
+    AppendResult, DeleteMode, Error, EventType, Position, Result, StateChange, StreamAppend, StreamName,
+    Timestamp, Version,
 };
 use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -19,16 +20,55 @@ use tokio::sync::{oneshot, watch};
 
 use crate::checkpoint::Checkpointer;
 use crate::codec::{i64_from, sql, u64_from};
+use crate::state;
 
 enum Command {
     Append { appends: Vec<StreamAppend>, reply: oneshot::Sender<Result<Vec<AppendResult>>> },
+    State { changes: Vec<StateChange>, reply: oneshot::Sender<Result<()>> },
     Delete { stream: StreamName, mode: DeleteMode, reply: oneshot::Sender<Result<()>> },
 }
 
 type AppendRequest = (Vec<StreamAppend>, oneshot::Sender<Result<Vec<AppendResult>>>);
+type StateRequest = (Vec<StateChange>, oneshot::Sender<Result<()>>);
 
 fn event_count(appends: &[StreamAppend]) -> usize {
     appends.iter().map(|a| a.events.len()).sum()
+}
+
+/// What one transaction commits: appends, and state writes riding along in the same fsync.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<AppendRequest>,
+    states: Vec<StateRequest>,
+    /// Events and state changes gathered, which bound the size of one transaction.
+    weight: usize,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.appends.len() + self.states.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a write to the batch, or hands back a command that must run on its own.
+    fn push(&mut self, command: Command) -> Option<Command> {
+        match command {
+            Command::Append { appends, reply } => {
+                self.weight += event_count(&appends);
+                self.appends.push((appends, reply));
+                None
+            }
+            Command::State { changes, reply } => {
+                self.weight += changes.len();
+                self.states.push((changes, reply));
+                None
+            }
+            alone @ Command::Delete { .. } => Some(alone),
+        }
+    }
 }
 
 /// Handle to the writer thread. Dropping the last sender (on close) ends the thread.
@@ -78,6 +118,13 @@ impl Writer {
         answer.await.map_err(|_| closed())?
     }
 
+    /// Applies validated state changes, all or none, committed with the next group.
+    pub(crate) async fn write_state(&self, changes: Vec<StateChange>) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::State { changes, reply })?;
+        answer.await.map_err(|_| closed())?
+    }
+
     /// Lets queued commands finish, then stops the thread and closes the connection.
     pub(crate) async fn close(&self) -> Result<()> {
         drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
@@ -119,19 +166,21 @@ impl GroupSizer {
     const GAP: Duration = Duration::from_micros(150);
     const MAX_LINGER: Duration = Duration::from_millis(2);
 
-    /// Gathers a group of appends after `first`. A delete ends the group; it is returned to
-    /// run on its own next.
+    /// Gathers a group of appends and state writes starting with `first`. A delete ends the
+    /// group; it is returned to run on its own next.
     fn collect(
         &self,
-        first: AppendRequest,
+        first: Command,
         receiver: &mpsc::Receiver<Command>,
         max_batch: usize,
-    ) -> (Vec<AppendRequest>, Option<Command>) {
-        let mut weight = event_count(&first.0);
-        let mut batch = vec![first];
+    ) -> (Batch, Option<Command>) {
+        let mut batch = Batch::default();
+        if let Some(alone) = batch.push(first) {
+            return (batch, Some(alone));
+        }
         let target = self.recent.min(max_batch);
         let deadline = Instant::now() + (self.commit_time / 2).min(Self::MAX_LINGER);
-        while batch.len() < max_batch && weight < 16 * max_batch {
+        while batch.len() < max_batch && batch.weight < 16 * max_batch {
             let next = match receiver.try_recv() {
                 Ok(command) => command,
                 Err(_) => {
@@ -146,12 +195,8 @@ impl GroupSizer {
                     }
                 }
             };
-            match next {
-                Command::Append { appends, reply } => {
-                    weight += event_count(&appends);
-                    batch.push((appends, reply));
-                }
-                delete => return (batch, Some(delete)),
+            if let Some(alone) = batch.push(next) {
+                return (batch, Some(alone));
             }
         }
         (batch, None)
@@ -314,17 +359,24 @@ impl WriterState {
                     let result = self.delete(&stream, mode);
                     let _ = reply.send(result);
                 }
-                Command::Append { appends, reply } => {
-                    let (batch, next) = group.collect((appends, reply), receiver, max_batch);
+                write => {
+                    let (batch, next) = group.collect(write, receiver, max_batch);
                     held = next;
+                    if batch.is_empty() {
+                        continue;
+                    }
                     let started = Instant::now();
                     let size = batch.len();
-                    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let results = self.commit_group(&requests);
+                    let (requests, replies): (Vec<_>, Vec<_>) = batch.appends.into_iter().unzip();
+                    let (states, state_replies): (Vec<_>, Vec<_>) = batch.states.into_iter().unzip();
+                    let (results, state_results) = self.commit_group(&requests, &states);
                     group.committed(size, started.elapsed());
                     head.send_if_modified(|h| std::mem::replace(h, self.last_position) != self.last_position);
                     for (reply, result) in replies.into_iter().zip(results) {
                         // A caller that went away (cancelled request) no longer needs it.
+                        let _ = reply.send(result);
+                    }
+                    for (reply, result) in state_replies.into_iter().zip(state_results) {
                         let _ = reply.send(result);
                     }
                 }
@@ -332,12 +384,21 @@ impl WriterState {
         }
     }
 
-    /// Commits a group of append requests in one transaction: plan, write, commit once.
-    fn commit_group(&mut self, requests: &[Vec<StreamAppend>]) -> Vec<Result<Vec<AppendResult>>> {
+    /// Commits a group of append requests and state writes in one transaction: plan, write,
+    /// commit once.
+    fn commit_group(
+        &mut self,
+        requests: &[Vec<StreamAppend>],
+        states: &[Vec<StateChange>],
+    ) -> (Vec<Result<Vec<AppendResult>>>, Vec<Result<()>>) {
         let mut status: Vec<Status> = requests.iter().map(|_| Status::Optimistic).collect();
+        // A state write's own failure, once it has one.
+        let mut state_status: Vec<Option<Error>> = states.iter().map(|_| None).collect();
         loop {
-            match self.try_commit_group(requests, &mut status) {
-                Ok(results) => return results,
+            match self.try_commit_group(requests, &mut status, states, &mut state_status) {
+                Ok(results) => {
+                    return (results, state_status.into_iter().map(|s| s.map_or(Ok(()), Err)).collect());
+                }
                 Err(WriteError::Reused(Reused { request, id })) => {
                     status[request] = match status[request] {
                         Status::Optimistic => Status::Verified,
@@ -345,15 +406,19 @@ impl WriterState {
                     };
                 }
                 Err(WriteError::Failed(e)) => {
-                    tracing::error!(error = %e, "group commit failed; every append in the group is rejected");
+                    tracing::error!(error = %e, "group commit failed; every write in the group is rejected");
                     let message = e.to_string();
-                    return status
+                    let failed = || Error::Storage { message: message.clone(), source: None };
+                    let results = status
                         .into_iter()
                         .map(|s| match s {
                             Status::Failed(e) => Err(e),
-                            _ => Err(Error::Storage { message: message.clone(), source: None }),
+                            _ => Err(failed()),
                         })
                         .collect();
+                    let state_results =
+                        state_status.into_iter().map(|s| Err(s.unwrap_or_else(failed))).collect();
+                    return (results, state_results);
                 }
             }
         }
@@ -363,16 +428,21 @@ impl WriterState {
         &mut self,
         requests: &[Vec<StreamAppend>],
         status: &mut [Status],
+        states: &[Vec<StateChange>],
+        state_status: &mut [Option<Error>],
     ) -> Result<Vec<Result<Vec<AppendResult>>>, WriteError> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
-        let written = match self.write_group(requests, status) {
+        let written = self
+            .write_group(requests, status)
+            .and_then(|written| Ok((written, self.write_states(states, state_status)?)));
+        let (written, state_changes) = match written {
             Ok(written) => written,
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 return Err(e);
             }
         };
-        if written.last_position == self.last_position {
+        if written.last_position == self.last_position && state_changes == 0 {
             // Only replays and failures: nothing to commit.
             self.conn.execute_batch("ROLLBACK").map_err(sql)?;
             return Ok(written.results);
@@ -381,7 +451,7 @@ impl WriterState {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(WriteError::Failed(Error::storage("commit failed", e)));
         }
-        self.since_checkpoint += written.last_position - self.last_position;
+        self.since_checkpoint += written.last_position - self.last_position + state_changes;
         self.last_position = written.last_position;
         self.last_recorded = written.recorded_at;
         if self.since_checkpoint >= CHECKPOINT_EVERY {
@@ -512,6 +582,36 @@ impl WriterState {
         Ok(Written { results: finish(status, plans, requests), last_position, recorded_at: now, streams })
     }
 
+    /// Applies each state write of the group inside its own savepoint, so that one failing
+    /// (validation makes that unlikely) undoes only itself, not the appends or the other
+    /// writes of the group. Returns how many changes were applied.
+    fn write_states(
+        &self,
+        states: &[Vec<StateChange>],
+        status: &mut [Option<Error>],
+    ) -> Result<u64, WriteError> {
+        let mut applied = 0;
+        for (changes, status) in states.iter().zip(status.iter_mut()) {
+            if status.is_some() || changes.is_empty() {
+                continue;
+            }
+            self.conn.execute_batch("SAVEPOINT state_write").map_err(sql)?;
+            match state::apply(&self.conn, changes) {
+                Ok(()) => {
+                    self.conn.execute_batch("RELEASE state_write").map_err(sql)?;
+                    applied += changes.len() as u64;
+                }
+                Err(e) => {
+                    // Fails when SQLite already rolled the whole transaction back (a full
+                    // disk, an I/O error): then the group fails as a whole.
+                    self.conn.execute_batch("ROLLBACK TO state_write; RELEASE state_write").map_err(sql)?;
+                    *status = Some(e);
+                }
+            }
+        }
+        Ok(applied)
+    }
+
     fn delete(&mut self, stream: &StreamName, mode: DeleteMode) -> Result<()> {
         // The next lookup reads the new state from the table.
         self.streams.remove(stream);
@@ -557,4 +657,55 @@ fn finish(
             (_, None) => Err(Error::Storage { message: "append was not planned".into(), source: None }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bifrost_core::ExpectedVersion;
+    use bifrost_core::testkit::{events, stream};
+
+    use super::*;
+    use crate::{DB_FILE, Durability, schema};
+
+    /// A state write failing inside a group (here a trigger refuses one key) is undone to its
+    /// savepoint: the appends and the other state writes of the group still commit.
+    #[test]
+    fn a_failing_state_write_fails_alone_in_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let conn = schema::open_writer(&path, Durability::Full).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'refused' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .unwrap();
+        let checkpointer = Checkpointer::start(&path, Durability::Full).unwrap();
+        let mut writer = WriterState::load(conn, checkpointer).unwrap();
+
+        let appends = vec![vec![StreamAppend::new(stream("order-1"), ExpectedVersion::Any, events(2))]];
+        let states = vec![
+            vec![StateChange::put("s", "before", "1")],
+            vec![StateChange::put("s", "undone", "1"), StateChange::put("s", "refused", "1")],
+            vec![StateChange::put("s", "after", "1")],
+        ];
+        let (results, state_results) = writer.commit_group(&appends, &states);
+
+        assert_eq!(results[0].as_ref().unwrap()[0].last_version, 2);
+        assert!(state_results[0].is_ok());
+        assert!(matches!(state_results[1], Err(Error::Storage { .. })), "{:?}", state_results[1]);
+        assert!(state_results[2].is_ok());
+        let keys: Vec<String> = writer
+            .conn
+            .prepare("SELECT key FROM state ORDER BY key")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(keys, ["after", "before"]);
+        let stored: i64 = writer.conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+        assert_eq!(stored, 2);
+    }
 }

@@ -1,4 +1,5 @@
-//! The embedded store runs the full conformance suite, once per durability mode.
+//! The embedded store runs the full conformance suite and the state suite, once per
+//! durability mode.
 
 use std::sync::Arc;
 
@@ -8,10 +9,11 @@ use bifrost_sqlite::{Durability, SqliteOptions, SqliteStore};
 async fn store() -> Harness {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = SqliteStore::open(dir.path(), SqliteOptions::default()).expect("open store");
-    Harness::with_guard(Arc::new(store), dir)
+    Harness::durable(Arc::new(store), dir)
 }
 
 bifrost_core::conformance_suite!(store);
+bifrost_core::state_conformance_suite!(store);
 
 mod relaxed {
     use super::*;
@@ -20,8 +22,9 @@ mod relaxed {
         let dir = tempfile::tempdir().expect("temporary directory");
         let options = SqliteOptions { durability: Durability::Relaxed, readers: 2, max_batch: 8 };
         let store = SqliteStore::open(dir.path(), options).expect("open store");
-        Harness::with_guard(Arc::new(store), dir)
+        Harness::durable(Arc::new(store), dir)
     }
 
     bifrost_core::conformance_suite!(store);
+    bifrost_core::state_conformance_suite!(store);
 }

@@ -1,9 +1,12 @@
-//! What only a durable backend can promise: the log survives a reopen, positions are never
-//! reused, and one data directory has one owner.
+//! What only a durable backend can promise: the log and readers' state survive a reopen,
+//! positions are never reused, and one data directory has one owner.
 
 use bifrost_core::store::EventStoreExt;
 use bifrost_core::testkit::{event, events, stream};
-use bifrost_core::{DeleteMode, Direction, Error, EventStore, ExpectedVersion, LogFilter, SubscribeFrom};
+use bifrost_core::{
+    DeleteMode, Direction, Error, EventStore, ExpectedVersion, LogFilter, StateChange, StateStore,
+    SubscribeFrom,
+};
 use bifrost_sqlite::{SqliteOptions, SqliteStore};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -100,4 +103,75 @@ async fn close_finishes_queued_appends_then_refuses_new_ones_and_ends_subscripti
     let reopened = open(dir.path());
     let log = reopened.read_all(0, &LogFilter::default(), 1000).await.unwrap().events;
     assert_eq!(log.len(), acknowledged);
+}
+
+#[tokio::test]
+async fn state_written_before_close_is_read_back_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![0xa5u8; 3 << 20];
+    {
+        let store = open(dir.path());
+        store
+            .write_state(vec![
+                StateChange::put("group/orders", "cursor", "41"),
+                StateChange::put("group/orders", "config", "{}"),
+                StateChange::put("dlq/orders", "00000000000000000007", big.clone()),
+            ])
+            .await
+            .unwrap();
+        store
+            .write_state(vec![
+                StateChange::put("group/orders", "cursor", "42"),
+                StateChange::delete("group/orders", "config"),
+            ])
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        assert!(matches!(
+            store.write_state(vec![StateChange::put("group/orders", "cursor", "43")]).await,
+            Err(Error::Unavailable(_))
+        ));
+    }
+    let store = open(dir.path());
+    assert_eq!(store.read_state("group/orders", "cursor").await.unwrap().as_deref(), Some(&b"42"[..]));
+    assert_eq!(store.read_state("group/orders", "config").await.unwrap(), None);
+    let dead = store.scan_state("dlq/orders", None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value.as_ref(), big.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_writes_and_appends_committed_together_all_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Arc::new(open(dir.path()));
+        let mut tasks = Vec::new();
+        for writer in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let appended =
+                        store.append(stream(&format!("s-{writer}")), ExpectedVersion::Any, events(1));
+                    let written = store.write_state(vec![StateChange::put(
+                        format!("group/{writer}"),
+                        "cursor",
+                        i.to_string(),
+                    )]);
+                    let (appended, written) = tokio::join!(appended, written);
+                    appended.unwrap();
+                    written.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.read_all(0, &LogFilter::default(), 1000).await.unwrap().events.len(), 8 * 25);
+    for writer in 0..8 {
+        let cursor = store.read_state(&format!("group/{writer}"), "cursor").await.unwrap();
+        assert_eq!(cursor.as_deref(), Some(&b"24"[..]));
+    }
 }

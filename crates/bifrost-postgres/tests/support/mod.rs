@@ -60,5 +60,5 @@ pub(crate) async fn store_with(options: PostgresOptions) -> Option<(PostgresStor
 
 pub(crate) async fn harness() -> Option<Harness> {
     let (store, guard) = store_with(options(&fresh_schema())).await?;
-    Some(Harness::with_guard(Arc::new(store), guard))
+    Some(Harness::durable(Arc::new(store), guard))
 }

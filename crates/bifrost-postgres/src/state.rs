@@ -1,0 +1,150 @@
+//! The `state` table: the key-value space readers of the log keep their bookkeeping in
+//! (see `bifrost_core::state`). Writes take a pooled connection and a transaction of their
+//! own; they never touch the `head` row, so they do not wait behind appends.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bifrost_core::{Result, StateChange, StateEntry};
+use bytes::Bytes;
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use crate::codec::{pg, pool as pool_error};
+use crate::schema::Sql;
+
+/// How often a write is tried when PostgreSQL aborts it as a deadlock victim (concurrent
+/// writes to the same keys), before the error reaches the caller.
+const ATTEMPTS: usize = 3;
+
+/// The effect of a list of changes applied in order, as three set operations: empty the
+/// `cleared` scopes, then write or remove each of `keys` (sorted, so that concurrent
+/// writes lock rows in one order). The round trips stay the same whatever the list's size.
+#[derive(Default)]
+struct Net<'a> {
+    cleared: BTreeSet<&'a str>,
+    keys: BTreeMap<(&'a str, &'a str), Option<&'a [u8]>>,
+}
+
+impl<'a> Net<'a> {
+    fn of(changes: &'a [StateChange]) -> Self {
+        let mut net = Self::default();
+        for change in changes {
+            match change {
+                StateChange::Put { scope, key, value } => {
+                    net.keys.insert((scope, key), Some(value.as_ref()));
+                }
+                StateChange::Delete { scope, key } => {
+                    net.keys.insert((scope, key), None);
+                }
+                StateChange::DeleteScope { scope } => {
+                    // Whatever came before in this scope is gone; what comes after stays.
+                    net.keys.retain(|(s, _), _| s != scope);
+                    net.cleared.insert(scope);
+                }
+            }
+        }
+        net
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cleared.is_empty() && self.keys.is_empty()
+    }
+}
+
+/// Applies validated changes in one transaction: all of them or none.
+pub(crate) async fn write(pool: &Pool, sql: &Sql, changes: &[StateChange]) -> Result<()> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let net = Net::of(changes);
+    if net.is_empty() {
+        return Ok(());
+    }
+    let mut attempt = 1;
+    loop {
+        match try_write(&mut client, sql, &net).await {
+            Err(e)
+                if attempt < ATTEMPTS
+                    && matches!(
+                        e.code(),
+                        Some(&SqlState::T_R_DEADLOCK_DETECTED | &SqlState::T_R_SERIALIZATION_FAILURE)
+                    ) =>
+            {
+                attempt += 1;
+            }
+            result => return result.map_err(pg),
+        }
+    }
+}
+
+async fn try_write(client: &mut Object, sql: &Sql, net: &Net<'_>) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    if !net.cleared.is_empty() {
+        // Before the puts, which may refill a cleared scope.
+        let clear = tx.prepare_cached(&sql.clear_state_scopes).await?;
+        let scopes: Vec<&str> = net.cleared.iter().copied().collect();
+        tx.execute(&clear, &[&scopes]).await?;
+    }
+    let (mut put_scopes, mut put_keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut delete_scopes, mut delete_keys) = (Vec::new(), Vec::new());
+    for (&(scope, key), value) in &net.keys {
+        match value {
+            Some(value) => {
+                put_scopes.push(scope);
+                put_keys.push(key);
+                values.push(*value);
+            }
+            None => {
+                delete_scopes.push(scope);
+                delete_keys.push(key);
+            }
+        }
+    }
+    let put = tx.prepare_cached(&sql.put_state).await?;
+    let delete = tx.prepare_cached(&sql.delete_state).await?;
+    let put_params: [&(dyn ToSql + Sync); 3] = [&put_scopes, &put_keys, &values];
+    let delete_params: [&(dyn ToSql + Sync); 2] = [&delete_scopes, &delete_keys];
+    // Pipelined: the two touch different keys, so their order does not matter.
+    futures::try_join!(
+        async { if values.is_empty() { Ok(0) } else { tx.execute(&put, &put_params).await } },
+        async { if delete_keys.is_empty() { Ok(0) } else { tx.execute(&delete, &delete_params).await } },
+    )?;
+    tx.commit().await
+}
+
+pub(crate) async fn read(pool: &Pool, sql: &Sql, scope: &str, key: &str) -> Result<Option<Bytes>> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let stmt = client.prepare_cached(&sql.read_state).await.map_err(pg)?;
+    let row = client.query_opt(&stmt, &[&scope, &key]).await.map_err(pg)?;
+    row.map(|r| r.try_get::<_, Vec<u8>>(0).map(Bytes::from).map_err(pg)).transpose()
+}
+
+/// Keys sort with `COLLATE "C"`: byte order.
+pub(crate) async fn scan(
+    pool: &Pool,
+    sql: &Sql,
+    scope: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<StateEntry>> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = match after {
+        Some(after) => {
+            let stmt = client.prepare_cached(&sql.scan_state_after).await.map_err(pg)?;
+            client.query(&stmt, &[&scope, &after, &limit]).await
+        }
+        None => {
+            let stmt = client.prepare_cached(&sql.scan_state).await.map_err(pg)?;
+            client.query(&stmt, &[&scope, &limit]).await
+        }
+    }
+    .map_err(pg)?;
+    rows.iter()
+        .map(|r| {
+            Ok(StateEntry {
+                key: r.try_get(0).map_err(pg)?,
+                value: Bytes::from(r.try_get::<_, Vec<u8>>(1).map_err(pg)?),
+            })
+        })
+        .collect()
+}
