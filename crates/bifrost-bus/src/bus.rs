@@ -1,0 +1,528 @@
+//! The in-process bus: handlers in a Rust program react to the store's events.
+//!
+//! Every subscription runs on a [`ConsumerGroup`] whose consumers are worker tasks of this
+//! process, so handlers get what HTTP consumers get: per-stream order, bounded
+//! concurrency across streams, retries with backoff, a dead-letter queue and isolation
+//! (one failing or panicking handler holds back nobody else). A named consumer keeps its
+//! cursor in the store and resumes after a restart (at-least-once); an unnamed
+//! subscription keeps it in memory and starts at the end of the log.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bifrost_core::{DurableStore, EventStore, MemoryState, RecordedEvent, Result, StateStore};
+use futures::FutureExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Backoff, GroupConfig, GroupFilter, GroupName, StartFrom};
+use crate::group::{ConsumerGroup, Lease};
+use crate::ledger::NackAction;
+use crate::transient::TransientBus;
+
+/// How long an idle worker waits in one fetch before checking whether it should stop.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Why a handler failed, and whether trying again may help.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerError {
+    message: String,
+    retryable: bool,
+}
+
+impl HandlerError {
+    /// A failure that may pass on a later attempt (a timeout, a busy dependency).
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        Self { message: message.to_string(), retryable: true }
+    }
+
+    /// A failure that no retry will fix (invalid data): parked at once.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        Self { message: message.to_string(), retryable: false }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Errors of the store, of decoding, or plain messages are retryable unless said otherwise.
+impl From<bifrost_core::Error> for HandlerError {
+    fn from(e: bifrost_core::Error) -> Self {
+        Self::retryable(e)
+    }
+}
+
+impl From<serde_json::Error> for HandlerError {
+    /// A payload that does not decode will not decode next time either.
+    fn from(e: serde_json::Error) -> Self {
+        Self::permanent(e)
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        Self::retryable(message)
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        Self::retryable(message)
+    }
+}
+
+/// Reacts to one event at a time. Closures `Fn(RecordedEvent) -> impl Future<Output =
+/// Result<(), HandlerError>>` are handlers.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError>;
+}
+
+#[async_trait]
+impl<F, Fut> Handler for F
+where
+    F: Fn(RecordedEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self(event.clone()).await
+    }
+}
+
+/// Reacts to a batch of events at once; the batch succeeds or fails as a whole. Closures
+/// `Fn(Vec<RecordedEvent>) -> impl Future<Output = Result<(), HandlerError>>` are batch
+/// handlers.
+#[async_trait]
+pub trait BatchHandler: Send + Sync + 'static {
+    async fn handle_batch(&self, events: &[RecordedEvent]) -> Result<(), HandlerError>;
+}
+
+#[async_trait]
+impl<F, Fut> BatchHandler for F
+where
+    F: Fn(Vec<RecordedEvent>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    async fn handle_batch(&self, events: &[RecordedEvent]) -> Result<(), HandlerError> {
+        self(events.to_vec()).await
+    }
+}
+
+/// Decides whether a handler's error is worth another attempt.
+pub type RetryPredicate = Arc<dyn Fn(&HandlerError) -> bool + Send + Sync>;
+
+/// Which failures are tried again, how often, and how long apart.
+#[derive(Clone)]
+pub struct RetryPolicy {
+    /// Deliveries in all, the first included; then the event is parked.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Decides whether an error is worth another attempt; by default, those marked
+    /// [`HandlerError::retryable`].
+    pub retry_if: Option<RetryPredicate>,
+}
+
+impl Default for RetryPolicy {
+    /// Three attempts, 1 s then 2 s apart (with jitter): the seeds' retry settings.
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60)),
+            retry_if: None,
+        }
+    }
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("retry_if", &self.retry_if.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl RetryPolicy {
+    pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
+        Self { max_attempts, backoff, retry_if: None }
+    }
+
+    /// Never retry: the first failure parks the event.
+    pub fn none() -> Self {
+        Self::new(1, Backoff::fixed(Duration::ZERO))
+    }
+
+    pub fn retry_if(mut self, predicate: impl Fn(&HandlerError) -> bool + Send + Sync + 'static) -> Self {
+        self.retry_if = Some(Arc::new(predicate));
+        self
+    }
+
+    fn should_retry(&self, error: &HandlerError, attempt: u32) -> bool {
+        let wanted = match &self.retry_if {
+            Some(predicate) => predicate(error),
+            None => error.is_retryable(),
+        };
+        wanted && attempt < self.max_attempts
+    }
+}
+
+/// How a consumer runs.
+#[derive(Clone, Debug)]
+pub struct ConsumerOptions {
+    /// Events handled at once, each of a different stream.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    /// Where a new consumer starts (a named consumer that exists resumes instead).
+    pub start: StartFrom,
+    /// A handler running longer than this is presumed lost and its event redelivered.
+    pub handler_timeout: Duration,
+    /// Named in dead letters and logs.
+    pub handler_name: String,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            retry: RetryPolicy::default(),
+            start: StartFrom::Beginning,
+            handler_timeout: Duration::from_secs(60),
+            handler_name: "handler".to_owned(),
+        }
+    }
+}
+
+/// How batch handlers get their batches: up to `max_size` events, or whatever arrived
+/// within `max_wait` of the first one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchOptions {
+    pub max_size: usize,
+    pub max_wait: Duration,
+    /// Call the handler once per event type present in a batch (each call in log order).
+    pub group_by_type: bool,
+}
+
+impl Default for BatchOptions {
+    /// The seeds' batch size 50 and timeout 5 s.
+    fn default() -> Self {
+        Self { max_size: 50, max_wait: Duration::from_secs(5), group_by_type: false }
+    }
+}
+
+/// A running subscription. [`unsubscribe`](Self::unsubscribe) stops it after the handlers
+/// in progress finish; dropping it stops it without waiting.
+pub struct Subscription {
+    group: ConsumerGroup,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Subscription {
+    /// The consumer group underneath: its status, dead letters, replay.
+    pub fn group(&self) -> &ConsumerGroup {
+        &self.group
+    }
+
+    /// Stops taking new events, waits for handlers in progress, and writes the cursor.
+    pub async fn unsubscribe(mut self) -> Result<()> {
+        self.stop.send_replace(true);
+        for worker in std::mem::take(&mut self.workers) {
+            let _ = worker.await;
+        }
+        self.group.close().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+        if !self.workers.is_empty() {
+            let group = self.group.clone();
+            let workers = std::mem::take(&mut self.workers);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    for worker in workers {
+                        let _ = worker.await;
+                    }
+                    let _ = group.close().await;
+                });
+            }
+        }
+    }
+}
+
+/// The bus of one store.
+#[derive(Clone)]
+pub struct Bus {
+    store: Arc<dyn EventStore>,
+    state: Arc<dyn StateStore>,
+    transient: TransientBus,
+}
+
+impl Bus {
+    pub fn new(store: Arc<dyn DurableStore>) -> Self {
+        Self { store: store.clone(), state: store, transient: TransientBus::new() }
+    }
+
+    /// The path for messages that are never stored (typing indicators, test signals).
+    pub fn transient(&self) -> &TransientBus {
+        &self.transient
+    }
+
+    /// Handles events of types matching `pattern` (`*` one segment, `#` any) appended from
+    /// now on, with the default options. Its position is kept in memory only.
+    pub async fn subscribe(&self, pattern: &str, handler: impl Handler) -> Result<Subscription> {
+        let options = ConsumerOptions { start: StartFrom::End, ..ConsumerOptions::default() };
+        self.subscribe_with(GroupFilter::types([pattern]), options, handler).await
+    }
+
+    /// An unnamed subscription with a full filter and options.
+    pub async fn subscribe_with(
+        &self,
+        filter: GroupFilter,
+        options: ConsumerOptions,
+        handler: impl Handler,
+    ) -> Result<Subscription> {
+        let name = GroupName::new(&format!("subscription-{}", uuid::Uuid::now_v7()))?;
+        let group =
+            open_group(name, &filter, &options, None, self.store.clone(), Arc::new(MemoryState::new()))
+                .await?;
+        Ok(start_workers(group, options, Worker::Single(Arc::new(handler))))
+    }
+
+    /// A durable consumer: `name` keeps its cursor, retries and dead letters in the store
+    /// and resumes where it stopped. At-least-once: an event is handled again if the
+    /// process stops between its handler's success and the next cursor write.
+    pub async fn consumer(
+        &self,
+        name: &str,
+        filter: GroupFilter,
+        options: ConsumerOptions,
+        handler: impl Handler,
+    ) -> Result<Subscription> {
+        let group = self.durable_group(name, &filter, &options, None).await?;
+        Ok(start_workers(group, options, Worker::Single(Arc::new(handler))))
+    }
+
+    /// A durable consumer whose handler takes batches.
+    pub async fn batch_consumer(
+        &self,
+        name: &str,
+        filter: GroupFilter,
+        options: ConsumerOptions,
+        batch: BatchOptions,
+        handler: impl BatchHandler,
+    ) -> Result<Subscription> {
+        if batch.max_size == 0 {
+            return Err(bifrost_core::Error::InvalidArgument("a batch holds at least one event".into()));
+        }
+        let group = self.durable_group(name, &filter, &options, Some(batch)).await?;
+        Ok(start_workers(group, options, Worker::Batch(Arc::new(handler), batch)))
+    }
+
+    async fn durable_group(
+        &self,
+        name: &str,
+        filter: &GroupFilter,
+        options: &ConsumerOptions,
+        batch: Option<BatchOptions>,
+    ) -> Result<ConsumerGroup> {
+        let name = GroupName::new(name)?;
+        open_group(name, filter, options, batch, self.store.clone(), self.state.clone()).await
+    }
+}
+
+async fn open_group(
+    name: GroupName,
+    filter: &GroupFilter,
+    options: &ConsumerOptions,
+    batch: Option<BatchOptions>,
+    store: Arc<dyn EventStore>,
+    state: Arc<dyn StateStore>,
+) -> Result<ConsumerGroup> {
+    if options.concurrency == 0 {
+        return Err(bifrost_core::Error::InvalidArgument(
+            "a consumer needs a concurrency of at least 1".into(),
+        ));
+    }
+    // A batch is leased while it fills up and while it is handled.
+    let ack_timeout = options.handler_timeout + batch.map_or(Duration::ZERO, |b| b.max_wait);
+    let per_worker = batch.map_or(1, |b| b.max_size);
+    let config = GroupConfig {
+        filter: filter.clone(),
+        start: options.start,
+        ack_timeout,
+        max_attempts: options.retry.max_attempts.max(1),
+        backoff: options.retry.backoff,
+        max_in_flight: options.concurrency.saturating_mul(per_worker),
+    };
+    let scopes = (format!("consumer/{name}"), format!("consumer-dlq/{name}"));
+    let checkpoint_exists = state.read_state(&scopes.0, "cursor").await?.is_some();
+    if !checkpoint_exists {
+        // Fix the start now, so that a restart before the first write does not move it.
+        let checkpoint = crate::group::start_position(store.as_ref(), &config).await?;
+        let cursor = serde_json::json!({ "checkpoint": checkpoint }).to_string();
+        state.write_state(vec![bifrost_core::StateChange::put(scopes.0.clone(), "cursor", cursor)]).await?;
+    }
+    ConsumerGroup::open_in(name, scopes, config, store, state).await
+}
+
+enum Worker {
+    Single(Arc<dyn Handler>),
+    Batch(Arc<dyn BatchHandler>, BatchOptions),
+}
+
+fn start_workers(group: ConsumerGroup, options: ConsumerOptions, worker: Worker) -> Subscription {
+    let (stop, _) = watch::channel(false);
+    let options = Arc::new(options);
+    let workers = (0..options.concurrency)
+        .map(|n| {
+            let run = Run {
+                group: group.clone(),
+                id: format!("{}#{n}", options.handler_name),
+                options: options.clone(),
+                stop: stop.subscribe(),
+            };
+            match &worker {
+                Worker::Single(handler) => tokio::spawn(run.single(handler.clone())),
+                Worker::Batch(handler, batch) => tokio::spawn(run.batch(handler.clone(), *batch)),
+            }
+        })
+        .collect();
+    Subscription { group, stop, workers }
+}
+
+/// One worker task of a subscription.
+struct Run {
+    group: ConsumerGroup,
+    id: String,
+    options: Arc<ConsumerOptions>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Run {
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn single(self, handler: Arc<dyn Handler>) {
+        let handled =
+            metrics::histogram!("bifrost_handler_seconds", "consumer" => self.group.name().to_string());
+        while !self.stopped() {
+            let leases = match self.group.fetch(&self.id, 1, IDLE_POLL).await {
+                Ok(leases) => leases,
+                Err(_) => return,
+            };
+            for lease in leases {
+                let started = Instant::now();
+                let outcome = guarded(handler.handle(&lease.event)).await;
+                handled.record(started.elapsed().as_secs_f64());
+                self.settle(&[lease], outcome).await;
+            }
+        }
+    }
+
+    async fn batch(self, handler: Arc<dyn BatchHandler>, options: BatchOptions) {
+        while !self.stopped() {
+            let mut batch: Vec<Lease> = Vec::with_capacity(options.max_size);
+            let mut deadline: Option<tokio::time::Instant> = None;
+            while batch.len() < options.max_size && !self.stopped() {
+                let wait = match deadline {
+                    Some(at) => at.saturating_duration_since(tokio::time::Instant::now()),
+                    None => IDLE_POLL,
+                };
+                if deadline.is_some() && wait.is_zero() {
+                    break;
+                }
+                let room = options.max_size - batch.len();
+                let Ok(leases) = self.group.fetch_with(&self.id, room, room, wait).await else { return };
+                if deadline.is_none() && !leases.is_empty() {
+                    deadline = Some(tokio::time::Instant::now() + options.max_wait);
+                }
+                batch.extend(leases);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if options.group_by_type {
+                // Each type's events in log order; types in order of their first event.
+                let mut order: Vec<String> = Vec::new();
+                for lease in &batch {
+                    if !order.iter().any(|t| t == lease.event.event_type.as_str()) {
+                        order.push(lease.event.event_type.to_string());
+                    }
+                }
+                for event_type in order {
+                    let part: Vec<Lease> =
+                        batch.iter().filter(|l| l.event.event_type.as_str() == event_type).cloned().collect();
+                    self.run_batch(handler.as_ref(), part).await;
+                }
+            } else {
+                self.run_batch(handler.as_ref(), batch).await;
+            }
+        }
+    }
+
+    async fn run_batch(&self, handler: &dyn BatchHandler, batch: Vec<Lease>) {
+        let events: Vec<RecordedEvent> = batch.iter().map(|l| l.event.clone()).collect();
+        let outcome = guarded(handler.handle_batch(&events)).await;
+        self.settle(&batch, outcome).await;
+    }
+
+    /// Acks on success; on failure retries with the policy's backoff or parks.
+    async fn settle(&self, leases: &[Lease], outcome: Result<(), HandlerError>) {
+        let tokens: Vec<String> = leases.iter().map(|l| l.token.clone()).collect();
+        let attempt = leases.iter().map(|l| l.attempt).max().unwrap_or(1);
+        let result = match outcome {
+            // In-process acks are written with the next batch of the cursor, not waited for.
+            Ok(()) => self.group.ack_with(&tokens, false).await,
+            Err(error) => {
+                let reason = format!("{}: {}", self.options.handler_name, error.message());
+                let retry = self.options.retry.should_retry(&error, attempt);
+                let action = if retry {
+                    NackAction::Retry(Some(self.options.retry.backoff.delay(attempt)))
+                } else {
+                    NackAction::Park
+                };
+                if !retry {
+                    tracing::warn!(consumer = %self.group.name(), %reason, attempt, "parking an event");
+                }
+                self.group.nack_with(&tokens, action, Some(&reason), false).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(consumer = %self.group.name(), error = %e, "could not settle a delivery");
+        }
+    }
+}
+
+/// Runs a handler's future; a panic becomes a retryable error instead of killing the worker.
+async fn guarded(future: impl Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(HandlerError::retryable(format!("the handler panicked: {message}")))
+        }
+    }
+}

@@ -245,7 +245,9 @@ impl GroupConfig {
             return Err(Error::InvalidArgument("max_attempts must be at least 1".into()));
         }
         if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
-            return Err(Error::InvalidArgument(format!("max_in_flight must be between 1 and {MAX_IN_FLIGHT}")));
+            return Err(Error::InvalidArgument(format!(
+                "max_in_flight must be between 1 and {MAX_IN_FLIGHT}"
+            )));
         }
         Ok(())
     }
@@ -272,7 +274,8 @@ mod tests {
 
     #[test]
     fn exponential_backoff_doubles_up_to_max() {
-        let b = Backoff::exponential(Duration::from_millis(100), Duration::from_millis(1000)).with_jitter(false);
+        let b =
+            Backoff::exponential(Duration::from_millis(100), Duration::from_millis(1000)).with_jitter(false);
         let delays: Vec<u128> = (1..=6).map(|n| b.delay(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.delay(u32::MAX).as_millis(), 1000);

@@ -15,7 +15,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{GroupConfig, GroupName};
-use crate::ledger::{Cursor, DeadLetter, Delivery, LeaseId, Ledger, NackAction, lease_token, parse_lease_token};
+use crate::ledger::{
+    Cursor, DeadLetter, Delivery, LeaseId, Ledger, NackAction, lease_token, parse_lease_token,
+};
 
 /// Largest page the reader asks the log for.
 const READ_PAGE: usize = 1000;
@@ -115,6 +117,9 @@ struct UnreadCount {
 
 struct Shared {
     name: GroupName,
+    /// Where this group's cursor and dead letters live in the state space.
+    cursor_scope: String,
+    dead_letter_scope: String,
     store: Arc<dyn EventStore>,
     state: Arc<dyn StateStore>,
     filter: LogFilter,
@@ -132,11 +137,27 @@ struct Shared {
     unread: tokio::sync::Mutex<UnreadCount>,
 }
 
-/// A running consumer group. Cheap to clone; [`ConsumerGroup::close`] stops it.
+/// A running consumer group. Cheap to clone; [`ConsumerGroup::close`] stops it, and so
+/// does dropping the last clone (without the final write, as a crash would).
 #[derive(Clone)]
 pub struct ConsumerGroup {
     shared: Arc<Shared>,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    tasks: Arc<Tasks>,
+}
+
+/// The group's background tasks, stopped when the last handle goes.
+struct Tasks {
+    closed: watch::Sender<bool>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.closed.send_replace(true);
+        for task in self.handles.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for ConsumerGroup {
@@ -154,21 +175,38 @@ impl ConsumerGroup {
         store: Arc<dyn EventStore>,
         state: Arc<dyn StateStore>,
     ) -> Result<Self> {
+        let scopes = (cursor_scope(&name), dead_letter_scope(&name));
+        Self::open_in(name, scopes, config, store, state).await
+    }
+
+    /// [`open`](Self::open) with the cursor and dead letters under other scopes (the
+    /// in-process bus keeps its consumers apart from the server's groups).
+    pub(crate) async fn open_in(
+        name: GroupName,
+        (cursor_scope, dead_letter_scope): (String, String),
+        config: GroupConfig,
+        store: Arc<dyn EventStore>,
+        state: Arc<dyn StateStore>,
+    ) -> Result<Self> {
         config.validate()?;
         let filter = config.filter.to_log_filter()?;
-        let cursor = match state.read_state(&cursor_scope(&name), "cursor").await? {
+        let cursor = match state.read_state(&cursor_scope, "cursor").await? {
             Some(bytes) => serde_json::from_slice::<Cursor>(&bytes).map_err(|e| Error::Storage {
                 message: format!("group {name}: unreadable cursor: {e}"),
                 source: None,
             })?,
-            None => Cursor { checkpoint: start_position(store.as_ref(), &config).await?, ..Cursor::default() },
+            None => {
+                Cursor { checkpoint: start_position(store.as_ref(), &config).await?, ..Cursor::default() }
+            }
         };
         let replays = cursor.replays.clone();
-        let parked = count_scope(state.as_ref(), &dead_letter_scope(&name)).await?;
+        let parked = count_scope(state.as_ref(), &dead_letter_scope).await?;
         let (flushed, _) = watch::channel(Flushed::default());
         let (closed, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             name,
+            cursor_scope,
+            dead_letter_scope,
             store,
             state,
             filter,
@@ -200,7 +238,8 @@ impl ConsumerGroup {
             tokio::spawn(timer_loop(shared.clone())),
             tokio::spawn(persist_loop(shared.clone())),
         ];
-        Ok(Self { shared, tasks: Arc::new(Mutex::new(tasks)) })
+        let tasks = Arc::new(Tasks { closed: shared.closed.clone(), handles: Mutex::new(tasks) });
+        Ok(Self { shared, tasks })
     }
 
     pub fn name(&self) -> &GroupName {
@@ -273,21 +312,18 @@ impl ConsumerGroup {
         Lease { token: lease_token(self.shared.epoch, d.lease), attempt: d.attempt, event: d.event }
     }
 
-    fn parse(&self, tokens: &[String]) -> (Vec<LeaseId>, Vec<String>) {
-        let mut ids = Vec::with_capacity(tokens.len());
-        let mut bad = Vec::new();
-        for token in tokens {
-            match parse_lease_token(self.shared.epoch, token) {
-                Some(id) => ids.push(id),
-                None => bad.push(token.clone()),
-            }
-        }
-        (ids, bad)
+    /// The lease ids among `tokens`; a token that is not one of this run's is expired.
+    fn parse(&self, tokens: &[String]) -> Vec<LeaseId> {
+        tokens.iter().filter_map(|t| parse_lease_token(self.shared.epoch, t)).collect()
     }
 
-    fn expired_tokens(&self, expired: Vec<LeaseId>, mut bad: Vec<String>) -> Vec<String> {
-        bad.extend(expired.into_iter().map(|id| lease_token(self.shared.epoch, id)));
-        bad
+    /// The tokens, in request order, that were not held.
+    fn expired_tokens(&self, tokens: &[String], expired: &[LeaseId]) -> Vec<String> {
+        tokens
+            .iter()
+            .filter(|t| parse_lease_token(self.shared.epoch, t).is_none_or(|id| expired.contains(&id)))
+            .cloned()
+            .collect()
     }
 
     /// Acks leases; durable when it returns.
@@ -298,14 +334,15 @@ impl ConsumerGroup {
     /// Acks leases; with `durable` false it returns at once and the ack is written with the
     /// next batch (an in-process consumer that accepts a redelivery after a crash).
     pub async fn ack_with(&self, tokens: &[String], durable: bool) -> Result<Settled> {
-        let (ids, bad) = self.parse(tokens);
+        let ids = self.parse(tokens);
         let (acked, expired, generation) = {
             let mut inner = self.shared.lock();
             let (acked, expired) = inner.ledger.ack(&ids);
             (acked, expired, inner.ledger.generation)
         };
         let now = Instant::now();
-        let histogram = metrics::histogram!("bifrost_group_ack_seconds", "group" => self.shared.name.to_string());
+        let histogram =
+            metrics::histogram!("bifrost_group_ack_seconds", "group" => self.shared.name.to_string());
         for since in &acked {
             histogram.record(now.duration_since(*since).as_secs_f64());
         }
@@ -320,7 +357,7 @@ impl ConsumerGroup {
                 self.shared.persist_later.notify_one();
             }
         }
-        Ok(Settled { count: acked.len(), expired: self.expired_tokens(expired, bad) })
+        Ok(Settled { count: acked.len(), expired: self.expired_tokens(tokens, &expired) })
     }
 
     /// Nacks leases: retry after `action`'s delay (or the backoff), or park now. Durable
@@ -336,7 +373,7 @@ impl ConsumerGroup {
         reason: Option<&str>,
         durable: bool,
     ) -> Result<Settled> {
-        let (ids, bad) = self.parse(tokens);
+        let ids = self.parse(tokens);
         let (count, expired, generation) = {
             let mut inner = self.shared.lock();
             let inner = &mut *inner;
@@ -355,7 +392,7 @@ impl ConsumerGroup {
                 self.shared.persist_later.notify_one();
             }
         }
-        Ok(Settled { count, expired: self.expired_tokens(expired, bad) })
+        Ok(Settled { count, expired: self.expired_tokens(tokens, &expired) })
     }
 
     /// The group's figures. Counting the lag reads the part of the log the group has not
@@ -392,7 +429,9 @@ impl ConsumerGroup {
 
     /// Dead letters in log order, after `after` (exclusive), up to `limit`.
     pub async fn dead_letters(&self, after: Option<Position>, limit: usize) -> Result<Vec<DeadLetterEntry>> {
-        let scope = dead_letter_scope(&self.shared.name);
+        // Events parked by a lazy (in-process) nack may not be written yet.
+        self.shared.persist().await?;
+        let scope = self.shared.dead_letter_scope.clone();
         let after = after.map(dead_letter_key);
         let entries = self.shared.state.scan_state(&scope, after.as_deref(), limit).await?;
         let mut out = Vec::with_capacity(entries.len());
@@ -405,7 +444,8 @@ impl ConsumerGroup {
     }
 
     async fn select_dead_letters(&self, selection: &ReplaySelection) -> Result<Vec<DeadLetter>> {
-        let scope = dead_letter_scope(&self.shared.name);
+        self.shared.persist().await?;
+        let scope = self.shared.dead_letter_scope.clone();
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -442,7 +482,10 @@ impl ConsumerGroup {
             if let Some(event) = self.shared.store.event(dl.event_id).await? {
                 events.push(event);
             }
-            deletes.push(StateChange::delete(dead_letter_scope(&self.shared.name), dead_letter_key(dl.position)));
+            deletes.push(StateChange::delete(
+                self.shared.dead_letter_scope.clone(),
+                dead_letter_key(dl.position),
+            ));
         }
         let replayed = events.len();
         // The cursor that remembers the replays and the removal of their dead letters are
@@ -469,7 +512,9 @@ impl ConsumerGroup {
         }
         let deletes = selected
             .iter()
-            .map(|dl| StateChange::delete(dead_letter_scope(&self.shared.name), dead_letter_key(dl.position)))
+            .map(|dl| {
+                StateChange::delete(self.shared.dead_letter_scope.clone(), dead_letter_key(dl.position))
+            })
             .collect();
         self.shared.state.write_state(deletes).await?;
         let mut inner = self.shared.lock();
@@ -489,7 +534,7 @@ impl ConsumerGroup {
     }
 
     fn shared_tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+        self.tasks.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -556,11 +601,17 @@ impl Shared {
         changes.append(&mut extra);
         let encoded = serde_json::to_vec(&cursor)
             .map_err(|e| Error::Storage { message: format!("encoding a cursor: {e}"), source: None })?;
-        changes.push(StateChange::put(cursor_scope(&self.name), "cursor", encoded));
+        changes.push(StateChange::put(self.cursor_scope.clone(), "cursor", encoded));
         for dl in &parked {
-            let value = serde_json::to_vec(dl)
-                .map_err(|e| Error::Storage { message: format!("encoding a dead letter: {e}"), source: None })?;
-            changes.push(StateChange::put(dead_letter_scope(&self.name), dead_letter_key(dl.position), value));
+            let value = serde_json::to_vec(dl).map_err(|e| Error::Storage {
+                message: format!("encoding a dead letter: {e}"),
+                source: None,
+            })?;
+            changes.push(StateChange::put(
+                self.dead_letter_scope.clone(),
+                dead_letter_key(dl.position),
+                value,
+            ));
         }
         match self.state.write_state(changes).await {
             Ok(()) => {
@@ -626,9 +677,9 @@ pub(crate) async fn start_position(store: &dyn EventStore, config: &GroupConfig)
         crate::config::StartFrom::Beginning => Ok(0),
         crate::config::StartFrom::End => Ok(head),
         crate::config::StartFrom::Position(p) if p <= head => Ok(p),
-        crate::config::StartFrom::Position(p) => Err(Error::InvalidArgument(format!(
-            "start position {p} is beyond the head of the log ({head})"
-        ))),
+        crate::config::StartFrom::Position(p) => {
+            Err(Error::InvalidArgument(format!("start position {p} is beyond the head of the log ({head})")))
+        }
     }
 }
 

@@ -50,10 +50,11 @@ impl Groups {
             after = Some(last.key.clone());
             for entry in page {
                 let name = GroupName::new(&entry.key)?;
-                let record: GroupRecord = serde_json::from_slice(&entry.value).map_err(|e| Error::Storage {
-                    message: format!("group {name}: unreadable settings: {e}"),
-                    source: None,
-                })?;
+                let record: GroupRecord =
+                    serde_json::from_slice(&entry.value).map_err(|e| Error::Storage {
+                        message: format!("group {name}: unreadable settings: {e}"),
+                        source: None,
+                    })?;
                 let group =
                     ConsumerGroup::open(name.clone(), record.config, store.clone(), state.clone()).await?;
                 groups.insert(name, (group, record.created_at));
@@ -78,7 +79,8 @@ impl Groups {
             }
             let created_at = *created_at;
             group.close().await?;
-            let group = ConsumerGroup::open(name.clone(), config, self.store.clone(), self.state.clone()).await?;
+            let group =
+                ConsumerGroup::open(name.clone(), config, self.store.clone(), self.state.clone()).await?;
             groups.insert(name, (group.clone(), created_at));
             return Ok((group, Put::Updated));
         }

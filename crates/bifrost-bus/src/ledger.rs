@@ -179,7 +179,6 @@ impl Ledger {
         LedgerCounts { unsettled: self.entries.len(), in_flight: self.leased, waiting: self.retries.len() }
     }
 
-
     /// Takes in a page of the log read after `read_to`, up to `next_position`.
     pub(crate) fn admit(&mut self, events: Vec<RecordedEvent>, next_position: Position, now: Instant) {
         let wall = Timestamp::now();
@@ -383,7 +382,14 @@ impl Ledger {
     }
 
     /// One failed delivery of an idle entry: wait for a retry, or park it.
-    fn fail(&mut self, position: Position, action: NackAction, reason: String, now: Instant, config: &GroupConfig) {
+    fn fail(
+        &mut self,
+        position: Position,
+        action: NackAction,
+        reason: String,
+        now: Instant,
+        config: &GroupConfig,
+    ) {
         let Some(entry) = self.entries.get_mut(&position) else { return };
         entry.failures += 1;
         let park = action == NackAction::Park || entry.failures >= config.max_attempts;
@@ -533,9 +539,8 @@ impl Ledger {
                 (p, e.failures, due, e.last_reason.clone())
             })
             .collect();
-        failed.extend(
-            self.restored.failed.iter().map(|(&p, (n, due, reason))| (p, *n, *due, reason.clone())),
-        );
+        failed
+            .extend(self.restored.failed.iter().map(|(&p, (n, due, reason))| (p, *n, *due, reason.clone())));
         failed.sort_by_key(|f| f.0);
         let replays = self
             .entries
@@ -544,11 +549,6 @@ impl Ledger {
             .map(|(&p, e)| (p, e.event.id, e.failures))
             .collect();
         Cursor { checkpoint: self.checkpoint, settled, failed, replays }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn is_ready(&self, position: Position) -> bool {
-        self.ready.contains(&position)
     }
 }
 

@@ -10,17 +10,19 @@
 //!   consumers with retry policies, bounded concurrency and batch handlers, all running on
 //!   a consumer group — plus a [`TransientBus`] for messages that are never stored.
 
-// pub mod bus;
+pub mod bus;
 pub mod config;
 pub mod group;
 pub mod groups;
 pub mod ledger;
 mod random;
-// pub mod transient;
+pub mod transient;
 
-// pub use bus::{BatchOptions, Bus, ConsumerOptions, Handler, HandlerError, RetryPolicy, Subscription};
+pub use bus::{
+    BatchHandler, BatchOptions, Bus, ConsumerOptions, Handler, HandlerError, RetryPolicy, Subscription,
+};
 pub use config::{Backoff, BackoffKind, GroupConfig, GroupFilter, GroupName, StartFrom};
 pub use group::{ConsumerGroup, DeadLetterEntry, GroupStatus, Lease, ReplaySelection, Settled};
 pub use groups::{Groups, Put};
 pub use ledger::{DeadLetter, NackAction};
-// pub use transient::{TransientBus, TransientMessage};
+pub use transient::{TransientBus, TransientMessage, TransientSubscription};

@@ -23,11 +23,11 @@ pub use event::{EventId, Metadata, NewEvent, RecordedEvent};
 pub use memory::InMemoryStore;
 pub use name::{Category, EventType, NameCache, StreamName};
 pub use pattern::TypePattern;
+pub use state::{DurableStore, MemoryState, StateChange, StateEntry, StateStore};
 pub use store::{
     AppendResult, DeleteMode, Direction, EventStore, ExpectedVersion, LogFilter, LogSlice, Position,
     StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamSlice, StreamSummary, SubscribeFrom,
     Version,
 };
-pub use state::{DurableStore, MemoryState, StateChange, StateEntry, StateStore};
 pub use subscription::EventStream;
 pub use timestamp::Timestamp;

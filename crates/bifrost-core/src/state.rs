@@ -159,9 +159,14 @@ impl StateStore for MemoryState {
         let scopes = self.scopes();
         let Some(keys) = scopes.get(scope) else { return Ok(Vec::new()) };
         let range = match after {
-            Some(after) => keys.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            Some(after) => {
+                keys.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            }
             None => keys.range::<str, _>(..),
         };
-        Ok(range.take(limit).map(|(key, value)| StateEntry { key: key.clone(), value: value.clone() }).collect())
+        Ok(range
+            .take(limit)
+            .map(|(key, value)| StateEntry { key: key.clone(), value: value.clone() })
+            .collect())
     }
 }
