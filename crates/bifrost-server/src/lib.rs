@@ -22,7 +22,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
-use bifrost_core::EventStore;
+use bifrost_bus::Groups;
+use bifrost_core::{DurableStore, EventStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -60,30 +61,49 @@ impl Default for ServerConfig {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) store: Arc<dyn EventStore>,
+    /// The consumer groups of `store`.
+    pub(crate) groups: Arc<Groups>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) metrics: Option<PrometheusHandle>,
     /// Cancelled when the server shuts down: ends the infinite responses (SSE).
     pub(crate) shutdown: CancellationToken,
 }
 
+impl AppState {
+    fn new(
+        store: Arc<dyn DurableStore>,
+        groups: Arc<Groups>,
+        config: ServerConfig,
+        metrics: Option<PrometheusHandle>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { store, groups, config: Arc::new(config), metrics, shutdown }
+    }
+}
+
 /// The whole API as a router, ready for `axum::serve` or `tower::ServiceExt::oneshot`.
-/// `metrics: None` makes `/metrics` answer 503.
-pub fn router(store: Arc<dyn EventStore>, config: ServerConfig, metrics: Option<PrometheusHandle>) -> Router {
-    let state = AppState { store, config: Arc::new(config), metrics, shutdown: CancellationToken::new() };
-    build(state, None)
+/// `groups` must be the consumer groups of `store` ([`Groups::open`]). `metrics: None` makes
+/// `/metrics` answer 503.
+pub fn router(
+    store: Arc<dyn DurableStore>,
+    groups: Arc<Groups>,
+    config: ServerConfig,
+    metrics: Option<PrometheusHandle>,
+) -> Router {
+    build(AppState::new(store, groups, config, metrics, CancellationToken::new()), None)
 }
 
 /// [`router`] with extra routes behind the same layers (error mapping, panic catching,
 /// metrics). For tests of those layers.
 #[doc(hidden)]
 pub fn router_with_extra_routes(
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn DurableStore>,
+    groups: Arc<Groups>,
     config: ServerConfig,
     metrics: Option<PrometheusHandle>,
     extra: Router,
 ) -> Router {
-    let state = AppState { store, config: Arc::new(config), metrics, shutdown: CancellationToken::new() };
-    build(state, Some(extra))
+    build(AppState::new(store, groups, config, metrics, CancellationToken::new()), Some(extra))
 }
 
 fn build(state: AppState, extra: Option<Router>) -> Router {
@@ -141,21 +161,19 @@ async fn problems_only(response: Response) -> Response {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then shuts down gracefully:
-/// stops accepting, ends every SSE stream, lets in-flight requests finish, closes the store.
+/// stops accepting, ends every SSE stream, lets in-flight requests finish, closes the
+/// consumer groups (writing their last acks) and then the store.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn DurableStore>,
+    groups: Arc<Groups>,
     config: ServerConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = CancellationToken::new();
-    let state = AppState {
-        store: Arc::clone(&store),
-        config: Arc::new(config),
-        metrics: metrics.clone(),
-        shutdown: token.clone(),
-    };
+    let state =
+        AppState::new(Arc::clone(&store), Arc::clone(&groups), config, metrics.clone(), token.clone());
     let app = build(state, None);
     let upkeep = metrics.map(|handle| tokio::spawn(metrics_upkeep(handle, token.clone())));
     let signal = {
@@ -177,8 +195,11 @@ pub async fn serve(
     if let Some(task) = upkeep {
         let _ = task.await;
     }
+    // Groups write their state into the store, so they stop first.
+    let groups_closed = groups.close().await;
     let closed = store.close().await;
     served?;
+    groups_closed.map_err(std::io::Error::other)?;
     closed.map_err(std::io::Error::other)
 }
 

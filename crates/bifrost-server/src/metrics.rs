@@ -7,6 +7,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
+use bifrost_bus::Groups;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub(crate) const APPENDS_TOTAL: &str = "bifrost_appends_total";
@@ -15,6 +16,10 @@ pub(crate) const APPEND_DURATION_SECONDS: &str = "bifrost_append_duration_second
 pub(crate) const SSE_CLIENTS: &str = "bifrost_sse_clients";
 pub(crate) const HTTP_REQUESTS_TOTAL: &str = "bifrost_http_requests_total";
 pub(crate) const EVENTS_READ_TOTAL: &str = "bifrost_events_read_total";
+pub(crate) const GROUP_LAG: &str = "bifrost_group_lag";
+pub(crate) const GROUP_IN_FLIGHT: &str = "bifrost_group_in_flight";
+pub(crate) const GROUP_PARKED: &str = "bifrost_group_parked";
+pub(crate) const GROUP_REDELIVERIES: &str = "bifrost_group_redeliveries";
 
 /// Append latency buckets, in seconds: from sub-millisecond (memory, group commit) to
 /// seconds (a stalled disk).
@@ -49,6 +54,20 @@ fn describe() {
     metrics::describe_gauge!(SSE_CLIENTS, "Connected Server-Sent Events clients");
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by method, route template and status");
     metrics::describe_counter!(EVENTS_READ_TOTAL, "Events returned by reads and subscriptions");
+    metrics::describe_gauge!(
+        GROUP_LAG,
+        "Matching events a consumer group has not acked yet (parked excluded)"
+    );
+    metrics::describe_gauge!(GROUP_IN_FLIGHT, "Events leased out by a consumer group");
+    metrics::describe_gauge!(GROUP_PARKED, "Dead letters of a consumer group");
+    metrics::describe_gauge!(GROUP_REDELIVERIES, "Redeliveries by a consumer group since it started");
+    metrics::describe_counter!("bifrost_group_delivered_total", "Leases handed out by a consumer group");
+    metrics::describe_counter!("bifrost_group_acked_total", "Leases acked in a consumer group");
+    metrics::describe_histogram!(
+        "bifrost_group_ack_seconds",
+        metrics::Unit::Seconds,
+        "Time from lease to ack in a consumer group"
+    );
 }
 
 /// Counts every request under its route template (`/v1/streams/{stream}`), never the raw
@@ -84,6 +103,25 @@ impl AppendTimer {
             metrics::counter!(APPENDS_TOTAL).increment(1);
             metrics::counter!(EVENTS_APPENDED_TOTAL).increment(n);
         }
+    }
+}
+
+/// Sets the per-group gauges from each group's status; called when metrics are scraped,
+/// so the figures are as fresh as the scrape and cost nothing in between.
+pub(crate) async fn record_group_gauges(groups: &Groups) {
+    for group in groups.list().await {
+        let status = match group.status().await {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(group = %group.name(), error = %e, "cannot read a consumer group's status");
+                continue;
+            }
+        };
+        let name = status.name.to_string();
+        metrics::gauge!(GROUP_LAG, "group" => name.clone()).set(status.lag as f64);
+        metrics::gauge!(GROUP_IN_FLIGHT, "group" => name.clone()).set(status.in_flight as f64);
+        metrics::gauge!(GROUP_PARKED, "group" => name.clone()).set(status.parked as f64);
+        metrics::gauge!(GROUP_REDELIVERIES, "group" => name).set(status.redeliveries as f64);
     }
 }
 

@@ -21,7 +21,8 @@ fn small_limits() -> ServerConfig {
 
 /// Both backends, each seeded with one stream of two events.
 async fn apps() -> Vec<TestApp> {
-    let mut apps = vec![TestApp::memory_with(small_limits()), TestApp::sqlite_with(small_limits())];
+    let mut apps =
+        vec![TestApp::memory_with(small_limits()).await, TestApp::sqlite_with(small_limits()).await];
     for app in &mut apps {
         app.append("order-1", common::events_body(2)).await;
     }

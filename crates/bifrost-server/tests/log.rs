@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 const ID: &str = "0193a000-0000-7000-8000-0000000000aa";
 
 async fn seeded() -> TestApp {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append(
         "order-1",
         json!({"events": [

@@ -12,10 +12,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
+use bifrost_bus::Groups;
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventId, EventStore, InMemoryStore, LogFilter, LogSlice,
-    Position, RecordedEvent, StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamName,
-    StreamSlice,
+    MemoryState, Position, RecordedEvent, StateChange, StateEntry, StateStore, StreamAppend, StreamInfo,
+    StreamListQuery, StreamListing, StreamName, StreamSlice,
 };
 use bifrost_server::{ServerConfig, install_metrics_recorder, router, router_with_extra_routes};
 use common::TestApp;
@@ -25,7 +26,7 @@ use tower::ServiceExt;
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_ok() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     let resp = app.get("/healthz").await;
     assert_eq!((resp.status, resp.json()), (StatusCode::OK, json!({"status": "ok"})));
     let resp = app.get("/readyz").await;
@@ -69,10 +70,25 @@ impl EventStore for DownStore {
     }
 }
 
+#[async_trait]
+impl StateStore for DownStore {
+    async fn write_state(&self, _: Vec<StateChange>) -> bifrost_core::Result<()> {
+        Err(Error::Unavailable("down".into()))
+    }
+    async fn read_state(&self, _: &str, _: &str) -> bifrost_core::Result<Option<bytes::Bytes>> {
+        Err(Error::Unavailable("down".into()))
+    }
+    async fn scan_state(&self, _: &str, _: Option<&str>, _: usize) -> bifrost_core::Result<Vec<StateEntry>> {
+        Err(Error::Unavailable("down".into()))
+    }
+}
+
 #[tokio::test]
 async fn readyz_answers_503_when_the_store_is_down_and_store_failures_map_to_problems() {
-    let store: Arc<dyn EventStore> = Arc::new(DownStore(watch::Sender::new(0)));
-    let app = router(store, ServerConfig::default(), None);
+    let store = Arc::new(DownStore(watch::Sender::new(0)));
+    // The groups keep their state elsewhere: opening them must not need the store.
+    let groups = Arc::new(Groups::open_parts(store.clone(), Arc::new(MemoryState::new())).await.unwrap());
+    let app = router(store, groups, ServerConfig::default(), None);
     let call = |req: Request<Body>| {
         let app = app.clone();
         async move {
@@ -108,15 +124,16 @@ async fn readyz_answers_503_when_the_store_is_down_and_store_failures_map_to_pro
 
 #[tokio::test]
 async fn metrics_without_a_recorder_answer_503() {
-    TestApp::memory().get("/metrics").await.assert_problem(503, "bifrost:unavailable");
+    TestApp::memory().await.get("/metrics").await.assert_problem(503, "bifrost:unavailable");
 }
 
 #[tokio::test]
 async fn metrics_render_appends_and_requests_by_route_template() {
     let handle = install_metrics_recorder().unwrap();
     let again = install_metrics_recorder().unwrap();
-    let store: Arc<dyn EventStore> = InMemoryStore::shared();
-    let app = router(store, ServerConfig::default(), Some(again));
+    let store = InMemoryStore::shared();
+    let groups = Arc::new(Groups::open(store.clone()).await.unwrap());
+    let app = router(store, groups, ServerConfig::default(), Some(again));
     let append = Request::post("/v1/streams/order-77/events")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(common::events_body(3).to_string()))
@@ -148,14 +165,14 @@ async fn metrics_render_appends_and_requests_by_route_template() {
 
 #[tokio::test]
 async fn an_unknown_route_is_a_404_problem() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.get("/nope").await.assert_problem(404, "bifrost:not-found");
     app.get("/v1/streams/a/events/extra").await.assert_problem(404, "bifrost:not-found");
 }
 
 #[tokio::test]
 async fn a_wrong_method_is_a_405_problem_with_allow() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     let resp = app.call(Request::put("/v1/streams/a/events").body(Body::empty()).unwrap()).await;
     resp.assert_problem(405, "bifrost:method-not-allowed");
     let allow = resp.headers[header::ALLOW].to_str().unwrap();
@@ -164,7 +181,8 @@ async fn a_wrong_method_is_a_405_problem_with_allow() {
 
 #[tokio::test]
 async fn a_panicking_handler_answers_500_and_the_server_lives_on() {
-    let store: Arc<dyn EventStore> = InMemoryStore::shared();
+    let store = InMemoryStore::shared();
+    let groups = Arc::new(Groups::open(store.clone()).await.unwrap());
     let extra: Router = Router::new().route(
         "/boom",
         get(|| async {
@@ -174,7 +192,7 @@ async fn a_panicking_handler_answers_500_and_the_server_lives_on() {
             "unreachable"
         }),
     );
-    let app = router_with_extra_routes(store, ServerConfig::default(), None, extra);
+    let app = router_with_extra_routes(store, groups, ServerConfig::default(), None, extra);
     let resp = app.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
@@ -189,7 +207,7 @@ async fn a_panicking_handler_answers_500_and_the_server_lives_on() {
 
 #[tokio::test]
 async fn openapi_json_describes_every_route() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     let resp = app.get("/openapi.json").await;
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.content_type(), "application/json");

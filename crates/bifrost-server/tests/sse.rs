@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bifrost_bus::Groups;
 use bifrost_core::{Error, EventStore, EventType, ExpectedVersion, InMemoryStore, NewEvent, StreamName};
 use bifrost_server::{ServerConfig, serve};
 use futures::StreamExt;
@@ -29,10 +30,11 @@ struct Server {
 async fn start(heartbeat: Duration) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let store: Arc<dyn EventStore> = InMemoryStore::shared();
+    let store = InMemoryStore::shared();
+    let groups = Arc::new(Groups::open(store.clone()).await.unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let config = ServerConfig { sse_heartbeat: heartbeat, ..ServerConfig::default() };
-    let task = tokio::spawn(serve(listener, Arc::clone(&store), config, None, async {
+    let task = tokio::spawn(serve(listener, store.clone(), groups, config, None, async {
         let _ = stopped.await;
     }));
     Server { addr, store, stop: Some(stop), task }

@@ -20,7 +20,7 @@ fn assert_timestamp(v: &Value) {
 
 #[tokio::test]
 async fn append_to_a_new_stream_answers_201_with_versions_and_positions() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     let resp = app.post_json("/v1/streams/order-1/events", common::events_body(2).to_string()).await;
     assert_eq!(resp.status, StatusCode::CREATED);
     assert_eq!(resp.content_type(), "application/json");
@@ -37,7 +37,7 @@ async fn append_to_a_new_stream_answers_201_with_versions_and_positions() {
 
 #[tokio::test]
 async fn append_accepts_a_json_content_type_with_parameters() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     let req = request(
         Method::POST,
         "/v1/streams/order-1/events",
@@ -49,7 +49,7 @@ async fn append_accepts_a_json_content_type_with_parameters() {
 
 #[tokio::test]
 async fn read_returns_events_in_the_documented_shape() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append(
         "order-123",
         json!({"expected_version": "no_stream", "events": [{
@@ -89,7 +89,7 @@ async fn read_returns_events_in_the_documented_shape() {
 
 #[tokio::test]
 async fn events_default_their_id_aggregate_type_schema_version_and_occurred_at() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("order-9", json!({"events": [{"type": "order.placed", "data": null}]})).await;
     let event = app.get("/v1/streams/order-9/events").await.json()["events"][0].clone();
     assert_eq!(event["aggregate_type"], "order");
@@ -102,7 +102,7 @@ async fn events_default_their_id_aggregate_type_schema_version_and_occurred_at()
 
 #[tokio::test]
 async fn data_comes_back_byte_for_byte() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     let data = r#"{ "a" :1.50,	"text":"h\u00e9llo ü 🦀 \u0000 \"q\" \n",
   "nested": [ 1e3 , -0.0 , {"x" : null} ] }"#;
     let body = format!(r#"{{"events": [{{"type": "raw.bytes", "id": "{ID_1}", "data": {data}}}]}}"#);
@@ -119,7 +119,7 @@ async fn data_comes_back_byte_for_byte() {
 
 #[tokio::test]
 async fn metadata_strings_keep_unicode_and_nul() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     let metadata = json!({"correlation_id": "c-\u{0}-é", "tenant_id": "🦀", "extra": {"k": [1, "\u{0}"]}});
     app.append("order-1", json!({"events": [{"type": "a", "data": 1, "metadata": metadata}]})).await;
     let event = app.get("/v1/streams/order-1/events").await.json()["events"][0].clone();
@@ -132,7 +132,7 @@ async fn metadata_strings_keep_unicode_and_nul() {
 
 #[tokio::test]
 async fn read_pages_forward_and_backward_with_next() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("order-1", common::events_body(5)).await;
     let versions = |body: &Value| -> Vec<u64> {
         body["events"].as_array().unwrap().iter().map(|e| e["version"].as_u64().unwrap()).collect()
@@ -154,7 +154,7 @@ async fn read_pages_forward_and_backward_with_next() {
 
 #[tokio::test]
 async fn a_limit_above_1000_is_capped_not_rejected() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("big-1", common::events_body(1000)).await;
     app.append("big-1", common::events_body(1)).await;
     let page = app.get("/v1/streams/big-1/events?limit=5000").await.json();
@@ -169,7 +169,7 @@ async fn a_limit_above_1000_is_capped_not_rejected() {
 
 #[tokio::test]
 async fn stream_info_shows_version_and_times() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("order-1", common::events_body(3)).await;
     let mut info = app.get("/v1/streams/order-1").await.json();
     let obj = info.as_object_mut().unwrap();
@@ -180,7 +180,7 @@ async fn stream_info_shows_version_and_times() {
 
 #[tokio::test]
 async fn soft_delete_hides_the_stream_and_a_new_append_continues_after_the_last_version() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("order-1", common::events_body(2)).await;
     let resp = app.delete("/v1/streams/order-1").await;
     assert_eq!(resp.status, StatusCode::NO_CONTENT);
@@ -197,7 +197,7 @@ async fn soft_delete_hides_the_stream_and_a_new_append_continues_after_the_last_
 
 #[tokio::test]
 async fn hard_delete_tombstones_the_stream_forever() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("order-1", common::events_body(2)).await;
     assert_eq!(app.delete("/v1/streams/order-1?hard=true").await.status, StatusCode::NO_CONTENT);
     let resp = app.post_json("/v1/streams/order-1/events", common::events_body(1).to_string()).await;
@@ -209,7 +209,7 @@ async fn hard_delete_tombstones_the_stream_forever() {
 
 #[tokio::test]
 async fn list_streams_filters_by_prefix_and_category_and_pages_in_name_order() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     for stream in ["user-1", "order-2", "order-1", "orders", "payment-1"] {
         app.append(stream, common::events_body(1)).await;
     }
@@ -238,7 +238,7 @@ async fn list_streams_filters_by_prefix_and_category_and_pages_in_name_order() {
 
 #[tokio::test]
 async fn append_with_stale_expected_version_is_rejected_with_actual_version() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("order-1", common::events_body(2)).await;
     let body = json!({"expected_version": 1, "events": [{"type": "a", "data": 1}]});
     let resp = app.post_json("/v1/streams/order-1/events", body.to_string()).await;
@@ -260,7 +260,7 @@ async fn append_with_stale_expected_version_is_rejected_with_actual_version() {
 
 #[tokio::test]
 async fn re_sending_the_same_event_ids_returns_the_original_result() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     let body = json!({"expected_version": "no_stream", "events": [
         {"id": ID_1, "type": "a", "data": {"x": 1}},
         {"id": ID_2, "type": "b", "data": [1]},
@@ -274,7 +274,7 @@ async fn re_sending_the_same_event_ids_returns_the_original_result() {
 
 #[tokio::test]
 async fn reusing_an_event_id_for_a_different_event_is_a_duplicate() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("order-1", json!({"events": [{"id": ID_1, "type": "a", "data": 1}]})).await;
     let before = app.snapshot().await;
     let resp = app
@@ -296,7 +296,7 @@ async fn reusing_an_event_id_for_a_different_event_is_a_duplicate() {
 
 #[tokio::test]
 async fn multi_stream_append_is_atomic_and_answers_in_request_order() {
-    let app = TestApp::memory();
+    let app = TestApp::memory().await;
     app.append("order-1", common::events_body(1)).await;
     let body = json!({"appends": [
         {"stream": "payment-1", "expected_version": "no_stream", "events": [{"type": "payment.taken", "data": 1}]},
@@ -321,7 +321,8 @@ async fn multi_stream_append_is_atomic_and_answers_in_request_order() {
 
 #[tokio::test]
 async fn configured_limits_apply() {
-    let app = TestApp::memory_with(ServerConfig { max_events_per_append: 2, ..ServerConfig::default() });
+    let app =
+        TestApp::memory_with(ServerConfig { max_events_per_append: 2, ..ServerConfig::default() }).await;
     app.append("order-1", common::events_body(2)).await;
     let resp = app.post_json("/v1/streams/order-1/events", common::events_body(3).to_string()).await;
     resp.assert_problem(413, "bifrost:payload-too-large");

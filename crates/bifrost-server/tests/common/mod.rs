@@ -8,7 +8,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use bifrost_core::{EventStore, InMemoryStore, LogFilter, RecordedEvent, StreamListQuery, StreamSummary};
+use bifrost_bus::Groups;
+use bifrost_core::{
+    DurableStore, EventStore, InMemoryStore, LogFilter, RecordedEvent, StreamListQuery, StreamSummary,
+};
 use bifrost_server::{ServerConfig, router};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -16,26 +19,40 @@ use tower::ServiceExt;
 pub struct TestApp {
     pub router: Router,
     pub store: Arc<dyn EventStore>,
+    pub groups: Arc<Groups>,
     /// Keeps a backend's directory alive for the test.
     _dir: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
-    pub fn memory() -> Self {
-        Self::memory_with(ServerConfig::default())
+    pub async fn memory() -> Self {
+        Self::memory_with(ServerConfig::default()).await
     }
 
-    pub fn memory_with(config: ServerConfig) -> Self {
-        let store: Arc<dyn EventStore> = InMemoryStore::shared();
-        Self { router: router(Arc::clone(&store), config, None), store, _dir: None }
+    pub async fn memory_with(config: ServerConfig) -> Self {
+        Self::over(InMemoryStore::shared(), config, None).await
     }
 
-    pub fn sqlite_with(config: ServerConfig) -> Self {
+    pub async fn sqlite() -> Self {
+        Self::sqlite_with(ServerConfig::default()).await
+    }
+
+    pub async fn sqlite_with(config: ServerConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = bifrost_sqlite::SqliteStore::open(dir.path(), bifrost_sqlite::SqliteOptions::default())
             .expect("open the sqlite store");
-        let store: Arc<dyn EventStore> = Arc::new(store);
-        Self { router: router(Arc::clone(&store), config, None), store, _dir: Some(dir) }
+        Self::over(Arc::new(store), config, Some(dir)).await
+    }
+
+    /// The API over `store` and its consumer groups.
+    pub async fn over(
+        store: Arc<dyn DurableStore>,
+        config: ServerConfig,
+        dir: Option<tempfile::TempDir>,
+    ) -> Self {
+        let groups = Arc::new(Groups::open(Arc::clone(&store)).await.expect("open the groups"));
+        let router = router(Arc::clone(&store), Arc::clone(&groups), config, None);
+        Self { router, store, groups, _dir: dir }
     }
 
     pub async fn call(&self, request: Request<Body>) -> Resp {
