@@ -96,6 +96,9 @@ fn dead_letter_key(position: Position) -> String {
 struct Inner {
     ledger: Ledger,
     config: GroupConfig,
+    /// When the timer task will look next (`None`: it is not sleeping on a deadline), so
+    /// a new lease wakes it only when it expires earlier than that.
+    timer_at: Option<Instant>,
     consumers: HashMap<String, Timestamp>,
     parked: u64,
 }
@@ -214,6 +217,7 @@ impl ConsumerGroup {
             inner: Mutex::new(Inner {
                 ledger: Ledger::new(cursor),
                 config,
+                timer_at: None,
                 consumers: HashMap::new(),
                 parked,
             }),
@@ -281,18 +285,24 @@ impl ConsumerGroup {
             if *closed.borrow_and_update() {
                 return Err(Error::Unavailable(format!("consumer group {} is closed", shared.name)));
             }
-            let deliveries = {
+            let (deliveries, wake_timer) = {
                 let mut inner = shared.lock();
                 let inner = &mut *inner;
-                if !inner.consumers.contains_key(consumer) {
-                    inner.consumers.insert(consumer.to_owned(), Timestamp::now());
-                } else if let Some(seen) = inner.consumers.get_mut(consumer) {
-                    *seen = Timestamp::now();
+                match inner.consumers.get_mut(consumer) {
+                    Some(seen) => *seen = Timestamp::now(),
+                    None => {
+                        inner.consumers.insert(consumer.to_owned(), Timestamp::now());
+                    }
                 }
-                inner.ledger.lease(max, per_stream, Instant::now(), &inner.config)
+                let now = Instant::now();
+                let deliveries = inner.ledger.lease(max, per_stream, now, &inner.config);
+                let expires = now + inner.config.ack_timeout;
+                (deliveries, inner.timer_at.is_none_or(|at| expires < at))
             };
             if !deliveries.is_empty() {
-                shared.timer.notify_one();
+                if wake_timer {
+                    shared.timer.notify_one();
+                }
                 metrics::counter!("bifrost_group_delivered_total", "group" => shared.name.to_string())
                     .increment(deliveries.len() as u64);
                 return Ok(deliveries.into_iter().map(|d| self.lease(d)).collect());
@@ -754,6 +764,7 @@ async fn timer_loop(shared: Arc<Shared>) {
             let before = inner.ledger.parked_total;
             let result = inner.ledger.tick(Instant::now(), &inner.config);
             inner.parked += inner.ledger.parked_total - before;
+            inner.timer_at = result.1;
             result
         };
         if changed {
