@@ -27,6 +27,9 @@ const MIN_BUFFER: usize = 4096;
 /// lease timing out) may sit before it is written.
 const LAZY_PERSIST: Duration = Duration::from_millis(200);
 
+/// Consumers a group remembers for its status.
+const MAX_CONSUMERS_SEEN: usize = 1024;
+
 /// A leased event, as handed to a consumer.
 #[derive(Clone, Debug)]
 pub struct Lease {
@@ -291,6 +294,14 @@ impl ConsumerGroup {
                 match inner.consumers.get_mut(consumer) {
                     Some(seen) => *seen = Timestamp::now(),
                     None => {
+                        // Consumer names come from clients: remember a bounded number,
+                        // forgetting the one seen longest ago.
+                        if inner.consumers.len() >= MAX_CONSUMERS_SEEN
+                            && let Some(oldest) =
+                                inner.consumers.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone())
+                        {
+                            inner.consumers.remove(&oldest);
+                        }
                         inner.consumers.insert(consumer.to_owned(), Timestamp::now());
                     }
                 }
