@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use bifrost_core::{EventStore, InMemoryStore};
+use bifrost_core::{DurableStore, InMemoryStore};
 use bifrost_postgres::{PostgresOptions, PostgresStore};
 use bifrost_sqlite::{Durability, SqliteOptions, SqliteStore};
 
@@ -43,13 +43,14 @@ impl StoreSpec {
         bail!("unknown store {:?}: use sqlite://DIR, memory: or postgres://…", redact_url(value));
     }
 
-    /// Opens the store. `durability` applies to the embedded store, `postgres` to
-    /// PostgreSQL (whose durability is the database's own `synchronous_commit`).
+    /// Opens the store: the log and the state space beside it (consumer groups keep their
+    /// cursors there). `durability` applies to the embedded store, `postgres` to PostgreSQL
+    /// (whose durability is the database's own `synchronous_commit`).
     pub(crate) async fn open(
         &self,
         durability: Durability,
         postgres: PostgresOptions,
-    ) -> anyhow::Result<Arc<dyn EventStore>> {
+    ) -> anyhow::Result<Arc<dyn DurableStore>> {
         match self {
             Self::Sqlite(dir) => {
                 let dir = dir.clone();

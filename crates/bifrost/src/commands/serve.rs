@@ -1,4 +1,7 @@
-//! `bifrost serve`: open the store, bind, serve until SIGTERM or SIGINT, close the store.
+//! `bifrost serve`: bind, open the store and its consumer groups, serve until SIGTERM or
+//! SIGINT, close the groups and the store.
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -21,6 +24,15 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         _ => tracing::info!(store = %settings.store, durability = %settings.durability, "store open"),
     }
+    // The groups start from their stored cursors before the first request can reach them.
+    let groups = match bifrost_bus::Groups::open(store.clone()).await {
+        Ok(groups) => Arc::new(groups),
+        Err(e) => {
+            // The store is open and owns the data directory's lock: release it properly.
+            let _ = store.close().await;
+            return Err(anyhow::Error::from(e).context("cannot start the consumer groups"));
+        }
+    };
 
     let metrics = match bifrost_server::install_metrics_recorder() {
         Ok(handle) => Some(handle),
@@ -34,6 +46,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     bifrost_server::serve(
         listener,
         store,
+        groups,
         settings.server_config(),
         metrics,
         bifrost_server::shutdown_signal(),

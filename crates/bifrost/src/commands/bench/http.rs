@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use bifrost_core::EventStore;
+use bifrost_core::DurableStore;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use reqwest::StatusCode;
@@ -29,8 +29,9 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// W5: how long deliveries may trail the last append before the run fails (a hang guard).
 const DELIVERY_GRACE: Duration = Duration::from_secs(30);
 
-/// `bifrost_server::serve` on 127.0.0.1:0, on its own runtime in its own thread, so that
-/// the load generator and the server do not share a scheduler.
+/// `bifrost_server::serve` on 127.0.0.1:0 with the store's consumer groups, on its own
+/// runtime in its own thread, so that the load generator and the server do not share a
+/// scheduler.
 pub(super) struct InProcessServer {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
@@ -39,7 +40,7 @@ pub(super) struct InProcessServer {
 
 impl InProcessServer {
     pub(super) async fn start(
-        store: Arc<dyn EventStore>,
+        store: Arc<dyn DurableStore>,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
         let (addr_tx, addr_rx) = oneshot::channel();
@@ -53,6 +54,14 @@ impl InProcessServer {
                     .build()
                     .context("cannot start the server's runtime")?;
                 runtime.block_on(async move {
+                    // The groups' tasks run on this runtime, next to the server.
+                    let groups = match bifrost_bus::Groups::open(store.clone()).await {
+                        Ok(groups) => Arc::new(groups),
+                        Err(e) => {
+                            let _ = store.close().await;
+                            return Err(anyhow::Error::from(e).context("cannot start the consumer groups"));
+                        }
+                    };
                     let listener =
                         TcpListener::bind("127.0.0.1:0").await.context("cannot bind 127.0.0.1:0")?;
                     let _ = addr_tx.send(listener.local_addr()?);
@@ -60,7 +69,7 @@ impl InProcessServer {
                         let _ = stopped.await;
                     };
                     let config = bifrost_server::ServerConfig::default();
-                    bifrost_server::serve(listener, store, config, metrics, shutdown).await?;
+                    bifrost_server::serve(listener, store, groups, config, metrics, shutdown).await?;
                     anyhow::Ok(())
                 })
             })

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use bifrost_core::EventStore;
+use bifrost_core::{DurableStore, EventStore};
 use bifrost_postgres::PostgresOptions;
 use bifrost_sqlite::Durability;
 use clap::{Args, ValueEnum};
@@ -268,7 +268,7 @@ impl BenchSchema {
 async fn run_workloads(
     args: &BenchArgs,
     selection: Selection,
-    store: Option<Arc<dyn EventStore>>,
+    store: Option<Arc<dyn DurableStore>>,
     fresh: bool,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     run_id: &str,
@@ -276,6 +276,7 @@ async fn run_workloads(
 ) -> anyhow::Result<bool> {
     let mut written = 0u64;
     if let Some(store) = store.as_ref().filter(|_| selection.needs_store()) {
+        let store: &Arc<dyn EventStore> = &(store.clone() as Arc<dyn EventStore>);
         if selection.w1 {
             let spec = WriteSpec {
                 name: "w1",
