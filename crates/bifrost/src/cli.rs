@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{append::AppendArgs, bench::BenchArgs, read::ReadArgs, tail::TailArgs};
+use crate::commands::{
+    append::AppendArgs, bench::BenchArgs, dlq::DlqArgs, groups::GroupsArgs, read::ReadArgs, tail::TailArgs,
+};
 use crate::config::ConfigLayer;
 
 #[derive(Debug, Parser)]
@@ -27,6 +29,10 @@ pub(crate) enum Command {
     Read(ReadArgs),
     /// Follow the live log (Server-Sent Events) and print each event as a JSON line.
     Tail(TailArgs),
+    /// Consumer groups: create, list, show and delete them; fetch, ack and nack their events.
+    Groups(GroupsArgs),
+    /// A consumer group's dead letters: list, replay or discard them.
+    Dlq(DlqArgs),
     /// Measure write, read and delivery throughput and latency.
     Bench(BenchArgs),
 }
@@ -46,5 +52,19 @@ pub(crate) struct ServeArgs {
 pub(crate) struct ServerArg {
     /// The base URL of a running `bifrost serve`.
     #[arg(long, env = "BIFROST_SERVER", value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    pub(crate) server: String,
+}
+
+/// [`ServerArg`] for commands with subcommands: accepted before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GlobalServerArg {
+    /// The base URL of a running `bifrost serve`.
+    #[arg(
+        long,
+        env = "BIFROST_SERVER",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     pub(crate) server: String,
 }

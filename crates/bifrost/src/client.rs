@@ -67,8 +67,24 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// PUTs a JSON body and returns the response body of a 2xx answer.
+    pub(crate) async fn put_json(&self, url: Url, body: Vec<u8>) -> anyhow::Result<Bytes> {
+        let request = self.http.put(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        self.send(request).await
+    }
+
+    /// POSTs with no body (the API ignores any).
+    pub(crate) async fn post_empty(&self, url: Url) -> anyhow::Result<Bytes> {
+        self.send(self.http.post(url)).await
+    }
+
     pub(crate) async fn get(&self, url: Url) -> anyhow::Result<Bytes> {
         self.send(self.http.get(url)).await
+    }
+
+    /// DELETE; a 2xx answer's body (empty for `204`).
+    pub(crate) async fn delete(&self, url: Url) -> anyhow::Result<Bytes> {
+        self.send(self.http.delete(url)).await
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Bytes> {

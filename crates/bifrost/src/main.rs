@@ -18,7 +18,7 @@ use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{append, bench, read, serve, tail};
+use crate::commands::{append, bench, dlq, groups, read, serve, tail};
 use crate::config::Settings;
 
 /// Exit code of a failed command; usage errors exit with 2, as clap does.
@@ -66,6 +66,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => {
             init_tracing(&client_log())?;
             current_thread()?.block_on(tail::run(args))
+        }
+        Command::Groups(args) => {
+            init_tracing(&client_log())?;
+            current_thread()?.block_on(groups::run(args))
+        }
+        Command::Dlq(args) => {
+            init_tracing(&client_log())?;
+            current_thread()?.block_on(dlq::run(args))
         }
         Command::Bench(args) => {
             init_tracing(&client_log())?;

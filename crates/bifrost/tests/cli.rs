@@ -335,3 +335,139 @@ fn bench_runs_every_workload_small_and_prints_json() {
         assert!(w["latency_us"]["p50"].as_u64().unwrap() > 0, "{w}");
     }
 }
+
+/// Runs a client command against `url`; stdout as JSON lines when it succeeds.
+fn json_lines(url: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run(bifrost().args(args).args(["--server", url]), None);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn one_json(url: &str, args: &[&str]) -> serde_json::Value {
+    let mut lines = json_lines(url, args);
+    assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+    lines.remove(0)
+}
+
+#[test]
+fn groups_and_dead_letters_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let url = server.url();
+    for (stream, event_type) in [
+        ("order-1", "order.placed"),
+        ("order-1", "order.paid"),
+        ("order-2", "order.placed"),
+        ("invoice-1", "invoice.sent"),
+    ] {
+        one_json(&url, &["append", stream, event_type, "{}"]);
+    }
+
+    let group = one_json(
+        &url,
+        &[
+            "groups",
+            "create",
+            "billing",
+            "--type",
+            "order.#",
+            "--max-attempts",
+            "3",
+            "--backoff",
+            "fixed",
+            "--backoff-initial-ms",
+            "1",
+            "--no-jitter",
+        ],
+    );
+    assert_eq!(group["group"], "billing");
+    assert_eq!(group["config"]["filter"]["types"], serde_json::json!(["order.#"]));
+    assert_eq!(group["config"]["max_attempts"], 3);
+    assert_eq!(group["config"]["backoff"]["kind"], "fixed");
+    let shown = one_json(&url, &["groups", "show", "billing"]);
+    assert_eq!(shown["lag"], 3, "three order events, the invoice does not match: {shown}");
+    let listed = json_lines(&url, &["groups", "list"]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["group"], "billing");
+
+    // One event per stream at a time: order-1's second waits for its first.
+    let leases = json_lines(&url, &["groups", "fetch", "billing", "--max", "10", "--consumer", "cli-test"]);
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let lease_of = |leases: &[serde_json::Value], stream: &str| {
+        let m = leases.iter().find(|m| m["event"]["stream"] == stream).unwrap();
+        (m["lease"].as_str().unwrap().to_owned(), m["event"]["id"].as_str().unwrap().to_owned())
+    };
+    let (first, _) = lease_of(&leases, "order-1");
+    let (parked_lease, parked_id) = lease_of(&leases, "order-2");
+    assert_eq!(leases[0]["attempt"], 1);
+
+    let acked = one_json(&url, &["groups", "ack", "billing", &first]);
+    assert_eq!(acked["acked"], 1);
+    let nacked =
+        one_json(&url, &["groups", "nack", "billing", &parked_lease, "--park", "--reason", "bad total"]);
+    assert_eq!(nacked["nacked"], 1);
+
+    // An ack of a lease already settled: the answer is printed, the command fails.
+    let out = run(bifrost().args(["groups", "ack", "billing", &first, "--server", &url]), None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&stderr(&out)).contains("1 of 1 leases were not acked"));
+    let answer: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(answer["expired"][0], first.as_str());
+
+    // A retry comes back as the next attempt.
+    let leases = json_lines(&url, &["groups", "fetch", "billing", "--wait-ms", "2000"]);
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0]["event"]["type"], "order.paid");
+    let (second, _) = lease_of(&leases, "order-1");
+    one_json(&url, &["groups", "nack", "billing", &second, "--delay-ms", "0"]);
+    let leases = json_lines(&url, &["groups", "fetch", "billing", "--wait-ms", "2000"]);
+    assert_eq!(leases[0]["attempt"], 2);
+    one_json(&url, &["groups", "ack", "billing", leases[0]["lease"].as_str().unwrap()]);
+
+    let dead = json_lines(&url, &["dlq", "list", "billing"]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["event"]["id"], parked_id.as_str());
+    assert_eq!(dead[0]["reason"], "bad total");
+    assert_eq!(one_json(&url, &["groups", "show", "billing"])["parked"], 1);
+
+    // Replayed: delivered again with fresh attempts, then parked again and discarded.
+    assert_eq!(one_json(&url, &["dlq", "replay", "billing", &parked_id])["replayed"], 1);
+    let leases = json_lines(&url, &["groups", "fetch", "billing", "--wait-ms", "2000"]);
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0]["event"]["id"], parked_id.as_str());
+    assert_eq!(leases[0]["attempt"], 1);
+    one_json(&url, &["groups", "nack", "billing", leases[0]["lease"].as_str().unwrap(), "--park"]);
+    assert_eq!(json_lines(&url, &["dlq", "list", "billing", "--limit", "5"]).len(), 1);
+    let discarded = one_json(&url, &["dlq", "discard", "billing", &parked_id]);
+    assert_eq!(discarded["discarded"], true);
+    assert!(json_lines(&url, &["dlq", "list", "billing"]).is_empty());
+    let shown = one_json(&url, &["groups", "show", "billing"]);
+    assert_eq!((shown["lag"].as_u64(), shown["parked"].as_u64()), (Some(0), Some(0)), "{shown}");
+    let consumers: Vec<&str> =
+        shown["consumers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(consumers, ["anonymous", "cli-test"], "in name order");
+
+    assert_eq!(one_json(&url, &["groups", "delete", "billing"])["deleted"], true);
+    assert!(json_lines(&url, &["groups", "list"]).is_empty());
+
+    // Unknown groups and dead letters: exit 1 and the server's problem on one line.
+    for args in [
+        &["groups", "show", "billing"][..],
+        &["groups", "fetch", "nope"],
+        &["dlq", "list", "nope"],
+        &["dlq", "discard", "nope", "0193a5e0-0000-7000-8000-000000000001"],
+    ] {
+        let out = run(bifrost().args(args).args(["--server", &url]), None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let line = one_error_line(&stderr(&out));
+        assert!(line.contains("not found"), "{args:?}: {line}");
+        assert!(stdout(&out).is_empty());
+    }
+    // A bad name never reaches the server; a bad event id is a usage error.
+    let out = run(bifrost().args(["groups", "show", "a b", "--server", &url]), None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&stderr(&out)).contains("invalid group name"));
+    let out = run(bifrost().args(["dlq", "discard", "g", "not-a-uuid", "--server", &url]), None);
+    assert_eq!(out.status.code(), Some(2));
+    one_error_line(&stderr(&out));
+}

@@ -2,6 +2,8 @@
 
 pub(crate) mod append;
 pub(crate) mod bench;
+pub(crate) mod dlq;
+pub(crate) mod groups;
 pub(crate) mod read;
 pub(crate) mod serve;
 pub(crate) mod tail;

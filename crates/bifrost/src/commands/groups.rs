@@ -1,0 +1,451 @@
+//! `bifrost groups …`: consumer groups through the HTTP API of a running server — create,
+//! show, list and delete them, and lease, ack and nack their events by hand.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Context, anyhow, bail};
+use bifrost_bus::GroupName;
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use crate::cli::GlobalServerArg;
+use crate::client::ApiClient;
+use crate::output::JsonLines;
+
+#[derive(Debug, Args)]
+pub(crate) struct GroupsArgs {
+    #[command(subcommand)]
+    pub(crate) command: GroupsCommand,
+
+    #[command(flatten)]
+    pub(crate) server: GlobalServerArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupsCommand {
+    /// List every consumer group, one JSON line each.
+    List,
+    /// Show one group: its settings, checkpoint, lag, leases in flight, dead letters and
+    /// consumers.
+    Show {
+        /// The group's name.
+        name: String,
+    },
+    /// Create a group, or replace an existing group's settings (options not given take their
+    /// defaults; --start counts only when the group is created).
+    Create(CreateArgs),
+    /// Delete a group with its checkpoint and dead letters.
+    Delete {
+        /// The group's name.
+        name: String,
+    },
+    /// Lease events of a group (waiting up to --wait-ms for the first) and print each as a
+    /// JSON line: {"lease", "attempt", "event"}.
+    Fetch(FetchArgs),
+    /// Ack leases: their events are done and never delivered again. Fails when a lease was
+    /// no longer held (timed out, already settled, or from before a restart).
+    Ack(AckArgs),
+    /// Nack leases: deliver their events again after a delay, or park them (--park) in the
+    /// group's dead letters.
+    Nack(NackArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// The group's name: 1–128 characters of A–Z a–z 0–9 _ . : @ -.
+    pub(crate) name: String,
+
+    /// Only events whose type matches this pattern (`*` one segment, `#` any); repeat for
+    /// several [default: every type].
+    #[arg(long = "type", value_name = "PATTERN")]
+    pub(crate) types: Vec<String>,
+
+    /// Only events of streams in this category (the stream name before the first `-`).
+    #[arg(long, value_name = "C")]
+    pub(crate) category: Option<String>,
+
+    /// Where a new group starts: `beginning`, `end`, or after a log position [default:
+    /// beginning].
+    #[arg(long, value_name = "beginning|end|POSITION")]
+    pub(crate) start: Option<StartArg>,
+
+    /// A lease not acked within this counts as a failed attempt [default: 30000].
+    #[arg(long, value_name = "N")]
+    pub(crate) ack_timeout_ms: Option<u64>,
+
+    /// Deliveries before an event is parked in the dead letters [default: 5].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_attempts: Option<u32>,
+
+    /// How the delay before a retry grows [default: exponential].
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub(crate) backoff: Option<BackoffArg>,
+
+    /// The delay before the second attempt [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub(crate) backoff_initial_ms: Option<u64>,
+
+    /// No retry delay is longer than this [default: 60000].
+    #[arg(long, value_name = "N")]
+    pub(crate) backoff_max_ms: Option<u64>,
+
+    /// Retry after exactly the backoff delay, not a random part of it.
+    #[arg(long)]
+    pub(crate) no_jitter: bool,
+
+    /// Events leased out at once, over all consumers [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_in_flight: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FetchArgs {
+    /// The group's name.
+    pub(crate) name: String,
+
+    /// The most events to lease.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) max: u64,
+
+    /// How long to wait for the first event when none is ready, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) wait_ms: u64,
+
+    /// The consumer's name, as the group lists it [default: the server's, `anonymous`].
+    #[arg(long, value_name = "C")]
+    pub(crate) consumer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AckArgs {
+    /// The group's name.
+    pub(crate) name: String,
+
+    /// Leases as `fetch` printed them.
+    #[arg(required = true, value_name = "LEASE")]
+    pub(crate) leases: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NackArgs {
+    /// The group's name.
+    pub(crate) name: String,
+
+    /// Leases as `fetch` printed them.
+    #[arg(required = true, value_name = "LEASE")]
+    pub(crate) leases: Vec<String>,
+
+    /// Park the events in the dead letters now instead of retrying them.
+    #[arg(long)]
+    pub(crate) park: bool,
+
+    /// Retry after this many milliseconds instead of the group's backoff.
+    #[arg(long, value_name = "N", conflicts_with = "park")]
+    pub(crate) delay_ms: Option<u64>,
+
+    /// Why, kept with a dead letter.
+    #[arg(long, value_name = "R")]
+    pub(crate) reason: Option<String>,
+}
+
+/// `--start`, as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartArg {
+    Beginning,
+    End,
+    After(u64),
+}
+
+impl FromStr for StartArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "beginning" => Ok(Self::Beginning),
+            "end" => Ok(Self::End),
+            n => n
+                .parse()
+                .map(Self::After)
+                .map_err(|_| format!("{n:?} is not beginning, end or a log position")),
+        }
+    }
+}
+
+impl fmt::Display for StartArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Beginning => f.write_str("beginning"),
+            Self::End => f.write_str("end"),
+            Self::After(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl StartArg {
+    fn to_json(self) -> Value {
+        match self {
+            Self::After(position) => json!({ "position": position }),
+            other => Value::from(other.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackoffArg {
+    Fixed,
+    Exponential,
+}
+
+pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.server.server)?;
+    let mut out = JsonLines::stdout();
+    let outcome = match &args.command {
+        GroupsCommand::List => list(&client, &mut out).await,
+        GroupsCommand::Show { name } => {
+            let name = group_name(name)?;
+            let body = client.get(client.url(&["v1", "groups", name.as_str()], &[])).await?;
+            print_body(&mut out, &body)
+        }
+        GroupsCommand::Create(create) => {
+            let name = group_name(&create.name)?;
+            let body = serde_json::to_vec(&create_body(create)).context("cannot encode the request")?;
+            let answer = client.put_json(client.url(&["v1", "groups", name.as_str()], &[]), body).await?;
+            print_body(&mut out, &answer)
+        }
+        GroupsCommand::Delete { name } => {
+            let name = group_name(name)?;
+            client.delete(client.url(&["v1", "groups", name.as_str()], &[])).await?;
+            out.line(&json!({ "group": name.as_str(), "deleted": true }).to_string()).map_err(Into::into)
+        }
+        GroupsCommand::Fetch(fetch) => fetch_leases(&client, fetch, &mut out).await,
+        GroupsCommand::Ack(ack) => {
+            let name = group_name(&ack.name)?;
+            let body =
+                serde_json::to_vec(&json!({ "leases": ack.leases })).context("cannot encode the request")?;
+            let answer =
+                client.post_json(client.url(&["v1", "groups", name.as_str(), "ack"], &[]), body).await?;
+            settled(&mut out, &answer, ack.leases.len(), "acked")
+        }
+        GroupsCommand::Nack(nack) => {
+            let name = group_name(&nack.name)?;
+            let body = serde_json::to_vec(&nack_body(nack)).context("cannot encode the request")?;
+            let answer =
+                client.post_json(client.url(&["v1", "groups", name.as_str(), "nack"], &[]), body).await?;
+            settled(&mut out, &answer, nack.leases.len(), "nacked")
+        }
+    };
+    // What was printed before a failure still reaches the terminal.
+    out.flush()?;
+    outcome
+}
+
+pub(crate) fn group_name(name: &str) -> anyhow::Result<GroupName> {
+    Ok(GroupName::new(name)?)
+}
+
+#[derive(Deserialize)]
+struct GroupList<'a> {
+    #[serde(borrow)]
+    groups: Vec<&'a RawValue>,
+}
+
+async fn list(client: &ApiClient, out: &mut JsonLines) -> anyhow::Result<()> {
+    let body = client.get(client.url(&["v1", "groups"], &[])).await?;
+    let list: GroupList<'_> = parse(&body)?;
+    for group in list.groups {
+        out.line(group.get())?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Fetched<'a> {
+    #[serde(borrow)]
+    messages: Vec<&'a RawValue>,
+}
+
+async fn fetch_leases(client: &ApiClient, args: &FetchArgs, out: &mut JsonLines) -> anyhow::Result<()> {
+    let name = group_name(&args.name)?;
+    let mut query = vec![("max", args.max.to_string()), ("wait", args.wait_ms.to_string())];
+    if let Some(consumer) = &args.consumer {
+        query.push(("consumer", consumer.clone()));
+    }
+    let body = client.post_empty(client.url(&["v1", "groups", name.as_str(), "fetch"], &query)).await?;
+    let fetched: Fetched<'_> = parse(&body)?;
+    for message in fetched.messages {
+        out.line(message.get())?;
+    }
+    Ok(())
+}
+
+/// The request body of `create`: only what was given, so the server's defaults apply to
+/// the rest.
+fn create_body(args: &CreateArgs) -> Value {
+    let mut body = Map::new();
+    if !args.types.is_empty() || args.category.is_some() {
+        let mut filter = Map::new();
+        if !args.types.is_empty() {
+            filter.insert("types".into(), json!(args.types));
+        }
+        if let Some(category) = &args.category {
+            filter.insert("category".into(), json!(category));
+        }
+        body.insert("filter".into(), Value::Object(filter));
+    }
+    if let Some(start) = args.start {
+        body.insert("start".into(), start.to_json());
+    }
+    if let Some(ms) = args.ack_timeout_ms {
+        body.insert("ack_timeout_ms".into(), json!(ms));
+    }
+    if let Some(n) = args.max_attempts {
+        body.insert("max_attempts".into(), json!(n));
+    }
+    let mut backoff = Map::new();
+    if let Some(kind) = args.backoff {
+        let kind = match kind {
+            BackoffArg::Fixed => "fixed",
+            BackoffArg::Exponential => "exponential",
+        };
+        backoff.insert("kind".into(), json!(kind));
+    }
+    if let Some(ms) = args.backoff_initial_ms {
+        backoff.insert("initial_ms".into(), json!(ms));
+    }
+    if let Some(ms) = args.backoff_max_ms {
+        backoff.insert("max_ms".into(), json!(ms));
+    }
+    if args.no_jitter {
+        backoff.insert("jitter".into(), json!(false));
+    }
+    if !backoff.is_empty() {
+        body.insert("backoff".into(), Value::Object(backoff));
+    }
+    if let Some(n) = args.max_in_flight {
+        body.insert("max_in_flight".into(), json!(n));
+    }
+    Value::Object(body)
+}
+
+fn nack_body(args: &NackArgs) -> Value {
+    let mut body = Map::new();
+    body.insert("leases".into(), json!(args.leases));
+    body.insert("action".into(), json!(if args.park { "park" } else { "retry" }));
+    if let Some(ms) = args.delay_ms {
+        body.insert("delay_ms".into(), json!(ms));
+    }
+    if let Some(reason) = &args.reason {
+        body.insert("reason".into(), json!(reason));
+    }
+    Value::Object(body)
+}
+
+#[derive(Deserialize)]
+struct SettledAnswer {
+    #[serde(default)]
+    expired: Vec<String>,
+}
+
+/// Prints the answer to an ack or nack; leases the group no longer held make the command
+/// fail, after the answer is printed.
+fn settled(out: &mut JsonLines, answer: &[u8], sent: usize, verb: &str) -> anyhow::Result<()> {
+    print_body(out, answer)?;
+    if answer.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let answer: SettledAnswer = parse(answer)?;
+    match answer.expired.len() {
+        0 => Ok(()),
+        n => bail!(
+            "{n} of {sent} leases were not {verb}: no longer held (timed out, already settled, or from \
+             before a restart of the server); their events are delivered again unless already settled"
+        ),
+    }
+}
+
+/// A JSON answer on one line; an empty answer prints nothing.
+pub(crate) fn print_body(out: &mut JsonLines, body: &[u8]) -> anyhow::Result<()> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(body).context("the server answered with invalid UTF-8")?;
+    out.line(text)?;
+    Ok(())
+}
+
+pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(body).map_err(|e| anyhow!("unexpected answer from the server: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(extra: &[&str]) -> CreateArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            create: CreateArgs,
+        }
+        let argv = std::iter::once("create").chain(std::iter::once("g")).chain(extra.iter().copied());
+        Wrap::try_parse_from(argv).unwrap().create
+    }
+
+    #[test]
+    fn create_sends_only_what_was_given() {
+        assert_eq!(create_body(&create(&[])), json!({}));
+        let body = create_body(&create(&[
+            "--type",
+            "order.#",
+            "--type",
+            "invoice.*",
+            "--start",
+            "41",
+            "--max-attempts",
+            "3",
+            "--max-in-flight",
+            "10",
+        ]));
+        assert_eq!(
+            body,
+            json!({"filter": {"types": ["order.#", "invoice.*"]}, "start": {"position": 41},
+                   "max_attempts": 3, "max_in_flight": 10})
+        );
+        assert_eq!(create_body(&create(&["--start", "end", "--category", "order"]))["start"], "end");
+    }
+
+    #[test]
+    fn backoff_options_send_only_their_fields() {
+        let body =
+            create_body(&create(&["--backoff", "fixed", "--backoff-initial-ms", "250", "--no-jitter"]));
+        assert_eq!(body, json!({"backoff": {"kind": "fixed", "initial_ms": 250, "jitter": false}}));
+        let body = create_body(&create(&["--backoff-max-ms", "9000"]));
+        assert_eq!(body, json!({"backoff": {"max_ms": 9000}}));
+    }
+
+    #[test]
+    fn start_parses_names_and_positions() {
+        assert_eq!("beginning".parse(), Ok(StartArg::Beginning));
+        assert_eq!("end".parse(), Ok(StartArg::End));
+        assert_eq!("7".parse(), Ok(StartArg::After(7)));
+        assert!("soon".parse::<StartArg>().is_err());
+    }
+
+    #[test]
+    fn nack_bodies_say_retry_or_park() {
+        let args = NackArgs {
+            name: "g".into(),
+            leases: vec!["l1".into()],
+            park: true,
+            delay_ms: None,
+            reason: Some("bad data".into()),
+        };
+        assert_eq!(nack_body(&args), json!({"leases": ["l1"], "action": "park", "reason": "bad data"}));
+        let args = NackArgs { park: false, delay_ms: Some(5), reason: None, ..args };
+        assert_eq!(nack_body(&args), json!({"leases": ["l1"], "action": "retry", "delay_ms": 5}));
+    }
+}
