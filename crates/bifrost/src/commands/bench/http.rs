@@ -23,11 +23,12 @@ use super::workloads::{payload, shares};
 use crate::client::{ApiClient, problem_message};
 use crate::sse::SseParser;
 
-/// W5: appends in flight at once before the pacer waits (a stalled server shows up as a
-/// lower achieved rate, not as unbounded memory).
-const MAX_IN_FLIGHT: usize = 1024;
-/// W5: how long deliveries may trail the last append before the run fails (a hang guard).
-const DELIVERY_GRACE: Duration = Duration::from_secs(30);
+/// W5 and group-latency: appends in flight at once before the pacer waits (a stalled server
+/// shows up as a lower achieved rate, not as unbounded memory).
+pub(super) const MAX_IN_FLIGHT: usize = 1024;
+/// W5 and group-latency: how long deliveries may trail the last append before the run fails
+/// (a hang guard).
+pub(super) const DELIVERY_GRACE: Duration = Duration::from_secs(30);
 
 /// `bifrost_server::serve` on 127.0.0.1:0 with the store's consumer groups, on its own
 /// runtime in its own thread, so that the load generator and the server do not share a
@@ -117,7 +118,7 @@ pub(super) async fn wait_ready(client: &ApiClient) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Deserialize)]
-struct Appended {
+pub(super) struct Appended {
     first_version: u64,
     last_version: u64,
     last_position: u64,
@@ -134,7 +135,7 @@ pub(super) struct HttpWrite<'a> {
 }
 
 /// The request body of an append of `n` bench events starting at `seq`.
-fn append_body(expected: &str, event_type: &str, writer: u64, seq: u64, n: u64) -> Vec<u8> {
+pub(super) fn append_body(expected: &str, event_type: &str, writer: u64, seq: u64, n: u64) -> Vec<u8> {
     let mut body = String::with_capacity(64 + n as usize * 320);
     let _ = write!(body, r#"{{"expected_version":{expected},"events":["#);
     for (i, seq) in (seq..seq + n).enumerate() {
@@ -149,7 +150,7 @@ fn append_body(expected: &str, event_type: &str, writer: u64, seq: u64, n: u64) 
 }
 
 /// POSTs an append and insists on `201 Created`.
-async fn append(client: &ApiClient, stream: &str, body: Vec<u8>) -> anyhow::Result<Appended> {
+pub(super) async fn append(client: &ApiClient, stream: &str, body: Vec<u8>) -> anyhow::Result<Appended> {
     let url = client.url(&["v1", "streams", stream, "events"], &[]);
     let response = client
         .http()
@@ -328,7 +329,7 @@ pub(super) async fn delivery(
     Ok(report)
 }
 
-fn nanos_since(epoch: Instant) -> u64 {
+pub(super) fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
 }
 

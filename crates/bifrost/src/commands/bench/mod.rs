@@ -1,10 +1,12 @@
 //! `bifrost bench`: throughput and latency of the store and of the HTTP service, measured
 //! the way a user would see them.
 //!
-//! W1–W3 drive the store in process; W4–W5 go through HTTP, to `--url` or to a server the
-//! bench starts on its own runtime over the same store. Every workload checks what it did
-//! and fails loudly when the store disagrees; timings are reported, never asserted.
+//! W1–W3 drive the store in process; W4–W5 and the consumer-group workloads (`groups`,
+//! `group-latency`) go through HTTP, to `--url` or to a server the bench starts on its own
+//! runtime over the same store. Every workload checks what it did and fails loudly when the
+//! store disagrees; timings are reported, never asserted.
 
+mod groups;
 mod http;
 mod report;
 mod workloads;
@@ -21,6 +23,7 @@ use clap::{Args, ValueEnum};
 use crate::client::ApiClient;
 use crate::store::StoreSpec;
 
+use self::groups::GroupSpec;
 use self::http::{HttpWrite, InProcessServer};
 use self::report::Summary;
 use self::workloads::{LogExpectation, WriteSpec};
@@ -32,7 +35,8 @@ const PREFILL_EVENTS: u64 = 700_000;
 pub(crate) struct BenchArgs {
     /// Which workloads to run: w1 (64 writers, 1 event per append), w2 (4 writers, 100 per
     /// append), w3 (read the global log), w4 (HTTP appends), w5 (append → SSE delivery
-    /// latency), or all. Comma-separated or repeated.
+    /// latency), groups (HTTP consumers of a consumer group, fetch → ack), group-latency
+    /// (append → group fetch latency), or all. Comma-separated or repeated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub(crate) workload: Vec<WorkloadArg>,
 
@@ -56,8 +60,8 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) keep: bool,
 
-    /// Run the HTTP workloads (w4, w5) against this running server instead of one started
-    /// in process.
+    /// Run the HTTP workloads (w4, w5, groups, group-latency) against this running server
+    /// instead of one started in process.
     #[arg(long, value_name = "URL")]
     pub(crate) url: Option<String>,
 
@@ -70,15 +74,24 @@ pub(crate) struct BenchArgs {
     pub(crate) batch: Option<u64>,
 
     /// Events each write workload writes (w1, w2, each phase of w4; w3's prefill when it
-    /// runs alone) instead of its default.
+    /// runs alone; the backlog of groups) instead of its default.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: Option<u64>,
 
-    /// w5: how long to append, in seconds.
+    /// Consumers of the group workloads (groups, group-latency).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) consumers: u64,
+
+    /// Streams the group workloads spread their events over (a group hands out one event
+    /// of a stream at a time).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) streams: u64,
+
+    /// w5, group-latency: how long to append, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub(crate) duration: f64,
 
-    /// w5: appends per second.
+    /// w5, group-latency: appends per second.
     #[arg(long, value_name = "N", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) rate: u64,
 
@@ -98,6 +111,9 @@ pub(crate) enum WorkloadArg {
     W3,
     W4,
     W5,
+    Groups,
+    GroupLatency,
+    // The in-process `Bus` (durable consumers, no HTTP) gets its own value here.
     All,
 }
 
@@ -109,6 +125,8 @@ struct Selection {
     w3: bool,
     w4: bool,
     w5: bool,
+    groups: bool,
+    group_latency: bool,
 }
 
 impl Selection {
@@ -121,6 +139,8 @@ impl Selection {
             w3: has(WorkloadArg::W3),
             w4: has(WorkloadArg::W4),
             w5: has(WorkloadArg::W5),
+            groups: has(WorkloadArg::Groups),
+            group_latency: has(WorkloadArg::GroupLatency),
         }
     }
 
@@ -129,7 +149,7 @@ impl Selection {
     }
 
     fn needs_http(self) -> bool {
-        self.w4 || self.w5
+        self.w4 || self.w5 || self.groups || self.group_latency
     }
 }
 
@@ -315,6 +335,8 @@ async fn run_workloads(
                 if fresh { LogExpectation::Exactly(written) } else { LogExpectation::AtLeast(written) };
             summary.push(workloads::read_log(store, args.page_size, expect).await?);
         }
+        // The in-process `Bus` workload (durable consumers on this store, no HTTP) runs
+        // here, after the store workloads and before the server starts.
     }
     if !selection.needs_http() {
         return Ok(false);
@@ -368,6 +390,13 @@ async fn run_http(
     }
     if selection.w5 {
         summary.push(http::delivery(&client, args.rate, args.duration, run_id).await?);
+    }
+    let spec = GroupSpec { consumers: args.consumers, streams: args.streams, run_id };
+    if selection.groups {
+        summary.push(groups::throughput(&client, &spec, args.count.unwrap_or(200_000)).await?);
+    }
+    if selection.group_latency {
+        summary.push(groups::latency(&client, &spec, args.rate, args.duration).await?);
     }
     Ok(())
 }
