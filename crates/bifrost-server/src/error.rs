@@ -24,6 +24,8 @@ pub enum ProblemType {
     StreamNotFound,
     StreamDeleted,
     EventNotFound,
+    GroupNotFound,
+    DeadLetterNotFound,
     PayloadTooLarge,
     NotFound,
     MethodNotAllowed,
@@ -45,6 +47,8 @@ impl ProblemType {
             Self::StreamNotFound => "bifrost:stream-not-found",
             Self::StreamDeleted => "bifrost:stream-deleted",
             Self::EventNotFound => "bifrost:event-not-found",
+            Self::GroupNotFound => "bifrost:group-not-found",
+            Self::DeadLetterNotFound => "bifrost:dead-letter-not-found",
             Self::PayloadTooLarge => "bifrost:payload-too-large",
             Self::NotFound => "bifrost:not-found",
             Self::MethodNotAllowed => "bifrost:method-not-allowed",
@@ -62,7 +66,11 @@ impl ProblemType {
             | Self::OutOfRange => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::WrongExpectedVersion | Self::DuplicateEventId => StatusCode::CONFLICT,
-            Self::StreamNotFound | Self::EventNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::StreamNotFound
+            | Self::EventNotFound
+            | Self::GroupNotFound
+            | Self::DeadLetterNotFound
+            | Self::NotFound => StatusCode::NOT_FOUND,
             Self::StreamDeleted => StatusCode::GONE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -84,6 +92,8 @@ impl ProblemType {
             Self::StreamNotFound => "Stream not found",
             Self::StreamDeleted => "Stream deleted",
             Self::EventNotFound => "Event not found",
+            Self::GroupNotFound => "Consumer group not found",
+            Self::DeadLetterNotFound => "Dead letter not found",
             Self::PayloadTooLarge => "Payload too large",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",

@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use bifrost_bus::GroupName;
 use bifrost_core::{Category, LogFilter, StreamName, Timestamp, TypePattern};
 
 use crate::error::{ApiError, ProblemType};
@@ -24,14 +25,39 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
                 "send the body with content-type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large("the request body is larger than the configured limit")
-            } else {
-                ApiError::invalid_request(format!("could not read the request body: {rejection}"))
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         Ok(Self(bytes))
+    }
+}
+
+/// A JSON request body that may be left out: an empty body is `None` whatever its content
+/// type; a non-empty one must be `application/json` (415) and within the body limit (413).
+pub(crate) struct OptionalJsonBytes(pub(crate) Option<Bytes>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        if bytes.is_empty() {
+            return Ok(Self(None));
+        }
+        if !json {
+            return Err(ApiError::new(
+                ProblemType::UnsupportedMediaType,
+                "send the body with content-type: application/json",
+            ));
+        }
+        Ok(Self(Some(bytes)))
+    }
+}
+
+fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::payload_too_large("the request body is larger than the configured limit")
+    } else {
+        ApiError::invalid_request(format!("could not read the request body: {rejection}"))
     }
 }
 
@@ -69,6 +95,37 @@ impl<S: Send + Sync> FromRequestParts<S> for PathText {
             ApiError::invalid_argument(format!("invalid path parameter: {rejection}"))
         })?;
         Ok(Self(text))
+    }
+}
+
+/// The path parameters by name, percent-decoded (invalid UTF-8 is a 400).
+pub(crate) struct PathParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) =
+            Path::<Vec<(String, String)>>::from_request_parts(parts, state).await.map_err(|rejection| {
+                ApiError::invalid_argument(format!("invalid path parameter: {rejection}"))
+            })?;
+        Ok(Self(params))
+    }
+}
+
+impl PathParams {
+    /// The parameter `name` of the route template; the router guarantees it is there.
+    pub(crate) fn get(&self, name: &str) -> Result<&str, ApiError> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| ApiError::internal(format!("the route has no path parameter {name}")))
+    }
+
+    /// The `{group}` parameter as a valid group name.
+    pub(crate) fn group(&self) -> Result<GroupName, ApiError> {
+        Ok(GroupName::new(self.get("group")?)?)
     }
 }
 

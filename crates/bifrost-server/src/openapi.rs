@@ -11,7 +11,7 @@ use crate::wire::{EventBody, Problem, StreamSummaryBody};
 #[openapi(
     info(
         title = "Bifrost",
-        description = "Bifrost's HTTP API v1: an event store, global log, live subscriptions. \
+        description = "Bifrost's HTTP API v1: an event store, global log, live subscriptions, consumer groups. \
             Every error is application/problem+json with a stable `type` such as `bifrost:wrong-expected-version`."
     ),
     components(schemas(EventBody, Problem, StreamSummaryBody)),
@@ -19,6 +19,7 @@ use crate::wire::{EventBody, Problem, StreamSummaryBody};
         (name = "streams", description = "Append to and read streams"),
         (name = "log", description = "The global log of every event"),
         (name = "live", description = "Server-Sent Events"),
+        (name = "groups", description = "Consumer groups: competing consumers with leases, acks, retries and dead letters (at-least-once)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -4,6 +4,13 @@
 //! serde shape is a promise to clients. Event payloads are never re-serialised: `data`
 //! is taken from the request body as a zero-copy slice and written back verbatim.
 
+use std::time::Duration;
+
+use bifrost_bus::config::MAX_DELAY;
+use bifrost_bus::{
+    Backoff, BackoffKind, DeadLetterEntry, GroupConfig, GroupFilter, GroupStatus, Lease, NackAction,
+    ReplaySelection, StartFrom,
+};
 use bifrost_core::{
     AppendResult, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamInfo, StreamName,
     StreamSummary, Timestamp,
@@ -363,6 +370,478 @@ pub struct NewEventDoc {
 }
 
 // ---------------------------------------------------------------------------------------
+// Consumer groups
+//
+// The engine's own serde shape of a group's settings is its storage format; the API's shape
+// is defined here and mapped field by field, so neither can change the other by accident.
+
+/// Most leases in one ack or nack.
+pub const MAX_LEASES_PER_REQUEST: usize = 1000;
+/// Longest nack `reason`, in characters.
+pub const MAX_REASON_CHARS: usize = 1024;
+
+/// `PUT /v1/groups/{group}`: every field is optional; an absent (or null) field takes its
+/// default. Accepts the `config` that `GET /v1/groups/{group}` shows.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfigRequest {
+    /// Default: every event.
+    pub filter: Option<GroupFilterRequest>,
+    /// Default `"beginning"`; counts only when the group is created.
+    pub start: Option<StartBody>,
+    /// Default 30000; 1 ms to a day.
+    pub ack_timeout_ms: Option<u64>,
+    /// Default 5; at least 1.
+    pub max_attempts: Option<u32>,
+    /// Default exponential, 1000 → 60000 ms, with jitter.
+    pub backoff: Option<BackoffRequest>,
+    /// Default 1000; 1 to 100000.
+    pub max_in_flight: Option<u64>,
+}
+
+/// Which events a group receives.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFilterRequest {
+    /// Topic patterns (`*` one segment, `#` zero or more); default or empty: every type.
+    pub types: Option<Vec<String>>,
+    /// Only streams of this category; default: any.
+    pub category: Option<String>,
+}
+
+/// The delay before redelivering a failed event.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffRequest {
+    /// Default `"exponential"`.
+    pub kind: Option<BackoffKindBody>,
+    /// Default 1000.
+    pub initial_ms: Option<u64>,
+    /// Default 60000; at least `initial_ms`, at most a day.
+    pub max_ms: Option<u64>,
+    /// Default true.
+    pub jitter: Option<bool>,
+}
+
+impl GroupConfigRequest {
+    /// The engine's settings; the engine validates them when the group is put.
+    pub fn into_config(self) -> ApiResult<GroupConfig> {
+        let defaults = GroupConfig::default();
+        let filter = self.filter.unwrap_or_default();
+        let backoff = self.backoff.unwrap_or_default();
+        let max_in_flight = match self.max_in_flight {
+            None => defaults.max_in_flight,
+            Some(n) => usize::try_from(n)
+                .map_err(|_| ApiError::invalid_argument(format!("max_in_flight {n} is too large")))?,
+        };
+        Ok(GroupConfig {
+            filter: GroupFilter { types: filter.types.unwrap_or_default(), category: filter.category },
+            start: self.start.map_or(defaults.start, StartFrom::from),
+            ack_timeout: self.ack_timeout_ms.map_or(defaults.ack_timeout, Duration::from_millis),
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            backoff: Backoff {
+                kind: backoff.kind.map_or(defaults.backoff.kind, BackoffKind::from),
+                initial: backoff.initial_ms.map_or(defaults.backoff.initial, Duration::from_millis),
+                max: backoff.max_ms.map_or(defaults.backoff.max, Duration::from_millis),
+                jitter: backoff.jitter.unwrap_or(defaults.backoff.jitter),
+            },
+            max_in_flight,
+        })
+    }
+}
+
+/// Where a new group starts: `"beginning"`, `"end"` or `{"position": p}` (exclusive).
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StartBody {
+    Beginning,
+    End,
+    Position(u64),
+}
+
+impl From<StartBody> for StartFrom {
+    fn from(s: StartBody) -> Self {
+        match s {
+            StartBody::Beginning => StartFrom::Beginning,
+            StartBody::End => StartFrom::End,
+            StartBody::Position(p) => StartFrom::Position(p),
+        }
+    }
+}
+
+impl From<StartFrom> for StartBody {
+    fn from(s: StartFrom) -> Self {
+        match s {
+            StartFrom::Beginning => StartBody::Beginning,
+            StartFrom::End => StartBody::End,
+            StartFrom::Position(p) => StartBody::Position(p),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackoffKindBody {
+    /// `initial_ms`, then doubling up to `max_ms`.
+    Exponential,
+    /// `initial_ms` every time.
+    Fixed,
+}
+
+impl From<BackoffKindBody> for BackoffKind {
+    fn from(k: BackoffKindBody) -> Self {
+        match k {
+            BackoffKindBody::Exponential => BackoffKind::Exponential,
+            BackoffKindBody::Fixed => BackoffKind::Fixed,
+        }
+    }
+}
+
+impl From<BackoffKind> for BackoffKindBody {
+    fn from(k: BackoffKind) -> Self {
+        match k {
+            BackoffKind::Exponential => BackoffKindBody::Exponential,
+            BackoffKind::Fixed => BackoffKindBody::Fixed,
+        }
+    }
+}
+
+/// A group's settings, durations in milliseconds. `PUT` accepts the same shape, every field
+/// optional: `filter` every event, `start` `"beginning"`, `ack_timeout_ms` 30000,
+/// `max_attempts` 5, `backoff` exponential 1000 → 60000 ms with jitter, `max_in_flight` 1000.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct GroupConfigBody {
+    pub filter: GroupFilterBody,
+    /// Counts only when the group is created.
+    pub start: StartBody,
+    /// A lease not acked within this counts as a failed attempt (1 ms to a day).
+    pub ack_timeout_ms: u64,
+    /// Deliveries before an event is parked (at least 1).
+    pub max_attempts: u32,
+    pub backoff: BackoffBody,
+    /// Events leased out at once, over all consumers (1 to 100000).
+    pub max_in_flight: u64,
+}
+
+/// Which events a group receives: any of `types` (topic patterns; empty: every type) in
+/// streams of `category` (null: any).
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct GroupFilterBody {
+    pub types: Vec<String>,
+    pub category: Option<String>,
+}
+
+/// The delay before redelivering a failed event.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct BackoffBody {
+    pub kind: BackoffKindBody,
+    /// The delay after the first failure.
+    pub initial_ms: u64,
+    /// No delay is longer (at most a day).
+    pub max_ms: u64,
+    /// Spread each delay randomly over the upper half of its step.
+    pub jitter: bool,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&GroupConfig> for GroupConfigBody {
+    fn from(c: &GroupConfig) -> Self {
+        Self {
+            filter: GroupFilterBody { types: c.filter.types.clone(), category: c.filter.category.clone() },
+            start: c.start.into(),
+            ack_timeout_ms: millis(c.ack_timeout),
+            max_attempts: c.max_attempts,
+            backoff: BackoffBody {
+                kind: c.backoff.kind.into(),
+                initial_ms: millis(c.backoff.initial),
+                max_ms: millis(c.backoff.max),
+                jitter: c.backoff.jitter,
+            },
+            max_in_flight: c.max_in_flight as u64,
+        }
+    }
+}
+
+/// A consumer that fetched from the group, and when it last did (RFC 3339).
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct ConsumerBody {
+    pub name: String,
+    pub last_seen: String,
+}
+
+/// `GET /v1/groups/{group}`: a group's settings and figures.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct GroupBody {
+    pub group: String,
+    pub config: GroupConfigBody,
+    /// Every matching event at or below this position is acked or parked.
+    pub checkpoint: u64,
+    /// Matching events not yet acked: in flight, waiting for a retry or not yet delivered
+    /// (parked ones excluded).
+    pub lag: u64,
+    /// Leased out now.
+    pub in_flight: u64,
+    /// Waiting for a retry.
+    pub waiting: u64,
+    /// Dead letters.
+    pub parked: u64,
+    /// Deliveries after a failure, since the server started.
+    pub redeliveries: u64,
+    /// Leases that timed out, since the server started.
+    pub timeouts: u64,
+    /// Consumers that fetched since the server started, in name order.
+    pub consumers: Vec<ConsumerBody>,
+    /// RFC 3339; null only if the group was deleted while this answer was made.
+    pub created_at: Option<String>,
+}
+
+impl GroupBody {
+    pub fn new(status: GroupStatus, created_at: Option<Timestamp>) -> Self {
+        Self {
+            group: status.name.to_string(),
+            config: GroupConfigBody::from(&status.config),
+            checkpoint: status.checkpoint,
+            lag: status.lag,
+            in_flight: status.in_flight as u64,
+            waiting: status.waiting as u64,
+            parked: status.parked,
+            redeliveries: status.redeliveries,
+            timeouts: status.timeouts,
+            consumers: status
+                .consumers
+                .into_iter()
+                .map(|(name, seen)| ConsumerBody { name, last_seen: seen.to_string() })
+                .collect(),
+            created_at: created_at.map(|t| t.to_string()),
+        }
+    }
+}
+
+/// `GET /v1/groups`: every group, in name order.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct GroupListBody {
+    pub groups: Vec<GroupBody>,
+}
+
+/// `POST /v1/groups/{group}/ack`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Lease tokens from fetch answers (at most 1000).
+    pub leases: Vec<String>,
+}
+
+/// The answer to an ack.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct AckBody {
+    pub acked: usize,
+    /// Leases no longer held (timed out, already settled, from before a restart, or not
+    /// leases at all); their events were or will be delivered again.
+    pub expired: Vec<String>,
+}
+
+/// What a nack does.
+#[derive(Deserialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NackActionBody {
+    /// Redeliver after `delay_ms`, or after the group's backoff; parked after the group's
+    /// `max_attempts` deliveries.
+    Retry,
+    /// Park in the dead-letter queue now.
+    Park,
+}
+
+/// `POST /v1/groups/{group}/nack`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NackRequest {
+    /// Lease tokens from fetch answers (at most 1000).
+    pub leases: Vec<String>,
+    pub action: NackActionBody,
+    /// Only with `retry`: the delay before redelivery instead of the backoff (at most a day).
+    pub delay_ms: Option<u64>,
+    /// Kept with the event; shown in the dead-letter queue if it is parked (at most 1024
+    /// characters).
+    pub reason: Option<String>,
+}
+
+impl NackRequest {
+    pub fn action(&self) -> ApiResult<NackAction> {
+        match (self.action, self.delay_ms) {
+            (NackActionBody::Park, Some(_)) => {
+                Err(ApiError::invalid_argument("delay_ms applies only to action \"retry\""))
+            }
+            (NackActionBody::Park, None) => Ok(NackAction::Park),
+            (NackActionBody::Retry, None) => Ok(NackAction::Retry(None)),
+            (NackActionBody::Retry, Some(ms)) => {
+                let delay = Duration::from_millis(ms);
+                if delay > MAX_DELAY {
+                    return Err(ApiError::invalid_argument(format!(
+                        "delay_ms is at most {} ms",
+                        MAX_DELAY.as_millis()
+                    )));
+                }
+                Ok(NackAction::Retry(Some(delay)))
+            }
+        }
+    }
+}
+
+/// The answer to a nack.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct NackBody {
+    pub nacked: usize,
+    /// Leases no longer held, as in the ack answer.
+    pub expired: Vec<String>,
+}
+
+/// Checks the size of an ack's or nack's lease list.
+pub fn check_leases(leases: &[String]) -> ApiResult<()> {
+    if leases.len() > MAX_LEASES_PER_REQUEST {
+        return Err(ApiError::invalid_argument(format!(
+            "at most {MAX_LEASES_PER_REQUEST} leases per request, got {}",
+            leases.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /v1/groups/{group}/dead-letters/replay`; no body (or no `event_ids`) replays all.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Event ids (UUIDs) of the dead letters to replay.
+    pub event_ids: Option<Vec<String>>,
+}
+
+impl ReplayRequest {
+    pub fn selection(self) -> ApiResult<ReplaySelection> {
+        let Some(ids) = self.event_ids else { return Ok(ReplaySelection::All) };
+        let ids = ids
+            .iter()
+            .map(|id| {
+                Uuid::parse_str(id).map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a UUID")))
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(ReplaySelection::Ids(ids))
+    }
+}
+
+/// The answer to a replay.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct ReplayBody {
+    /// Dead letters delivered again (those whose event was deleted are dropped, not counted).
+    pub replayed: usize,
+}
+
+/// One leased event. Documents the output of [`fetch_json`].
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct MessageBody {
+    /// Opaque; name it in an ack or nack.
+    pub lease: String,
+    /// 1 for the first delivery (and the first after a replay).
+    pub attempt: u32,
+    pub event: EventBody,
+}
+
+/// The answer to a fetch: an empty `messages` when nothing came within `wait`.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct FetchBody {
+    pub messages: Vec<MessageBody>,
+}
+
+/// One dead letter. Documents the output of [`dead_letters_json`].
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct DeadLetterBody {
+    /// The event, or null when it was deleted since it was parked (the entry can still be
+    /// discarded by `event_id`; a replay drops it).
+    pub event: Option<EventBody>,
+    pub event_id: Uuid,
+    pub position: u64,
+    pub stream: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Deliveries made before it was parked.
+    pub attempts: u32,
+    /// The last nack's reason, or that the ack timed out.
+    pub reason: String,
+    /// RFC 3339.
+    pub parked_at: String,
+}
+
+/// `GET /v1/groups/{group}/dead-letters`, in log order; `next` is the `after` of the next
+/// page, null on the last one.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct DeadLettersBody {
+    pub dead_letters: Vec<DeadLetterBody>,
+    pub next: Option<u64>,
+}
+
+/// `{"messages":[{"lease":..,"attempt":..,"event":{..}},...]}`.
+pub fn fetch_json(leases: &[Lease]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + leases.iter().map(|l| 96 + estimate_one(&l.event)).sum::<usize>());
+    out.extend_from_slice(b"{\"messages\":[");
+    for (i, lease) in leases.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"lease\":");
+        write_str(&mut out, &lease.token);
+        out.extend_from_slice(b",\"attempt\":");
+        write_u64(&mut out, u64::from(lease.attempt));
+        out.extend_from_slice(b",\"event\":");
+        write_event(&mut out, &lease.event);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// `{"dead_letters":[...],"next":P|null}`.
+pub fn dead_letters_json(entries: &[DeadLetterEntry], next: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        64 + entries.iter().map(|e| 256 + e.event.as_ref().map_or(0, estimate_one)).sum::<usize>(),
+    );
+    out.extend_from_slice(b"{\"dead_letters\":[");
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let dl = &entry.dead_letter;
+        out.extend_from_slice(b"{\"event\":");
+        match &entry.event {
+            Some(event) => write_event(&mut out, event),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"event_id\":");
+        write_str(&mut out, &dl.event_id.to_string());
+        out.extend_from_slice(b",\"position\":");
+        write_u64(&mut out, dl.position);
+        out.extend_from_slice(b",\"stream\":");
+        write_str(&mut out, &dl.stream);
+        out.extend_from_slice(b",\"type\":");
+        write_str(&mut out, &dl.event_type);
+        out.extend_from_slice(b",\"attempts\":");
+        write_u64(&mut out, u64::from(dl.attempts));
+        out.extend_from_slice(b",\"reason\":");
+        write_str(&mut out, &dl.reason);
+        out.extend_from_slice(b",\"parked_at\":\"");
+        write_timestamp(&mut out, dl.parked_at);
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"],\"next\":");
+    match next {
+        Some(n) => write_u64(&mut out, n),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    out
+}
+
+// ---------------------------------------------------------------------------------------
 // The event writer (hot path of reads and SSE)
 
 /// Appends one event's JSON to `out`. `data` and `metadata` are the stored bytes, verbatim.
@@ -438,7 +917,11 @@ pub fn event_json(e: &RecordedEvent) -> Vec<u8> {
 }
 
 fn estimate(events: &[RecordedEvent]) -> usize {
-    64 + events.iter().map(|e| 320 + e.data.len() + e.metadata.len()).sum::<usize>()
+    64 + events.iter().map(estimate_one).sum::<usize>()
+}
+
+fn estimate_one(e: &RecordedEvent) -> usize {
+    320 + e.data.len() + e.metadata.len()
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {

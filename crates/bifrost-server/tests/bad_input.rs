@@ -325,3 +325,66 @@ async fn a_stale_expected_version_stores_nothing() {
         assert_eq!(app.snapshot().await, before);
     }
 }
+
+/// A request and the problem it must get: method, URI, content type, body, status, type.
+type BadRequest<'a> = (Method, &'a str, Option<&'a str>, &'a str, u16, &'a str);
+
+#[tokio::test]
+async fn bad_consumer_group_requests_are_problems_and_change_nothing() {
+    let json = Some("application/json");
+    let cases: [BadRequest<'_>; 14] = [
+        (Method::PUT, "/v1/groups/g", json, r#"{"max_attempts": 0}"#, 400, "bifrost:invalid-argument"),
+        (
+            Method::PUT,
+            "/v1/groups/g",
+            json,
+            r#"{"max_attempts": 2, "retries": 1}"#,
+            400,
+            "bifrost:invalid-request",
+        ),
+        (
+            Method::PUT,
+            "/v1/groups/g",
+            json,
+            r#"{"filter": {"types": ["a..b"]}}"#,
+            400,
+            "bifrost:invalid-argument",
+        ),
+        (Method::PUT, "/v1/groups/g", json, "{", 400, "bifrost:invalid-request"),
+        (Method::PUT, "/v1/groups/g", Some("text/plain"), "{}", 415, "bifrost:unsupported-media-type"),
+        (Method::PUT, "/v1/groups/a%20b", json, "{}", 400, "bifrost:invalid-argument"),
+        (Method::PUT, "/v1/groups/g", json, &"x".repeat(5000), 413, "bifrost:payload-too-large"),
+        (Method::POST, "/v1/groups/g/fetch?max=0", None, "", 400, "bifrost:invalid-argument"),
+        (Method::POST, "/v1/groups/g/ack", json, r#"{"lease": []}"#, 400, "bifrost:invalid-request"),
+        (Method::POST, "/v1/groups/g/ack", None, r#"{"leases": []}"#, 415, "bifrost:unsupported-media-type"),
+        (
+            Method::POST,
+            "/v1/groups/g/nack",
+            json,
+            r#"{"leases": [], "action": "drop"}"#,
+            400,
+            "bifrost:invalid-request",
+        ),
+        (
+            Method::POST,
+            "/v1/groups/g/dead-letters/replay",
+            json,
+            r#"{"event_ids": [1]}"#,
+            400,
+            "bifrost:invalid-request",
+        ),
+        (Method::DELETE, "/v1/groups/g/dead-letters/nope", None, "", 400, "bifrost:invalid-argument"),
+        (Method::POST, "/v1/groups/missing/ack", json, r#"{"leases": []}"#, 404, "bifrost:group-not-found"),
+    ];
+    for app in apps().await {
+        let resp = app.put_json("/v1/groups/g", r#"{"max_attempts": 3}"#).await;
+        assert_eq!(resp.status.as_u16(), 201, "{}", resp.text());
+        let before = (app.snapshot().await, app.get("/v1/groups").await.json());
+        for (method, uri, content_type, body, status, problem) in &cases {
+            let resp = app.call(request(method.clone(), uri, *content_type, body.to_string())).await;
+            resp.assert_problem(*status, problem);
+        }
+        let after = (app.snapshot().await, app.get("/v1/groups").await.json());
+        assert_eq!(after, before, "a rejected group request changed something");
+    }
+}

@@ -214,7 +214,7 @@ async fn openapi_json_describes_every_route() {
     let doc = resp.json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
-    let expected: [(&str, &[&str]); 11] = [
+    let expected: [(&str, &[&str]); 19] = [
         ("/v1/streams/{stream}/events", &["post", "get"]),
         ("/v1/streams/{stream}", &["get", "delete"]),
         ("/v1/streams", &["get"]),
@@ -226,6 +226,14 @@ async fn openapi_json_describes_every_route() {
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
+        ("/v1/groups", &["get"]),
+        ("/v1/groups/{group}", &["put", "get", "delete"]),
+        ("/v1/groups/{group}/fetch", &["post"]),
+        ("/v1/groups/{group}/ack", &["post"]),
+        ("/v1/groups/{group}/nack", &["post"]),
+        ("/v1/groups/{group}/dead-letters", &["get"]),
+        ("/v1/groups/{group}/dead-letters/replay", &["post"]),
+        ("/v1/groups/{group}/dead-letters/{event_id}", &["delete"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -233,9 +241,24 @@ async fn openapi_json_describes_every_route() {
         }
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for schema in
-        ["EventBody", "Problem", "AppendResultBody", "AppendRequestDoc", "NewEventDoc", "StreamInfoBody"]
-    {
+    for schema in [
+        "EventBody",
+        "Problem",
+        "AppendResultBody",
+        "AppendRequestDoc",
+        "NewEventDoc",
+        "StreamInfoBody",
+        "GroupBody",
+        "GroupConfigBody",
+        "GroupConfigRequest",
+        "FetchBody",
+        "MessageBody",
+        "AckRequest",
+        "NackRequest",
+        "DeadLettersBody",
+        "DeadLetterBody",
+        "ReplayRequest",
+    ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
     assert_eq!(bifrost_server::openapi_json(), std::str::from_utf8(&resp.body).unwrap());

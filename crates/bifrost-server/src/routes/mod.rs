@@ -1,5 +1,6 @@
 //! The routes of the v1 API, each documented for `/openapi.json` next to its handler.
 
+pub(crate) mod groups;
 pub(crate) mod live;
 pub(crate) mod log;
 pub(crate) mod ops;
@@ -25,6 +26,14 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(log::read_log))
         .routes(routes!(log::event_by_id))
         .routes(routes!(live::subscribe))
+        .routes(routes!(groups::put_group, groups::get_group, groups::delete_group))
+        .routes(routes!(groups::list_groups))
+        .routes(routes!(groups::fetch))
+        .routes(routes!(groups::ack))
+        .routes(routes!(groups::nack))
+        .routes(routes!(groups::dead_letters))
+        .routes(routes!(groups::replay))
+        .routes(routes!(groups::discard))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

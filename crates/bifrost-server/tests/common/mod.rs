@@ -13,15 +13,17 @@ use bifrost_core::{
     DurableStore, EventStore, InMemoryStore, LogFilter, RecordedEvent, StreamListQuery, StreamSummary,
 };
 use bifrost_server::{ServerConfig, router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
 use tower::ServiceExt;
 
+#[derive(Clone)]
 pub struct TestApp {
     pub router: Router,
     pub store: Arc<dyn EventStore>,
     pub groups: Arc<Groups>,
     /// Keeps a backend's directory alive for the test.
-    _dir: Option<tempfile::TempDir>,
+    _dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl TestApp {
@@ -50,9 +52,18 @@ impl TestApp {
         config: ServerConfig,
         dir: Option<tempfile::TempDir>,
     ) -> Self {
+        Self::over_with_metrics(store, config, None, dir).await
+    }
+
+    pub async fn over_with_metrics(
+        store: Arc<dyn DurableStore>,
+        config: ServerConfig,
+        metrics: Option<PrometheusHandle>,
+        dir: Option<tempfile::TempDir>,
+    ) -> Self {
         let groups = Arc::new(Groups::open(Arc::clone(&store)).await.expect("open the groups"));
-        let router = router(Arc::clone(&store), Arc::clone(&groups), config, None);
-        Self { router, store, groups, _dir: dir }
+        let router = router(Arc::clone(&store), Arc::clone(&groups), config, metrics);
+        Self { router, store, groups, _dir: dir.map(Arc::new) }
     }
 
     pub async fn call(&self, request: Request<Body>) -> Resp {
@@ -69,6 +80,15 @@ impl TestApp {
 
     pub async fn post_json(&self, uri: &str, body: impl Into<Body>) -> Resp {
         self.call(request(Method::POST, uri, Some("application/json"), body)).await
+    }
+
+    pub async fn put_json(&self, uri: &str, body: impl Into<Body>) -> Resp {
+        self.call(request(Method::PUT, uri, Some("application/json"), body)).await
+    }
+
+    /// A POST without a body or content type.
+    pub async fn post_empty(&self, uri: &str) -> Resp {
+        self.call(request(Method::POST, uri, None, Body::empty())).await
     }
 
     pub async fn delete(&self, uri: &str) -> Resp {

@@ -1,0 +1,369 @@
+//! Consumer groups: create, change, inspect and delete groups; fetch (long-poll), ack and
+//! nack leases; list, replay and discard dead letters. The delivery itself is the engine's
+//! (`bifrost-bus`); this module maps it to the wire.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use bifrost_bus::{ConsumerGroup, GroupName, Lease, Put};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ProblemType};
+use crate::extract::{JsonBytes, OptionalJsonBytes, PathParams, QueryParams};
+use crate::routes::json_bytes;
+use crate::wire::{
+    self, AckBody, AckRequest, DeadLettersBody, FetchBody, GroupBody, GroupConfigRequest, GroupListBody,
+    NackBody, NackRequest, Problem, ReplayBody, ReplayRequest,
+};
+
+/// Events handed out by one fetch, when `max` is not given.
+const DEFAULT_FETCH_MAX: u64 = 10;
+/// Larger `max` values are capped to this.
+const MAX_FETCH_MAX: u64 = 1000;
+/// Longest long-poll, in milliseconds; larger `wait` values are capped to this.
+const MAX_WAIT_MS: u64 = 30_000;
+/// The consumer name of a fetch that gives none.
+const DEFAULT_CONSUMER: &str = "anonymous";
+/// Longest consumer name, in characters.
+const MAX_CONSUMER_CHARS: usize = 128;
+
+fn group_not_found(name: &GroupName) -> ApiError {
+    ApiError::new(ProblemType::GroupNotFound, format!("there is no consumer group {name}"))
+        .with("group", name.as_str().into())
+}
+
+async fn find(state: &AppState, name: &GroupName) -> ApiResult<ConsumerGroup> {
+    state.groups.get(name).await.ok_or_else(|| group_not_found(name))
+}
+
+async fn group_body(state: &AppState, group: &ConsumerGroup) -> ApiResult<GroupBody> {
+    let status = group.status().await?;
+    let created_at = state.groups.created_at(group.name()).await;
+    Ok(GroupBody::new(status, created_at))
+}
+
+/// Creates a consumer group, or changes its settings.
+#[utoipa::path(
+    put,
+    path = "/v1/groups/{group}",
+    tag = "groups",
+    params(("group" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : @ -")),
+    request_body(content = Option<GroupConfigRequest>, content_type = "application/json",
+        description = "Every field optional (the `config` of the group as GET shows it is accepted as is); no body means every default. \
+            `start` counts only at creation. Changing `filter` restarts delivery from the checkpoint: leases still out expire."),
+    responses(
+        (status = 201, description = "Created", body = GroupBody),
+        (status = 200, description = "Updated", body = GroupBody),
+        (status = 400, description = "Malformed body, unknown field, bad group name, pattern, category or setting", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn put_group(
+    State(state): State<AppState>,
+    path: PathParams,
+    OptionalJsonBytes(body): OptionalJsonBytes,
+) -> ApiResult<(StatusCode, Json<GroupBody>)> {
+    let name = path.group()?;
+    let request: GroupConfigRequest = match &body {
+        Some(body) => wire::parse_body(body)?,
+        None => GroupConfigRequest::default(),
+    };
+    let config = request.into_config()?;
+    let (group, put) = state.groups.put(name, config).await?;
+    let status = match put {
+        Put::Created => StatusCode::CREATED,
+        Put::Updated => StatusCode::OK,
+    };
+    Ok((status, Json(group_body(&state, &group).await?)))
+}
+
+/// A consumer group's settings and figures.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{group}",
+    tag = "groups",
+    params(("group" = String, Path, description = "The group name")),
+    responses(
+        (status = 200, description = "The group", body = GroupBody),
+        (status = 400, description = "Bad group name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_group(State(state): State<AppState>, path: PathParams) -> ApiResult<Json<GroupBody>> {
+    let group = find(&state, &path.group()?).await?;
+    Ok(Json(group_body(&state, &group).await?))
+}
+
+/// Deletes a consumer group with its checkpoint and dead letters.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{group}",
+    tag = "groups",
+    params(("group" = String, Path, description = "The group name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad group name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn delete_group(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
+    let name = path.group()?;
+    if state.groups.delete(&name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(group_not_found(&name)) }
+}
+
+/// Every consumer group, in name order.
+#[utoipa::path(
+    get,
+    path = "/v1/groups",
+    tag = "groups",
+    responses((status = 200, description = "Every group", body = GroupListBody))
+)]
+pub(crate) async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<GroupListBody>> {
+    let mut groups = Vec::new();
+    for group in state.groups.list().await {
+        groups.push(group_body(&state, &group).await?);
+    }
+    Ok(Json(GroupListBody { groups }))
+}
+
+/// Leases events to a consumer, waiting up to `wait` ms for the first one.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/fetch",
+    tag = "groups",
+    params(
+        ("group" = String, Path, description = "The group name"),
+        ("max" = Option<u32>, Query, description = "Most events to lease: default 10, at least 1, larger values capped at 1000"),
+        ("wait" = Option<u32>, Query, description = "Milliseconds to wait for a first event: default 0 (answer at once), larger values capped at 30000"),
+        ("consumer" = Option<String>, Query, description = "Who fetches, shown in the group's `consumers`: 1-128 characters of A-Z a-z 0-9 _ . : @ -, default `anonymous`"),
+    ),
+    responses(
+        (status = 200, description = "Leased events (an empty `messages` when none came in time). \
+            While an event of a stream is leased or waiting for a retry, no later event of that stream is handed out.", body = FetchBody),
+        (status = 400, description = "Bad group name, `max`, `wait` or `consumer`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn fetch(
+    State(state): State<AppState>,
+    path: PathParams,
+    query: QueryParams,
+) -> ApiResult<Response> {
+    let name = path.group()?;
+    let max = match query.u64("max")? {
+        None => DEFAULT_FETCH_MAX,
+        Some(0) => return Err(ApiError::invalid_argument("max must be at least 1")),
+        Some(n) => n.min(MAX_FETCH_MAX),
+    };
+    let wait = Duration::from_millis(query.u64("wait")?.unwrap_or(0).min(MAX_WAIT_MS));
+    let consumer = consumer_name(query.one("consumer")?)?;
+    let group = find(&state, &name).await?;
+    // The cap above keeps `max` far below usize::MAX.
+    let max = usize::try_from(max).unwrap_or(1);
+    let leases = tokio::select! {
+        leases = fetch_from(&state, &name, group, consumer, max, wait) => leases?,
+        // Shutdown must not wait for long polls; a fetch dropped here has leased nothing.
+        () = state.shutdown.cancelled() => Vec::new(),
+    };
+    Ok(json_bytes(wire::fetch_json(&leases)))
+}
+
+/// A fetch that outlives its group run: a group that was deleted meanwhile is a 404; one
+/// whose filter changed (a new run under the same name) is fetched from again.
+async fn fetch_from(
+    state: &AppState,
+    name: &GroupName,
+    mut group: ConsumerGroup,
+    consumer: &str,
+    max: usize,
+    wait: Duration,
+) -> ApiResult<Vec<Lease>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut retried = false;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match group.fetch(consumer, max, left).await {
+            Ok(leases) => return Ok(leases),
+            Err(e) => {
+                let Some(current) = state.groups.get(name).await else { return Err(group_not_found(name)) };
+                if retried {
+                    return Err(e.into());
+                }
+                retried = true;
+                group = current;
+            }
+        }
+    }
+}
+
+fn consumer_name(name: Option<&str>) -> ApiResult<&str> {
+    let Some(name) = name else { return Ok(DEFAULT_CONSUMER) };
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-');
+    if name.is_empty() || name.chars().count() > MAX_CONSUMER_CHARS || !name.chars().all(valid) {
+        return Err(ApiError::invalid_argument(format!(
+            "invalid consumer {name:?}: use 1-{MAX_CONSUMER_CHARS} characters of A-Z a-z 0-9 _ . : @ -"
+        ))
+        .with("consumer", name.into()));
+    }
+    Ok(name)
+}
+
+/// Acks leases: their events are done and never delivered again. Durable when answered.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/ack",
+    tag = "groups",
+    params(("group" = String, Path, description = "The group name")),
+    request_body(content = AckRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Acked; `expired` lists the leases no longer held", body = AckBody),
+        (status = 400, description = "Malformed body, bad group name, more than 1000 leases", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn ack(
+    State(state): State<AppState>,
+    path: PathParams,
+    JsonBytes(body): JsonBytes,
+) -> ApiResult<Json<AckBody>> {
+    let name = path.group()?;
+    let request: AckRequest = wire::parse_body(&body)?;
+    wire::check_leases(&request.leases)?;
+    let group = find(&state, &name).await?;
+    let settled = group.ack(&request.leases).await?;
+    Ok(Json(AckBody { acked: settled.count, expired: settled.expired }))
+}
+
+/// Nacks leases: retry later, or park in the dead-letter queue. Durable when answered.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/nack",
+    tag = "groups",
+    params(("group" = String, Path, description = "The group name")),
+    request_body(content = NackRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Nacked; `expired` lists the leases no longer held", body = NackBody),
+        (status = 400, description = "Malformed body, bad group name, action, delay or reason, more than 1000 leases", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn nack(
+    State(state): State<AppState>,
+    path: PathParams,
+    JsonBytes(body): JsonBytes,
+) -> ApiResult<Json<NackBody>> {
+    let name = path.group()?;
+    let request: NackRequest = wire::parse_body(&body)?;
+    wire::check_leases(&request.leases)?;
+    let action = request.action()?;
+    if let Some(reason) = &request.reason
+        && reason.chars().count() > wire::MAX_REASON_CHARS
+    {
+        return Err(ApiError::invalid_argument(format!(
+            "reason is at most {} characters",
+            wire::MAX_REASON_CHARS
+        )));
+    }
+    let group = find(&state, &name).await?;
+    let settled = group.nack(&request.leases, action, request.reason.as_deref()).await?;
+    Ok(Json(NackBody { nacked: settled.count, expired: settled.expired }))
+}
+
+/// The group's dead letters, in log order.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{group}/dead-letters",
+    tag = "groups",
+    params(
+        ("group" = String, Path, description = "The group name"),
+        ("limit" = Option<u32>, Query, description = "Page size, default 100, capped at 1000"),
+        ("after" = Option<u64>, Query, description = "Exclusive: the `next` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of dead letters; `event` is null when the event was deleted since", body = DeadLettersBody),
+        (status = 400, description = "Bad group name or argument", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn dead_letters(
+    State(state): State<AppState>,
+    path: PathParams,
+    query: QueryParams,
+) -> ApiResult<Response> {
+    let name = path.group()?;
+    let limit = query.limit()?;
+    let after = query.u64("after")?;
+    let group = find(&state, &name).await?;
+    let entries = group.dead_letters(after, limit).await?;
+    let next = if entries.len() == limit { entries.last().map(|e| e.dead_letter.position) } else { None };
+    Ok(json_bytes(wire::dead_letters_json(&entries, next)))
+}
+
+/// Delivers dead letters again, with fresh attempts.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/dead-letters/replay",
+    tag = "groups",
+    params(("group" = String, Path, description = "The group name")),
+    request_body(content = Option<ReplayRequest>, content_type = "application/json",
+        description = "Optional: no body, or no `event_ids`, replays every dead letter"),
+    responses(
+        (status = 200, description = "Replayed", body = ReplayBody),
+        (status = 400, description = "Malformed body, bad group name or event id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn replay(
+    State(state): State<AppState>,
+    path: PathParams,
+    OptionalJsonBytes(body): OptionalJsonBytes,
+) -> ApiResult<Json<ReplayBody>> {
+    let name = path.group()?;
+    let request: ReplayRequest = match &body {
+        Some(body) => wire::parse_body(body)?,
+        None => ReplayRequest::default(),
+    };
+    let selection = request.selection()?;
+    let group = find(&state, &name).await?;
+    let replayed = group.replay(selection).await?;
+    Ok(Json(ReplayBody { replayed }))
+}
+
+/// Discards one dead letter: its event is not delivered again.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{group}/dead-letters/{event_id}",
+    tag = "groups",
+    params(
+        ("group" = String, Path, description = "The group name"),
+        ("event_id" = Uuid, Path, description = "The id of the parked event"),
+    ),
+    responses(
+        (status = 204, description = "Discarded"),
+        (status = 400, description = "Bad group name or event id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`bifrost:group-not-found`) or dead letter (`bifrost:dead-letter-not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn discard(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
+    let name = path.group()?;
+    let id = path.get("event_id")?;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a UUID")))?;
+    let group = find(&state, &name).await?;
+    if group.discard(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            ProblemType::DeadLetterNotFound,
+            format!("consumer group {name} has no dead letter for event {id}"),
+        )
+        .with("group", name.as_str().into())
+        .with("event_id", id.to_string().into()))
+    }
+}
