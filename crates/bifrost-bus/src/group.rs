@@ -27,6 +27,14 @@ const MIN_BUFFER: usize = 4096;
 /// lease timing out) may sit before it is written.
 const LAZY_PERSIST: Duration = Duration::from_millis(200);
 
+/// Longest a fetch waits for the reader to take in events appended before the call.
+const CATCH_UP: Duration = Duration::from_secs(1);
+
+/// Events a group reads ahead of its consumers.
+fn buffer_limit(config: &GroupConfig) -> usize {
+    (config.max_in_flight * 2).max(MIN_BUFFER)
+}
+
 /// Consumers a group remembers for its status.
 const MAX_CONSUMERS_SEEN: usize = 1024;
 
@@ -280,6 +288,10 @@ impl ConsumerGroup {
     ) -> Result<Vec<Lease>> {
         let shared = &self.shared;
         let deadline = tokio::time::Instant::now() + wait;
+        // Events appended before the call count as there even if the reader has not taken
+        // them in yet: a fetch waits (a little) for it rather than answer empty.
+        let head_at_call = *shared.store.head().borrow();
+        let catch_up = tokio::time::Instant::now() + CATCH_UP;
         let mut closed = shared.closed.subscribe();
         loop {
             let notified = shared.fetchers.notified();
@@ -288,7 +300,7 @@ impl ConsumerGroup {
             if *closed.borrow_and_update() {
                 return Err(Error::Unavailable(format!("consumer group {} is closed", shared.name)));
             }
-            let (deliveries, wake_timer) = {
+            let (deliveries, wake_timer, behind) = {
                 let mut inner = shared.lock();
                 let inner = &mut *inner;
                 match inner.consumers.get_mut(consumer) {
@@ -308,7 +320,9 @@ impl ConsumerGroup {
                 let now = Instant::now();
                 let deliveries = inner.ledger.lease(max, per_stream, now, &inner.config);
                 let expires = now + inner.config.ack_timeout;
-                (deliveries, inner.timer_at.is_none_or(|at| expires < at))
+                let room = inner.ledger.buffered() < buffer_limit(&inner.config);
+                let behind = room && inner.ledger.read_to() < head_at_call;
+                (deliveries, inner.timer_at.is_none_or(|at| expires < at), behind)
             };
             if !deliveries.is_empty() {
                 if wake_timer {
@@ -321,9 +335,10 @@ impl ConsumerGroup {
             if max == 0 {
                 return Ok(Vec::new());
             }
+            let until = if behind { deadline.max(catch_up) } else { deadline };
             tokio::select! {
                 () = &mut notified => {}
-                () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                () = tokio::time::sleep_until(until) => return Ok(Vec::new()),
                 _ = closed.changed() => {}
             }
         }
@@ -340,6 +355,7 @@ impl ConsumerGroup {
 
     /// The tokens, in request order, that were not held.
     fn expired_tokens(&self, tokens: &[String], expired: &[LeaseId]) -> Vec<String> {
+        let expired: std::collections::HashSet<&LeaseId> = expired.iter().collect();
         tokens
             .iter()
             .filter(|t| parse_lease_token(self.shared.epoch, t).is_none_or(|id| expired.contains(&id)))
@@ -419,11 +435,22 @@ impl ConsumerGroup {
     /// The group's figures. Counting the lag reads the part of the log the group has not
     /// reached yet (each event once over the group's life, not once per call).
     pub async fn status(&self) -> Result<GroupStatus> {
-        let (checkpoint, read_to, counts, parked, redeliveries, timeouts, config, mut consumers) = {
+        let (
+            checkpoint,
+            read_to,
+            settled_ahead,
+            counts,
+            parked,
+            redeliveries,
+            timeouts,
+            config,
+            mut consumers,
+        ) = {
             let inner = self.shared.lock();
             (
                 inner.ledger.checkpoint(),
                 inner.ledger.read_to(),
+                inner.ledger.settled_ahead() as u64,
                 inner.ledger.counts(),
                 inner.parked,
                 inner.ledger.redeliveries,
@@ -438,7 +465,7 @@ impl ConsumerGroup {
             name: self.shared.name.clone(),
             config,
             checkpoint,
-            lag: counts.unsettled as u64 + unread,
+            lag: (counts.unsettled as u64 + unread).saturating_sub(settled_ahead),
             in_flight: counts.in_flight,
             waiting: counts.waiting,
             parked,
@@ -717,8 +744,7 @@ async fn read_loop(shared: Arc<Shared>) {
         room_wait.as_mut().enable();
         let (after, room) = {
             let inner = shared.lock();
-            let limit = (inner.config.max_in_flight * 2).max(MIN_BUFFER);
-            (inner.ledger.read_to(), limit.saturating_sub(inner.ledger.buffered()))
+            (inner.ledger.read_to(), buffer_limit(&inner.config).saturating_sub(inner.ledger.buffered()))
         };
         if room == 0 {
             tokio::select! {

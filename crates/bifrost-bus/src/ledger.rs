@@ -175,6 +175,12 @@ impl Ledger {
         self.entries.len()
     }
 
+    /// Positions an earlier run settled that the reader has not reached again: matching
+    /// events beyond `read_to` that are not lag.
+    pub(crate) fn settled_ahead(&self) -> usize {
+        self.restored.settled.len()
+    }
+
     pub(crate) fn counts(&self) -> LedgerCounts {
         LedgerCounts { unsettled: self.entries.len(), in_flight: self.leased, waiting: self.retries.len() }
     }

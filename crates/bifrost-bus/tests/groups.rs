@@ -494,3 +494,33 @@ async fn a_group_resumes_on_sqlite_across_a_reopen() {
     groups.close().await.unwrap();
     store.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_fetch_without_wait_sees_events_appended_before_it() {
+    let store = InMemoryStore::shared();
+    let g = group(&store, quick(5)).await;
+    for round in 0..20 {
+        append(&store, &format!("s-{round}"), 1).await;
+        let got = g.fetch("a", 10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 1, "round {round}");
+        g.ack(&[got[0].token.clone()]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn lag_right_after_a_restart_does_not_count_what_was_acked() {
+    let store = InMemoryStore::shared();
+    for i in 0..6 {
+        append(&store, &format!("s-{i}"), 1).await;
+    }
+    let groups = Groups::open(store.clone()).await.unwrap();
+    let (g, _) = groups.put(name("g"), GroupConfig { max_in_flight: 6, ..quick(5) }).await.unwrap();
+    let leases = g.fetch("a", 6, WAIT).await.unwrap();
+    // Everything but the first acked: the checkpoint stays at 0, five settled above it.
+    g.ack(&leases[1..].iter().map(|l| l.token.clone()).collect::<Vec<_>>()).await.unwrap();
+    groups.close().await.unwrap();
+    drop((g, groups));
+    let groups = Groups::open(store.clone()).await.unwrap();
+    let g = groups.get(&name("g")).await.unwrap();
+    assert_eq!(g.status().await.unwrap().lag, 1);
+}
