@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bifrost_bus::{Bus, ConsumerOptions, GroupFilter, HandlerError, StartFrom};
 use bifrost_core::{
-    DurableStore, EventStore, EventType, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend, StreamName,
+    DurableStore, EventType, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend, StreamName,
 };
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
@@ -35,7 +35,11 @@ pub(super) async fn durable_consumer(
     let mut appends = Vec::with_capacity(1000);
     for seq in 0..total {
         let event = NewEvent::new(event_type.clone(), payload(0, seq));
-        appends.push(StreamAppend::new(stream(run_id, "bus", seq % STREAMS)?, ExpectedVersion::Any, vec![event]));
+        appends.push(StreamAppend::new(
+            stream(run_id, "bus", seq % STREAMS)?,
+            ExpectedVersion::Any,
+            vec![event],
+        ));
         if appends.len() == 1000 || seq + 1 == total {
             store.append_many(std::mem::take(&mut appends)).await.context("bus: prefilling the log")?;
         }

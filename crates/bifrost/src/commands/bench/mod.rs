@@ -6,6 +6,7 @@
 //! runtime over the same store. Every workload checks what it did and fails loudly when the
 //! store disagrees; timings are reported, never asserted.
 
+mod bus;
 mod groups;
 mod http;
 mod report;
@@ -36,7 +37,9 @@ pub(crate) struct BenchArgs {
     /// Which workloads to run: w1 (64 writers, 1 event per append), w2 (4 writers, 100 per
     /// append), w3 (read the global log), w4 (HTTP appends), w5 (append → SSE delivery
     /// latency), groups (HTTP consumers of a consumer group, fetch → ack), group-latency
-    /// (append → group fetch latency), or all. Comma-separated or repeated.
+    /// (append → group fetch latency), bus (an in-process durable consumer with a no-op
+    /// handler), bus-latency (append → in-process handler latency), or all.
+    /// Comma-separated or repeated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub(crate) workload: Vec<WorkloadArg>,
 
@@ -113,7 +116,8 @@ pub(crate) enum WorkloadArg {
     W5,
     Groups,
     GroupLatency,
-    // The in-process `Bus` (durable consumers, no HTTP) gets its own value here.
+    Bus,
+    BusLatency,
     All,
 }
 
@@ -127,6 +131,8 @@ struct Selection {
     w5: bool,
     groups: bool,
     group_latency: bool,
+    bus: bool,
+    bus_latency: bool,
 }
 
 impl Selection {
@@ -141,11 +147,13 @@ impl Selection {
             w5: has(WorkloadArg::W5),
             groups: has(WorkloadArg::Groups),
             group_latency: has(WorkloadArg::GroupLatency),
+            bus: has(WorkloadArg::Bus),
+            bus_latency: has(WorkloadArg::BusLatency),
         }
     }
 
     fn needs_store(self) -> bool {
-        self.w1 || self.w2 || self.w3
+        self.w1 || self.w2 || self.w3 || self.bus || self.bus_latency
     }
 
     fn needs_http(self) -> bool {
@@ -335,8 +343,16 @@ async fn run_workloads(
                 if fresh { LogExpectation::Exactly(written) } else { LogExpectation::AtLeast(written) };
             summary.push(workloads::read_log(store, args.page_size, expect).await?);
         }
-        // The in-process `Bus` workload (durable consumers on this store, no HTTP) runs
-        // here, after the store workloads and before the server starts.
+    }
+    // The in-process bus, after the store workloads and before the server starts.
+    if let Some(store) = store.as_ref() {
+        if selection.bus {
+            summary.push(bus::durable_consumer(store, args.count.unwrap_or(200_000), run_id).await?);
+        }
+        if selection.bus_latency {
+            let seconds = args.duration.ceil() as u64;
+            summary.push(bus::handler_latency(store, args.rate, seconds, run_id).await?);
+        }
     }
     if !selection.needs_http() {
         return Ok(false);
