@@ -328,7 +328,10 @@ fn bench_runs_every_workload_small_and_prints_json() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let names: Vec<&str> =
         report["workloads"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["w1", "w2", "w3", "w4-single", "w4-batch", "w5", "groups", "group-latency"]);
+    assert_eq!(
+        names,
+        ["w1", "w2", "w3", "bus", "bus-latency", "w4-single", "w4-batch", "w5", "groups", "group-latency"]
+    );
     let w3 = &report["workloads"][2];
     assert_eq!(w3["events"], 1200, "w3 reads what w1 and w2 wrote");
     for w in report["workloads"].as_array().unwrap() {
