@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Backoff, GroupConfig, GroupFilter, GroupName, StartFrom};
-use crate::group::{ConsumerGroup, Lease};
-use crate::ledger::NackAction;
+use crate::group::{ConsumerGroup, Scopes, Verdict};
+use crate::ledger::{Delivery, LeaseId, NackAction};
 use crate::transient::TransientBus;
 
 /// How long an idle worker waits in one fetch before checking whether it should stop.
@@ -86,11 +86,12 @@ impl From<&str> for HandlerError {
     }
 }
 
-/// Reacts to one event at a time. Closures `Fn(RecordedEvent) -> impl Future<Output =
-/// Result<(), HandlerError>>` are handlers.
+/// Reacts to one event at a time; the event is the handler's (no copy is kept for it).
+/// Closures `Fn(RecordedEvent) -> impl Future<Output = Result<(), HandlerError>>` are
+/// handlers.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError>;
+    async fn handle(&self, event: RecordedEvent) -> Result<(), HandlerError>;
 }
 
 #[async_trait]
@@ -99,8 +100,8 @@ where
     F: Fn(RecordedEvent) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send,
 {
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-        self(event.clone()).await
+    async fn handle(&self, event: RecordedEvent) -> Result<(), HandlerError> {
+        self(event).await
     }
 }
 
@@ -109,7 +110,7 @@ where
 /// handlers.
 #[async_trait]
 pub trait BatchHandler: Send + Sync + 'static {
-    async fn handle_batch(&self, events: &[RecordedEvent]) -> Result<(), HandlerError>;
+    async fn handle_batch(&self, events: Vec<RecordedEvent>) -> Result<(), HandlerError>;
 }
 
 #[async_trait]
@@ -118,8 +119,8 @@ where
     F: Fn(Vec<RecordedEvent>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send,
 {
-    async fn handle_batch(&self, events: &[RecordedEvent]) -> Result<(), HandlerError> {
-        self(events.to_vec()).await
+    async fn handle_batch(&self, events: Vec<RecordedEvent>) -> Result<(), HandlerError> {
+        self(events).await
     }
 }
 
@@ -372,13 +373,9 @@ async fn open_group(
         backoff: options.retry.backoff,
         max_in_flight: options.concurrency.saturating_mul(per_worker),
     };
-    let scopes = (format!("consumer/{name}"), format!("consumer-dlq/{name}"));
-    let checkpoint_exists = state.read_state(&scopes.0, "cursor").await?.is_some();
-    if !checkpoint_exists {
-        // Fix the start now, so that a restart before the first write does not move it.
-        let checkpoint = crate::group::start_position(store.as_ref(), &config).await?;
-        let cursor = serde_json::json!({ "checkpoint": checkpoint }).to_string();
-        state.write_state(vec![bifrost_core::StateChange::put(scopes.0.clone(), "cursor", cursor)]).await?;
+    let scopes = Scopes::consumer(&name);
+    if state.read_state(&scopes.cursor, "cursor").await?.is_none() {
+        state.write_state(vec![scopes.start(store.as_ref(), &config).await?]).await?;
     }
     ConsumerGroup::open_in(name, scopes, config, store, state).await
 }
@@ -425,22 +422,19 @@ impl Run {
         let handled =
             metrics::histogram!("bifrost_handler_seconds", "consumer" => self.group.name().to_string());
         while !self.stopped() {
-            let leases = match self.group.fetch(&self.id, 1, IDLE_POLL).await {
-                Ok(leases) => leases,
-                Err(_) => return,
-            };
-            for lease in leases {
+            let Ok(deliveries) = self.group.deliveries(&self.id, 1, 1, IDLE_POLL).await else { return };
+            for delivery in deliveries {
                 let started = Instant::now();
-                let outcome = guarded(handler.handle(&lease.event)).await;
+                let outcome = guarded(handler.handle(delivery.event)).await;
                 handled.record(started.elapsed().as_secs_f64());
-                self.settle(&[lease], outcome).await;
+                self.settle(&[delivery.lease], delivery.attempt, outcome).await;
             }
         }
     }
 
     async fn batch(self, handler: Arc<dyn BatchHandler>, options: BatchOptions) {
         while !self.stopped() {
-            let mut batch: Vec<Lease> = Vec::with_capacity(options.max_size);
+            let mut batch: Vec<Delivery> = Vec::with_capacity(options.max_size);
             let mut deadline: Option<tokio::time::Instant> = None;
             while batch.len() < options.max_size && !self.stopped() {
                 let wait = match deadline {
@@ -451,26 +445,21 @@ impl Run {
                     break;
                 }
                 let room = options.max_size - batch.len();
-                let Ok(leases) = self.group.fetch_with(&self.id, room, room, wait).await else { return };
-                if deadline.is_none() && !leases.is_empty() {
+                let Ok(deliveries) = self.group.deliveries(&self.id, room, room, wait).await else { return };
+                if deadline.is_none() && !deliveries.is_empty() {
                     deadline = Some(tokio::time::Instant::now() + options.max_wait);
                 }
-                batch.extend(leases);
+                batch.extend(deliveries);
             }
             if batch.is_empty() {
                 continue;
             }
             if options.group_by_type {
                 // Each type's events in log order; types in order of their first event.
-                let mut order: Vec<String> = Vec::new();
-                for lease in &batch {
-                    if !order.iter().any(|t| t == lease.event.event_type.as_str()) {
-                        order.push(lease.event.event_type.to_string());
-                    }
-                }
-                for event_type in order {
-                    let part: Vec<Lease> =
-                        batch.iter().filter(|l| l.event.event_type.as_str() == event_type).cloned().collect();
+                while let Some(first) = batch.first() {
+                    let event_type = first.event.event_type.clone();
+                    let (part, rest) = batch.into_iter().partition(|d| d.event.event_type == event_type);
+                    batch = rest;
                     self.run_batch(handler.as_ref(), part).await;
                 }
             } else {
@@ -479,19 +468,18 @@ impl Run {
         }
     }
 
-    async fn run_batch(&self, handler: &dyn BatchHandler, batch: Vec<Lease>) {
-        let events: Vec<RecordedEvent> = batch.iter().map(|l| l.event.clone()).collect();
-        let outcome = guarded(handler.handle_batch(&events)).await;
-        self.settle(&batch, outcome).await;
+    async fn run_batch(&self, handler: &dyn BatchHandler, batch: Vec<Delivery>) {
+        let attempt = batch.iter().map(|d| d.attempt).max().unwrap_or(1);
+        let (leases, events): (Vec<_>, Vec<_>) = batch.into_iter().map(|d| (d.lease, d.event)).unzip();
+        let outcome = guarded(handler.handle_batch(events)).await;
+        self.settle(&leases, attempt, outcome).await;
     }
 
     /// Acks on success; on failure retries with the policy's backoff or parks.
-    async fn settle(&self, leases: &[Lease], outcome: Result<(), HandlerError>) {
-        let tokens: Vec<String> = leases.iter().map(|l| l.token.clone()).collect();
-        let attempt = leases.iter().map(|l| l.attempt).max().unwrap_or(1);
+    async fn settle(&self, leases: &[LeaseId], attempt: u32, outcome: Result<(), HandlerError>) {
+        // In-process verdicts are written with the group's next state write, not waited for.
         let result = match outcome {
-            // In-process acks are written with the next batch of the cursor, not waited for.
-            Ok(()) => self.group.ack_with(&tokens, false).await,
+            Ok(()) => self.group.settle(leases, Verdict::Ack, false).await,
             Err(error) => {
                 let reason = format!("{}: {}", self.options.handler_name, error.message());
                 let retry = self.options.retry.should_retry(&error, attempt);
@@ -503,7 +491,7 @@ impl Run {
                 if !retry {
                     tracing::warn!(consumer = %self.group.name(), %reason, attempt, "parking an event");
                 }
-                self.group.nack_with(&tokens, action, Some(&reason), false).await
+                self.group.settle(leases, Verdict::Nack(action, Some(&reason)), false).await
             }
         };
         if let Err(e) = result {

@@ -91,13 +91,36 @@ pub enum ReplaySelection {
     UpTo(Position),
 }
 
-/// Where a group keeps its state (see [`crate::groups`] for the group list).
-pub(crate) fn cursor_scope(name: &GroupName) -> String {
-    format!("group/{name}")
+/// Where a group keeps its cursor and dead letters in the state space (see
+/// [`crate::groups`] for the group list).
+#[derive(Clone, Debug)]
+pub(crate) struct Scopes {
+    pub(crate) cursor: String,
+    pub(crate) dead_letters: String,
 }
 
-pub(crate) fn dead_letter_scope(name: &GroupName) -> String {
-    format!("dlq/{name}")
+impl Scopes {
+    /// A consumer group of the server's API.
+    pub(crate) fn group(name: &GroupName) -> Self {
+        Self { cursor: format!("group/{name}"), dead_letters: format!("dlq/{name}") }
+    }
+
+    /// A durable consumer of the in-process bus, apart from the server's groups.
+    pub(crate) fn consumer(name: &GroupName) -> Self {
+        Self { cursor: format!("consumer/{name}"), dead_letters: format!("consumer-dlq/{name}") }
+    }
+
+    /// The write that fixes a new group's start point, so a restart before the group's
+    /// first own write does not move it.
+    pub(crate) async fn start(&self, store: &dyn EventStore, config: &GroupConfig) -> Result<StateChange> {
+        let cursor = Cursor { checkpoint: start_position(store, config).await?, ..Cursor::default() };
+        Ok(StateChange::put(self.cursor.clone(), "cursor", encode(&cursor)?))
+    }
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map_err(|e| Error::Storage { message: format!("encoding consumer-group state: {e}"), source: None })
 }
 
 fn dead_letter_key(position: Position) -> String {
@@ -111,7 +134,6 @@ struct Inner {
     /// a new lease wakes it only when it expires earlier than that.
     timer_at: Option<Instant>,
     consumers: HashMap<String, Timestamp>,
-    parked: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -129,11 +151,35 @@ struct UnreadCount {
     chunks: Vec<(Position, Position, u64)>,
 }
 
+/// The group's metric handles, resolved once instead of per call.
+struct GroupMetrics {
+    delivered: metrics::Counter,
+    acked: metrics::Counter,
+    ack_seconds: metrics::Histogram,
+}
+
+impl GroupMetrics {
+    fn new(name: &GroupName) -> Self {
+        let group = name.to_string();
+        Self {
+            delivered: metrics::counter!("bifrost_group_delivered_total", "group" => group.clone()),
+            acked: metrics::counter!("bifrost_group_acked_total", "group" => group.clone()),
+            ack_seconds: metrics::histogram!("bifrost_group_ack_seconds", "group" => group),
+        }
+    }
+}
+
+/// What a consumer says about leased events.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Verdict<'a> {
+    Ack,
+    Nack(NackAction, Option<&'a str>),
+}
+
 struct Shared {
     name: GroupName,
-    /// Where this group's cursor and dead letters live in the state space.
-    cursor_scope: String,
-    dead_letter_scope: String,
+    scopes: Scopes,
+    metrics: GroupMetrics,
     store: Arc<dyn EventStore>,
     state: Arc<dyn StateStore>,
     filter: LogFilter,
@@ -189,22 +235,21 @@ impl ConsumerGroup {
         store: Arc<dyn EventStore>,
         state: Arc<dyn StateStore>,
     ) -> Result<Self> {
-        let scopes = (cursor_scope(&name), dead_letter_scope(&name));
+        let scopes = Scopes::group(&name);
         Self::open_in(name, scopes, config, store, state).await
     }
 
-    /// [`open`](Self::open) with the cursor and dead letters under other scopes (the
-    /// in-process bus keeps its consumers apart from the server's groups).
+    /// [`open`](Self::open) with the cursor and dead letters under other scopes.
     pub(crate) async fn open_in(
         name: GroupName,
-        (cursor_scope, dead_letter_scope): (String, String),
+        scopes: Scopes,
         config: GroupConfig,
         store: Arc<dyn EventStore>,
         state: Arc<dyn StateStore>,
     ) -> Result<Self> {
         config.validate()?;
         let filter = config.filter.to_log_filter()?;
-        let cursor = match state.read_state(&cursor_scope, "cursor").await? {
+        let cursor = match state.read_state(&scopes.cursor, "cursor").await? {
             Some(bytes) => serde_json::from_slice::<Cursor>(&bytes).map_err(|e| Error::Storage {
                 message: format!("group {name}: unreadable cursor: {e}"),
                 source: None,
@@ -214,23 +259,22 @@ impl ConsumerGroup {
             }
         };
         let replays = cursor.replays.clone();
-        let parked = count_scope(state.as_ref(), &dead_letter_scope).await?;
+        let parked = count_scope(state.as_ref(), &scopes.dead_letters).await?;
         let (flushed, _) = watch::channel(Flushed::default());
         let (closed, _) = watch::channel(false);
         let shared = Arc::new(Shared {
+            metrics: GroupMetrics::new(&name),
             name,
-            cursor_scope,
-            dead_letter_scope,
+            scopes,
             store,
             state,
             filter,
             epoch: crate::random::next_u64(),
             inner: Mutex::new(Inner {
-                ledger: Ledger::new(cursor),
+                ledger: Ledger::new(cursor, parked),
                 config,
                 timer_at: None,
                 consumers: HashMap::new(),
-                parked,
             }),
             persist_lock: tokio::sync::Mutex::new(()),
             fetchers: Notify::new(),
@@ -286,6 +330,23 @@ impl ConsumerGroup {
         per_stream: usize,
         wait: Duration,
     ) -> Result<Vec<Lease>> {
+        let deliveries = self.deliveries(consumer, max, per_stream, wait).await?;
+        let epoch = self.shared.epoch;
+        Ok(deliveries
+            .into_iter()
+            .map(|d| Lease { token: lease_token(epoch, d.lease), attempt: d.attempt, event: d.event })
+            .collect())
+    }
+
+    /// The leasing behind [`fetch_with`](Self::fetch_with), with lease ids instead of
+    /// tokens: in-process consumers need no token text.
+    pub(crate) async fn deliveries(
+        &self,
+        consumer: &str,
+        max: usize,
+        per_stream: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>> {
         let shared = &self.shared;
         let deadline = tokio::time::Instant::now() + wait;
         // Events appended before the call count as there even if the reader has not taken
@@ -328,9 +389,8 @@ impl ConsumerGroup {
                 if wake_timer {
                     shared.timer.notify_one();
                 }
-                metrics::counter!("bifrost_group_delivered_total", "group" => shared.name.to_string())
-                    .increment(deliveries.len() as u64);
-                return Ok(deliveries.into_iter().map(|d| self.lease(d)).collect());
+                shared.metrics.delivered.increment(deliveries.len() as u64);
+                return Ok(deliveries);
             }
             if max == 0 {
                 return Ok(Vec::new());
@@ -342,10 +402,6 @@ impl ConsumerGroup {
                 _ = closed.changed() => {}
             }
         }
-    }
-
-    fn lease(&self, d: Delivery) -> Lease {
-        Lease { token: lease_token(self.shared.epoch, d.lease), attempt: d.attempt, event: d.event }
     }
 
     /// The lease ids among `tokens`; a token that is not one of this run's is expired.
@@ -365,71 +421,63 @@ impl ConsumerGroup {
 
     /// Acks leases; durable when it returns.
     pub async fn ack(&self, tokens: &[String]) -> Result<Settled> {
-        self.ack_with(tokens, true).await
-    }
-
-    /// Acks leases; with `durable` false it returns at once and the ack is written with the
-    /// next batch (an in-process consumer that accepts a redelivery after a crash).
-    pub async fn ack_with(&self, tokens: &[String], durable: bool) -> Result<Settled> {
-        let ids = self.parse(tokens);
-        let (acked, expired, generation) = {
-            let mut inner = self.shared.lock();
-            let (acked, expired) = inner.ledger.ack(&ids);
-            (acked, expired, inner.ledger.generation)
-        };
-        let now = Instant::now();
-        let histogram =
-            metrics::histogram!("bifrost_group_ack_seconds", "group" => self.shared.name.to_string());
-        for since in &acked {
-            histogram.record(now.duration_since(*since).as_secs_f64());
-        }
-        metrics::counter!("bifrost_group_acked_total", "group" => self.shared.name.to_string())
-            .increment(acked.len() as u64);
-        if !acked.is_empty() {
-            self.shared.reader.notify_one();
-            self.shared.fetchers.notify_waiters();
-            if durable {
-                self.shared.durable(generation).await?;
-            } else {
-                self.shared.persist_later.notify_one();
-            }
-        }
-        Ok(Settled { count: acked.len(), expired: self.expired_tokens(tokens, &expired) })
+        self.settle_tokens(tokens, Verdict::Ack).await
     }
 
     /// Nacks leases: retry after `action`'s delay (or the backoff), or park now. Durable
     /// when it returns.
     pub async fn nack(&self, tokens: &[String], action: NackAction, reason: Option<&str>) -> Result<Settled> {
-        self.nack_with(tokens, action, reason, true).await
+        self.settle_tokens(tokens, Verdict::Nack(action, reason)).await
     }
 
-    pub async fn nack_with(
-        &self,
-        tokens: &[String],
-        action: NackAction,
-        reason: Option<&str>,
-        durable: bool,
-    ) -> Result<Settled> {
+    async fn settle_tokens(&self, tokens: &[String], verdict: Verdict<'_>) -> Result<Settled> {
         let ids = self.parse(tokens);
+        let (count, expired) = self.settle(&ids, verdict, true).await?;
+        Ok(Settled { count, expired: self.expired_tokens(tokens, &expired) })
+    }
+
+    /// Settles leases by id. With `durable` false it returns at once and the change is
+    /// written with the next batch (an in-process consumer, which accepts a redelivery
+    /// after a crash). Returns how many were held, and the ids that were not.
+    pub(crate) async fn settle(
+        &self,
+        ids: &[LeaseId],
+        verdict: Verdict<'_>,
+        durable: bool,
+    ) -> Result<(usize, Vec<LeaseId>)> {
+        let shared = &self.shared;
         let (count, expired, generation) = {
-            let mut inner = self.shared.lock();
+            let mut inner = shared.lock();
             let inner = &mut *inner;
-            let before = inner.ledger.parked_total;
-            let (count, expired) = inner.ledger.nack(&ids, action, reason, Instant::now(), &inner.config);
-            inner.parked += inner.ledger.parked_total - before;
+            let (count, expired) = match verdict {
+                Verdict::Ack => {
+                    let (acked, expired) = inner.ledger.ack(ids);
+                    let now = Instant::now();
+                    for since in &acked {
+                        shared.metrics.ack_seconds.record(now.duration_since(*since).as_secs_f64());
+                    }
+                    shared.metrics.acked.increment(acked.len() as u64);
+                    (acked.len(), expired)
+                }
+                Verdict::Nack(action, reason) => {
+                    inner.ledger.nack(ids, action, reason, Instant::now(), &inner.config)
+                }
+            };
             (count, expired, inner.ledger.generation)
         };
         if count > 0 {
-            self.shared.timer.notify_one();
-            self.shared.reader.notify_one();
-            self.shared.fetchers.notify_waiters();
+            if matches!(verdict, Verdict::Nack(..)) {
+                shared.timer.notify_one();
+            }
+            shared.reader.notify_one();
+            shared.fetchers.notify_waiters();
             if durable {
-                self.shared.durable(generation).await?;
+                shared.durable(generation).await?;
             } else {
-                self.shared.persist_later.notify_one();
+                shared.persist_later.notify_one();
             }
         }
-        Ok(Settled { count, expired: self.expired_tokens(tokens, &expired) })
+        Ok((count, expired))
     }
 
     /// The group's figures. Counting the lag reads the part of the log the group has not
@@ -452,7 +500,7 @@ impl ConsumerGroup {
                 inner.ledger.read_to(),
                 inner.ledger.settled_ahead() as u64,
                 inner.ledger.counts(),
-                inner.parked,
+                inner.ledger.parked,
                 inner.ledger.redeliveries,
                 inner.ledger.timeouts,
                 inner.config.clone(),
@@ -479,9 +527,9 @@ impl ConsumerGroup {
     pub async fn dead_letters(&self, after: Option<Position>, limit: usize) -> Result<Vec<DeadLetterEntry>> {
         // Events parked by a lazy (in-process) nack may not be written yet.
         self.shared.persist().await?;
-        let scope = self.shared.dead_letter_scope.clone();
         let after = after.map(dead_letter_key);
-        let entries = self.shared.state.scan_state(&scope, after.as_deref(), limit).await?;
+        let entries =
+            self.shared.state.scan_state(&self.shared.scopes.dead_letters, after.as_deref(), limit).await?;
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let dead_letter: DeadLetter = decode(&self.shared.name, &entry.value)?;
@@ -493,28 +541,70 @@ impl ConsumerGroup {
 
     async fn select_dead_letters(&self, selection: &ReplaySelection) -> Result<Vec<DeadLetter>> {
         self.shared.persist().await?;
-        let scope = self.shared.dead_letter_scope.clone();
+        let scope = &self.shared.scopes.dead_letters;
+        if let ReplaySelection::Ids(ids) = selection {
+            return self.dead_letters_by_id(ids).await;
+        }
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self.shared.state.scan_state(&scope, after.as_deref(), 1000).await?;
+            let page = self.shared.state.scan_state(scope, after.as_deref(), 1000).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.key.clone());
             for entry in page {
                 let dl: DeadLetter = decode(&self.shared.name, &entry.value)?;
-                let wanted = match selection {
-                    ReplaySelection::All => true,
-                    ReplaySelection::Ids(ids) => ids.contains(&dl.event_id),
-                    ReplaySelection::UpTo(p) => dl.position <= *p,
-                };
-                if wanted {
-                    out.push(dl);
-                } else if matches!(selection, ReplaySelection::UpTo(p) if dl.position > *p) {
+                if let ReplaySelection::UpTo(p) = selection
+                    && dl.position > *p
+                {
+                    // Keys are positions in order: nothing further is wanted.
                     return Ok(out);
                 }
+                out.push(dl);
             }
         }
         Ok(out)
+    }
+
+    /// Dead letters are keyed by position: an id is found through its event. Only an id
+    /// whose event is gone (deleted since) needs a scan.
+    async fn dead_letters_by_id(&self, ids: &[EventId]) -> Result<Vec<DeadLetter>> {
+        let scope = &self.shared.scopes.dead_letters;
+        let mut out = Vec::new();
+        let mut unknown = Vec::new();
+        for &id in ids {
+            let Some(event) = self.shared.store.event(id).await? else {
+                unknown.push(id);
+                continue;
+            };
+            if let Some(value) = self.shared.state.read_state(scope, &dead_letter_key(event.position)).await?
+            {
+                out.push(decode(&self.shared.name, &value)?);
+            }
+        }
+        let mut after: Option<String> = None;
+        while !unknown.is_empty() {
+            let page = self.shared.state.scan_state(scope, after.as_deref(), 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for entry in page {
+                let dl: DeadLetter = decode(&self.shared.name, &entry.value)?;
+                if let Some(at) = unknown.iter().position(|id| *id == dl.event_id) {
+                    unknown.swap_remove(at);
+                    out.push(dl);
+                }
+            }
+        }
+        out.sort_by_key(|dl| dl.position);
+        out.dedup_by_key(|dl| dl.position);
+        Ok(out)
+    }
+
+    fn dead_letter_deletes(&self, dead_letters: &[DeadLetter]) -> Vec<StateChange> {
+        let scope = &self.shared.scopes.dead_letters;
+        dead_letters
+            .iter()
+            .map(|dl| StateChange::delete(scope.clone(), dead_letter_key(dl.position)))
+            .collect()
     }
 
     /// Delivers dead letters again with fresh attempts. Returns how many were replayed;
@@ -525,15 +615,10 @@ impl ConsumerGroup {
             return Ok(0);
         }
         let mut events = Vec::with_capacity(selected.len());
-        let mut deletes = Vec::with_capacity(selected.len());
         for dl in &selected {
             if let Some(event) = self.shared.store.event(dl.event_id).await? {
                 events.push(event);
             }
-            deletes.push(StateChange::delete(
-                self.shared.dead_letter_scope.clone(),
-                dead_letter_key(dl.position),
-            ));
         }
         let replayed = events.len();
         // The cursor that remembers the replays and the removal of their dead letters are
@@ -544,10 +629,10 @@ impl ConsumerGroup {
             for event in events {
                 inner.ledger.admit_replay(event, 0);
             }
-            inner.parked = inner.parked.saturating_sub(selected.len() as u64);
+            inner.ledger.parked = inner.ledger.parked.saturating_sub(selected.len() as u64);
             (inner.ledger.cursor(), inner.ledger.take_parked(), inner.ledger.generation)
         };
-        self.shared.write(cursor, parked, deletes, generation).await?;
+        self.shared.write(cursor, parked, self.dead_letter_deletes(&selected), generation).await?;
         self.shared.fetchers.notify_waiters();
         Ok(replayed)
     }
@@ -558,15 +643,9 @@ impl ConsumerGroup {
         if selected.is_empty() {
             return Ok(false);
         }
-        let deletes = selected
-            .iter()
-            .map(|dl| {
-                StateChange::delete(self.shared.dead_letter_scope.clone(), dead_letter_key(dl.position))
-            })
-            .collect();
-        self.shared.state.write_state(deletes).await?;
+        self.shared.state.write_state(self.dead_letter_deletes(&selected)).await?;
         let mut inner = self.shared.lock();
-        inner.parked = inner.parked.saturating_sub(selected.len() as u64);
+        inner.ledger.parked = inner.ledger.parked.saturating_sub(selected.len() as u64);
         Ok(true)
     }
 
@@ -647,19 +726,10 @@ impl Shared {
     ) -> Result<()> {
         let mut changes = Vec::with_capacity(parked.len() + extra.len() + 1);
         changes.append(&mut extra);
-        let encoded = serde_json::to_vec(&cursor)
-            .map_err(|e| Error::Storage { message: format!("encoding a cursor: {e}"), source: None })?;
-        changes.push(StateChange::put(self.cursor_scope.clone(), "cursor", encoded));
+        changes.push(StateChange::put(self.scopes.cursor.clone(), "cursor", encode(&cursor)?));
         for dl in &parked {
-            let value = serde_json::to_vec(dl).map_err(|e| Error::Storage {
-                message: format!("encoding a dead letter: {e}"),
-                source: None,
-            })?;
-            changes.push(StateChange::put(
-                self.dead_letter_scope.clone(),
-                dead_letter_key(dl.position),
-                value,
-            ));
+            let key = dead_letter_key(dl.position);
+            changes.push(StateChange::put(self.scopes.dead_letters.clone(), key, encode(dl)?));
         }
         match self.state.write_state(changes).await {
             Ok(()) => {
@@ -798,9 +868,7 @@ async fn timer_loop(shared: Arc<Shared>) {
         let (changed, next) = {
             let mut inner = shared.lock();
             let inner = &mut *inner;
-            let before = inner.ledger.parked_total;
             let result = inner.ledger.tick(Instant::now(), &inner.config);
-            inner.parked += inner.ledger.parked_total - before;
             inner.timer_at = result.1;
             result
         };

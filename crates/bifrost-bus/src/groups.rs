@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
 use crate::config::{GroupConfig, GroupName};
-use crate::group::{ConsumerGroup, cursor_scope, dead_letter_scope, start_position};
+use crate::group::{ConsumerGroup, Scopes, encode};
 
 /// Where the group list lives in the state space: one key per group.
 const GROUPS_SCOPE: &str = "groups";
@@ -85,11 +85,9 @@ impl Groups {
             return Ok((group, Put::Updated));
         }
         // The start point is fixed now, in the same write as the group itself.
-        let checkpoint = start_position(self.store.as_ref(), &config).await?;
-        let cursor = serde_json::json!({ "checkpoint": checkpoint }).to_string();
+        let start = Scopes::group(&name).start(self.store.as_ref(), &config).await?;
         let created_at = Timestamp::now();
-        self.save(&name, &config, created_at, vec![StateChange::put(cursor_scope(&name), "cursor", cursor)])
-            .await?;
+        self.save(&name, &config, created_at, vec![start]).await?;
         let group = ConsumerGroup::open(name.clone(), config, self.store.clone(), self.state.clone()).await?;
         groups.insert(name, (group.clone(), created_at));
         Ok((group, Put::Created))
@@ -102,8 +100,7 @@ impl Groups {
         created_at: Timestamp,
         mut extra: Vec<StateChange>,
     ) -> Result<()> {
-        let record = serde_json::to_vec(&GroupRecord { config: config.clone(), created_at })
-            .map_err(|e| Error::Storage { message: format!("encoding group settings: {e}"), source: None })?;
+        let record = encode(&GroupRecord { config: config.clone(), created_at })?;
         extra.push(StateChange::put(GROUPS_SCOPE, name.as_str(), record));
         self.state.write_state(extra).await
     }
@@ -127,11 +124,12 @@ impl Groups {
         let mut groups = self.groups.write().await;
         let Some((group, _)) = groups.remove(name) else { return Ok(false) };
         group.close().await?;
+        let scopes = Scopes::group(name);
         self.state
             .write_state(vec![
                 StateChange::delete(GROUPS_SCOPE, name.as_str()),
-                StateChange::delete_scope(cursor_scope(name)),
-                StateChange::delete_scope(dead_letter_scope(name)),
+                StateChange::delete_scope(scopes.cursor),
+                StateChange::delete_scope(scopes.dead_letters),
             ])
             .await?;
         Ok(true)

@@ -99,6 +99,8 @@ pub(crate) struct Cursor {
 struct Restored {
     settled: BTreeSet<Position>,
     failed: HashMap<Position, (u32, Option<Timestamp>, Option<String>)>,
+    /// The highest position above: once the reader passes it, all of this is used up.
+    horizon: Position,
 }
 
 #[derive(Debug)]
@@ -119,7 +121,8 @@ pub(crate) struct Ledger {
     /// Bumped by every change the cursor must persist.
     pub generation: u64,
     pub redeliveries: u64,
-    pub parked_total: u64,
+    /// Dead letters the group holds (written or about to be).
+    pub parked: u64,
     pub timeouts: u64,
 }
 
@@ -133,14 +136,17 @@ pub struct LedgerCounts {
 }
 
 impl Ledger {
-    pub(crate) fn new(cursor: Cursor) -> Self {
+    /// A ledger resuming from `cursor`, with `parked` dead letters already stored.
+    pub(crate) fn new(cursor: Cursor, parked: u64) -> Self {
         let mut settled = BTreeSet::new();
         let mut at = cursor.checkpoint;
         for delta in cursor.settled {
             at += delta;
             settled.insert(at);
         }
-        let failed = cursor.failed.into_iter().map(|(p, n, due, reason)| (p, (n, due, reason))).collect();
+        let failed: HashMap<_, _> =
+            cursor.failed.into_iter().map(|(p, n, due, reason)| (p, (n, due, reason))).collect();
+        let horizon = settled.last().copied().into_iter().chain(failed.keys().copied()).max().unwrap_or(0);
         Self {
             checkpoint: cursor.checkpoint,
             read_to: cursor.checkpoint,
@@ -151,13 +157,13 @@ impl Ledger {
             expiries: BTreeSet::new(),
             retries: BTreeSet::new(),
             settled: BTreeSet::new(),
-            restored: Restored { settled, failed },
+            restored: Restored { settled, failed, horizon },
             next_lease: 1,
             leased: 0,
             parked_out: Vec::new(),
             generation: 0,
             redeliveries: 0,
-            parked_total: 0,
+            parked,
             timeouts: 0,
         }
     }
@@ -213,16 +219,10 @@ impl Ledger {
         if next_position > self.read_to {
             self.read_to = next_position;
         }
-        if self.read_to > self.restored_horizon() {
+        if self.read_to > self.restored.horizon {
             self.restored = Restored::default();
         }
         self.advance_checkpoint();
-    }
-
-    fn restored_horizon(&self) -> Position {
-        let settled = self.restored.settled.last().copied().unwrap_or(0);
-        let failed = self.restored.failed.keys().max().copied().unwrap_or(0);
-        settled.max(failed)
     }
 
     /// Takes back an event replayed from the dead-letter queue, or remembered as replayed
@@ -285,17 +285,16 @@ impl Ledger {
         while out.len() < max {
             let Some(first) = self.ready.pop_first() else { break };
             let stream = self.entries[&first].event.stream.clone();
-            let following: Vec<Position> = self.streams[&stream]
-                .pending
-                .range(first..)
-                .take(per_stream.max(1).min(max - out.len()))
-                .copied()
-                .collect();
             if let Some(queue) = self.streams.get_mut(&stream) {
                 queue.ready_at = None;
             }
-            for position in following {
+            // The stream's first event and, for batches, the ones right after it.
+            let limit = per_stream.max(1).min(max - out.len());
+            let mut next = Some(first);
+            for _ in 0..limit {
+                let Some(position) = next else { break };
                 out.push(self.lease_one(position, now, config.ack_timeout));
+                next = self.streams[&stream].pending.range(position + 1..).next().copied();
             }
         }
         out
@@ -410,7 +409,7 @@ impl Ledger {
                 reason,
                 parked_at: Timestamp::now(),
             });
-            self.parked_total += 1;
+            self.parked += 1;
             self.settle(position);
             return;
         }

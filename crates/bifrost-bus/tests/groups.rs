@@ -524,3 +524,27 @@ async fn lag_right_after_a_restart_does_not_count_what_was_acked() {
     let g = groups.get(&name("g")).await.unwrap();
     assert_eq!(g.status().await.unwrap().lag, 1);
 }
+
+#[tokio::test]
+async fn a_dead_letter_whose_event_was_deleted_is_found_by_id_and_dropped_on_replay() {
+    let store = InMemoryStore::shared();
+    append(&store, "gone-1", 1).await;
+    append(&store, "kept-1", 1).await;
+    let g = group(&store, quick(1)).await;
+    let leases = g.fetch("a", 10, WAIT).await.unwrap();
+    let tokens: Vec<String> = leases.iter().map(|l| l.token.clone()).collect();
+    g.nack(&tokens, NackAction::Park, Some("bad")).await.unwrap();
+    let gone = leases.iter().find(|l| l.event.stream.as_str() == "gone-1").unwrap().event.id;
+    store.delete_stream(&stream("gone-1"), bifrost_core::DeleteMode::Hard).await.unwrap();
+
+    let dead = g.dead_letters(None, 10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().any(|d| d.dead_letter.event_id == gone && d.event.is_none()));
+    // Found by id although its event is gone (so not by position): replay drops it.
+    assert_eq!(g.replay(ReplaySelection::Ids(vec![gone])).await.unwrap(), 0);
+    assert!(g.dead_letters(None, 10).await.unwrap().iter().all(|d| d.dead_letter.event_id != gone));
+    assert_eq!(g.status().await.unwrap().parked, 1);
+    let kept = g.dead_letters(None, 10).await.unwrap()[0].dead_letter.event_id;
+    assert!(g.discard(kept).await.unwrap());
+    assert_eq!(g.status().await.unwrap().parked, 0);
+}
