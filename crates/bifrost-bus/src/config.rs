@@ -162,11 +162,10 @@ impl Backoff {
         let base = match self.kind {
             BackoffKind::Fixed => self.initial,
             BackoffKind::Exponential => {
-                let doublings = failed.saturating_sub(1).min(32);
-                self.initial.saturating_mul(1u32 << doublings.min(31)).min(self.max)
+                let doublings = failed.saturating_sub(1).min(31);
+                self.initial.saturating_mul(1u32 << doublings).min(self.max)
             }
-        }
-        .min(self.max.max(self.initial));
+        };
         if self.jitter && !base.is_zero() {
             // Equal jitter: half the step is kept, the other half is random.
             let half = base / 2;

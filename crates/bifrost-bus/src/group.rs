@@ -692,10 +692,9 @@ impl Shared {
                     return Err(Error::Unavailable(format!("could not record the change: {why}")));
                 }
             }
-            if self.is_closed() && self.flushed.borrow().generation < generation {
-                // `close` persists once more; wait for that instead of the loop.
-                let _ = self.persist().await;
-                continue;
+            if self.is_closed() {
+                // The persister has stopped: write (if still needed) here.
+                return self.persist().await;
             }
             if flushed.changed().await.is_err() {
                 return Err(Error::Unavailable("the consumer group is closed".into()));
