@@ -89,7 +89,12 @@ impl ReadPool {
     }
 }
 
-fn stored_stream(conn: &Connection, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
+/// A stream's head version and state, as committed (or as written so far by the writer's
+/// open transaction).
+pub(crate) fn stored_stream(
+    conn: &Connection,
+    stream: &StreamName,
+) -> Result<Option<(Version, StreamState)>> {
     let row = conn
         .prepare_cached("SELECT version, state FROM streams WHERE name = ?1")
         .map_err(sql)?

@@ -20,6 +20,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::checkpoint::Checkpointer;
 use crate::codec::{i64_from, sql, u64_from};
+use crate::reader::stored_stream;
 use crate::state;
 
 enum Command {
@@ -252,7 +253,7 @@ impl PlanLookup for Lookup<'_> {
         if let Some(head) = self.streams.get(stream) {
             return Ok(Some(*head));
         }
-        let head = stream_state(self.conn, stream)?;
+        let head = stored_stream(self.conn, stream)?;
         if let Some(head) = head {
             if self.streams.len() >= STREAM_CACHE_LIMIT {
                 self.streams.clear();
@@ -261,15 +262,6 @@ impl PlanLookup for Lookup<'_> {
         }
         Ok(head)
     }
-}
-
-fn stream_state(conn: &Connection, stream: &StreamName) -> Result<Option<(Version, StreamState)>> {
-    let mut stmt = conn.prepare_cached("SELECT version, state FROM streams WHERE name = ?1").map_err(sql)?;
-    let row = stmt
-        .query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-        .optional()
-        .map_err(sql)?;
-    row.map(|(v, s)| Ok((u64_from(v, "version")?, StreamState::from_i64(s)?))).transpose()
 }
 
 /// A write that failed because one append reused a stored id (caught by the unique index,
@@ -615,7 +607,7 @@ impl WriterState {
     fn delete(&mut self, stream: &StreamName, mode: DeleteMode) -> Result<()> {
         // The next lookup reads the new state from the table.
         self.streams.remove(stream);
-        match (stream_state(&self.conn, stream)?, mode) {
+        match (stored_stream(&self.conn, stream)?, mode) {
             (None, _) | (Some((_, StreamState::SoftDeleted)), DeleteMode::Soft) => {
                 return Err(Error::StreamNotFound(stream.clone()));
             }
