@@ -483,44 +483,29 @@ impl ConsumerGroup {
     /// The group's figures. Counting the lag reads the part of the log the group has not
     /// reached yet (each event once over the group's life, not once per call).
     pub async fn status(&self) -> Result<GroupStatus> {
-        let (
-            checkpoint,
-            read_to,
-            settled_ahead,
-            counts,
-            parked,
-            redeliveries,
-            timeouts,
-            config,
-            mut consumers,
-        ) = {
+        let (mut status, read_to, settled_ahead, unsettled) = {
             let inner = self.shared.lock();
-            (
-                inner.ledger.checkpoint(),
-                inner.ledger.read_to(),
-                inner.ledger.settled_ahead() as u64,
-                inner.ledger.counts(),
-                inner.ledger.parked,
-                inner.ledger.redeliveries,
-                inner.ledger.timeouts,
-                inner.config.clone(),
-                inner.consumers.iter().map(|(n, t)| (n.clone(), *t)).collect::<Vec<_>>(),
-            )
+            let ledger = &inner.ledger;
+            let counts = ledger.counts();
+            let mut consumers: Vec<_> = inner.consumers.iter().map(|(n, t)| (n.clone(), *t)).collect();
+            consumers.sort();
+            let status = GroupStatus {
+                name: self.shared.name.clone(),
+                config: inner.config.clone(),
+                checkpoint: ledger.checkpoint(),
+                lag: 0,
+                in_flight: counts.in_flight,
+                waiting: counts.waiting,
+                parked: ledger.parked,
+                redeliveries: ledger.redeliveries,
+                timeouts: ledger.timeouts,
+                consumers,
+            };
+            (status, ledger.read_to(), ledger.settled_ahead() as u64, counts.unsettled as u64)
         };
-        consumers.sort();
         let unread = self.shared.count_unread(read_to).await?;
-        Ok(GroupStatus {
-            name: self.shared.name.clone(),
-            config,
-            checkpoint,
-            lag: (counts.unsettled as u64 + unread).saturating_sub(settled_ahead),
-            in_flight: counts.in_flight,
-            waiting: counts.waiting,
-            parked,
-            redeliveries,
-            timeouts,
-            consumers,
-        })
+        status.lag = (unsettled + unread).saturating_sub(settled_ahead);
+        Ok(status)
     }
 
     /// Dead letters in log order, after `after` (exclusive), up to `limit`.
