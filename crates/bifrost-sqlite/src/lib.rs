@@ -2,8 +2,9 @@
 //!
 //! Writes go through one writer thread that *group-commits*: appends that arrive while a
 //! commit is in progress queue up and are committed together in one transaction with one
-//! fsync; each caller is answered only after its commit. An append that fails inside a
-//! batch (a conflict, a duplicate id) is rolled back to its own savepoint and fails alone.
+//! fsync; each caller is answered only after its commit. The group is planned in memory
+//! first (`GroupPlanner`), so an append that fails inside it (a conflict, a duplicate id) is
+//! never written and fails alone.
 //! Reads run on a small pool of read-only connections, each read in one snapshot.
 //! Readers' state (the `state` table, see [`StateStore`]) is written by the same thread,
 //! in the same group commits as appends.
