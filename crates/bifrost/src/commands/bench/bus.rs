@@ -165,8 +165,6 @@ pub(super) async fn handler_latency(
     subscription.unsubscribe().await?;
     let latency = latency.lock().map_err(|_| anyhow::anyhow!("bus-latency: a handler panicked"))?.clone();
     let description = format!("bus: append → in-process handler at {rate} ev/s for {seconds} s");
-    let mut report = Report::new("bus-latency", description, sent, send_window, "append → handler", &latency);
-    report.target_rate = Some(rate as f64);
-    report.append_latency_us = Some(report::Latency::of(&appended));
-    Ok(report)
+    let report = Report::new("bus-latency", description, sent, send_window, "append → handler", &latency);
+    Ok(report.with_appends(rate, &appended))
 }

@@ -14,10 +14,9 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::http::{DELIVERY_GRACE, MAX_IN_FLIGHT, append, append_body, nanos_since};
+use super::http::{DELIVERY_GRACE, SendTimes, append_body, paced_appends};
 use super::report::{self, Report};
 use super::workloads::shares;
 use crate::client::{ApiClient, problem_message};
@@ -340,39 +339,28 @@ pub(super) async fn latency(
     let group = spec.group(NAME);
     create_group(client, &group, event_type).await?;
 
-    let epoch = Instant::now();
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let seen: Arc<Vec<AtomicBool>> = Arc::new((0..total).map(|_| AtomicBool::new(false)).collect());
+    let times = Arc::new(SendTimes::new(total));
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let bar = report::progress(NAME, total, "delivered");
     let mut consumers = JoinSet::new();
     for consumer in 0..spec.consumers {
         let (client, group, bar) = (client.clone(), group.clone(), bar.clone());
-        let (sent, seen, delivered, stop) =
-            (Arc::clone(&sent), Arc::clone(&seen), Arc::clone(&delivered), Arc::clone(&stop));
+        let (times, delivered, stop) = (Arc::clone(&times), Arc::clone(&delivered), Arc::clone(&stop));
         consumers.spawn(async move {
             let name = format!("bench-{consumer}");
             let mut latency = report::histogram()?;
             while !stop.load(Ordering::Acquire) {
                 let fetched = fetch(&client, &group, &name, 1000).await?;
-                let now = nanos_since(epoch);
+                let now = times.now();
                 for m in &fetched.messages {
-                    let index = m.event.data.seq.and_then(|s| usize::try_from(s).ok());
-                    let Some(index) = index.filter(|&i| i < seen.len()) else {
+                    let Some(seq) = m.event.data.seq else {
                         bail!(
                             "{NAME}: delivered an event with an unknown seq at position {}",
                             m.event.position
                         )
                     };
-                    if seen[index].swap(true, Ordering::AcqRel) {
-                        bail!("{NAME}: event {index} was delivered twice");
-                    }
-                    let sent_at = sent[index].load(Ordering::Acquire);
-                    if sent_at == 0 {
-                        bail!("{NAME}: event {index} was delivered before it was sent");
-                    }
-                    report::record(&mut latency, Duration::from_nanos(now.saturating_sub(sent_at - 1)));
+                    report::record(&mut latency, times.delivered(NAME, seq, now)?);
                 }
                 if !fetched.messages.is_empty() {
                     ack(&client, &group, &fetched.messages).await?;
@@ -385,49 +373,17 @@ pub(super) async fn latency(
         });
     }
 
-    let append_latency = Arc::new(std::sync::Mutex::new(report::histogram()?));
-    let interval = 1e9 / rate as f64;
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut appends = JoinSet::new();
-    let start = tokio::time::Instant::now();
-    let paced = async {
-        for seq in 0..total {
-            tokio::time::sleep_until(start + Duration::from_nanos((seq as f64 * interval) as u64)).await;
-            let permit =
-                Arc::clone(&in_flight).acquire_owned().await.context("the pacer's semaphore closed")?;
-            let (client, sent) = (client.clone(), Arc::clone(&sent));
-            let stream = spec.stream(NAME, seq % spec.streams);
-            let append_latency = Arc::clone(&append_latency);
-            appends.spawn(async move {
-                let _permit = permit;
-                let body = append_body("\"any\"", event_type, 0, seq, 1);
-                let started = Instant::now();
-                if let Some(slot) = usize::try_from(seq).ok().and_then(|i| sent.get(i)) {
-                    slot.store(nanos_since(epoch) + 1, Ordering::Release);
-                }
-                append(&client, &stream, body).await?;
-                let elapsed = started.elapsed();
-                // Never held across an await.
-                let mut histogram = append_latency.lock().unwrap_or_else(|p| p.into_inner());
-                report::record(&mut histogram, elapsed);
-                anyhow::Ok(())
-            });
-            while let Some(done) = appends.try_join_next() {
-                done.context("an append task stopped unexpectedly")??;
-            }
-            // A consumer that failed ends the run now, not after the last append.
-            if let Some(failed) = consumers.try_join_next() {
-                failed.context("a consumer task stopped unexpectedly")??;
-                bail!("{NAME}: a consumer stopped before the end of the run");
-            }
+    let stream_of = |seq| spec.stream(NAME, seq % spec.streams);
+    // A consumer that failed ends the run now, not after the last append.
+    let consumer_failed = || match consumers.try_join_next() {
+        Some(failed) => {
+            failed.context("a consumer task stopped unexpectedly")??;
+            bail!("{NAME}: a consumer stopped before the end of the run")
         }
-        while let Some(done) = appends.join_next().await {
-            done.context("an append task stopped unexpectedly")??;
-        }
-        anyhow::Ok(start.elapsed())
+        None => Ok(()),
     };
-    let send_window = match paced.await {
-        Ok(window) => window,
+    let paced = match paced_appends(client, rate, event_type, &times, stream_of, consumer_failed).await {
+        Ok(paced) => paced,
         Err(e) => {
             stop.store(true, Ordering::Release);
             consumers.abort_all();
@@ -461,11 +417,8 @@ pub(super) async fn latency(
     delete_group(client, &group).await?;
 
     let description = format!("HTTP: append → group fetch, {rate}/s for {duration}s");
-    let mut report = Report::new(NAME, description, total, send_window, "delivery", &latency);
-    report.target_rate = Some(rate as f64);
-    report.append_latency_us =
-        Some(report::Latency::of(&append_latency.lock().unwrap_or_else(|p| p.into_inner())));
-    Ok(report)
+    let report = Report::new(NAME, description, total, paced.answered, "delivery", &latency);
+    Ok(report.with_appends(rate, &paced.append_latency))
 }
 
 #[cfg(test)]

@@ -4,12 +4,14 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use bifrost_core::DurableStore;
 use futures::StreamExt;
+use hdrhistogram::Histogram;
 use metrics_exporter_prometheus::PrometheusHandle;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
@@ -266,52 +268,19 @@ pub(super) async fn delivery(
         bail!("w5: the subscription was refused: {}", problem_message(status, &body));
     }
 
-    let epoch = Instant::now();
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let times = Arc::new(SendTimes::new(total));
     let delivered = Arc::new(AtomicU64::new(0));
     let bar = report::progress("w5", total, "delivered");
     let receiver = tokio::spawn(receive(
         response,
         stream.clone(),
         total,
-        epoch,
-        Arc::clone(&sent),
+        Arc::clone(&times),
         Arc::clone(&delivered),
         bar.clone(),
     ));
 
-    let append_latency = Arc::new(std::sync::Mutex::new(report::histogram()?));
-    let interval = 1e9 / rate as f64;
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut appends = JoinSet::new();
-    let start = tokio::time::Instant::now();
-    for seq in 0..total {
-        tokio::time::sleep_until(start + Duration::from_nanos((seq as f64 * interval) as u64)).await;
-        let permit = Arc::clone(&in_flight).acquire_owned().await.context("the pacer's semaphore closed")?;
-        let (client, stream, sent) = (client.clone(), stream.clone(), Arc::clone(&sent));
-        let append_latency = Arc::clone(&append_latency);
-        appends.spawn(async move {
-            let _permit = permit;
-            let body = append_body("\"any\"", event_type, 0, seq, 1);
-            let started = Instant::now();
-            if let Some(slot) = usize::try_from(seq).ok().and_then(|i| sent.get(i)) {
-                slot.store(nanos_since(epoch) + 1, Ordering::Release);
-            }
-            append(&client, &stream, body).await?;
-            let elapsed = started.elapsed();
-            // Never held across an await.
-            let mut histogram = append_latency.lock().unwrap_or_else(|p| p.into_inner());
-            report::record(&mut histogram, elapsed);
-            anyhow::Ok(())
-        });
-        while let Some(done) = appends.try_join_next() {
-            done.context("an append task stopped unexpectedly")??;
-        }
-    }
-    let send_window = start.elapsed();
-    while let Some(done) = appends.join_next().await {
-        done.context("an append task stopped unexpectedly")??;
-    }
+    let paced = paced_appends(client, rate, event_type, &times, |_| stream.clone(), || Ok(())).await?;
 
     let latency = match tokio::time::timeout(DELIVERY_GRACE, receiver).await {
         Ok(joined) => joined.context("the SSE subscriber stopped unexpectedly")??,
@@ -322,15 +291,116 @@ pub(super) async fn delivery(
     };
     bar.finish_and_clear();
     let description = format!("HTTP: append → SSE, {rate}/s for {duration}s");
-    let mut report = Report::new("w5", description, total, send_window, "delivery", &latency);
-    report.target_rate = Some(rate as f64);
-    report.append_latency_us =
-        Some(report::Latency::of(&append_latency.lock().unwrap_or_else(|p| p.into_inner())));
-    Ok(report)
+    let report = Report::new("w5", description, total, paced.launched, "delivery", &latency);
+    Ok(report.with_appends(rate, &paced.append_latency))
 }
 
-pub(super) fn nanos_since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+/// When each paced event's append was sent, and whether it was delivered yet, by the `seq`
+/// in its payload: W5 and group-latency time every delivery against its append.
+pub(super) struct SendTimes {
+    epoch: Instant,
+    /// Nanoseconds since `epoch` plus one; 0 until the append is sent.
+    sent: Vec<AtomicU64>,
+    seen: Vec<AtomicBool>,
+}
+
+impl SendTimes {
+    pub(super) fn new(total: u64) -> Self {
+        Self {
+            epoch: Instant::now(),
+            sent: (0..total).map(|_| AtomicU64::new(0)).collect(),
+            seen: (0..total).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.sent.len() as u64
+    }
+
+    /// Now, as [`Self::delivered`] takes it: read it as soon as a delivery arrives.
+    pub(super) fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn mark_sent(&self, seq: u64) {
+        if let Some(slot) = usize::try_from(seq).ok().and_then(|i| self.sent.get(i)) {
+            slot.store(self.now() + 1, Ordering::Release);
+        }
+    }
+
+    /// The latency of event `seq` delivered at `now`; fails when `seq` is unknown, was
+    /// delivered before, or was not sent yet.
+    pub(super) fn delivered(&self, workload: &str, seq: u64, now: u64) -> anyhow::Result<Duration> {
+        let index = usize::try_from(seq).ok().filter(|&i| i < self.sent.len());
+        let Some(index) = index else { bail!("{workload}: delivered an event with unknown seq {seq}") };
+        if self.seen[index].swap(true, Ordering::AcqRel) {
+            bail!("{workload}: event {seq} was delivered twice");
+        }
+        let sent_at = self.sent[index].load(Ordering::Acquire);
+        if sent_at == 0 {
+            bail!("{workload}: event {seq} was delivered before it was sent");
+        }
+        Ok(Duration::from_nanos(now.saturating_sub(sent_at - 1)))
+    }
+}
+
+/// What [`paced_appends`] measured.
+pub(super) struct Paced {
+    /// From the start until the last append was sent.
+    pub(super) launched: Duration,
+    /// From the start until the last append was answered.
+    pub(super) answered: Duration,
+    pub(super) append_latency: Histogram<u64>,
+}
+
+/// The load of W5 and group-latency: one single-event append per event of `times`, the
+/// `seq`-th sent `seq / rate` seconds after the start (absolute deadlines: a slow answer
+/// does not push later appends back), each from its own task, at most [`MAX_IN_FLIGHT`] at
+/// once. `stream_of(seq)` names the stream; `check` runs after each append is sent and
+/// ends the run when it fails.
+pub(super) async fn paced_appends(
+    client: &ApiClient,
+    rate: u64,
+    event_type: &'static str,
+    times: &Arc<SendTimes>,
+    stream_of: impl Fn(u64) -> String,
+    mut check: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Paced> {
+    let append_latency = Arc::new(Mutex::new(report::histogram()?));
+    let interval = 1e9 / rate as f64;
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut appends = JoinSet::new();
+    let start = tokio::time::Instant::now();
+    for seq in 0..times.len() {
+        tokio::time::sleep_until(start + Duration::from_nanos((seq as f64 * interval) as u64)).await;
+        let permit = Arc::clone(&in_flight).acquire_owned().await.context("the pacer's semaphore closed")?;
+        let (client, times, append_latency) =
+            (client.clone(), Arc::clone(times), Arc::clone(&append_latency));
+        let stream = stream_of(seq);
+        appends.spawn(async move {
+            let _permit = permit;
+            let body = append_body("\"any\"", event_type, 0, seq, 1);
+            let started = Instant::now();
+            times.mark_sent(seq);
+            append(&client, &stream, body).await?;
+            let elapsed = started.elapsed();
+            // Never held across an await.
+            let mut histogram = append_latency.lock().unwrap_or_else(|p| p.into_inner());
+            report::record(&mut histogram, elapsed);
+            anyhow::Ok(())
+        });
+        while let Some(done) = appends.try_join_next() {
+            done.context("an append task stopped unexpectedly")??;
+        }
+        check()?;
+    }
+    let launched = start.elapsed();
+    while let Some(done) = appends.join_next().await {
+        done.context("an append task stopped unexpectedly")??;
+    }
+    let answered = start.elapsed();
+    let append_latency = append_latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Paced { launched, answered, append_latency })
 }
 
 /// The W5 subscriber: every bench event exactly once, positions increasing.
@@ -338,15 +408,13 @@ async fn receive(
     response: reqwest::Response,
     stream: String,
     total: u64,
-    epoch: Instant,
-    sent: Arc<Vec<AtomicU64>>,
+    times: Arc<SendTimes>,
     delivered: Arc<AtomicU64>,
     bar: indicatif::ProgressBar,
-) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+) -> anyhow::Result<Histogram<u64>> {
     let mut latency = report::histogram()?;
     let mut parser = SseParser::new();
     let mut body = response.bytes_stream();
-    let mut seen = vec![false; sent.len()];
     let (mut received, mut last_position) = (0u64, 0u64);
     let mut events = Vec::new();
     while received < total {
@@ -354,7 +422,7 @@ async fn receive(
             Some(chunk) => chunk.context("w5: the SSE connection broke")?,
             None => bail!("w5: the server ended the SSE stream after {received} of {total} events"),
         };
-        let now = nanos_since(epoch);
+        let now = times.now();
         parser.feed(&chunk, |event| events.push(event));
         for event in events.drain(..) {
             let d: Delivered = serde_json::from_str(&event.data)
@@ -364,16 +432,7 @@ async fn receive(
                 bail!("w5: position {} was delivered after position {last_position}", d.position);
             }
             last_position = d.position;
-            let index = usize::try_from(seq).ok().filter(|&i| i < seen.len());
-            let Some(index) = index else { bail!("w5: delivered an event with unknown seq {seq}") };
-            if std::mem::replace(&mut seen[index], true) {
-                bail!("w5: event {seq} was delivered twice");
-            }
-            let sent_at = sent[index].load(Ordering::Acquire);
-            if sent_at == 0 {
-                bail!("w5: event {seq} was delivered before it was sent");
-            }
-            report::record(&mut latency, Duration::from_nanos(now.saturating_sub(sent_at - 1)));
+            report::record(&mut latency, times.delivered("w5", seq, now)?);
             received += 1;
             delivered.store(received, Ordering::Relaxed);
             bar.inc(1);
@@ -394,5 +453,15 @@ mod tests {
         assert_eq!(v["events"].as_array().unwrap().len(), 3);
         assert_eq!(v["events"][2]["data"]["seq"], 12);
         assert_eq!(v["events"][0]["type"], "bench.w4_batch");
+    }
+
+    #[test]
+    fn a_delivery_counts_once_and_only_after_its_send() {
+        let times = SendTimes::new(2);
+        assert!(times.delivered("t", 0, times.now()).unwrap_err().to_string().contains("before it was sent"));
+        times.mark_sent(1);
+        assert!(times.delivered("t", 1, times.now()).is_ok());
+        assert!(times.delivered("t", 1, times.now()).unwrap_err().to_string().contains("twice"));
+        assert!(times.delivered("t", 2, times.now()).unwrap_err().to_string().contains("unknown seq 2"));
     }
 }

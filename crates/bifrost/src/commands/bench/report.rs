@@ -121,6 +121,14 @@ impl Report {
             append_latency_us: None,
         }
     }
+
+    /// A paced workload's report: the rate asked for, and the latency of its appends next to
+    /// the latency it measures.
+    pub(super) fn with_appends(mut self, target_rate: u64, append_latency: &Histogram<u64>) -> Self {
+        self.target_rate = Some(target_rate as f64);
+        self.append_latency_us = Some(Latency::of(append_latency));
+        self
+    }
 }
 
 #[derive(Debug, Serialize)]
