@@ -8,8 +8,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use bifrost_bus::GroupName;
 use bifrost_core::{Category, LogFilter, StreamName, Timestamp, TypePattern};
+use uuid::Uuid;
 
 use crate::error::{ApiError, ProblemType};
+use crate::wire::parse_uuid;
 
 /// A JSON request body as raw bytes: the content type is checked (415) and the body limit
 /// applied (413) before anything is parsed.
@@ -84,20 +86,6 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
     }
 }
 
-/// A single path parameter as text (invalid UTF-8 is a 400, not a plain-text answer).
-pub(crate) struct PathText(pub(crate) String);
-
-impl<S: Send + Sync> FromRequestParts<S> for PathText {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(text) = Path::<String>::from_request_parts(parts, state).await.map_err(|rejection| {
-            ApiError::invalid_argument(format!("invalid path parameter: {rejection}"))
-        })?;
-        Ok(Self(text))
-    }
-}
-
 /// The path parameters by name, percent-decoded (invalid UTF-8 is a 400).
 pub(crate) struct PathParams(Vec<(String, String)>);
 
@@ -126,6 +114,11 @@ impl PathParams {
     /// The `{group}` parameter as a valid group name.
     pub(crate) fn group(&self) -> Result<GroupName, ApiError> {
         Ok(GroupName::new(self.get("group")?)?)
+    }
+
+    /// The parameter `name` as a UUID.
+    pub(crate) fn uuid(&self, name: &str) -> Result<Uuid, ApiError> {
+        parse_uuid(self.get(name)?)
     }
 }
 

@@ -136,6 +136,11 @@ pub fn parse_expected_version(raw: Option<&RawValue>) -> ApiResult<ExpectedVersi
     }
 }
 
+/// An event id from a path or a body.
+pub fn parse_uuid(text: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(text).map_err(|_| ApiError::invalid_argument(format!("{text:?} is not a UUID")))
+}
+
 fn parse_optional_string(raw: Option<&RawValue>, field: &str) -> ApiResult<Option<String>> {
     let Some(raw) = raw else { return Ok(None) };
     serde_json::from_str::<Option<String>>(raw.get())
@@ -720,12 +725,7 @@ pub struct ReplayRequest {
 impl ReplayRequest {
     pub fn selection(self) -> ApiResult<ReplaySelection> {
         let Some(ids) = self.event_ids else { return Ok(ReplaySelection::All) };
-        let ids = ids
-            .iter()
-            .map(|id| {
-                Uuid::parse_str(id).map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a UUID")))
-            })
-            .collect::<ApiResult<Vec<_>>>()?;
+        let ids = ids.iter().map(|id| parse_uuid(id)).collect::<ApiResult<Vec<_>>>()?;
         Ok(ReplaySelection::Ids(ids))
     }
 }

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use bifrost_bus::{ConsumerGroup, GroupName, Lease, Put};
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
@@ -353,8 +352,7 @@ pub(crate) async fn replay(
 )]
 pub(crate) async fn discard(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
     let name = path.group()?;
-    let id = path.get("event_id")?;
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a UUID")))?;
+    let id = path.uuid("event_id")?;
     let group = find(&state, &name).await?;
     if group.discard(id).await? {
         Ok(StatusCode::NO_CONTENT)

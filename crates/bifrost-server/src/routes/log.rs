@@ -2,11 +2,10 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
-use crate::extract::{PathText, QueryParams};
+use crate::extract::{PathParams, QueryParams};
 use crate::metrics;
 use crate::routes::json_bytes;
 use crate::wire::{self, EventBody, LogEventsBody, Problem};
@@ -51,11 +50,8 @@ pub(crate) async fn read_log(State(state): State<AppState>, query: QueryParams) 
         (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn event_by_id(
-    State(state): State<AppState>,
-    PathText(id): PathText,
-) -> ApiResult<Response> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a UUID")))?;
+pub(crate) async fn event_by_id(State(state): State<AppState>, path: PathParams) -> ApiResult<Response> {
+    let id = path.uuid("id")?;
     let event = state.store.event(id).await?.ok_or_else(|| {
         ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}"))
             .with("id", id.to_string().into())
