@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use bifrost_bus::config::MAX_GROUP_NAME_LEN;
 use bifrost_bus::{ConsumerGroup, GroupName, Lease, Put};
 
 use crate::AppState;
@@ -27,8 +28,6 @@ const MAX_FETCH_MAX: u64 = 1000;
 const MAX_WAIT_MS: u64 = 30_000;
 /// The consumer name of a fetch that gives none.
 const DEFAULT_CONSUMER: &str = "anonymous";
-/// Longest consumer name, in characters.
-const MAX_CONSUMER_CHARS: usize = 128;
 
 fn group_not_found(name: &GroupName) -> ApiError {
     ApiError::new(ProblemType::GroupNotFound, format!("there is no consumer group {name}"))
@@ -199,12 +198,12 @@ async fn fetch_from(
     }
 }
 
+/// A consumer's name follows the rule of group names.
 fn consumer_name(name: Option<&str>) -> ApiResult<&str> {
     let Some(name) = name else { return Ok(DEFAULT_CONSUMER) };
-    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-');
-    if name.is_empty() || name.chars().count() > MAX_CONSUMER_CHARS || !name.chars().all(valid) {
+    if GroupName::new(name).is_err() {
         return Err(ApiError::invalid_argument(format!(
-            "invalid consumer {name:?}: use 1-{MAX_CONSUMER_CHARS} characters of A-Z a-z 0-9 _ . : @ -"
+            "invalid consumer {name:?}: use 1-{MAX_GROUP_NAME_LEN} characters of A-Z a-z 0-9 _ . : @ -"
         ))
         .with("consumer", name.into()));
     }
