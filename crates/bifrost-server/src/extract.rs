@@ -167,17 +167,22 @@ impl QueryParams {
             .transpose()
     }
 
-    /// `limit`: default 100, at least 1, capped at 1000.
-    pub(crate) fn limit(&self) -> Result<usize, ApiError> {
-        match self.one("limit")? {
-            None => Ok(DEFAULT_LIMIT),
+    /// A count that must be positive: `default` when absent, capped (not rejected) above `cap`.
+    pub(crate) fn count(&self, name: &str, default: usize, cap: usize) -> Result<usize, ApiError> {
+        match self.one(name)? {
+            None => Ok(default),
             Some(v) => match v.parse::<u64>() {
                 Ok(0) | Err(_) => {
-                    Err(ApiError::invalid_argument(format!("limit must be a positive integer, got {v:?}")))
+                    Err(ApiError::invalid_argument(format!("{name} must be a positive integer, got {v:?}")))
                 }
-                Ok(n) => Ok(usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
+                Ok(n) => Ok(usize::try_from(n).unwrap_or(cap).min(cap)),
             },
         }
+    }
+
+    /// `limit`: default 100, at least 1, capped at 1000.
+    pub(crate) fn limit(&self) -> Result<usize, ApiError> {
+        self.count("limit", DEFAULT_LIMIT, MAX_LIMIT)
     }
 
     pub(crate) fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {

@@ -21,9 +21,9 @@ use crate::wire::{
 };
 
 /// Events handed out by one fetch, when `max` is not given.
-const DEFAULT_FETCH_MAX: u64 = 10;
+const DEFAULT_FETCH_MAX: usize = 10;
 /// Larger `max` values are capped to this.
-const MAX_FETCH_MAX: u64 = 1000;
+const MAX_FETCH_MAX: usize = 1000;
 /// Longest long-poll, in milliseconds; larger `wait` values are capped to this.
 const MAX_WAIT_MS: u64 = 30_000;
 /// The consumer name of a fetch that gives none.
@@ -152,16 +152,10 @@ pub(crate) async fn fetch(
     query: QueryParams,
 ) -> ApiResult<Response> {
     let name = path.group()?;
-    let max = match query.u64("max")? {
-        None => DEFAULT_FETCH_MAX,
-        Some(0) => return Err(ApiError::invalid_argument("max must be at least 1")),
-        Some(n) => n.min(MAX_FETCH_MAX),
-    };
+    let max = query.count("max", DEFAULT_FETCH_MAX, MAX_FETCH_MAX)?;
     let wait = Duration::from_millis(query.u64("wait")?.unwrap_or(0).min(MAX_WAIT_MS));
     let consumer = consumer_name(query.one("consumer")?)?;
     let group = find(&state, &name).await?;
-    // The cap above keeps `max` far below usize::MAX.
-    let max = usize::try_from(max).unwrap_or(1);
     let leases = tokio::select! {
         leases = fetch_from(&state, &name, group, consumer, max, wait) => leases?,
         // Shutdown must not wait for long polls; a fetch dropped here has leased nothing.
