@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::http::{DELIVERY_GRACE, SendTimes, append_body, paced_appends};
+use super::http::{DELIVERY_GRACE, SendTimes, paced_appends, write_append};
 use super::report::{self, Report};
 use super::workloads::shares;
 use crate::client::{ApiClient, problem_message};
@@ -187,9 +187,9 @@ async fn prefill(
                     if !planned.is_empty() {
                         body.push(',');
                     }
-                    let one = append_body(&version.to_string(), &event_type, writer, *version, k);
-                    let one = String::from_utf8_lossy(&one);
-                    let _ = write!(body, r#"{{"stream":"{stream}",{}"#, one.trim_start_matches('{'));
+                    let _ = write!(body, r#"{{"stream":"{stream}","#);
+                    write_append(&mut body, *version, &event_type, writer, *version, k);
+                    body.push('}');
                     planned.push((i, k));
                     events += k;
                 }

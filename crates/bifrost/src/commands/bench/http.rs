@@ -1,7 +1,7 @@
 //! The HTTP workloads — W4 (appends over keep-alive connections) and W5 (append → SSE
 //! delivery latency) — and the in-process server they use when no `--url` is given.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 
 use super::report::{self, Report};
-use super::workloads::{payload, shares};
+use super::workloads::{shares, write_payload};
 use crate::client::{ApiClient, problem_message};
 use crate::sse::SseParser;
 
@@ -137,18 +137,40 @@ pub(super) struct HttpWrite<'a> {
 }
 
 /// The request body of an append of `n` bench events starting at `seq`.
-pub(super) fn append_body(expected: &str, event_type: &str, writer: u64, seq: u64, n: u64) -> Vec<u8> {
+pub(super) fn append_body(
+    expected: impl fmt::Display,
+    event_type: &str,
+    writer: u64,
+    seq: u64,
+    n: u64,
+) -> Vec<u8> {
     let mut body = String::with_capacity(64 + n as usize * 320);
-    let _ = write!(body, r#"{{"expected_version":{expected},"events":["#);
-    for (i, seq) in (seq..seq + n).enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        let data = payload(writer, seq);
-        let _ = write!(body, r#"{{"type":"{event_type}","data":{}}}"#, String::from_utf8_lossy(&data));
-    }
-    body.push_str("]}");
+    body.push('{');
+    write_append(&mut body, expected, event_type, writer, seq, n);
+    body.push('}');
     body.into_bytes()
+}
+
+/// Writes the fields of an append request, `"expected_version":…,"events":[…]`, of `n`
+/// bench events starting at `seq`, each payload straight into `out`.
+pub(super) fn write_append(
+    out: &mut String,
+    expected: impl fmt::Display,
+    event_type: &str,
+    writer: u64,
+    seq: u64,
+    n: u64,
+) {
+    let _ = write!(out, r#""expected_version":{expected},"events":["#);
+    for i in seq..seq + n {
+        if i > seq {
+            out.push(',');
+        }
+        let _ = write!(out, r#"{{"type":"{event_type}","data":"#);
+        write_payload(out, writer, i);
+        out.push('}');
+    }
+    out.push(']');
 }
 
 /// POSTs an append and insists on `201 Created`.
@@ -189,7 +211,7 @@ pub(super) async fn write(client: &ApiClient, spec: &HttpWrite<'_>) -> anyhow::R
             let mut version = 0;
             while version < count {
                 let n = batch.min(count - version);
-                let body = append_body(&version.to_string(), &event_type, writer, version, n);
+                let body = append_body(version, &event_type, writer, version, n);
                 let sent = Instant::now();
                 let result = append(&client, &stream, body).await?;
                 report::record(&mut latency, sent.elapsed());
@@ -379,7 +401,7 @@ pub(super) async fn paced_appends(
         let stream = stream_of(seq);
         appends.spawn(async move {
             let _permit = permit;
-            let body = append_body("\"any\"", event_type, 0, seq, 1);
+            let body = append_body(r#""any""#, event_type, 0, seq, 1);
             let started = Instant::now();
             times.mark_sent(seq);
             append(&client, &stream, body).await?;
@@ -447,12 +469,14 @@ mod tests {
 
     #[test]
     fn append_bodies_are_valid_requests() {
-        let body = append_body("3", "bench.w4_batch", 2, 10, 3);
+        let body = append_body(3, "bench.w4_batch", 2, 10, 3);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["expected_version"], 3);
         assert_eq!(v["events"].as_array().unwrap().len(), 3);
         assert_eq!(v["events"][2]["data"]["seq"], 12);
         assert_eq!(v["events"][0]["type"], "bench.w4_batch");
+        let data = v["events"][1]["data"].to_string();
+        assert_eq!(data.len(), super::super::workloads::PAYLOAD_BYTES, "{data}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The in-process workloads: W1 and W2 write through the `EventStore` trait, W3 reads the
 //! whole global log back.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,13 +18,18 @@ pub(super) const PAYLOAD_BYTES: usize = 256;
 /// A JSON object of exactly [`PAYLOAD_BYTES`] bytes that names its writer and sequence
 /// number (W5 matches deliveries to appends by `seq`).
 pub(super) fn payload(writer: u64, seq: u64) -> Bytes {
-    let head = format!(r#"{{"writer":{writer},"seq":{seq},"pad":""#);
-    let pad = PAYLOAD_BYTES.saturating_sub(head.len() + 2);
     let mut json = String::with_capacity(PAYLOAD_BYTES);
-    json.push_str(&head);
-    json.extend(std::iter::repeat_n('x', pad));
-    json.push_str("\"}");
+    write_payload(&mut json, writer, seq);
     Bytes::from(json)
+}
+
+/// Writes [`payload`] at the end of `out`, so that a request body needs no copy of it.
+pub(super) fn write_payload(out: &mut String, writer: u64, seq: u64) {
+    let start = out.len();
+    let _ = write!(out, r#"{{"writer":{writer},"seq":{seq},"pad":""#);
+    let pad = PAYLOAD_BYTES.saturating_sub(out.len() - start + 2);
+    out.extend(std::iter::repeat_n('x', pad));
+    out.push_str("\"}");
 }
 
 /// Splits `total` events between `writers` as evenly as possible.
