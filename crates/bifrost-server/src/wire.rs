@@ -783,20 +783,17 @@ pub struct DeadLettersBody {
 /// `{"messages":[{"lease":..,"attempt":..,"event":{..}},...]}`.
 pub fn fetch_json(leases: &[Lease]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + leases.iter().map(|l| 96 + estimate_one(&l.event)).sum::<usize>());
-    out.extend_from_slice(b"{\"messages\":[");
-    for (i, lease) in leases.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    out.extend_from_slice(b"{\"messages\":");
+    write_array(&mut out, leases, |out, lease| {
         out.extend_from_slice(b"{\"lease\":");
-        write_str(&mut out, &lease.token);
+        write_str(out, &lease.token);
         out.extend_from_slice(b",\"attempt\":");
-        write_u64(&mut out, u64::from(lease.attempt));
+        write_u64(out, u64::from(lease.attempt));
         out.extend_from_slice(b",\"event\":");
-        write_event(&mut out, &lease.event);
+        write_event(out, &lease.event);
         out.push(b'}');
-    }
-    out.extend_from_slice(b"]}");
+    });
+    out.push(b'}');
     out
 }
 
@@ -805,38 +802,32 @@ pub fn dead_letters_json(entries: &[DeadLetterEntry], next: Option<u64>) -> Vec<
     let mut out = Vec::with_capacity(
         64 + entries.iter().map(|e| 256 + e.event.as_ref().map_or(0, estimate_one)).sum::<usize>(),
     );
-    out.extend_from_slice(b"{\"dead_letters\":[");
-    for (i, entry) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    out.extend_from_slice(b"{\"dead_letters\":");
+    write_array(&mut out, entries, |out, entry| {
         let dl = &entry.dead_letter;
         out.extend_from_slice(b"{\"event\":");
         match &entry.event {
-            Some(event) => write_event(&mut out, event),
+            Some(event) => write_event(out, event),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"event_id\":");
-        write_str(&mut out, &dl.event_id.to_string());
+        write_uuid(out, dl.event_id);
         out.extend_from_slice(b",\"position\":");
-        write_u64(&mut out, dl.position);
+        write_u64(out, dl.position);
         out.extend_from_slice(b",\"stream\":");
-        write_str(&mut out, &dl.stream);
+        write_str(out, &dl.stream);
         out.extend_from_slice(b",\"type\":");
-        write_str(&mut out, &dl.event_type);
+        write_str(out, &dl.event_type);
         out.extend_from_slice(b",\"attempts\":");
-        write_u64(&mut out, u64::from(dl.attempts));
+        write_u64(out, u64::from(dl.attempts));
         out.extend_from_slice(b",\"reason\":");
-        write_str(&mut out, &dl.reason);
-        out.extend_from_slice(b",\"parked_at\":\"");
-        write_timestamp(&mut out, dl.parked_at);
-        out.extend_from_slice(b"\"}");
-    }
-    out.extend_from_slice(b"],\"next\":");
-    match next {
-        Some(n) => write_u64(&mut out, n),
-        None => out.extend_from_slice(b"null"),
-    }
+        write_str(out, &dl.reason);
+        out.extend_from_slice(b",\"parked_at\":");
+        write_timestamp(out, dl.parked_at);
+        out.push(b'}');
+    });
+    out.extend_from_slice(b",\"next\":");
+    write_optional_u64(&mut out, next);
     out.push(b'}');
     out
 }
@@ -846,11 +837,9 @@ pub fn dead_letters_json(entries: &[DeadLetterEntry], next: Option<u64>) -> Vec<
 
 /// Appends one event's JSON to `out`. `data` and `metadata` are the stored bytes, verbatim.
 pub fn write_event(out: &mut Vec<u8>, e: &RecordedEvent) {
-    out.extend_from_slice(b"{\"id\":\"");
-    // A UUID's hyphenated form needs no escaping.
-    let mut id = Uuid::encode_buffer();
-    out.extend_from_slice(e.id.hyphenated().encode_lower(&mut id).as_bytes());
-    out.extend_from_slice(b"\",\"stream\":");
+    out.extend_from_slice(b"{\"id\":");
+    write_uuid(out, e.id);
+    out.extend_from_slice(b",\"stream\":");
     write_str(out, e.stream.as_str());
     out.extend_from_slice(b",\"aggregate_type\":");
     write_str(out, &e.aggregate_type);
@@ -866,23 +855,16 @@ pub fn write_event(out: &mut Vec<u8>, e: &RecordedEvent) {
     out.extend_from_slice(if e.data.is_empty() { b"null" } else { &e.data });
     out.extend_from_slice(b",\"metadata\":");
     out.extend_from_slice(if e.metadata.is_empty() { b"{}" } else { &e.metadata });
-    out.extend_from_slice(b",\"occurred_at\":\"");
+    out.extend_from_slice(b",\"occurred_at\":");
     write_timestamp(out, e.occurred_at);
-    out.extend_from_slice(b"\",\"recorded_at\":\"");
+    out.extend_from_slice(b",\"recorded_at\":");
     write_timestamp(out, e.recorded_at);
-    out.extend_from_slice(b"\"}");
+    out.push(b'}');
 }
 
 /// `[event, event, ...]`.
 pub fn write_events(out: &mut Vec<u8>, events: &[RecordedEvent]) {
-    out.push(b'[');
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_event(out, e);
-    }
-    out.push(b']');
+    write_array(out, events, write_event);
 }
 
 /// `{"events":[...],"next":N|null}`.
@@ -891,10 +873,7 @@ pub fn stream_events_json(events: &[RecordedEvent], next: Option<u64>) -> Vec<u8
     out.extend_from_slice(b"{\"events\":");
     write_events(&mut out, events);
     out.extend_from_slice(b",\"next\":");
-    match next {
-        Some(n) => write_u64(&mut out, n),
-        None => out.extend_from_slice(b"null"),
-    }
+    write_optional_u64(&mut out, next);
     out.push(b'}');
     out
 }
@@ -924,9 +903,29 @@ fn estimate_one(e: &RecordedEvent) -> usize {
     320 + e.data.len() + e.metadata.len()
 }
 
+/// `[item,item,...]`, each item written by `write`.
+fn write_array<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
+}
+
 fn write_str(out: &mut Vec<u8>, s: &str) {
     // Writing a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A quoted UUID; its hyphenated form needs no escaping.
+fn write_uuid(out: &mut Vec<u8>, id: Uuid) {
+    let mut buffer = Uuid::encode_buffer();
+    out.push(b'"');
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
+    out.push(b'"');
 }
 
 fn write_u64(out: &mut Vec<u8>, n: u64) {
@@ -934,9 +933,17 @@ fn write_u64(out: &mut Vec<u8>, n: u64) {
     let _ = write!(out, "{n}");
 }
 
+fn write_optional_u64(out: &mut Vec<u8>, n: Option<u64>) {
+    match n {
+        Some(n) => write_u64(out, n),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A quoted RFC 3339 timestamp; its digits and separators need no escaping.
 fn write_timestamp(out: &mut Vec<u8>, t: Timestamp) {
     use std::io::Write;
-    let _ = write!(out, "{t}");
+    let _ = write!(out, "\"{t}\"");
 }
 
 /// Validates a stream name from the path or a body.
@@ -976,6 +983,52 @@ mod tests {
         assert_eq!(parsed.position, 1041);
         assert_eq!(parsed.recorded_at, "2026-11-22T10:00:00.124001Z");
         assert_eq!(parsed.metadata["correlation_id"], "c-1");
+    }
+
+    #[test]
+    fn group_writers_emit_the_documented_bytes() {
+        let event = recorded(b"1", b"{}");
+        let lease = Lease { token: "t\"1".into(), attempt: 2, event: event.clone() };
+        let event_text = String::from_utf8(event_json(&event)).unwrap();
+        assert_eq!(
+            event_text,
+            concat!(
+                r#"{"id":"00000000-0000-0000-0000-000000000000","stream":"order-1","aggregate_type":"order\"x","#,
+                r#""type":"order.submitted","schema_version":2,"version":3,"position":1041,"data":1,"#,
+                r#""metadata":{},"occurred_at":"2026-11-22T10:00:00.123456Z","#,
+                r#""recorded_at":"2026-11-22T10:00:00.124001Z"}"#
+            )
+        );
+        assert_eq!(fetch_json(&[]), br#"{"messages":[]}"#);
+        let fetched = String::from_utf8(fetch_json(&[lease.clone(), lease])).unwrap();
+        let message = format!(r#"{{"lease":"t\"1","attempt":2,"event":{event_text}}}"#);
+        assert_eq!(fetched, format!(r#"{{"messages":[{message},{message}]}}"#));
+
+        let dead_letter = bifrost_bus::DeadLetter {
+            event_id: Uuid::nil(),
+            position: 1041,
+            stream: "order-1".into(),
+            event_type: "order.submitted".into(),
+            attempts: 5,
+            reason: "bad\n".into(),
+            parked_at: "2026-11-22T10:00:01Z".parse().unwrap(),
+        };
+        let entries = [
+            DeadLetterEntry { dead_letter: dead_letter.clone(), event: Some(event) },
+            DeadLetterEntry { dead_letter, event: None },
+        ];
+        assert_eq!(dead_letters_json(&[], None), br#"{"dead_letters":[],"next":null}"#);
+        let letters = String::from_utf8(dead_letters_json(&entries, Some(1041))).unwrap();
+        let rest = concat!(
+            r#""event_id":"00000000-0000-0000-0000-000000000000","position":1041,"stream":"order-1","#,
+            r#""type":"order.submitted","attempts":5,"reason":"bad\n","parked_at":"2026-11-22T10:00:01.000000Z"}"#
+        );
+        assert_eq!(
+            letters,
+            format!(
+                r#"{{"dead_letters":[{{"event":{event_text},{rest},{{"event":null,{rest}],"next":1041}}"#
+            )
+        );
     }
 
     #[test]
