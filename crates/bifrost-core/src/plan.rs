@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::event::EventId;
+use crate::event::{EventId, NewEvent};
 use crate::name::StreamName;
 use crate::store::{
-    AppendResult, Position, StoredEventRef, StreamAppend, StreamState, Version, check_expected, check_replay,
+    AppendResult, Position, StoredEventRef, StreamAppend, StreamState, Version, aggregate_type_of,
+    check_expected, check_replay,
 };
 
 /// What a backend can look up in its committed state while planning.
@@ -30,7 +31,37 @@ pub enum Planned {
     Write { after: Version, first_position: Position },
 }
 
+/// One event a planned append writes, at the version and position its plan gives it.
+#[derive(Clone, Copy, Debug)]
+pub struct PlacedEvent<'a> {
+    pub event: &'a NewEvent,
+    pub version: Version,
+    pub position: Position,
+}
+
+/// A stream a group writes: its version once the group commits, and the aggregate type it
+/// is created with should the group create it (its first event's, see [`aggregate_type_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamHead<'a> {
+    pub stream: &'a StreamName,
+    pub version: Version,
+    pub aggregate_type: &'a str,
+}
+
 impl Planned {
+    /// The events of `append` where this plan puts them, in order; none for a replay.
+    pub fn placed<'a>(&self, append: &'a StreamAppend) -> impl Iterator<Item = PlacedEvent<'a>> + use<'a> {
+        let (after, first_position, events) = match *self {
+            Self::Write { after, first_position } => (after, first_position, append.events.as_slice()),
+            Self::Replay(_) => (0, 0, &[][..]),
+        };
+        (0u64..).zip(events).map(move |(offset, event)| PlacedEvent {
+            event,
+            version: after + 1 + offset,
+            position: first_position + offset,
+        })
+    }
+
     /// The append's result, once its group committed.
     pub fn result(&self, append: &StreamAppend) -> AppendResult {
         match self {
@@ -127,22 +158,117 @@ impl<L: PlanLookup> GroupPlanner<L> {
         for (append, plan) in appends.iter().zip(plans.iter_mut()) {
             let Planned::Write { after, first_position } = plan else { continue };
             *first_position = self.last_position + 1;
-            for (offset, event) in (1u64..).zip(&append.events) {
+            let after = *after;
+            for placed in plan.placed(append) {
                 self.planned_events.insert(
-                    event.id,
+                    placed.event.id,
                     StoredEventRef {
                         stream: append.stream.clone(),
-                        version: *after + offset,
-                        position: self.last_position + offset,
-                        event_type: event.event_type.clone(),
-                        data: event.data.clone(),
+                        version: placed.version,
+                        position: placed.position,
+                        event_type: placed.event.event_type.clone(),
+                        data: placed.event.data.clone(),
                     },
                 );
             }
             let count = append.events.len() as u64;
             self.last_position += count;
-            self.planned_streams.insert(append.stream.clone(), (*after + count, StreamState::Live));
+            self.planned_streams.insert(append.stream.clone(), (after + count, StreamState::Live));
         }
         Ok(plans)
+    }
+}
+
+/// The head of every stream that the planned appends of a group write, once per stream in
+/// the order they are first written: a stream written by several appends of the group gets
+/// the last one's version and the first one's aggregate type. Replays write nothing.
+pub fn stream_heads<'a>(
+    planned: impl IntoIterator<Item = (&'a StreamAppend, &'a Planned)>,
+) -> Vec<StreamHead<'a>> {
+    let mut heads: Vec<StreamHead<'a>> = Vec::new();
+    let mut index: HashMap<&StreamName, usize> = HashMap::new();
+    for (append, plan) in planned {
+        let Planned::Write { after, .. } = *plan else { continue };
+        let version = after + append.events.len() as u64;
+        match index.get(&append.stream) {
+            Some(&i) => heads[i].version = version,
+            None => {
+                index.insert(&append.stream, heads.len());
+                let aggregate_type = aggregate_type_of(&append.events[0], &append.stream);
+                heads.push(StreamHead { stream: &append.stream, version, aggregate_type });
+            }
+        }
+    }
+    heads
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::event::NewEvent;
+    use crate::name::EventType;
+    use crate::store::ExpectedVersion;
+
+    struct Empty;
+
+    impl PlanLookup for Empty {
+        fn event(&mut self, _: &EventId) -> Result<Option<StoredEventRef>> {
+            Ok(None)
+        }
+
+        fn stream(&mut self, _: &StreamName) -> Result<Option<(Version, StreamState)>> {
+            Ok(None)
+        }
+    }
+
+    fn append(stream: &str, n: usize, aggregate_type: Option<&str>) -> StreamAppend {
+        let events = (0..n)
+            .map(|_| {
+                let event = NewEvent::new(EventType::new("a.b").unwrap(), "{}");
+                match aggregate_type {
+                    Some(t) => event.with_aggregate_type(t),
+                    None => event,
+                }
+            })
+            .collect();
+        StreamAppend::new(StreamName::new(stream).unwrap(), ExpectedVersion::Any, events)
+    }
+
+    #[test]
+    fn placed_events_and_stream_heads_follow_the_plans_of_a_group() {
+        let mut planner = GroupPlanner::new(Empty, 10);
+        let first = vec![append("order-1", 2, Some("Order")), append("cart-1", 1, None)];
+        let second = vec![append("order-1", 3, None)];
+        let first_plans = planner.plan(&first, true).unwrap();
+        let second_plans = planner.plan(&second, true).unwrap();
+
+        let placed: Vec<_> = first
+            .iter()
+            .zip(&first_plans)
+            .chain(second.iter().zip(&second_plans))
+            .flat_map(|(a, p)| p.placed(a).map(|e| (a.stream.as_str(), e.version, e.position)))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("order-1", 1, 11),
+                ("order-1", 2, 12),
+                ("cart-1", 1, 13),
+                ("order-1", 3, 14),
+                ("order-1", 4, 15),
+                ("order-1", 5, 16)
+            ]
+        );
+        assert_eq!(planner.last_position(), 16);
+
+        let heads = stream_heads(first.iter().zip(&first_plans).chain(second.iter().zip(&second_plans)));
+        let heads: Vec<_> = heads.iter().map(|h| (h.stream.as_str(), h.version, h.aggregate_type)).collect();
+        assert_eq!(heads, [("order-1", 5, "Order"), ("cart-1", 1, "cart")]);
+
+        let replay = Planned::Replay(second_plans[0].result(&second[0]));
+        assert_eq!(replay.placed(&second[0]).count(), 0);
+        assert!(stream_heads([(&second[0], &replay)]).is_empty());
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned};
+use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned, stream_heads};
 use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of};
 use bifrost_core::{
     AppendResult, DeleteMode, Error, EventType, Position, Result, StreamAppend, StreamName, Timestamp,
@@ -249,33 +249,30 @@ async fn try_commit_group(
     }
 
     let mut rows = Rows::default();
-    let mut stream_heads: HashMap<&str, (&str, &str, Version)> = HashMap::new();
-    for (appends, plans) in requests.iter().zip(&plans) {
-        let Ok(plans) = plans else { continue };
-        for (append, plan) in appends.iter().zip(plans) {
-            let Planned::Write { after, first_position } = plan else { continue };
-            let stream = append.stream.as_str();
-            let category = append.stream.category();
-            for (offset, event) in (0u64..).zip(&append.events) {
-                rows.position.push(i64_from(first_position + offset)?);
-                rows.id.push(event.id);
-                rows.stream.push(stream);
-                rows.version.push(i64_from(after + 1 + offset)?);
-                rows.category.push(category);
-                rows.aggregate_type.push(aggregate_type_of(event, &append.stream));
-                rows.event_type.push(event.event_type.as_str());
-                rows.schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-                rows.data.push(event.data.as_ref());
-                rows.metadata.push(event.metadata.to_json_bytes());
-                rows.correlation_id.push(event.metadata.correlation_id.as_deref());
-                rows.occurred_at.push(event.occurred_at.unwrap_or(now).as_micros());
-                rows.recorded_at.push(now.as_micros());
-            }
-            let last = after + append.events.len() as u64;
-            stream_heads
-                .entry(stream)
-                .and_modify(|h| h.2 = last)
-                .or_insert_with(|| (category, aggregate_type_of(&append.events[0], &append.stream), last));
+    let written: Vec<(&StreamAppend, &Planned)> = requests
+        .iter()
+        .zip(&plans)
+        .filter_map(|(a, p)| Some(a.iter().zip(p.as_ref().ok()?)))
+        .flatten()
+        .collect();
+    for &(append, plan) in &written {
+        let stream = append.stream.as_str();
+        let category = append.stream.category();
+        for placed in plan.placed(append) {
+            let event = placed.event;
+            rows.position.push(i64_from(placed.position)?);
+            rows.id.push(event.id);
+            rows.stream.push(stream);
+            rows.version.push(i64_from(placed.version)?);
+            rows.category.push(category);
+            rows.aggregate_type.push(aggregate_type_of(event, &append.stream));
+            rows.event_type.push(event.event_type.as_str());
+            rows.schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+            rows.data.push(event.data.as_ref());
+            rows.metadata.push(event.metadata.to_json_bytes());
+            rows.correlation_id.push(event.metadata.correlation_id.as_deref());
+            rows.occurred_at.push(event.occurred_at.unwrap_or(now).as_micros());
+            rows.recorded_at.push(now.as_micros());
         }
     }
     let metadata: Vec<&[u8]> = rows.metadata.iter().map(|m| m.as_ref()).collect();
@@ -300,16 +297,11 @@ async fn try_commit_group(
     )
     .await
     .map_err(pg)?;
-    let mut names = Vec::with_capacity(stream_heads.len());
-    let mut categories = Vec::with_capacity(stream_heads.len());
-    let mut types = Vec::with_capacity(stream_heads.len());
-    let mut versions = Vec::with_capacity(stream_heads.len());
-    for (name, (category, aggregate_type, version)) in &stream_heads {
-        names.push(*name);
-        categories.push(*category);
-        types.push(*aggregate_type);
-        versions.push(i64_from(*version)?);
-    }
+    let heads = stream_heads(written);
+    let names: Vec<&str> = heads.iter().map(|h| h.stream.as_str()).collect();
+    let categories: Vec<&str> = heads.iter().map(|h| h.stream.category()).collect();
+    let types: Vec<&str> = heads.iter().map(|h| h.aggregate_type).collect();
+    let versions = heads.iter().map(|h| i64_from(h.version)).collect::<Result<Vec<_>>>()?;
     let upsert = tx.prepare_cached(&sql.upsert_streams).await.map_err(pg)?;
     let update_head = tx.prepare_cached(&sql.update_head).await.map_err(pg)?;
     let notify = tx.prepare_cached(&sql.notify).await.map_err(pg)?;

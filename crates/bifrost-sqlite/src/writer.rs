@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned};
+use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned, stream_heads};
 use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of};
 use bifrost_core::{
     AppendResult, DeleteMode, Error, EventType, Position, Result, StateChange, StreamAppend, StreamName,
@@ -509,20 +509,17 @@ impl WriterState {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .map_err(sql)?;
-        // Each stream's head after the group, and its aggregate type should it be new.
-        let mut heads: HashMap<&StreamName, (&str, Version)> = HashMap::new();
         for (request, (appends, plans)) in requests.iter().zip(&plans).enumerate() {
             let Some(plans) = plans else { continue };
             for (append, plan) in appends.iter().zip(plans) {
-                let Planned::Write { after, first_position } = plan else { continue };
                 let stream = &append.stream;
-                let stream_type = aggregate_type_of(&append.events[0], stream);
-                for (offset, event) in (0u64..).zip(&append.events) {
+                for placed in plan.placed(append) {
+                    let event = placed.event;
                     let inserted = insert.execute(params![
-                        i64_from(first_position + offset)?,
+                        i64_from(placed.position)?,
                         event.id.as_bytes().as_slice(),
                         stream.as_str(),
-                        i64_from(after + 1 + offset)?,
+                        i64_from(placed.version)?,
                         stream.category(),
                         aggregate_type_of(event, stream),
                         event.event_type.as_str(),
@@ -543,8 +540,6 @@ impl WriterState {
                         Err(e) => return Err(Error::storage("inserting an event failed", e).into()),
                     }
                 }
-                let last = after + append.events.len() as u64;
-                heads.entry(stream).and_modify(|h| h.1 = last).or_insert((stream_type, last));
             }
         }
         drop(insert);
@@ -557,13 +552,14 @@ impl WriterState {
                  updated_at = excluded.updated_at",
             )
             .map_err(sql)?;
-        for (stream, (aggregate_type, version)) in &heads {
+        let written = requests.iter().zip(&plans).filter_map(|(a, p)| Some(a.iter().zip(p.as_ref()?)));
+        for head in stream_heads(written.flatten()) {
             upsert
                 .execute(params![
-                    stream.as_str(),
-                    stream.category(),
-                    aggregate_type,
-                    i64_from(*version)?,
+                    head.stream.as_str(),
+                    head.stream.category(),
+                    head.aggregate_type,
+                    i64_from(head.version)?,
                     now.as_micros()
                 ])
                 .map_err(sql)?;
