@@ -38,7 +38,6 @@ pub(crate) struct Sql {
     pub(crate) put_state: String,
     pub(crate) read_state: String,
     pub(crate) scan_state: String,
-    pub(crate) scan_state_after: String,
 }
 
 impl Sql {
@@ -106,8 +105,7 @@ impl Sql {
                  ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value"
             ),
             read_state: format!("SELECT value FROM {s}.state WHERE scope = $1 AND key = $2"),
-            scan_state: format!("SELECT key, value FROM {s}.state WHERE scope = $1 ORDER BY key LIMIT $2"),
-            scan_state_after: format!(
+            scan_state: format!(
                 "SELECT key, value FROM {s}.state WHERE scope = $1 AND key > $2 ORDER BY key LIMIT $3"
             ),
             quoted: s,

@@ -54,11 +54,11 @@ impl<'a> Net<'a> {
 
 /// Applies validated changes in one transaction: all of them or none.
 pub(crate) async fn write(pool: &Pool, sql: &Sql, changes: &[StateChange]) -> Result<()> {
-    let mut client = pool.get().await.map_err(pool_error)?;
     let net = Net::of(changes);
     if net.is_empty() {
         return Ok(());
     }
+    let mut client = pool.get().await.map_err(pool_error)?;
     let mut attempt = 1;
     loop {
         match try_write(&mut client, sql, &net).await {
@@ -118,7 +118,8 @@ pub(crate) async fn read(pool: &Pool, sql: &Sql, scope: &str, key: &str) -> Resu
     row.map(|r| r.try_get::<_, Vec<u8>>(0).map(Bytes::from).map_err(pg)).transpose()
 }
 
-/// Keys sort with `COLLATE "C"`: byte order.
+/// Keys sort with `COLLATE "C"`: byte order. Keys are never empty, so a scan from the start
+/// is a scan after the empty key.
 pub(crate) async fn scan(
     pool: &Pool,
     sql: &Sql,
@@ -128,17 +129,8 @@ pub(crate) async fn scan(
 ) -> Result<Vec<StateEntry>> {
     let client = pool.get().await.map_err(pool_error)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = match after {
-        Some(after) => {
-            let stmt = client.prepare_cached(&sql.scan_state_after).await.map_err(pg)?;
-            client.query(&stmt, &[&scope, &after, &limit]).await
-        }
-        None => {
-            let stmt = client.prepare_cached(&sql.scan_state).await.map_err(pg)?;
-            client.query(&stmt, &[&scope, &limit]).await
-        }
-    }
-    .map_err(pg)?;
+    let stmt = client.prepare_cached(&sql.scan_state).await.map_err(pg)?;
+    let rows = client.query(&stmt, &[&scope, &after.unwrap_or(""), &limit]).await.map_err(pg)?;
     rows.iter()
         .map(|r| {
             Ok(StateEntry {

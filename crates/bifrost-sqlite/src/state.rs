@@ -40,6 +40,7 @@ pub(crate) fn read(conn: &Connection, scope: &str, key: &str) -> Result<Option<B
 }
 
 /// Keys compare with SQLite's BINARY collation (memcmp of the UTF-8 bytes): byte order.
+/// Keys are never empty, so a scan from the start is a scan after the empty key.
 pub(crate) fn scan(
     conn: &Connection,
     scope: &str,
@@ -47,24 +48,10 @@ pub(crate) fn scan(
     limit: usize,
 ) -> Result<Vec<StateEntry>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut stmt;
-    let mut rows = match after {
-        Some(after) => {
-            stmt = conn
-                .prepare_cached(
-                    "SELECT key, value FROM state WHERE scope = ?1 AND key > ?2 ORDER BY key LIMIT ?3",
-                )
-                .map_err(sql)?;
-            stmt.query(params![scope, after, limit])
-        }
-        None => {
-            stmt = conn
-                .prepare_cached("SELECT key, value FROM state WHERE scope = ?1 ORDER BY key LIMIT ?2")
-                .map_err(sql)?;
-            stmt.query(params![scope, limit])
-        }
-    }
-    .map_err(sql)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT key, value FROM state WHERE scope = ?1 AND key > ?2 ORDER BY key LIMIT ?3")
+        .map_err(sql)?;
+    let mut rows = stmt.query(params![scope, after.unwrap_or(""), limit]).map_err(sql)?;
     let mut entries = Vec::new();
     while let Some(row) = rows.next().map_err(sql)? {
         entries.push(StateEntry { key: row.get(0).map_err(sql)?, value: value(row, 1).map_err(sql)? });
