@@ -1,6 +1,7 @@
 //! Prometheus metrics. The server only uses the `metrics` macros; the recorder is global
 //! and installed once by whoever runs the server (see [`install_metrics_recorder`]).
 
+use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -89,21 +90,19 @@ pub(crate) async fn track_requests(request: Request, next: Next) -> Response {
     response
 }
 
-/// Times one append and counts it when it succeeded.
-pub(crate) struct AppendTimer(Instant);
-
-impl AppendTimer {
-    pub(crate) fn start() -> Self {
-        Self(Instant::now())
+/// Runs one append of `events` events, timing it and counting it when it succeeds.
+pub(crate) async fn timed_append<T>(
+    events: usize,
+    append: impl Future<Output = bifrost_core::Result<T>>,
+) -> bifrost_core::Result<T> {
+    let started = Instant::now();
+    let result = append.await;
+    metrics::histogram!(APPEND_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        metrics::counter!(APPENDS_TOTAL).increment(1);
+        metrics::counter!(EVENTS_APPENDED_TOTAL).increment(events as u64);
     }
-
-    pub(crate) fn finish(self, events_stored: Option<u64>) {
-        metrics::histogram!(APPEND_DURATION_SECONDS).record(self.0.elapsed().as_secs_f64());
-        if let Some(n) = events_stored {
-            metrics::counter!(APPENDS_TOTAL).increment(1);
-            metrics::counter!(EVENTS_APPENDED_TOTAL).increment(n);
-        }
-    }
+    result
 }
 
 /// Sets the per-group gauges from each group's status; called when metrics are scraped,

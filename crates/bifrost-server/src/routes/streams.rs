@@ -9,7 +9,7 @@ use bifrost_core::{DeleteMode, Direction, StreamAppend, StreamListQuery};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBytes, QueryParams, StreamPath};
-use crate::metrics::{self, AppendTimer};
+use crate::metrics;
 use crate::routes::json_bytes;
 use crate::wire::{
     self, AppendRequest, AppendRequestDoc, AppendResultBody, MultiAppendRequest, MultiAppendRequestDoc,
@@ -38,14 +38,12 @@ pub(crate) async fn append(
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<(StatusCode, Json<AppendResultBody>)> {
     let request: AppendRequest<'_> = wire::parse_body(&body)?;
-    check_event_count(&state, request.events.len())?;
+    let count = request.events.len();
+    check_event_count(&state, count)?;
     let expected = wire::parse_expected_version(request.expected_version)?;
     let events = wire::to_new_events(&body, request.events, &state.config)?;
-    let count = events.len() as u64;
-    let timer = AppendTimer::start();
-    let result = state.store.append(stream, expected, events).await;
-    timer.finish(result.as_ref().ok().map(|_| count));
-    Ok((StatusCode::CREATED, Json(result?.into())))
+    let result = metrics::timed_append(count, state.store.append(stream, expected, events)).await?;
+    Ok((StatusCode::CREATED, Json(result.into())))
 }
 
 /// Appends to several streams atomically, each with its own expected version.
@@ -71,7 +69,8 @@ pub(crate) async fn append_many(
     if request.appends.is_empty() {
         return Err(ApiError::invalid_argument("appends must not be empty"));
     }
-    check_event_count(&state, request.appends.iter().map(|a| a.events.len()).sum())?;
+    let count = request.appends.iter().map(|a| a.events.len()).sum();
+    check_event_count(&state, count)?;
     let mut appends = Vec::with_capacity(request.appends.len());
     for append in request.appends {
         let stream = wire::stream_name(&append.stream)?;
@@ -79,11 +78,8 @@ pub(crate) async fn append_many(
         let events = wire::to_new_events(&body, append.events, &state.config)?;
         appends.push(StreamAppend::new(stream, expected, events));
     }
-    let count = appends.iter().map(|a| a.events.len() as u64).sum();
-    let timer = AppendTimer::start();
-    let results = state.store.append_many(appends).await;
-    timer.finish(results.as_ref().ok().map(|_| count));
-    let results = results?.into_iter().map(AppendResultBody::from).collect();
+    let results = metrics::timed_append(count, state.store.append_many(appends)).await?;
+    let results = results.into_iter().map(AppendResultBody::from).collect();
     Ok((StatusCode::CREATED, Json(MultiAppendResultBody { results })))
 }
 
