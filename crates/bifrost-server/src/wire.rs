@@ -12,8 +12,8 @@ use bifrost_bus::{
     ReplaySelection, StartFrom,
 };
 use bifrost_core::{
-    AppendResult, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamInfo, StreamName,
-    StreamSummary, Timestamp,
+    AppendResult, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamInfo, StreamSummary,
+    Timestamp,
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -946,13 +946,10 @@ fn write_timestamp(out: &mut Vec<u8>, t: Timestamp) {
     let _ = write!(out, "\"{t}\"");
 }
 
-/// Validates a stream name from the path or a body.
-pub fn stream_name(name: &str) -> ApiResult<StreamName> {
-    Ok(StreamName::new(name)?)
-}
-
 #[cfg(test)]
 mod tests {
+    use bifrost_core::StreamName;
+
     use super::*;
 
     fn recorded(data: &'static [u8], metadata: &'static [u8]) -> RecordedEvent {

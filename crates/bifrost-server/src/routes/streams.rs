@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use bifrost_core::{DeleteMode, Direction, StreamAppend, StreamListQuery};
+use bifrost_core::{DeleteMode, Direction, StreamAppend, StreamListQuery, StreamName};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -73,7 +73,7 @@ pub(crate) async fn append_many(
     check_event_count(&state, count)?;
     let mut appends = Vec::with_capacity(request.appends.len());
     for append in request.appends {
-        let stream = wire::stream_name(&append.stream)?;
+        let stream = StreamName::new(&append.stream)?;
         let expected = wire::parse_expected_version(append.expected_version)?;
         let events = wire::to_new_events(&body, append.events, &state.config)?;
         appends.push(StreamAppend::new(stream, expected, events));
