@@ -16,10 +16,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::http::{DELIVERY_GRACE, SendTimes, paced_appends, write_append};
+use super::http::{DELIVERY_GRACE, SendTimes, exchange, paced_appends, write_append};
 use super::report::{self, Report};
 use super::workloads::shares;
-use crate::client::{ApiClient, problem_message};
+use crate::client::ApiClient;
 
 /// Events a consumer asks for in one fetch.
 const FETCH_MAX: u64 = 100;
@@ -101,7 +101,9 @@ async fn fetch(client: &ApiClient, group: &str, consumer: &str, wait_ms: u64) ->
     let query =
         [("max", FETCH_MAX.to_string()), ("wait", wait_ms.to_string()), ("consumer", consumer.to_owned())];
     let url = client.url(&["v1", "groups", group, "fetch"], &query);
-    let body = exchange(client, client.http().post(url), StatusCode::OK, "fetch").await?;
+    let body = exchange(client, client.http().post(url), StatusCode::OK)
+        .await
+        .with_context(|| format!("fetch from {group}"))?;
     serde_json::from_slice(&body).map_err(|e| anyhow!("unexpected answer to a fetch from {group}: {e}"))
 }
 
@@ -111,7 +113,8 @@ async fn ack(client: &ApiClient, group: &str, messages: &[Message]) -> anyhow::R
     let body = serde_json::to_vec(&json!({ "leases": leases })).context("cannot encode an ack")?;
     let url = client.url(&["v1", "groups", group, "ack"], &[]);
     let request = client.http().post(url).header(CONTENT_TYPE, "application/json").body(body);
-    let answer = exchange(client, request, StatusCode::OK, "ack").await?;
+    let answer =
+        exchange(client, request, StatusCode::OK).await.with_context(|| format!("ack to {group}"))?;
     let settled: Settled = serde_json::from_slice(&answer)
         .map_err(|e| anyhow!("unexpected answer to an ack to {group}: {e}"))?;
     if settled.acked != leases.len() as u64 || !settled.expired.is_empty() {
@@ -123,21 +126,6 @@ async fn ack(client: &ApiClient, group: &str, messages: &[Message]) -> anyhow::R
         );
     }
     Ok(())
-}
-
-async fn exchange(
-    client: &ApiClient,
-    request: reqwest::RequestBuilder,
-    expected: StatusCode,
-    what: &str,
-) -> anyhow::Result<bytes::Bytes> {
-    let response = request.send().await.map_err(|e| client.transport_error(e))?;
-    let status = response.status();
-    let body = response.bytes().await.with_context(|| format!("reading the answer to a {what}"))?;
-    if status != expected {
-        bail!("a {what} answered {status}: {}", problem_message(status, &body));
-    }
-    Ok(body)
 }
 
 #[derive(Deserialize)]
@@ -197,7 +185,8 @@ async fn prefill(
                 let url = client.url(&["v1", "append"], &[]);
                 let request =
                     client.http().post(url).header(CONTENT_TYPE, "application/json").body(body.into_bytes());
-                let answer = exchange(&client, request, StatusCode::CREATED, "multi-stream append").await?;
+                let answer =
+                    exchange(&client, request, StatusCode::CREATED).await.context("multi-stream append")?;
                 let answer: AppendedMany = serde_json::from_slice(&answer)
                     .map_err(|e| anyhow!("unexpected answer to a multi-stream append: {e}"))?;
                 if answer.results.len() != planned.len() {

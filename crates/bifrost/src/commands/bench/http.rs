@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use bifrost_core::DurableStore;
+use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -176,21 +177,27 @@ pub(super) fn write_append(
 /// POSTs an append and insists on `201 Created`.
 pub(super) async fn append(client: &ApiClient, stream: &str, body: Vec<u8>) -> anyhow::Result<Appended> {
     let url = client.url(&["v1", "streams", stream, "events"], &[]);
-    let response = client
-        .http()
-        .post(url)
-        .header(CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
+    let request = client.http().post(url).header(CONTENT_TYPE, "application/json").body(body);
+    let bytes = exchange(client, request, StatusCode::CREATED)
         .await
-        .map_err(|e| client.transport_error(e))?;
-    let status = response.status();
-    let bytes =
-        response.bytes().await.with_context(|| format!("reading the answer to an append to {stream}"))?;
-    if status != StatusCode::CREATED {
-        bail!("append to {stream} answered {status}: {}", problem_message(status, &bytes));
-    }
+        .with_context(|| format!("append to {stream}"))?;
     serde_json::from_slice(&bytes).map_err(|e| anyhow!("unexpected answer to an append to {stream}: {e}"))
+}
+
+/// Sends `request` and returns the body of an answer with status `expected`; any other
+/// answer is an error with the server's problem. Callers add which request it was.
+pub(super) async fn exchange(
+    client: &ApiClient,
+    request: reqwest::RequestBuilder,
+    expected: StatusCode,
+) -> anyhow::Result<Bytes> {
+    let response = request.send().await.map_err(|e| client.transport_error(e))?;
+    let status = response.status();
+    let body = response.bytes().await.with_context(|| format!("reading a {status} answer"))?;
+    if status != expected {
+        bail!("answered {status}: {}", problem_message(status, &body));
+    }
+    Ok(body)
 }
 
 /// W4: appends through HTTP, each checked (201, the expected versions), then each
