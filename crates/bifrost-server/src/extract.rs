@@ -8,10 +8,11 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use bifrost_bus::GroupName;
 use bifrost_core::{Category, LogFilter, StreamName, Timestamp, TypePattern};
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ProblemType};
-use crate::wire::parse_uuid;
+use crate::wire::{parse_body, parse_uuid};
 
 /// A JSON request body as raw bytes: the content type is checked (415) and the body limit
 /// applied (413) before anything is parsed.
@@ -22,10 +23,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
-            return Err(ApiError::new(
-                ProblemType::UnsupportedMediaType,
-                "send the body with content-type: application/json",
-            ));
+            return Err(not_json());
         }
         let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         Ok(Self(bytes))
@@ -46,13 +44,21 @@ impl<S: Send + Sync> FromRequest<S> for OptionalJsonBytes {
             return Ok(Self(None));
         }
         if !json {
-            return Err(ApiError::new(
-                ProblemType::UnsupportedMediaType,
-                "send the body with content-type: application/json",
-            ));
+            return Err(not_json());
         }
         Ok(Self(Some(bytes)))
     }
+}
+
+impl OptionalJsonBytes {
+    /// The body parsed, or `T::default()` when there is none.
+    pub(crate) fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+        self.0.as_deref().map_or_else(|| Ok(T::default()), parse_body)
+    }
+}
+
+fn not_json() -> ApiError {
+    ApiError::new(ProblemType::UnsupportedMediaType, "send the body with content-type: application/json")
 }
 
 fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {

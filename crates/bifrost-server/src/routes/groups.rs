@@ -63,14 +63,10 @@ async fn group_body(state: &AppState, group: &ConsumerGroup) -> ApiResult<GroupB
 pub(crate) async fn put_group(
     State(state): State<AppState>,
     path: PathParams,
-    OptionalJsonBytes(body): OptionalJsonBytes,
+    body: OptionalJsonBytes,
 ) -> ApiResult<(StatusCode, Json<GroupBody>)> {
     let name = path.group()?;
-    let request: GroupConfigRequest = match &body {
-        Some(body) => wire::parse_body(body)?,
-        None => GroupConfigRequest::default(),
-    };
-    let config = request.into_config()?;
+    let config = body.parse_or_default::<GroupConfigRequest>()?.into_config()?;
     let (group, put) = state.groups.put(name, config).await?;
     let status = match put {
         Put::Created => StatusCode::CREATED,
@@ -315,14 +311,10 @@ pub(crate) async fn dead_letters(
 pub(crate) async fn replay(
     State(state): State<AppState>,
     path: PathParams,
-    OptionalJsonBytes(body): OptionalJsonBytes,
+    body: OptionalJsonBytes,
 ) -> ApiResult<Json<ReplayBody>> {
     let name = path.group()?;
-    let request: ReplayRequest = match &body {
-        Some(body) => wire::parse_body(body)?,
-        None => ReplayRequest::default(),
-    };
-    let selection = request.selection()?;
+    let selection = body.parse_or_default::<ReplayRequest>()?.selection()?;
     let group = find(&state, &name).await?;
     let replayed = group.replay(selection).await?;
     Ok(Json(ReplayBody { replayed }))
