@@ -674,6 +674,16 @@ pub struct NackRequest {
 }
 
 impl NackRequest {
+    /// The reason, if any, within its length limit.
+    pub fn reason(&self) -> ApiResult<Option<&str>> {
+        match self.reason.as_deref() {
+            Some(reason) if reason.chars().count() > MAX_REASON_CHARS => {
+                Err(ApiError::invalid_argument(format!("reason is at most {MAX_REASON_CHARS} characters")))
+            }
+            reason => Ok(reason),
+        }
+    }
+
     pub fn action(&self) -> ApiResult<NackAction> {
         match (self.action, self.delay_ms) {
             (NackActionBody::Park, Some(_)) => {

@@ -250,16 +250,9 @@ pub(crate) async fn nack(
     let request: NackRequest = wire::parse_body(&body)?;
     wire::check_leases(&request.leases)?;
     let action = request.action()?;
-    if let Some(reason) = &request.reason
-        && reason.chars().count() > wire::MAX_REASON_CHARS
-    {
-        return Err(ApiError::invalid_argument(format!(
-            "reason is at most {} characters",
-            wire::MAX_REASON_CHARS
-        )));
-    }
+    let reason = request.reason()?;
     let group = find(&state, &name).await?;
-    let settled = group.nack(&request.leases, action, request.reason.as_deref()).await?;
+    let settled = group.nack(&request.leases, action, reason).await?;
     Ok(Json(NackBody { nacked: settled.count, expired: settled.expired }))
 }
 
