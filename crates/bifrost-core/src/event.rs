@@ -38,8 +38,24 @@ impl Metadata {
         if self.is_empty() {
             return EMPTY_METADATA_JSON.clone();
         }
+        let mut json = Vec::new();
+        self.write_json(&mut json);
+        Bytes::from(json)
+    }
+
+    /// Appends the same encoding as [`Self::to_json_bytes`] to `out`: a writer encoding many
+    /// events reuses one buffer instead of allocating per event.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        if self.is_empty() {
+            out.extend_from_slice(&EMPTY_METADATA_JSON);
+            return;
+        }
+        let start = out.len();
         // Serialising plain strings and JSON values cannot fail.
-        serde_json::to_vec(self).map(Bytes::from).unwrap_or_else(|_| Bytes::from_static(b"{}"))
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(b"{}");
+        }
     }
 
     /// Stored metadata bytes as a `Bytes`, sharing the common empty encoding rather than
@@ -186,5 +202,10 @@ mod tests {
         let bytes = full.to_json_bytes();
         assert_eq!(serde_json::from_slice::<Metadata>(&bytes).unwrap(), full);
         assert_eq!(Metadata::stored_json(&bytes), bytes);
+        // One buffer for many events holds each encoding in turn.
+        let mut buffer = b"prefix".to_vec();
+        full.write_json(&mut buffer);
+        Metadata::default().write_json(&mut buffer);
+        assert_eq!(buffer, [&b"prefix"[..], &bytes, &empty].concat());
     }
 }

@@ -509,12 +509,16 @@ impl WriterState {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .map_err(sql)?;
+        // Each event's metadata encoding, in one buffer reused for the whole group.
+        let mut metadata = Vec::new();
         for (request, (appends, plans)) in requests.iter().zip(&plans).enumerate() {
             let Some(plans) = plans else { continue };
             for (append, plan) in appends.iter().zip(plans) {
                 let stream = &append.stream;
                 for placed in plan.placed(append) {
                     let event = placed.event;
+                    metadata.clear();
+                    event.metadata.write_json(&mut metadata);
                     let inserted = insert.execute(params![
                         i64_from(placed.position)?,
                         event.id.as_bytes().as_slice(),
@@ -525,7 +529,7 @@ impl WriterState {
                         event.event_type.as_str(),
                         i64::from(event.schema_version),
                         event.data.as_ref(),
-                        event.metadata.to_json_bytes().as_ref(),
+                        metadata.as_slice(),
                         event.metadata.correlation_id.as_deref(),
                         event.occurred_at.unwrap_or(now).as_micros(),
                         now.as_micros(),

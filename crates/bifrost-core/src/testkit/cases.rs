@@ -434,6 +434,10 @@ pub async fn read_all_filters_by_correlation_id(store: Store) {
     let page = store.read_all(0, &filter, 100).await.unwrap();
     let places: Vec<_> = page.events.iter().map(|e| (e.stream.to_string(), e.version)).collect();
     assert_eq!(places, vec![("a-1".to_string(), 1), ("b-1".to_string(), 2)]);
+    // Each event of a batch keeps its own metadata, not a neighbour's.
+    let stored: Vec<_> =
+        all_events(store.as_ref()).await.iter().map(|e| e.metadata().unwrap().correlation_id).collect();
+    assert_eq!(stored, [Some("c-1".into()), Some("c-2".into()), None, Some("c-1".into())]);
 }
 
 pub async fn read_all_filters_by_time_range(store: Store) {
