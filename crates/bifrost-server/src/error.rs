@@ -161,15 +161,13 @@ impl ApiError {
         self.kind
     }
 
-    fn body(&self) -> Value {
+    fn into_body(self) -> Value {
         let mut body = Map::with_capacity(4 + self.extra.len());
         body.insert("type".into(), self.kind.uri().into());
         body.insert("title".into(), self.kind.title().into());
         body.insert("status".into(), self.kind.status().as_u16().into());
-        body.insert("detail".into(), self.detail.clone().into());
-        for (k, v) in &self.extra {
-            body.insert(k.clone(), v.clone());
-        }
+        body.insert("detail".into(), self.detail.into());
+        body.extend(self.extra);
         Value::Object(body)
     }
 }
@@ -180,7 +178,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(problem = self.kind.uri(), detail = %self.detail, "request failed");
         }
-        let body = serde_json::to_vec(&self.body()).unwrap_or_else(|_| b"{}".to_vec());
+        let body = serde_json::to_vec(&self.into_body()).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response
