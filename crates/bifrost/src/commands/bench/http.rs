@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 
 use super::report::{self, Report};
-use super::workloads::{shares, write_payload};
+use super::workloads::{WriteSpec, shares, write_payload};
 use crate::client::{ApiClient, problem_message};
 use crate::sse::SseParser;
 
@@ -127,16 +127,6 @@ pub(super) struct Appended {
     last_position: u64,
 }
 
-/// A W4 phase: `connections` concurrent clients, each appending `batch` events per
-/// request to its own stream.
-pub(super) struct HttpWrite<'a> {
-    pub(super) name: &'static str,
-    pub(super) connections: u64,
-    pub(super) batch: u64,
-    pub(super) total: u64,
-    pub(super) run_id: &'a str,
-}
-
 /// The request body of an append of `n` bench events starting at `seq`.
 pub(super) fn append_body(
     expected: impl fmt::Display,
@@ -202,14 +192,14 @@ pub(super) async fn exchange(
 
 /// W4: appends through HTTP, each checked (201, the expected versions), then each
 /// stream's version checked through `GET /v1/streams/{stream}`.
-pub(super) async fn write(client: &ApiClient, spec: &HttpWrite<'_>) -> anyhow::Result<Report> {
+pub(super) async fn write(client: &ApiClient, spec: &WriteSpec<'_>) -> anyhow::Result<Report> {
     let event_type = format!("bench.{}", spec.name.replace('-', "_"));
     let bar = report::progress(spec.name, spec.total, "events");
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for (writer, count) in shares(spec.total, spec.connections).filter(|(_, n)| *n > 0) {
+    for (writer, count) in shares(spec.total, spec.writers).filter(|(_, n)| *n > 0) {
         let client = client.clone();
-        let stream = format!("bench-{}.{}.{writer}", spec.run_id, spec.name);
+        let stream = spec.stream(writer);
         let event_type = event_type.clone();
         let bar = bar.clone();
         let batch = spec.batch;
@@ -245,8 +235,7 @@ pub(super) async fn write(client: &ApiClient, spec: &HttpWrite<'_>) -> anyhow::R
             bail!("{}: stream {stream} is at version {} after {count} events", spec.name, state.version);
         }
     }
-    let per = if spec.batch == 1 { "1 event".to_owned() } else { format!("{} events", spec.batch) };
-    let description = format!("HTTP: {} connections × {per} per request", spec.connections);
+    let description = spec.description("HTTP", "connections", "request");
     Ok(Report::new(spec.name, description, spec.total, elapsed, "request", &latency))
 }
 

@@ -25,7 +25,7 @@ use crate::client::ApiClient;
 use crate::store::StoreSpec;
 
 use self::groups::GroupSpec;
-use self::http::{HttpWrite, InProcessServer};
+use self::http::InProcessServer;
 use self::report::Summary;
 use self::workloads::{LogExpectation, WriteSpec};
 
@@ -395,13 +395,17 @@ async fn run_http(
     if selection.w4 {
         let total = args.count.unwrap_or(200_000);
         summary.push(
-            http::write(&client, &HttpWrite { name: "w4-single", connections, batch: 1, total, run_id })
-                .await?,
+            http::write(
+                &client,
+                &WriteSpec { name: "w4-single", writers: connections, batch: 1, total, run_id },
+            )
+            .await?,
         );
         let total = args.count.unwrap_or(500_000);
         let batch = args.batch.unwrap_or(100);
         summary.push(
-            http::write(&client, &HttpWrite { name: "w4-batch", connections, batch, total, run_id }).await?,
+            http::write(&client, &WriteSpec { name: "w4-batch", writers: connections, batch, total, run_id })
+                .await?,
         );
     }
     if selection.w5 {

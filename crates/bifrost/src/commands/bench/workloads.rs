@@ -37,8 +37,8 @@ pub(super) fn shares(total: u64, writers: u64) -> impl Iterator<Item = (u64, u64
     (0..writers).map(move |w| (w, total / writers + u64::from(w < total % writers)))
 }
 
-/// A write workload: `writers` concurrent writers, each appending `batch` events at a
-/// time to its own stream, `total` events in all.
+/// A write workload: `writers` concurrent writers (store tasks, or HTTP connections for
+/// W4), each appending `batch` events at a time to its own stream, `total` events in all.
 pub(super) struct WriteSpec<'a> {
     pub(super) name: &'static str,
     pub(super) writers: u64,
@@ -48,13 +48,14 @@ pub(super) struct WriteSpec<'a> {
 }
 
 impl WriteSpec<'_> {
-    pub(super) fn stream(&self, writer: u64) -> anyhow::Result<StreamName> {
-        Ok(StreamName::new(&format!("bench-{}.{}.{writer}", self.run_id, self.name))?)
+    pub(super) fn stream(&self, writer: u64) -> String {
+        format!("bench-{}.{}.{writer}", self.run_id, self.name)
     }
 
-    fn description(&self) -> String {
-        let per = if self.batch == 1 { "1 event".to_owned() } else { format!("{} events", self.batch) };
-        format!("store: {} writers × {per} per append", self.writers)
+    /// `{writers} {unit}s × {batch} event(s) per {per}`, prefixed with `via`.
+    pub(super) fn description(&self, via: &str, unit: &str, per: &str) -> String {
+        let events = if self.batch == 1 { "1 event".to_owned() } else { format!("{} events", self.batch) };
+        format!("{via}: {} {unit} × {events} per {per}", self.writers)
     }
 }
 
@@ -67,7 +68,7 @@ pub(super) async fn write(store: &Arc<dyn EventStore>, spec: &WriteSpec<'_>) -> 
     let mut tasks = JoinSet::new();
     for (writer, count) in shares(spec.total, spec.writers).filter(|(_, n)| *n > 0) {
         let store = Arc::clone(store);
-        let stream = spec.stream(writer)?;
+        let stream = StreamName::new(&spec.stream(writer))?;
         let event_type = event_type.clone();
         let bar = bar.clone();
         let batch = spec.batch;
@@ -106,7 +107,8 @@ pub(super) async fn write(store: &Arc<dyn EventStore>, spec: &WriteSpec<'_>) -> 
             );
         }
     }
-    Ok(Report::new(spec.name, spec.description(), spec.total, elapsed, "append", &latency))
+    let description = spec.description("store", "writers", "append");
+    Ok(Report::new(spec.name, description, spec.total, elapsed, "append", &latency))
 }
 
 /// What W3 must find in the log.
@@ -186,6 +188,19 @@ mod tests {
         let s: Vec<_> = shares(10, 4).collect();
         assert_eq!(s, vec![(0, 3), (1, 3), (2, 2), (3, 2)]);
         assert_eq!(shares(200_000, 64).map(|(_, n)| n).sum::<u64>(), 200_000);
+    }
+
+    #[test]
+    fn a_write_spec_names_its_streams_and_describes_itself() {
+        let spec = WriteSpec { name: "w4-batch", writers: 64, batch: 100, total: 10, run_id: "ab12" };
+        assert_eq!(spec.stream(7), "bench-ab12.w4-batch.7");
+        StreamName::new(&spec.stream(7)).unwrap();
+        assert_eq!(
+            spec.description("HTTP", "connections", "request"),
+            "HTTP: 64 connections × 100 events per request"
+        );
+        let spec = WriteSpec { batch: 1, ..spec };
+        assert_eq!(spec.description("store", "writers", "append"), "store: 64 writers × 1 event per append");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
