@@ -116,12 +116,11 @@ mod tests {
             occurred_at: Timestamp::from_micros(0),
             recorded_at: Timestamp::from_micros(0),
         };
-        let mut frame = Vec::new();
         let sse = Sse::new(futures::stream::iter([Ok::<_, Infallible>(sse_event(&event))]));
         let body = sse.into_response().into_body();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        frame.extend_from_slice(&rt.block_on(axum::body::to_bytes(body, usize::MAX)).unwrap());
-        let text = String::from_utf8(frame).unwrap();
+        let frame = rt.block_on(axum::body::to_bytes(body, usize::MAX)).unwrap();
+        let text = String::from_utf8(frame.to_vec()).unwrap();
         let lines: Vec<&str> = text.strip_suffix("\n\n").unwrap().split('\n').collect();
         assert_eq!(lines[..2], ["id: 7", "event: order.placed"]);
         let data = lines[2].strip_prefix("data: ").unwrap();
