@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use bifrost_bus::Groups;
+use bifrost_core::DurableStore;
 use tokio::net::TcpListener;
 use tracing::Level;
 
@@ -25,14 +27,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         _ => tracing::info!(store = %settings.store, durability = %settings.durability, "store open"),
     }
     // The groups start from their stored cursors before the first request can reach them.
-    let groups = match bifrost_bus::Groups::open(store.clone()).await {
-        Ok(groups) => Arc::new(groups),
-        Err(e) => {
-            // The store is open and owns the data directory's lock: release it properly.
-            let _ = store.close().await;
-            return Err(anyhow::Error::from(e).context("cannot start the consumer groups"));
-        }
-    };
+    let groups = open_groups(&store).await?;
 
     let metrics = match bifrost_server::install_metrics_recorder() {
         Ok(handle) => Some(handle),
@@ -55,6 +50,18 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     .context("the server stopped with an error")?;
     tracing::info!("bifrost stopped");
     Ok(())
+}
+
+/// Starts the store's consumer groups from their stored cursors; when they cannot start,
+/// closes the store (it may own the data directory's lock) before failing.
+pub(crate) async fn open_groups(store: &Arc<dyn DurableStore>) -> anyhow::Result<Arc<Groups>> {
+    match Groups::open(Arc::clone(store)).await {
+        Ok(groups) => Ok(Arc::new(groups)),
+        Err(e) => {
+            let _ = store.close().await;
+            Err(anyhow::Error::from(e).context("cannot start the consumer groups"))
+        }
+    }
 }
 
 /// The one line scripts wait for: through the log when it shows `info`, else on stderr

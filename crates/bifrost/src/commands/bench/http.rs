@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use super::report::{self, Report};
 use super::workloads::{WriteSpec, shares, write_payload};
 use crate::client::{ApiClient, problem_message};
+use crate::commands::serve::open_groups;
 use crate::sse::SseParser;
 
 /// W5 and group-latency: appends in flight at once before the pacer waits (a stalled server
@@ -59,13 +60,7 @@ impl InProcessServer {
                     .context("cannot start the server's runtime")?;
                 runtime.block_on(async move {
                     // The groups' tasks run on this runtime, next to the server.
-                    let groups = match bifrost_bus::Groups::open(store.clone()).await {
-                        Ok(groups) => Arc::new(groups),
-                        Err(e) => {
-                            let _ = store.close().await;
-                            return Err(anyhow::Error::from(e).context("cannot start the consumer groups"));
-                        }
-                    };
+                    let groups = open_groups(&store).await?;
                     let listener =
                         TcpListener::bind("127.0.0.1:0").await.context("cannot bind 127.0.0.1:0")?;
                     let _ = addr_tx.send(listener.local_addr()?);
