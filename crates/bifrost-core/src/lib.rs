@@ -4,6 +4,7 @@
 //!
 //! This crate does no I/O. Backends own their drivers; the server owns the wire JSON.
 
+pub mod codec;
 pub mod error;
 pub mod event;
 pub mod memory;

@@ -1,5 +1,6 @@
 //! Rows to events, and driver errors to store errors.
 
+use bifrost_core::codec::{corrupt, u64_from};
 use bifrost_core::{Error, Metadata, NameCache, RecordedEvent, Result, Timestamp};
 use bytes::Bytes;
 use tokio_postgres::Row;
@@ -36,18 +37,6 @@ pub(crate) fn pool(e: deadpool_postgres::PoolError) -> Error {
         deadpool_postgres::PoolError::Backend(e) => pg(e),
         other => unavailable(other),
     }
-}
-
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Storage { message: format!("stored {what} is invalid: {detail}"), source: None }
-}
-
-pub(crate) fn u64_from(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| corrupt(what, v))
-}
-
-pub(crate) fn i64_from(v: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} is too large")))
 }
 
 pub(crate) fn event_from_row(row: &Row, names: &mut NameCache) -> Result<RecordedEvent> {

@@ -1,6 +1,7 @@
 //! Reads, on pooled connections. Positions commit in order (see the crate docs), so a
 //! plain `position > after` scan bounded by the committed head never skips an event.
 
+use bifrost_core::codec::{i64_from, u64_from};
 use bifrost_core::store::{StreamState, check_log_start, stream_window};
 use bifrost_core::{
     Direction, Error, LogFilter, LogSlice, NameCache, Position, RecordedEvent, Result, StreamInfo,
@@ -10,7 +11,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::codec::{event_from_row, i64_from, pg, pool as pool_error, u64_from};
+use crate::codec::{event_from_row, pg, pool as pool_error};
 use crate::schema::{EVENT_COLUMNS, Sql};
 
 /// Positions a filtered global read covers before it returns what it has (with

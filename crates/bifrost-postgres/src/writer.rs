@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bifrost_core::codec::{i64_from, u64_from};
 use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned, stream_heads};
 use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of};
 use bifrost_core::{
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::codec::{i64_from, pg, pool as pool_error, u64_from};
+use crate::codec::{pg, pool as pool_error};
 use crate::schema::Sql;
 
 enum Command {

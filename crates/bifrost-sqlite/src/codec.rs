@@ -1,5 +1,6 @@
 //! Rows to events and back: the on-disk encoding of the model.
 
+use bifrost_core::codec::{corrupt, u64_from};
 use bifrost_core::{Error, Metadata, NameCache, RecordedEvent, Result, Timestamp};
 use bytes::Bytes;
 use rusqlite::Row;
@@ -9,24 +10,12 @@ use uuid::Uuid;
 pub(crate) const EVENT_COLUMNS: &str = "position, id, stream, version, aggregate_type, type, \
      schema_version, data, metadata, occurred_at, recorded_at";
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Storage { message: format!("stored {what} is invalid: {detail}"), source: None }
-}
-
 pub(crate) fn sql(e: rusqlite::Error) -> Error {
     Error::storage("query failed", e)
 }
 
 pub(crate) fn uuid_from_blob(blob: &[u8]) -> Result<Uuid> {
     Uuid::from_slice(blob).map_err(|e| corrupt("event id", e))
-}
-
-pub(crate) fn u64_from(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| corrupt(what, v))
-}
-
-pub(crate) fn i64_from(v: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} is too large")))
 }
 
 pub(crate) fn event_from_row(row: &Row<'_>, names: &mut NameCache) -> Result<RecordedEvent> {

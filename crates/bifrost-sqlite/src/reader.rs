@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use bifrost_core::codec::{i64_from, u64_from};
 use bifrost_core::store::{StreamState, check_log_start, stream_window};
 use bifrost_core::{
     Direction, Error, LogFilter, LogSlice, NameCache, Position, RecordedEvent, Result, StreamInfo,
@@ -13,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_i
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::codec::{EVENT_COLUMNS, event_from_row, i64_from, sql, u64_from};
+use crate::codec::{EVENT_COLUMNS, event_from_row, sql};
 use crate::schema::open_reader;
 
 /// Rows a filtered global read examines before it returns what it has (with

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
+use bifrost_core::codec::{i64_from, u64_from};
 use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned, stream_heads};
 use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of};
 use bifrost_core::{
@@ -19,7 +20,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::checkpoint::Checkpointer;
-use crate::codec::{i64_from, sql, u64_from};
+use crate::codec::sql;
 use crate::reader::stored_stream;
 use crate::state;
 
