@@ -6,6 +6,7 @@ pub(crate) mod log;
 pub(crate) mod ops;
 pub(crate) mod streams;
 
+use axum::body::Body;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
@@ -40,7 +41,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::openapi))
 }
 
-/// A JSON body that was written by hand (the event writer).
-pub(crate) fn json_bytes(body: Vec<u8>) -> Response {
-    ([(CONTENT_TYPE, "application/json")], body).into_response()
+/// A JSON body that was written by hand (the event writer, the OpenAPI document).
+pub(crate) fn json_bytes(body: impl Into<Body>) -> Response {
+    ([(CONTENT_TYPE, "application/json")], body.into()).into_response()
 }

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
+use crate::routes::json_bytes;
 use crate::wire::Problem;
 
 /// How long the readiness probe waits for the store.
@@ -61,7 +62,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> ApiResult<Response
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 pub(crate) async fn openapi() -> Response {
-    ([(CONTENT_TYPE, "application/json")], crate::openapi::openapi_json()).into_response()
+    json_bytes(crate::openapi::openapi_json())
 }
 
 pub(crate) async fn not_found() -> ApiError {
