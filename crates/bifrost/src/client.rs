@@ -134,8 +134,14 @@ pub(crate) fn problem_message(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
-fn one_line(s: &str) -> String {
+/// Collapses every run of whitespace (newlines included) into one space.
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A JSON answer of the server read as `T`.
+pub(crate) fn parse_answer<'a, T: Deserialize<'a>>(body: &'a [u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(body).map_err(|e| anyhow!("unexpected answer from the server: {e}"))
 }
 
 /// `e: cause: cause` on one line.

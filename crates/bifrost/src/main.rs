@@ -18,6 +18,7 @@ use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
+use crate::client::one_line;
 use crate::commands::{append, bench, dlq, groups, read, serve, tail};
 use crate::config::Settings;
 
@@ -131,10 +132,6 @@ fn usage_error(e: &clap::Error) -> ExitCode {
             ExitCode::from(USAGE)
         }
     }
-}
-
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

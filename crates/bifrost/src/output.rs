@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
+use anyhow::Context;
+
 /// Removes whitespace outside strings, so that pretty-printed JSON (say, an event whose
 /// `data` was appended pretty-printed) fits on one line. Everything else is kept byte for
 /// byte.
@@ -47,6 +49,16 @@ impl JsonLines {
     pub(crate) fn line(&mut self, json: &str) -> io::Result<()> {
         self.out.write_all(compact_json(json).as_bytes())?;
         self.out.write_all(b"\n")
+    }
+
+    /// A JSON answer of the server on one line; an empty answer prints nothing.
+    pub(crate) fn answer(&mut self, body: &[u8]) -> anyhow::Result<()> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let text = std::str::from_utf8(body).context("the server answered with invalid UTF-8")?;
+        self.line(text)?;
+        Ok(())
     }
 
     /// Pushes what is buffered to the terminal or the pipe (after each live event).

@@ -118,9 +118,8 @@ pub(crate) async fn run(args: AppendArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args.server.server)?;
     let url = client.url(&["v1", "streams", stream.as_str(), "events"], &[]);
     let response = client.post_json(url, body).await?;
-    let text = std::str::from_utf8(&response).context("the server answered with invalid UTF-8")?;
     let mut out = JsonLines::stdout();
-    out.line(text)?;
+    out.answer(&response)?;
     out.flush()?;
     Ok(())
 }

@@ -9,8 +9,8 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::cli::GlobalServerArg;
-use crate::client::ApiClient;
-use crate::commands::groups::{group_name, parse, print_body};
+use crate::client::{ApiClient, parse_answer};
+use crate::commands::groups::group_name;
 use crate::output::JsonLines;
 
 #[derive(Debug, Args)]
@@ -73,7 +73,7 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
             let body = if event_ids.is_empty() { json!({}) } else { json!({ "event_ids": event_ids }) };
             let url = client.url(&["v1", "groups", group.as_str(), "dead-letters", "replay"], &[]);
             let answer = client.post_json(url, body.to_string().into_bytes()).await?;
-            print_body(&mut out, &answer)?;
+            out.answer(&answer)?;
         }
         DlqCommand::Discard { group, event_id } => {
             let group = group_name(group)?;
@@ -102,7 +102,7 @@ async fn list(
             query.push(("after", after.to_string()));
         }
         let body = client.get(client.url(&["v1", "groups", group.as_str(), "dead-letters"], &query)).await?;
-        let page: DeadLetters<'_> = parse(&body)?;
+        let page: DeadLetters<'_> = parse_answer(&body)?;
         for dead_letter in page.dead_letters.iter().take(remaining) {
             out.line(dead_letter.get())?;
         }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use bifrost_bus::GroupName;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::cli::GlobalServerArg;
-use crate::client::ApiClient;
+use crate::client::{ApiClient, parse_answer};
 use crate::output::JsonLines;
 
 #[derive(Debug, Args)]
@@ -207,13 +207,13 @@ pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
         GroupsCommand::Show { name } => {
             let name = group_name(name)?;
             let body = client.get(client.url(&["v1", "groups", name.as_str()], &[])).await?;
-            print_body(&mut out, &body)
+            out.answer(&body)
         }
         GroupsCommand::Create(create) => {
             let name = group_name(&create.name)?;
             let body = serde_json::to_vec(&create_body(create)).context("cannot encode the request")?;
             let answer = client.put_json(client.url(&["v1", "groups", name.as_str()], &[]), body).await?;
-            print_body(&mut out, &answer)
+            out.answer(&answer)
         }
         GroupsCommand::Delete { name } => {
             let name = group_name(name)?;
@@ -254,7 +254,7 @@ struct GroupList<'a> {
 
 async fn list(client: &ApiClient, out: &mut JsonLines) -> anyhow::Result<()> {
     let body = client.get(client.url(&["v1", "groups"], &[])).await?;
-    let list: GroupList<'_> = parse(&body)?;
+    let list: GroupList<'_> = parse_answer(&body)?;
     for group in list.groups {
         out.line(group.get())?;
     }
@@ -274,7 +274,7 @@ async fn fetch_leases(client: &ApiClient, args: &FetchArgs, out: &mut JsonLines)
         query.push(("consumer", consumer.clone()));
     }
     let body = client.post_empty(client.url(&["v1", "groups", name.as_str(), "fetch"], &query)).await?;
-    let fetched: Fetched<'_> = parse(&body)?;
+    let fetched: Fetched<'_> = parse_answer(&body)?;
     for message in fetched.messages {
         out.line(message.get())?;
     }
@@ -352,11 +352,11 @@ struct SettledAnswer {
 /// Prints the answer to an ack or nack; leases the group no longer held make the command
 /// fail, after the answer is printed.
 fn settled(out: &mut JsonLines, answer: &[u8], sent: usize, verb: &str) -> anyhow::Result<()> {
-    print_body(out, answer)?;
+    out.answer(answer)?;
     if answer.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let answer: SettledAnswer = parse(answer)?;
+    let answer: SettledAnswer = parse_answer(answer)?;
     match answer.expired.len() {
         0 => Ok(()),
         n => bail!(
@@ -364,20 +364,6 @@ fn settled(out: &mut JsonLines, answer: &[u8], sent: usize, verb: &str) -> anyho
              before a restart of the server); their events are delivered again unless already settled"
         ),
     }
-}
-
-/// A JSON answer on one line; an empty answer prints nothing.
-pub(crate) fn print_body(out: &mut JsonLines, body: &[u8]) -> anyhow::Result<()> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    let text = std::str::from_utf8(body).context("the server answered with invalid UTF-8")?;
-    out.line(text)?;
-    Ok(())
-}
-
-pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> anyhow::Result<T> {
-    serde_json::from_slice(body).map_err(|e| anyhow!("unexpected answer from the server: {e}"))
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! `bifrost read STREAM` and `bifrost read --all`: events as JSON lines, following the
 //! API's page cursors.
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use bifrost_core::StreamName;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::cli::ServerArg;
-use crate::client::ApiClient;
+use crate::client::{ApiClient, parse_answer};
 use crate::output::JsonLines;
 
 /// The most the server returns in one page.
@@ -101,7 +101,7 @@ async fn read_stream(
             query.push(("from", from.to_string()));
         }
         let body = client.get(client.url(&["v1", "streams", stream.as_str(), "events"], &query)).await?;
-        let page: StreamPage<'_> = parse(&body)?;
+        let page: StreamPage<'_> = parse_answer(&body).context("reading a page of events")?;
         for event in page.events.iter().take(remaining) {
             out.line(event.get())?;
         }
@@ -128,7 +128,7 @@ async fn read_log(client: &ApiClient, args: &ReadArgs, out: &mut JsonLines) -> a
             query.push(("category", category.clone()));
         }
         let body = client.get(client.url(&["v1", "events"], &query)).await?;
-        let page: LogPage<'_> = parse(&body)?;
+        let page: LogPage<'_> = parse_answer(&body).context("reading a page of events")?;
         for event in page.events.iter().take(remaining) {
             out.line(event.get())?;
         }
@@ -140,10 +140,4 @@ async fn read_log(client: &ApiClient, args: &ReadArgs, out: &mut JsonLines) -> a
         after = page.next_position;
     }
     Ok(())
-}
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> anyhow::Result<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| anyhow!("unexpected answer from the server: {e}"))
-        .context("reading a page of events")
 }
