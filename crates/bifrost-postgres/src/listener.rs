@@ -98,7 +98,7 @@ async fn listen(
         }
     });
     let session = async {
-        client.batch_execute(&format!("LISTEN {}", sql.channel)).await?;
+        client.batch_execute(&sql.listen).await?;
         // Whatever committed while no one listened.
         let read_head = client.prepare(&sql.read_head).await?;
         let mut tick = tokio::time::interval(poll);

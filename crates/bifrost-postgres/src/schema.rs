@@ -17,7 +17,9 @@ pub(crate) const EVENT_COLUMNS: &str = "position, id, stream, version, aggregate
 pub(crate) struct Sql {
     schema: String,
     quoted: String,
+    /// The notification channel's name, as `pg_notify` takes it.
     pub(crate) channel: String,
+    pub(crate) listen: String,
     pub(crate) lock_head: String,
     pub(crate) read_head: String,
     pub(crate) update_head: String,
@@ -54,7 +56,8 @@ impl Sql {
         let s = format!("\"{schema}\"");
         Ok(Self {
             schema: schema.to_owned(),
-            channel: format!("\"bifrost_head_{schema}\""),
+            channel: format!("bifrost_head_{schema}"),
+            listen: format!("LISTEN \"bifrost_head_{schema}\""),
             lock_head: format!("SELECT position, recorded_at FROM {s}.head WHERE id = 1 FOR UPDATE"),
             read_head: format!("SELECT position FROM {s}.head WHERE id = 1"),
             update_head: format!("UPDATE {s}.head SET position = $1, recorded_at = $2 WHERE id = 1"),
@@ -118,11 +121,6 @@ impl Sql {
 
     pub(crate) fn quoted_schema(&self) -> &str {
         &self.quoted
-    }
-
-    /// The notification channel name as a plain string (for `pg_notify`).
-    pub(crate) fn channel_name(&self) -> String {
-        self.channel.trim_matches('"').to_owned()
     }
 }
 

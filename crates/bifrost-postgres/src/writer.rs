@@ -314,12 +314,11 @@ async fn try_commit_group(
     let notify = tx.prepare_cached(&sql.notify).await.map_err(pg)?;
     let last = planner.last_position();
     let last_i = i64_from(last)?;
-    let channel = sql.channel_name();
     let payload = last.to_string();
     let now_micros = now.as_micros();
     let upsert_params: [&(dyn ToSql + Sync); 5] = [&names, &categories, &types, &versions, &now_micros];
     let head_params: [&(dyn ToSql + Sync); 2] = [&last_i, &now_micros];
-    let notify_params: [&(dyn ToSql + Sync); 2] = [&channel, &payload];
+    let notify_params: [&(dyn ToSql + Sync); 2] = [&sql.channel, &payload];
     futures::try_join!(
         tx.execute(&upsert, &upsert_params),
         tx.execute(&update_head, &head_params),
