@@ -121,48 +121,28 @@ pub(crate) enum WorkloadArg {
     All,
 }
 
-/// The workloads to run, in their fixed order.
-#[derive(Debug, Default, Clone, Copy)]
-struct Selection {
-    w1: bool,
-    w2: bool,
-    w3: bool,
-    w4: bool,
-    w5: bool,
-    groups: bool,
-    group_latency: bool,
-    bus: bool,
-    bus_latency: bool,
-}
+/// The workloads asked for; they run in their fixed order whatever the order asked.
+#[derive(Debug, Clone, Copy)]
+struct Selection<'a>(&'a [WorkloadArg]);
 
-impl Selection {
-    fn from_args(args: &[WorkloadArg]) -> Self {
-        let all = args.contains(&WorkloadArg::All);
-        let has = |w| all || args.contains(&w);
-        Self {
-            w1: has(WorkloadArg::W1),
-            w2: has(WorkloadArg::W2),
-            w3: has(WorkloadArg::W3),
-            w4: has(WorkloadArg::W4),
-            w5: has(WorkloadArg::W5),
-            groups: has(WorkloadArg::Groups),
-            group_latency: has(WorkloadArg::GroupLatency),
-            bus: has(WorkloadArg::Bus),
-            bus_latency: has(WorkloadArg::BusLatency),
-        }
+impl Selection<'_> {
+    fn has(self, workload: WorkloadArg) -> bool {
+        self.0.contains(&WorkloadArg::All) || self.0.contains(&workload)
     }
 
     fn needs_store(self) -> bool {
-        self.w1 || self.w2 || self.w3 || self.bus || self.bus_latency
+        use WorkloadArg::*;
+        [W1, W2, W3, Bus, BusLatency].into_iter().any(|w| self.has(w))
     }
 
     fn needs_http(self) -> bool {
-        self.w4 || self.w5 || self.groups || self.group_latency
+        use WorkloadArg::*;
+        [W4, W5, Groups, GroupLatency].into_iter().any(|w| self.has(w))
     }
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let selection = Selection::from_args(&args.workload);
+    let selection = Selection(&args.workload);
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         bail!("--duration must be a positive number of seconds");
     }
@@ -199,7 +179,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // the workloads wrote.
     let fresh = temp_dir.is_some() || spec == StoreSpec::Memory || schema.as_ref().is_some_and(|s| s.fresh);
     let in_process_server = selection.needs_http() && args.url.is_none();
-    let store = if selection.needs_store() || in_process_server {
+    let opens_store = selection.needs_store() || in_process_server;
+    let store = if opens_store {
         let postgres = PostgresOptions {
             schema: schema.as_ref().map_or_else(|| PostgresOptions::default().schema, |s| s.name.clone()),
             ..PostgresOptions::default()
@@ -244,7 +225,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Err(e)
         }
     };
-    let finished = match schema.as_ref().filter(|_| in_process_server || selection.needs_store()) {
+    let finished = match schema.as_ref().filter(|_| opens_store) {
         Some(schema) => schema.finish(args.keep).await,
         None => Ok(()),
     };
@@ -295,7 +276,7 @@ impl BenchSchema {
 /// closes the store when it stops).
 async fn run_workloads(
     args: &BenchArgs,
-    selection: Selection,
+    selection: Selection<'_>,
     store: Option<Arc<dyn DurableStore>>,
     fresh: bool,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -305,7 +286,7 @@ async fn run_workloads(
     let mut written = 0u64;
     if let Some(store) = store.as_ref().filter(|_| selection.needs_store()) {
         let store: &Arc<dyn EventStore> = &(store.clone() as Arc<dyn EventStore>);
-        if selection.w1 {
+        if selection.has(WorkloadArg::W1) {
             let spec = WriteSpec {
                 name: "w1",
                 writers: args.writers.unwrap_or(64),
@@ -316,7 +297,7 @@ async fn run_workloads(
             summary.push(workloads::write(store, &spec).await?);
             written += spec.total;
         }
-        if selection.w2 {
+        if selection.has(WorkloadArg::W2) {
             let spec = WriteSpec {
                 name: "w2",
                 writers: args.writers.unwrap_or(4),
@@ -327,7 +308,7 @@ async fn run_workloads(
             summary.push(workloads::write(store, &spec).await?);
             written += spec.total;
         }
-        if selection.w3 {
+        if selection.has(WorkloadArg::W3) {
             if written == 0 && *store.head().borrow() == 0 {
                 let spec = WriteSpec {
                     name: "w3-prefill",
@@ -346,10 +327,10 @@ async fn run_workloads(
     }
     // The in-process bus, after the store workloads and before the server starts.
     if let Some(store) = store.as_ref() {
-        if selection.bus {
+        if selection.has(WorkloadArg::Bus) {
             summary.push(bus::durable_consumer(store, args.count.unwrap_or(200_000), run_id).await?);
         }
-        if selection.bus_latency {
+        if selection.has(WorkloadArg::BusLatency) {
             let seconds = args.duration.ceil() as u64;
             summary.push(bus::handler_latency(store, args.rate, seconds, run_id).await?);
         }
@@ -379,7 +360,7 @@ async fn run_workloads(
 
 async fn run_http(
     args: &BenchArgs,
-    selection: Selection,
+    selection: Selection<'_>,
     url: &str,
     run_id: &str,
     summary: &mut Summary,
@@ -392,7 +373,7 @@ async fn run_http(
         .context("cannot create the HTTP client")?;
     let client = ApiClient::with_http(url, http)?;
     http::wait_ready(&client).await?;
-    if selection.w4 {
+    if selection.has(WorkloadArg::W4) {
         let total = args.count.unwrap_or(200_000);
         summary.push(
             http::write(
@@ -408,14 +389,14 @@ async fn run_http(
                 .await?,
         );
     }
-    if selection.w5 {
+    if selection.has(WorkloadArg::W5) {
         summary.push(http::delivery(&client, args.rate, args.duration, run_id).await?);
     }
     let spec = GroupSpec { consumers: args.consumers, streams: args.streams, run_id };
-    if selection.groups {
+    if selection.has(WorkloadArg::Groups) {
         summary.push(groups::throughput(&client, &spec, args.count.unwrap_or(200_000)).await?);
     }
-    if selection.group_latency {
+    if selection.has(WorkloadArg::GroupLatency) {
         summary.push(groups::latency(&client, &spec, args.rate, args.duration).await?);
     }
     Ok(())
