@@ -1,0 +1,215 @@
+//! Projections: read models fed from the durable log, never inline after a commit.
+//!
+//! A [`Projection`] receives events in log order, in batches, together with the checkpoint
+//! the batch brings it to, and must record that checkpoint atomically with its own effects
+//! (the same database transaction). That makes a projection idempotent by position: a runner
+//! killed at any point resumes from the last recorded checkpoint and never applies an event
+//! twice. [`ViewProjection`](crate::view::ViewProjection) does this for keyed views kept in a
+//! store's state space; a projection into an application's own database does it in its own
+//! transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bifrost_core::{EventStore, LogFilter, Position, RecordedEvent};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::Result;
+use crate::upcast::Upcasters;
+
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// A stable name: the key of its checkpoint and its metrics label.
+    fn name(&self) -> &str;
+
+    /// The events it reads (all by default).
+    fn filter(&self) -> LogFilter {
+        LogFilter::default()
+    }
+
+    /// The last position it recorded, `0` when it has none.
+    async fn checkpoint(&self) -> Result<Position>;
+
+    /// Applies `events` (in log order, already upcast; possibly empty when the filter skipped
+    /// a stretch of the log) and records `checkpoint` in the same atomic write.
+    async fn apply(&self, events: Vec<RecordedEvent>, checkpoint: Position) -> Result<()>;
+
+    /// Forgets everything (read model and checkpoint), for a rebuild by replay from zero.
+    async fn reset(&self) -> Result<()>;
+}
+
+/// How far a running projection has come.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    pub checkpoint: Position,
+    /// The head of the log when last looked at.
+    pub head: Position,
+    /// The last failure, cleared by the next successful batch. The runner keeps retrying
+    /// from its checkpoint with a growing delay.
+    pub error: Option<String>,
+}
+
+impl ProjectionStatus {
+    /// Log positions between the checkpoint and the head (an upper bound on the events the
+    /// projection still has to read).
+    pub fn lag(&self) -> u64 {
+        self.head.saturating_sub(self.checkpoint)
+    }
+}
+
+/// Feeds a projection from the log.
+pub struct ProjectionRunner<P: Projection> {
+    store: Arc<dyn EventStore>,
+    projection: Arc<P>,
+    upcasters: Upcasters,
+    batch_size: usize,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl<P: Projection> ProjectionRunner<P> {
+    pub fn new(store: Arc<dyn EventStore>, projection: Arc<P>) -> Self {
+        Self { store, projection, upcasters: Upcasters::default(), batch_size: 500 }
+    }
+
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Events per batch (and so per atomic write of the read model).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.clamp(1, 1000);
+        self
+    }
+
+    pub fn projection(&self) -> &Arc<P> {
+        &self.projection
+    }
+
+    /// Applies everything up to the head of the log as it is now and returns the checkpoint.
+    pub async fn catch_up(&self) -> Result<Position> {
+        let target = *self.store.head().borrow();
+        let mut at = self.projection.checkpoint().await?;
+        while at < target {
+            let next = self.step(at).await?;
+            if next == at {
+                break;
+            }
+            at = next;
+        }
+        Ok(at)
+    }
+
+    /// Forgets the read model and replays the log from zero up to the current head.
+    pub async fn rebuild(&self) -> Result<Position> {
+        self.projection.reset().await?;
+        self.catch_up().await
+    }
+
+    /// Reads one batch after `at`, applies it and returns the new checkpoint.
+    async fn step(&self, at: Position) -> Result<Position> {
+        let filter = self.projection.filter();
+        let slice = self.store.read_all(at, &filter, self.batch_size).await?;
+        if slice.next_position <= at {
+            return Ok(at);
+        }
+        let mut events = Vec::with_capacity(slice.events.len());
+        for event in slice.events {
+            events.push(self.upcasters.upcast(event)?);
+        }
+        self.projection.apply(events, slice.next_position).await?;
+        Ok(slice.next_position)
+    }
+
+    /// Runs the projection in the background: catch-up, then live, until stopped.
+    pub fn start(self) -> RunningProjection {
+        let (status_tx, status) = watch::channel(ProjectionStatus::default());
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(self.run(status_tx, stop));
+        RunningProjection { status, stop: stop_tx, task }
+    }
+
+    async fn run(self, status: watch::Sender<ProjectionStatus>, mut stop: watch::Receiver<bool>) {
+        let name = self.projection.name().to_owned();
+        let lag = metrics::gauge!("bifrost_projection_lag", "projection" => name.clone());
+        let mut head = self.store.head();
+        let mut at: Option<Position> = None;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let target = *head.borrow_and_update();
+            let outcome = match at {
+                None => self.projection.checkpoint().await.map(Some),
+                // No progress although the head is ahead: wait for the next commit.
+                Some(position) if position < target => {
+                    self.step(position).await.map(|p| (p > position).then_some(p))
+                }
+                Some(_) => Ok(None),
+            };
+            match outcome {
+                Ok(Some(position)) => {
+                    at = Some(position);
+                    backoff = Duration::from_millis(50);
+                    lag.set(target.saturating_sub(position) as f64);
+                    status.send_replace(ProjectionStatus { checkpoint: position, head: target, error: None });
+                }
+                Ok(None) => {
+                    // Caught up: wait for the next commit.
+                    tokio::select! {
+                        changed = head.changed() => if changed.is_err() { return },
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(projection = %name, error = %e, "projection failed; retrying from its checkpoint");
+                    at = None;
+                    status.send_modify(|s| s.error = Some(e.to_string()));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// A projection running in the background.
+pub struct RunningProjection {
+    status: watch::Receiver<ProjectionStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningProjection {
+    pub fn status(&self) -> ProjectionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until the checkpoint reaches `position` (or the runner stops).
+    pub async fn wait_for(&self, position: Position) -> ProjectionStatus {
+        let mut status = self.status.clone();
+        let reached = status.wait_for(|s| s.checkpoint >= position).await;
+        match reached {
+            Ok(s) => s.clone(),
+            Err(_) => self.status(),
+        }
+    }
+
+    /// Stops after the batch in flight; what was applied stays applied.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+
+    /// Stops at once, possibly in the middle of a batch (as a crash would).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,688 @@
+//! Sagas (process managers): long-running workflows that react to events, issue commands,
+//! compensate when a command fails, and wait with timeouts that survive restarts.
+//!
+//! Each saga instance is a stream, `<NAME>-<instance id>`, whose events (`<NAME>.step`)
+//! each record what caused the step, the instance's whole state after it, the commands it
+//! issued and the timeouts it scheduled or cancelled. The stream is the saga's durable state
+//! and its outbox at once. Three loops run it:
+//!
+//! - the **reactor** reads the events the saga listens to from the log and appends a step
+//!   per event; an instance remembers the last log position it reacted to, so an event read
+//!   twice (after a crash, or by a second manager) is reacted to once;
+//! - the **dispatcher** reads the step events from the log and, for each, records its
+//!   timeouts and sends its commands through the [`CommandBus`]. Command ids derive from
+//!   the step, so re-sending after a crash stores nothing twice. A command that is refused
+//!   becomes a step of its own through [`Saga::on_command_failed`] (compensation);
+//! - the **timer** fires due timeouts from the store's state space, so a timeout scheduled
+//!   before a restart still fires after it. A timeout that was cancelled, or whose instance
+//!   has finished, is dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bifrost_core::{
+    Direction, EventStore, EventType, ExpectedVersion, LogFilter, NewEvent, Position, RecordedEvent,
+    StateChange, StateStore, StreamName, Timestamp, Version,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::checkpoint;
+use crate::command::{Command, CommandBus, CommandEnvelope};
+use crate::error::{Error, Result};
+use crate::upcast::Upcasters;
+
+pub trait Saga: Send + Sync + 'static {
+    /// The saga's name: the category of its instance streams, so a valid stream name
+    /// without `-`.
+    const NAME: &'static str;
+
+    type State: Serialize + DeserializeOwned + Default + Send + Sync;
+
+    /// The events the saga reacts to.
+    fn filter(&self) -> LogFilter;
+
+    /// The instance an event belongs to; `None` ignores the event. The id becomes part of a
+    /// stream name (`A–Z a–z 0–9 _ . : @ -`).
+    fn correlate(&self, event: &RecordedEvent) -> Option<String>;
+
+    /// Reacts to an event of the instance (already upcast).
+    fn handle(&self, state: &mut Self::State, event: &RecordedEvent) -> Result<Reaction>;
+
+    /// A timeout the instance scheduled came due.
+    fn on_timeout(&self, state: &mut Self::State, timeout: &Timeout) -> Result<Reaction> {
+        let _ = (state, timeout);
+        Ok(Reaction::none())
+    }
+
+    /// A command the instance issued was refused (rejected, invalid or without a handler):
+    /// compensate here. The step's later commands are not sent.
+    fn on_command_failed(
+        &self,
+        state: &mut Self::State,
+        command: &CommandEnvelope,
+        error: &str,
+    ) -> Result<Reaction> {
+        let _ = (state, command, error);
+        Ok(Reaction::none())
+    }
+}
+
+/// What a saga does in one step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reaction {
+    pub commands: Vec<CommandEnvelope>,
+    pub schedule: Vec<(String, Duration, serde_json::Value)>,
+    pub cancel: Vec<String>,
+    pub complete: bool,
+}
+
+impl Reaction {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Issues `command` once this step is stored.
+    pub fn send<C: Command>(mut self, command: &C) -> Result<Self> {
+        self.commands.push(CommandEnvelope::new(command)?);
+        Ok(self)
+    }
+
+    /// Schedules the timeout `name` to fire after `after`, carrying `data`.
+    pub fn schedule(mut self, name: &str, after: Duration, data: serde_json::Value) -> Self {
+        self.schedule.push((name.to_owned(), after, data));
+        self
+    }
+
+    /// Cancels every pending timeout called `name`.
+    pub fn cancel(mut self, name: &str) -> Self {
+        self.cancel.push(name.to_owned());
+        self
+    }
+
+    /// Finishes the instance: later events and pending timeouts are ignored.
+    pub fn complete(mut self) -> Self {
+        self.complete = true;
+        self
+    }
+}
+
+/// A scheduled timeout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timeout {
+    pub id: Uuid,
+    pub instance: String,
+    pub name: String,
+    pub due_at: Timestamp,
+    pub data: serde_json::Value,
+}
+
+/// What caused a step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Event { id: Uuid, position: Position, event_type: String },
+    Timeout { id: Uuid, name: String },
+    CommandFailed { command_id: Uuid, command_type: String, error: String },
+}
+
+/// One event of an instance stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Step<S> {
+    pub trigger: Trigger,
+    /// The instance's state after the step.
+    pub state: S,
+    /// The highest log position the instance has reacted to.
+    pub last_position: Position,
+    /// Timeouts scheduled and neither fired nor cancelled.
+    pub pending: Vec<Timeout>,
+    pub done: bool,
+    pub commands: Vec<CommandEnvelope>,
+    pub scheduled: Vec<Timeout>,
+    /// Timeouts this step cancelled (or fired), whose records can go.
+    pub dropped: Vec<Timeout>,
+}
+
+/// An instance as loaded from its stream.
+struct Instance<S> {
+    stream: StreamName,
+    id: String,
+    version: Version,
+    state: S,
+    last_position: Position,
+    pending: Vec<Timeout>,
+    done: bool,
+}
+
+/// How far a running saga has come.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SagaStatus {
+    /// The last log position the reactor has processed.
+    pub reacted: Position,
+    /// The last log position the dispatcher has processed (steps sent).
+    pub dispatched: Position,
+    pub error: Option<String>,
+}
+
+struct Shared<G: Saga> {
+    saga: G,
+    store: Arc<dyn EventStore>,
+    state: Arc<dyn StateStore>,
+    bus: Arc<CommandBus>,
+    upcasters: Upcasters,
+    step_type: EventType,
+    timeouts_scope: String,
+    wake_timer: Notify,
+    status: watch::Sender<SagaStatus>,
+}
+
+/// Runs a saga.
+pub struct SagaManager<G: Saga> {
+    shared: Shared<G>,
+}
+
+const BATCH: usize = 200;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl<G: Saga> SagaManager<G> {
+    pub fn new(
+        saga: G,
+        store: Arc<dyn EventStore>,
+        state: Arc<dyn StateStore>,
+        bus: Arc<CommandBus>,
+    ) -> Result<Self> {
+        StreamName::new(G::NAME)?;
+        let step_type = EventType::new(&format!("{}.step", G::NAME))?;
+        Ok(Self {
+            shared: Shared {
+                saga,
+                store,
+                state,
+                bus,
+                upcasters: Upcasters::default(),
+                step_type,
+                timeouts_scope: format!("sourcing/saga-timeouts/{}", G::NAME),
+                wake_timer: Notify::new(),
+                status: watch::channel(SagaStatus::default()).0,
+            },
+        })
+    }
+
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.shared.upcasters = upcasters;
+        self
+    }
+
+    /// Starts the reactor, the dispatcher and the timer.
+    pub fn start(self) -> RunningSaga {
+        let shared = Arc::new(self.shared);
+        let (stop, stopped) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(reactor(Arc::clone(&shared), stopped.clone())),
+            tokio::spawn(dispatcher(Arc::clone(&shared), stopped.clone())),
+            tokio::spawn(timer(Arc::clone(&shared), stopped)),
+        ];
+        let status = shared.status.subscribe();
+        RunningSaga { status, stop, tasks }
+    }
+}
+
+/// A saga running in the background.
+pub struct RunningSaga {
+    status: watch::Receiver<SagaStatus>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningSaga {
+    pub fn status(&self) -> SagaStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until both the reactor and the dispatcher have processed the log up to
+    /// `position`.
+    pub async fn wait_for(&self, position: Position) -> SagaStatus {
+        let mut status = self.status.clone();
+        match status.wait_for(|s| s.reacted >= position && s.dispatched >= position).await {
+            Ok(s) => s.clone(),
+            Err(_) => self.status(),
+        }
+    }
+
+    /// Stops the loops after the work in flight.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops at once, possibly in the middle of a step (as a crash would).
+    pub fn abort(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl<G: Saga> Shared<G> {
+    fn stream(&self, id: &str) -> Result<StreamName> {
+        Ok(StreamName::new(&format!("{}-{id}", G::NAME))?)
+    }
+
+    async fn load(&self, id: &str) -> Result<Instance<G::State>> {
+        let stream = self.stream(id)?;
+        let slice = match self.store.read_stream(&stream, Version::MAX, Direction::Backward, 1).await {
+            Ok(slice) => slice,
+            Err(bifrost_core::Error::StreamNotFound(_)) => {
+                return Ok(Instance {
+                    stream,
+                    id: id.to_owned(),
+                    version: 0,
+                    state: G::State::default(),
+                    last_position: 0,
+                    pending: Vec::new(),
+                    done: false,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(last) = slice.events.into_iter().next() else {
+            return Err(Error::corrupt(format!("saga stream {stream}"), "it has no events"));
+        };
+        let step: Step<G::State> = serde_json::from_slice(&last.data)
+            .map_err(|e| Error::corrupt(format!("step {} of {stream}", last.version), e))?;
+        Ok(Instance {
+            stream,
+            id: id.to_owned(),
+            version: last.version,
+            state: step.state,
+            last_position: step.last_position,
+            pending: step.pending,
+            done: step.done,
+        })
+    }
+
+    /// Appends the step `reaction` makes of `instance`. `Ok(false)`: the step was already
+    /// stored (its id is taken) or the stream moved on (the caller reloads and decides again).
+    async fn append_step(
+        &self,
+        mut instance: Instance<G::State>,
+        step_id: Uuid,
+        trigger: Trigger,
+        reaction: Reaction,
+    ) -> Result<StepOutcome> {
+        let now = Timestamp::now();
+        let mut dropped = Vec::new();
+        if let Trigger::Timeout { id, .. } = &trigger {
+            instance.pending.retain(|t| {
+                let keep = t.id != *id;
+                if !keep {
+                    dropped.push(t.clone());
+                }
+                keep
+            });
+        }
+        let mut kept = Vec::with_capacity(instance.pending.len());
+        for t in instance.pending {
+            if reaction.complete || reaction.cancel.contains(&t.name) {
+                dropped.push(t);
+            } else {
+                kept.push(t);
+            }
+        }
+        let scheduled: Vec<Timeout> = reaction
+            .schedule
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, after, data))| Timeout {
+                id: Uuid::new_v5(&step_id, format!("timeout/{i}").as_bytes()),
+                instance: instance.id.clone(),
+                name,
+                due_at: Timestamp::from_micros(
+                    now.as_micros().saturating_add(i64::try_from(after.as_micros()).unwrap_or(i64::MAX)),
+                ),
+                data,
+            })
+            .collect();
+        if !reaction.complete {
+            kept.extend(scheduled.iter().cloned());
+        }
+        let causation = match &trigger {
+            Trigger::Event { id, .. } | Trigger::Timeout { id, .. } => id.to_string(),
+            Trigger::CommandFailed { command_id, .. } => command_id.to_string(),
+        };
+        let commands = reaction
+            .commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut command)| {
+                command.id = Uuid::new_v5(&step_id, format!("command/{i}").as_bytes());
+                let metadata = &mut command.metadata;
+                metadata.correlation_id.get_or_insert_with(|| instance.id.clone());
+                metadata.causation_id.get_or_insert_with(|| causation.clone());
+                command
+            })
+            .collect();
+        let last_position = match &trigger {
+            Trigger::Event { position, .. } => (*position).max(instance.last_position),
+            _ => instance.last_position,
+        };
+        let step = Step {
+            trigger,
+            state: instance.state,
+            last_position,
+            pending: kept,
+            done: instance.done || reaction.complete,
+            commands,
+            scheduled: if reaction.complete { Vec::new() } else { scheduled },
+            dropped,
+        };
+        let data =
+            serde_json::to_vec(&step).map_err(|e| Error::encode(format!("a step of {}", G::NAME), e))?;
+        let event = NewEvent::new(self.step_type.clone(), data).with_id(step_id);
+        let expected = if instance.version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(instance.version)
+        };
+        match self.store.append(instance.stream, expected, vec![event]).await {
+            Ok(_) => Ok(StepOutcome::Stored),
+            Err(bifrost_core::Error::DuplicateEventId { .. }) => Ok(StepOutcome::AlreadyStored),
+            Err(bifrost_core::Error::WrongExpectedVersion(_)) => Ok(StepOutcome::Raced),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reacts to one event of the log.
+    async fn react(&self, event: RecordedEvent) -> Result<()> {
+        let Some(id) = self.saga.correlate(&event) else { return Ok(()) };
+        if let Err(e) = self.stream(&id) {
+            tracing::warn!(saga = G::NAME, event = %event.id, error = %e, "correlation id cannot name a saga instance; event ignored");
+            return Ok(());
+        }
+        let event = self.upcasters.upcast(event)?;
+        let step_id = Uuid::new_v5(&event.id, format!("saga/{}/{id}", G::NAME).as_bytes());
+        loop {
+            let mut instance = self.load(&id).await?;
+            if instance.done || event.position <= instance.last_position {
+                return Ok(());
+            }
+            let reaction = self.saga.handle(&mut instance.state, &event)?;
+            let trigger = Trigger::Event {
+                id: event.id,
+                position: event.position,
+                event_type: event.event_type.to_string(),
+            };
+            match self.append_step(instance, step_id, trigger, reaction).await? {
+                StepOutcome::Stored | StepOutcome::AlreadyStored => return Ok(()),
+                StepOutcome::Raced => continue,
+            }
+        }
+    }
+
+    /// Records a step's timeouts and sends its commands.
+    async fn dispatch(&self, event: &RecordedEvent, stop: &watch::Receiver<bool>) -> Result<()> {
+        let step: Step<serde_json::Value> = serde_json::from_slice(&event.data)
+            .map_err(|e| Error::corrupt(format!("step {} of {}", event.version, event.stream), e))?;
+        let mut changes = Vec::new();
+        for t in &step.dropped {
+            changes.push(StateChange::delete(self.timeouts_scope.clone(), timeout_key(t)));
+        }
+        for t in &step.scheduled {
+            let value = serde_json::to_vec(t).map_err(|e| Error::encode("a timeout", e))?;
+            changes.push(StateChange::put(self.timeouts_scope.clone(), timeout_key(t), value));
+        }
+        if !changes.is_empty() {
+            self.state.write_state(changes).await?;
+            self.wake_timer.notify_one();
+        }
+        let Some(id) = event.stream.as_str().split_once('-').map(|(_, id)| id.to_owned()) else {
+            return Ok(());
+        };
+        for command in &step.commands {
+            let mut backoff = Duration::from_millis(50);
+            let refusal = loop {
+                match self.bus.dispatch_envelope(command).await {
+                    Ok(()) => break None,
+                    Err(e) if e.is_transient() && !*stop.borrow() => {
+                        tracing::warn!(saga = G::NAME, command = %command.command_type, error = %e, "command failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            if let Some(error) = refusal {
+                self.command_failed(&id, command, &error).await?;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn command_failed(&self, id: &str, command: &CommandEnvelope, error: &str) -> Result<()> {
+        let step_id = Uuid::new_v5(&command.id, b"failed");
+        loop {
+            let mut instance = self.load(id).await?;
+            if instance.done {
+                return Ok(());
+            }
+            let reaction = self.saga.on_command_failed(&mut instance.state, command, error)?;
+            let trigger = Trigger::CommandFailed {
+                command_id: command.id,
+                command_type: command.command_type.clone(),
+                error: error.to_owned(),
+            };
+            match self.append_step(instance, step_id, trigger, reaction).await? {
+                StepOutcome::Stored | StepOutcome::AlreadyStored => return Ok(()),
+                StepOutcome::Raced => continue,
+            }
+        }
+    }
+
+    /// Fires one due timeout; its record goes once the step is stored.
+    async fn fire(&self, timeout: &Timeout) -> Result<()> {
+        let step_id = Uuid::new_v5(&timeout.id, b"fired");
+        loop {
+            let mut instance = self.load(&timeout.instance).await?;
+            if instance.done || !instance.pending.iter().any(|t| t.id == timeout.id) {
+                break;
+            }
+            let reaction = self.saga.on_timeout(&mut instance.state, timeout)?;
+            let trigger = Trigger::Timeout { id: timeout.id, name: timeout.name.clone() };
+            match self.append_step(instance, step_id, trigger, reaction).await? {
+                StepOutcome::Stored | StepOutcome::AlreadyStored => break,
+                StepOutcome::Raced => continue,
+            }
+        }
+        let delete = StateChange::delete(self.timeouts_scope.clone(), timeout_key(timeout));
+        Ok(self.state.write_state(vec![delete]).await?)
+    }
+
+    fn report(&self, update: impl FnOnce(&mut SagaStatus)) {
+        self.status.send_modify(update);
+    }
+}
+
+enum StepOutcome {
+    Stored,
+    AlreadyStored,
+    Raced,
+}
+
+/// Timeout records sort by due time: the timer reads the first few.
+fn timeout_key(t: &Timeout) -> String {
+    format!("{:020}/{}", t.due_at.as_micros().max(0), t.id)
+}
+
+/// Follows the log from a checkpoint, handing each batch to `work`; saves the checkpoint
+/// after every batch and backs off on failure (the batch is read again).
+async fn follow<G, F, Fut>(
+    shared: &Shared<G>,
+    key: &str,
+    filter: LogFilter,
+    mut stop: watch::Receiver<bool>,
+    mut work: F,
+    report: fn(&mut SagaStatus, Position),
+) where
+    G: Saga,
+    F: FnMut(Vec<RecordedEvent>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut head = shared.store.head();
+    let mut at: Option<Position> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let target = *head.borrow_and_update();
+        let outcome: Result<Option<Position>> = async {
+            let Some(position) = at else {
+                return checkpoint::load(shared.state.as_ref(), key).await.map(Some);
+            };
+            if position >= target {
+                return Ok(None);
+            }
+            let slice = shared.store.read_all(position, &filter, BATCH).await?;
+            if slice.next_position <= position {
+                return Ok(None);
+            }
+            work(slice.events).await?;
+            shared.state.write_state(vec![checkpoint::put(key, slice.next_position)]).await?;
+            Ok(Some(slice.next_position))
+        }
+        .await;
+        match outcome {
+            Ok(Some(position)) => {
+                at = Some(position);
+                backoff = Duration::from_millis(50);
+                shared.report(|s| {
+                    report(s, position);
+                    s.error = None;
+                });
+            }
+            Ok(None) => {
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = stop.changed() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(saga = G::NAME, error = %e, "saga loop failed; retrying from its checkpoint");
+                at = None;
+                shared.report(|s| s.error = Some(e.to_string()));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn reactor<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>) {
+    let key = format!("saga/{}/reactor", G::NAME);
+    let filter = shared.saga.filter();
+    let worker = Arc::clone(&shared);
+    follow(
+        &shared,
+        &key,
+        filter,
+        stop,
+        move |events| {
+            let shared = Arc::clone(&worker);
+            async move {
+                for event in events {
+                    shared.react(event).await?;
+                }
+                Ok(())
+            }
+        },
+        |s, p| s.reacted = p,
+    )
+    .await;
+}
+
+async fn dispatcher<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>) {
+    let key = format!("saga/{}/dispatcher", G::NAME);
+    let filter = LogFilter::default().with_types([shared.step_type.as_str()]).unwrap_or_default();
+    let worker = Arc::clone(&shared);
+    let stop_flag = stop.clone();
+    follow(
+        &shared,
+        &key,
+        filter,
+        stop,
+        move |events| {
+            let shared = Arc::clone(&worker);
+            let stop = stop_flag.clone();
+            async move {
+                for event in &events {
+                    shared.dispatch(event, &stop).await?;
+                }
+                Ok(())
+            }
+        },
+        |s, p| s.dispatched = p,
+    )
+    .await;
+}
+
+async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let outcome: Result<Option<Duration>> = async {
+            let due = shared.state.scan_state(&shared.timeouts_scope, None, 64).await?;
+            let now = Timestamp::now();
+            let mut fired = false;
+            for entry in due {
+                let timeout: Timeout = serde_json::from_slice(&entry.value)
+                    .map_err(|e| Error::corrupt(format!("saga timeout {}", entry.key), e))?;
+                if timeout.due_at > now {
+                    let wait = timeout.due_at.as_micros().saturating_sub(now.as_micros());
+                    return Ok(Some(Duration::from_micros(u64::try_from(wait).unwrap_or(0))));
+                }
+                shared.fire(&timeout).await?;
+                fired = true;
+            }
+            // After firing, look again at once: the page may have been full.
+            Ok(fired.then_some(Duration::ZERO))
+        }
+        .await;
+        let wait = match outcome {
+            Ok(Some(wait)) => {
+                backoff = Duration::from_millis(50);
+                wait
+            }
+            // Nothing pending: the dispatcher wakes the timer when it records a timeout.
+            Ok(None) => Duration::from_secs(60),
+            Err(e) => {
+                tracing::warn!(saga = G::NAME, error = %e, "saga timer failed; retrying");
+                shared.report(|s| s.error = Some(e.to_string()));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.wake_timer.notified() => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Decodes a saga's state from a step event's payload, for tools that inspect instances.
+pub fn step_of<S: DeserializeOwned>(event: &RecordedEvent) -> Result<Step<S>> {
+    serde_json::from_slice(&event.data)
+        .map_err(|e| Error::corrupt(format!("step {} of {}", event.version, event.stream), e))
+}
