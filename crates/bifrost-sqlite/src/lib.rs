@@ -9,12 +9,18 @@
 //! Readers' state (the `state` table, see [`StateStore`]) is written by the same thread,
 //! in the same group commits as appends.
 //!
+//! **Transactional outbox.** [`SqliteStore::transact`] runs an application's own SQL on the
+//! writer's connection, inside the group's transaction, and appends the events it returns:
+//! the application's rows (its tables live in the same database file) and its events commit
+//! together, durably, or not at all.
+//!
 //! Invariants: positions are assigned by the writer in commit order and never reused, so
 //! every read snapshot is a prefix of the log; `recorded_at` never decreases along the
 //! log, which lets time-range filters become position ranges by binary search.
 
 mod checkpoint;
 mod codec;
+mod outbox;
 mod reader;
 mod schema;
 mod state;
@@ -39,6 +45,11 @@ use uuid::Uuid;
 use crate::checkpoint::Checkpointer;
 use crate::reader::ReadPool;
 use crate::writer::Writer;
+
+pub use crate::outbox::OutboxError;
+/// The driver [`SqliteStore::transact`] hands its connection from, re-exported so that an
+/// application uses the same version.
+pub use rusqlite;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "bifrost.db";
@@ -119,6 +130,48 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The transactional outbox: runs `work` on the writer's connection inside the store's
+    /// own transaction, then appends the events it returns. The application's SQL and those
+    /// appends commit together, durably (like any append, the answer comes after the group's
+    /// fsync), or not at all; the head watch then moves like after any append.
+    ///
+    /// `work` runs under a savepoint of its own within the writer's group commit. If it
+    /// returns `Err`, panics, or any of its appends fails — invalid, wrong expected version,
+    /// an event id used by another event: the rules of [`EventStore::append_many`], checked
+    /// against everything committed before it — the savepoint is rolled back, its rows with
+    /// its events, and the other writes of the group are unaffected. Its appends form one
+    /// atomic multi-stream append; returning none is allowed (only the rows are written).
+    /// Re-sending appends already stored (same ids, same streams and order) stores nothing
+    /// twice and answers with the original results, while `work`'s SQL runs and commits
+    /// again: make it idempotent too (`INSERT … ON CONFLICT`) if it may be re-sent.
+    ///
+    /// The application's tables live in the store's database file, created by `work` itself
+    /// (`CREATE TABLE IF NOT EXISTS …` is allowed, DDL is transactional in SQLite). Name them
+    /// so they cannot meet Bifrost's (`events`, `streams`, `meta`, `state`,
+    /// `refinery_schema_history`), for instance with a prefix of the application's. Read them
+    /// through a connection of the application's own on [`path`](Self::path) (WAL: readers
+    /// never block the writer); write them only through `transact`, since a second writing
+    /// connection would make the writer wait for SQLite's write lock.
+    ///
+    /// `work` runs on the writer's thread: every append of the store waits while it runs, so
+    /// keep it to a few statements — no network calls, no sleeping. While it runs, an
+    /// authorizer refuses (as a `rusqlite` error) what would break the writer: ending the
+    /// transaction (`COMMIT`, `ROLLBACK`, `BEGIN`), touching the job's savepoint, writing or
+    /// altering the store's tables (reading them is fine), setting pragmas, `ATTACH`. A panic
+    /// is caught and answered as [`OutboxError::Panicked`] (this needs the default
+    /// `panic = "unwind"`). Once queued, the work runs even if the returned future is
+    /// dropped; the caller then does not learn the outcome.
+    pub async fn transact<F, T, E>(&self, work: F) -> Result<(Vec<AppendResult>, T), OutboxError<E>>
+    where
+        F: FnOnce(&rusqlite::Connection) -> Result<(Vec<StreamAppend>, T), E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer.transact(Box::new(outbox::Work::new(work, reply)))?;
+        answer.await.map_err(|_| OutboxError::Store(Error::Unavailable("the store is closed".into())))?
     }
 }
 

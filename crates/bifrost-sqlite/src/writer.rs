@@ -1,5 +1,5 @@
 //! The writer thread: the only connection that writes, committing appends (and state
-//! writes) in groups.
+//! writes, and outbox work) in groups.
 
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -16,39 +16,46 @@ use bifrost_core::{
     Timestamp, Version,
 };
 use bytes::Bytes;
+use rusqlite::hooks::{AuthContext, Authorization};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::checkpoint::Checkpointer;
 use crate::codec::sql;
+use crate::outbox::{self, Job};
 use crate::reader::stored_stream;
 use crate::state;
 
 enum Command {
     Append { appends: Vec<StreamAppend>, reply: oneshot::Sender<Result<Vec<AppendResult>>> },
     State { changes: Vec<StateChange>, reply: oneshot::Sender<Result<()>> },
+    Transact(Box<dyn Job>),
     Delete { stream: StreamName, mode: DeleteMode, reply: oneshot::Sender<Result<()>> },
 }
 
-type AppendRequest = (Vec<StreamAppend>, oneshot::Sender<Result<Vec<AppendResult>>>);
+/// An append request's answer (also an outbox job's appends').
+type Appended = Result<Vec<AppendResult>>;
+type AppendRequest = (Vec<StreamAppend>, oneshot::Sender<Appended>);
 type StateRequest = (Vec<StateChange>, oneshot::Sender<Result<()>>);
 
 fn event_count(appends: &[StreamAppend]) -> usize {
     appends.iter().map(|a| a.events.len()).sum()
 }
 
-/// What one transaction commits: appends, and state writes riding along in the same fsync.
+/// What one transaction commits: appends, and state writes and outbox work riding along
+/// in the same fsync.
 #[derive(Default)]
 struct Batch {
     appends: Vec<AppendRequest>,
     states: Vec<StateRequest>,
+    jobs: Vec<Box<dyn Job>>,
     /// Events and state changes gathered, which bound the size of one transaction.
     weight: usize,
 }
 
 impl Batch {
     fn len(&self) -> usize {
-        self.appends.len() + self.states.len()
+        self.appends.len() + self.states.len() + self.jobs.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -66,6 +73,11 @@ impl Batch {
             Command::State { changes, reply } => {
                 self.weight += changes.len();
                 self.states.push((changes, reply));
+                None
+            }
+            Command::Transact(job) => {
+                self.weight += 1;
+                self.jobs.push(job);
                 None
             }
             alone @ Command::Delete { .. } => Some(alone),
@@ -127,6 +139,11 @@ impl Writer {
         answer.await.map_err(|_| closed())?
     }
 
+    /// Queues an outbox job for the next group; the job answers its caller itself.
+    pub(crate) fn transact(&self, job: Box<dyn Job>) -> Result<()> {
+        self.send(Command::Transact(job))
+    }
+
     /// Lets queued commands finish, then stops the thread and closes the connection.
     pub(crate) async fn close(&self) -> Result<()> {
         drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
@@ -168,8 +185,8 @@ impl GroupSizer {
     const GAP: Duration = Duration::from_micros(150);
     const MAX_LINGER: Duration = Duration::from_millis(2);
 
-    /// Gathers a group of appends and state writes starting with `first`. A delete ends the
-    /// group; it is returned to run on its own next.
+    /// Gathers a group of appends, state writes and outbox jobs starting with `first`. A
+    /// delete ends the group; it is returned to run on its own next.
     fn collect(
         &self,
         first: Command,
@@ -284,6 +301,21 @@ impl From<Error> for WriteError {
     }
 }
 
+/// Each write's answer once its group is settled.
+struct Answers {
+    appends: Vec<Appended>,
+    states: Vec<Result<()>>,
+    jobs: Vec<Appended>,
+}
+
+/// One outbox job's appends, written inside its savepoint.
+struct JobWritten {
+    results: Vec<AppendResult>,
+    last_position: Position,
+    /// Heads of the streams written, for the cache once the group commits.
+    streams: HashMap<StreamName, (Version, StreamState)>,
+}
+
 /// A group written inside its (not yet committed) transaction.
 struct Written {
     results: Vec<Result<Vec<AppendResult>>>,
@@ -362,35 +394,41 @@ impl WriterState {
                     let size = batch.len();
                     let (requests, replies): (Vec<_>, Vec<_>) = batch.appends.into_iter().unzip();
                     let (states, state_replies): (Vec<_>, Vec<_>) = batch.states.into_iter().unzip();
-                    let (results, state_results) = self.commit_group(&requests, &states);
+                    let mut jobs = batch.jobs;
+                    let answers = self.commit_group(&requests, &states, &mut jobs);
                     group.committed(size, started.elapsed());
                     head.send_if_modified(|h| std::mem::replace(h, self.last_position) != self.last_position);
-                    for (reply, result) in replies.into_iter().zip(results) {
+                    for (reply, result) in replies.into_iter().zip(answers.appends) {
                         // A caller that went away (cancelled request) no longer needs it.
                         let _ = reply.send(result);
                     }
-                    for (reply, result) in state_replies.into_iter().zip(state_results) {
+                    for (reply, result) in state_replies.into_iter().zip(answers.states) {
                         let _ = reply.send(result);
+                    }
+                    for (job, result) in jobs.into_iter().zip(answers.jobs) {
+                        job.answer(result);
                     }
                 }
             }
         }
     }
 
-    /// Commits a group of append requests and state writes in one transaction: plan, write,
-    /// commit once.
+    /// Commits a group of append requests, state writes and outbox jobs in one transaction:
+    /// plan, write, commit once.
     fn commit_group(
         &mut self,
         requests: &[Vec<StreamAppend>],
         states: &[Vec<StateChange>],
-    ) -> (Vec<Result<Vec<AppendResult>>>, Vec<Result<()>>) {
+        jobs: &mut [Box<dyn Job>],
+    ) -> Answers {
         let mut status: Vec<Status> = requests.iter().map(|_| Status::Optimistic).collect();
         // A state write's own failure, once it has one.
         let mut state_status: Vec<Option<Error>> = states.iter().map(|_| None).collect();
         loop {
-            match self.try_commit_group(requests, &mut status, states, &mut state_status) {
-                Ok(results) => {
-                    return (results, state_status.into_iter().map(|s| s.map_or(Ok(()), Err)).collect());
+            match self.try_commit_group(requests, &mut status, states, &mut state_status, jobs) {
+                Ok((appends, jobs)) => {
+                    let states = state_status.into_iter().map(|s| s.map_or(Ok(()), Err)).collect();
+                    return Answers { appends, states, jobs };
                 }
                 Err(WriteError::Reused(Reused { request, id })) => {
                     status[request] = match status[request] {
@@ -402,49 +440,54 @@ impl WriterState {
                     tracing::error!(error = %e, "group commit failed; every write in the group is rejected");
                     let message = e.to_string();
                     let failed = || Error::Storage { message: message.clone(), source: None };
-                    let results = status
+                    let appends = status
                         .into_iter()
                         .map(|s| match s {
                             Status::Failed(e) => Err(e),
                             _ => Err(failed()),
                         })
                         .collect();
-                    let state_results =
-                        state_status.into_iter().map(|s| Err(s.unwrap_or_else(failed))).collect();
-                    return (results, state_results);
+                    let states = state_status.into_iter().map(|s| Err(s.unwrap_or_else(failed))).collect();
+                    let jobs = jobs.iter().map(|_| Err(failed())).collect();
+                    return Answers { appends, states, jobs };
                 }
             }
         }
     }
 
+    /// One attempt at a group. Outbox jobs run last, once everything that can make the group
+    /// start over (an id the unique index rejects) is behind: their work runs once.
     fn try_commit_group(
         &mut self,
         requests: &[Vec<StreamAppend>],
         status: &mut [Status],
         states: &[Vec<StateChange>],
         state_status: &mut [Option<Error>],
-    ) -> Result<Vec<Result<Vec<AppendResult>>>, WriteError> {
+        jobs: &mut [Box<dyn Job>],
+    ) -> Result<(Vec<Appended>, Vec<Appended>), WriteError> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
-        let written = self
-            .write_group(requests, status)
-            .and_then(|written| Ok((written, self.write_states(states, state_status)?)));
-        let (written, state_changes) = match written {
+        let written = self.write_group(requests, status).and_then(|mut written| {
+            let state_changes = self.write_states(states, state_status)?;
+            let (job_results, kept) = self.write_jobs(jobs, &mut written)?;
+            Ok((written, state_changes + kept, job_results))
+        });
+        let (written, other_changes, job_results) = match written {
             Ok(written) => written,
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 return Err(e);
             }
         };
-        if written.last_position == self.last_position && state_changes == 0 {
+        if written.last_position == self.last_position && other_changes == 0 {
             // Only replays and failures: nothing to commit.
             self.conn.execute_batch("ROLLBACK").map_err(sql)?;
-            return Ok(written.results);
+            return Ok((written.results, job_results));
         }
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(WriteError::Failed(Error::storage("commit failed", e)));
         }
-        self.since_checkpoint += written.last_position - self.last_position + state_changes;
+        self.since_checkpoint += written.last_position - self.last_position + other_changes;
         self.last_position = written.last_position;
         self.last_recorded = written.recorded_at;
         if self.since_checkpoint >= CHECKPOINT_EVERY {
@@ -455,7 +498,7 @@ impl WriterState {
             self.streams.clear();
         }
         self.streams.extend(written.streams);
-        Ok(written.results)
+        Ok((written.results, job_results))
     }
 
     /// Plans and writes the group inside the open transaction.
@@ -494,85 +537,92 @@ impl WriterState {
         }
         let last_position = planner.last_position();
         let streams = planner.into_planned_streams();
-        if last_position == self.last_position {
-            return Ok(Written {
-                results: finish(status, plans, requests),
-                last_position,
-                recorded_at: now,
-                streams,
-            });
+        if last_position != self.last_position {
+            let planned: Vec<(usize, &StreamAppend, &Planned)> = requests
+                .iter()
+                .zip(&plans)
+                .enumerate()
+                .filter_map(|(request, (appends, plans))| {
+                    Some(appends.iter().zip(plans.as_ref()?).map(move |(a, p)| (request, a, p)))
+                })
+                .flatten()
+                .collect();
+            write_planned(&self.conn, &planned, last_position, now)?;
         }
-        let mut insert = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO events (position, id, stream, version, category, aggregate_type, type, \
-                 schema_version, data, metadata, correlation_id, occurred_at, recorded_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )
-            .map_err(sql)?;
-        // Each event's metadata encoding, in one buffer reused for the whole group.
-        let mut metadata = Vec::new();
-        for (request, (appends, plans)) in requests.iter().zip(&plans).enumerate() {
-            let Some(plans) = plans else { continue };
-            for (append, plan) in appends.iter().zip(plans) {
-                let stream = &append.stream;
-                for placed in plan.placed(append) {
-                    let event = placed.event;
-                    metadata.clear();
-                    event.metadata.write_json(&mut metadata);
-                    let inserted = insert.execute(params![
-                        i64_from(placed.position)?,
-                        event.id.as_bytes().as_slice(),
-                        stream.as_str(),
-                        i64_from(placed.version)?,
-                        stream.category(),
-                        aggregate_type_of(event, stream),
-                        event.event_type.as_str(),
-                        i64::from(event.schema_version),
-                        event.data.as_ref(),
-                        metadata.as_slice(),
-                        event.metadata.correlation_id.as_deref(),
-                        event.occurred_at.unwrap_or(now).as_micros(),
-                        now.as_micros(),
-                    ]);
-                    match inserted {
-                        Ok(_) => {}
-                        Err(rusqlite::Error::SqliteFailure(f, Some(msg)))
-                            if f.code == ErrorCode::ConstraintViolation && msg.contains("events.id") =>
-                        {
-                            return Err(WriteError::Reused(Reused { request, id: event.id }));
-                        }
-                        Err(e) => return Err(Error::storage("inserting an event failed", e).into()),
-                    }
+        Ok(Written { results: finish(status, plans, requests), last_position, recorded_at: now, streams })
+    }
+
+    /// Runs each outbox job inside a savepoint of its own, after the group's appends and
+    /// state writes: its work (the application's SQL, under [`outbox::authorize`]), then the
+    /// appends it returned, planned against everything the transaction holds so far. A job
+    /// whose work fails or whose appends are refused is rolled back to its savepoint — its
+    /// rows and its events — and fails alone. Returns each job's appended results and how
+    /// many jobs were kept.
+    fn write_jobs(
+        &mut self,
+        jobs: &mut [Box<dyn Job>],
+        written: &mut Written,
+    ) -> Result<(Vec<Appended>, u64), WriteError> {
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut kept = 0;
+        for job in jobs.iter_mut() {
+            self.conn.execute_batch(&format!("SAVEPOINT {}", outbox::SAVEPOINT)).map_err(sql)?;
+            self.conn.authorizer(Some(outbox::authorize)).map_err(sql)?;
+            let appends = job.run(&self.conn);
+            self.conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>).map_err(sql)?;
+            if self.conn.is_autocommit() {
+                // SQLite ended the transaction on its own (a full disk, an I/O error).
+                return Err(WriteError::Failed(Error::Storage {
+                    message: "the transaction ended while an outbox work ran".into(),
+                    source: None,
+                }));
+            }
+            let result = match appends {
+                // The job answers with its own reason.
+                None => Err(Error::Storage { message: "the outbox work failed".into(), source: None }),
+                Some(appends) => self.write_job_appends(&appends, written),
+            };
+            match result {
+                Ok(job_written) => {
+                    self.conn.execute_batch(&format!("RELEASE {}", outbox::SAVEPOINT)).map_err(sql)?;
+                    written.last_position = job_written.last_position;
+                    written.streams.extend(job_written.streams);
+                    kept += 1;
+                    results.push(Ok(job_written.results));
+                }
+                Err(e) => {
+                    // Fails when SQLite already rolled the whole transaction back: then the
+                    // group fails as a whole.
+                    self.conn
+                        .execute_batch(&format!("ROLLBACK TO {0}; RELEASE {0}", outbox::SAVEPOINT))
+                        .map_err(sql)?;
+                    results.push(Err(e));
                 }
             }
         }
-        drop(insert);
-        let mut upsert = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO streams (name, category, aggregate_type, version, state, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) \
-                 ON CONFLICT (name) DO UPDATE SET version = excluded.version, state = 0, \
-                 updated_at = excluded.updated_at",
-            )
-            .map_err(sql)?;
-        let written = requests.iter().zip(&plans).filter_map(|(a, p)| Some(a.iter().zip(p.as_ref()?)));
-        for head in stream_heads(written.flatten()) {
-            upsert
-                .execute(params![
-                    head.stream.as_str(),
-                    head.stream.category(),
-                    head.aggregate_type,
-                    i64_from(head.version)?,
-                    now.as_micros()
-                ])
-                .map_err(sql)?;
+        Ok((results, kept))
+    }
+
+    /// Plans and writes one job's appends after what the transaction already holds. Every
+    /// id is looked up (a resent job replays), so the unique index never rejects one here.
+    fn write_job_appends(&self, appends: &[StreamAppend], written: &Written) -> Result<JobWritten> {
+        // Stream heads come from the open transaction, which holds the group's writes (the
+        // cache holds only committed ones).
+        let mut heads = HashMap::new();
+        let lookup = Lookup { conn: &self.conn, streams: &mut heads, probe_ids: true };
+        let mut planner = GroupPlanner::new(lookup, written.last_position);
+        let plans = planner.plan(appends, true)?;
+        let last_position = planner.last_position();
+        let streams = planner.into_planned_streams();
+        if last_position != written.last_position {
+            let planned: Vec<_> = appends.iter().zip(&plans).map(|(a, p)| (0, a, p)).collect();
+            write_planned(&self.conn, &planned, last_position, written.recorded_at).map_err(|e| match e {
+                WriteError::Reused(Reused { id, .. }) => Error::DuplicateEventId { id },
+                WriteError::Failed(e) => e,
+            })?;
         }
-        self.conn
-            .execute("UPDATE meta SET value = ?1 WHERE key = 'last_position'", [i64_from(last_position)?])
-            .map_err(sql)?;
-        Ok(Written { results: finish(status, plans, requests), last_position, recorded_at: now, streams })
+        let results = appends.iter().zip(&plans).map(|(a, p)| p.result(a)).collect();
+        Ok(JobWritten { results, last_position, streams })
     }
 
     /// Applies each state write of the group inside its own savepoint, so that one failing
@@ -652,6 +702,81 @@ fn finish(
         .collect()
 }
 
+/// Writes planned appends inside the open transaction: their events, each written stream's
+/// head, and the log's last position. Each append comes with the index of its request, to
+/// report should the unique index reject one of its ids (see [`Reused`]).
+fn write_planned(
+    conn: &Connection,
+    planned: &[(usize, &StreamAppend, &Planned)],
+    last_position: Position,
+    now: Timestamp,
+) -> Result<(), WriteError> {
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (position, id, stream, version, category, aggregate_type, type, \
+             schema_version, data, metadata, correlation_id, occurred_at, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .map_err(sql)?;
+    // Each event's metadata encoding, in one buffer reused for the whole group.
+    let mut metadata = Vec::new();
+    for &(request, append, plan) in planned {
+        let stream = &append.stream;
+        for placed in plan.placed(append) {
+            let event = placed.event;
+            metadata.clear();
+            event.metadata.write_json(&mut metadata);
+            let inserted = insert.execute(params![
+                i64_from(placed.position)?,
+                event.id.as_bytes().as_slice(),
+                stream.as_str(),
+                i64_from(placed.version)?,
+                stream.category(),
+                aggregate_type_of(event, stream),
+                event.event_type.as_str(),
+                i64::from(event.schema_version),
+                event.data.as_ref(),
+                metadata.as_slice(),
+                event.metadata.correlation_id.as_deref(),
+                event.occurred_at.unwrap_or(now).as_micros(),
+                now.as_micros(),
+            ]);
+            match inserted {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(f, Some(msg)))
+                    if f.code == ErrorCode::ConstraintViolation && msg.contains("events.id") =>
+                {
+                    return Err(WriteError::Reused(Reused { request, id: event.id }));
+                }
+                Err(e) => return Err(Error::storage("inserting an event failed", e).into()),
+            }
+        }
+    }
+    drop(insert);
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO streams (name, category, aggregate_type, version, state, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) \
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version, state = 0, \
+             updated_at = excluded.updated_at",
+        )
+        .map_err(sql)?;
+    for head in stream_heads(planned.iter().map(|&(_, append, plan)| (append, plan))) {
+        upsert
+            .execute(params![
+                head.stream.as_str(),
+                head.stream.category(),
+                head.aggregate_type,
+                i64_from(head.version)?,
+                now.as_micros()
+            ])
+            .map_err(sql)?;
+    }
+    conn.execute("UPDATE meta SET value = ?1 WHERE key = 'last_position'", [i64_from(last_position)?])
+        .map_err(sql)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -683,12 +808,12 @@ mod tests {
             vec![StateChange::put("s", "undone", "1"), StateChange::put("s", "refused", "1")],
             vec![StateChange::put("s", "after", "1")],
         ];
-        let (results, state_results) = writer.commit_group(&appends, &states);
+        let answers = writer.commit_group(&appends, &states, &mut []);
 
-        assert_eq!(results[0].as_ref().unwrap()[0].last_version, 2);
-        assert!(state_results[0].is_ok());
-        assert!(matches!(state_results[1], Err(Error::Storage { .. })), "{:?}", state_results[1]);
-        assert!(state_results[2].is_ok());
+        assert_eq!(answers.appends[0].as_ref().unwrap()[0].last_version, 2);
+        assert!(answers.states[0].is_ok());
+        assert!(matches!(answers.states[1], Err(Error::Storage { .. })), "{:?}", answers.states[1]);
+        assert!(answers.states[2].is_ok());
         let keys: Vec<String> = writer
             .conn
             .prepare("SELECT key FROM state ORDER BY key")
@@ -700,5 +825,69 @@ mod tests {
         assert_eq!(keys, ["after", "before"]);
         let stored: i64 = writer.conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
         assert_eq!(stored, 2);
+    }
+
+    /// Outbox jobs in one group with plain appends and a state write: the one whose work
+    /// fails and the one whose append conflicts are rolled back to their savepoints (rows and
+    /// events), and everything else of the group commits, numbered without a gap.
+    #[test]
+    fn outbox_jobs_fail_alone_in_their_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let conn = schema::open_writer(&path, Durability::Full).unwrap();
+        conn.execute_batch("CREATE TABLE app (id TEXT PRIMARY KEY)").unwrap();
+        let checkpointer = Checkpointer::start(&path, Durability::Full).unwrap();
+        let mut writer = WriterState::load(conn, checkpointer).unwrap();
+
+        let job = |row: &'static str, expected: ExpectedVersion, fail: bool| {
+            let (reply, answer) = oneshot::channel();
+            let work = move |conn: &Connection| {
+                conn.execute("INSERT INTO app (id) VALUES (?1)", [row])?;
+                if fail {
+                    return Err(rusqlite::Error::InvalidQuery);
+                }
+                let append = StreamAppend::new(stream(&format!("app-{row}")), expected, events(2));
+                Ok((vec![append], row))
+            };
+            (Box::new(outbox::Work::new(work, reply)) as Box<dyn Job>, answer)
+        };
+        let (failing, failing_answer) = job("failing", ExpectedVersion::Any, true);
+        let (conflicting, conflicting_answer) = job("conflicting", ExpectedVersion::Exact(3), false);
+        let (kept, kept_answer) = job("kept", ExpectedVersion::NoStream, false);
+        let mut jobs = vec![failing, conflicting, kept];
+        let appends = vec![vec![StreamAppend::new(stream("order-1"), ExpectedVersion::Any, events(1))]];
+        let states = vec![vec![StateChange::put("s", "k", "1")]];
+        let answers = writer.commit_group(&appends, &states, &mut jobs);
+        for (job, result) in jobs.into_iter().zip(answers.jobs) {
+            job.answer(result);
+        }
+
+        assert_eq!(answers.appends[0].as_ref().unwrap()[0].first_position, 1);
+        assert!(answers.states[0].is_ok());
+        assert!(matches!(failing_answer.blocking_recv().unwrap(), Err(outbox::OutboxError::Work(_))));
+        assert!(matches!(
+            conflicting_answer.blocking_recv().unwrap(),
+            Err(outbox::OutboxError::Store(Error::WrongExpectedVersion(_)))
+        ));
+        let (results, value) = kept_answer.blocking_recv().unwrap().unwrap();
+        assert_eq!(value, "kept");
+        assert_eq!((results[0].first_position, results[0].last_position), (2, 3));
+        assert_eq!(writer.last_position, 3);
+        let rows: Vec<String> = writer
+            .conn
+            .prepare("SELECT id FROM app ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(rows, ["kept"]);
+        let stored: i64 = writer.conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+        assert_eq!(stored, 3);
+        let meta: i64 = writer
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_position'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(meta, 3);
     }
 }
