@@ -1,0 +1,113 @@
+//! A real server on an ephemeral port, for the client's tests.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bifrost_bus::Groups;
+use bifrost_client::Client;
+use bifrost_core::{DurableStore, InMemoryStore};
+use bifrost_server::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// A running server; dropping it (or [`TestServer::stop`]) shuts it down.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Serves `store` on `addr` (`127.0.0.1:0` for any free port).
+    pub async fn start(store: Arc<dyn DurableStore>, config: ServerConfig, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind the test server");
+        let addr = listener.local_addr().unwrap();
+        let groups = Arc::new(Groups::open(Arc::clone(&store)).await.expect("open the groups"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            // A dropped sender stops the server too.
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(bifrost_server::serve(listener, store, groups, config, None, shutdown));
+        Self { addr, stop: Some(stop), task: Some(task) }
+    }
+
+    /// A fresh in-memory store on any free port.
+    pub async fn memory(config: ServerConfig) -> Self {
+        Self::start(InMemoryStore::shared(), config, any_port()).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url()).unwrap()
+    }
+
+    /// Shuts down gracefully (ending live streams) and waits until the store is closed.
+    pub async fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(task) = self.task.take() {
+            task.await.expect("the server task").expect("the server stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A TCP forwarder in front of a server whose connections can be cut at will, while the
+/// server and its store keep running: a dropped connection as a client meets it.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    cut: watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind(any_port()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = watch::channel(0u64);
+        let cuts = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops every open connection; later ones go through again.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
