@@ -12,7 +12,7 @@ use bifrost_core::{
     Version,
 };
 use bytes::Bytes;
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
@@ -207,9 +207,47 @@ async fn try_commit_group(
     // The serialization point: until this transaction commits, no other writer on any node
     // can number events.
     let lock = tx.prepare_cached(&sql.lock_head).await.map_err(pg)?;
-    let head_row = tx.query_one(&lock, &[]).await.map_err(pg)?;
-    let head = u64_from(head_row.get(0), "head position")?;
-    let now = Timestamp::now().max(Timestamp::from_micros(head_row.get(1)));
+    let head = Head::from_row(&tx.query_one(&lock, &[]).await.map_err(pg)?)?;
+    let (plans, written) = write_locked(&tx, sql, head, requests).await?;
+    match written {
+        Some(_) => tx.commit().await.map_err(pg)?,
+        // Nothing to write (all conflicts or replays): no need to hold the lock longer.
+        None => tx.rollback().await.map_err(pg)?,
+    }
+    Ok((finish(requests, plans), written))
+}
+
+/// The `head` row, as an append transaction finds it once it holds the lock on it.
+pub(crate) struct Head {
+    pub(crate) position: Position,
+    /// The last commit's `recorded_at`, which the next one never goes below.
+    pub(crate) recorded_at: Timestamp,
+}
+
+impl Head {
+    /// From a row whose first two columns are the head's position and `recorded_at`.
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> Result<Self> {
+        Ok(Self {
+            position: u64_from(row.try_get(0).map_err(pg)?, "head position")?,
+            recorded_at: Timestamp::from_micros(row.try_get(1).map_err(pg)?),
+        })
+    }
+}
+
+/// Plans `requests` (each atomic on its own) and writes the successful ones, inside a
+/// transaction that already holds the head lock — so nothing else can commit events until
+/// it ends, and the positions after `head` are this transaction's to give — with a fixed
+/// number of round trips: one pipelined bulk lookup of ids and streams, one `unnest`
+/// insert, one pipelined upsert/head/notify. The caller commits. Returns each request's
+/// plans or why it failed, and the last position written (`None`: nothing was).
+pub(crate) async fn write_locked<C: GenericClient>(
+    tx: &C,
+    sql: &Sql,
+    head: Head,
+    requests: &[Vec<StreamAppend>],
+) -> Result<(Vec<Result<Vec<Planned>>>, Option<Position>)> {
+    let now = Timestamp::now().max(head.recorded_at);
+    let head = head.position;
 
     let all_ids: Vec<Uuid> = requests.iter().flatten().flat_map(|a| a.events.iter().map(|e| e.id)).collect();
     let all_streams: Vec<&str> = requests.iter().flatten().map(|a| a.stream.as_str()).collect();
@@ -247,9 +285,7 @@ async fn try_commit_group(
     let plans: Vec<Result<Vec<Planned>>> =
         requests.iter().map(|appends| planner.plan(appends, true)).collect();
     if planner.last_position() == head {
-        // Nothing to write (all conflicts or replays): no need to hold the lock longer.
-        tx.rollback().await.map_err(pg)?;
-        return Ok((finish(requests, plans), None));
+        return Ok((plans, None));
     }
 
     let mut rows = Rows::default();
@@ -325,11 +361,10 @@ async fn try_commit_group(
         tx.execute(&notify, &notify_params),
     )
     .map_err(pg)?;
-    tx.commit().await.map_err(pg)?;
-    Ok((finish(requests, plans), Some(last)))
+    Ok((plans, Some(last)))
 }
 
-fn finish(
+pub(crate) fn finish(
     requests: &[Vec<StreamAppend>],
     plans: Vec<Result<Vec<Planned>>>,
 ) -> Vec<Result<Vec<AppendResult>>> {
