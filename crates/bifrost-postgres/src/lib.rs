@@ -17,6 +17,11 @@
 //! **Readers' state** (the `state` table, see [`StateStore`]) is written in transactions
 //! of its own on pooled connections, outside the head lock.
 //!
+//! **Transactional outbox.** [`PostgresStore::begin`] opens an [`OutboxTransaction`]: the
+//! application runs its own statements in it and queues appends, and its commit writes the
+//! events the way the writer does (under the head lock, so the order stays exact) and
+//! commits both at once — or, dropped, rolls both back.
+//!
 //! **TLS** follows the connection string's libpq `sslmode`: `disable`, `prefer` (the
 //! default: TLS when the server offers it, certificate unchecked), `require` (TLS, unchecked
 //! unless an `sslrootcert` is named), `verify-ca` (the chain must reach a trusted root) and
@@ -25,13 +30,14 @@
 
 mod codec;
 mod listener;
+mod outbox;
 mod reader;
 mod schema;
 mod state;
 mod tls;
 mod writer;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,6 +57,11 @@ use crate::codec::unavailable;
 use crate::listener::Listener;
 use crate::schema::Sql;
 use crate::writer::Writer;
+
+pub use crate::outbox::OutboxTransaction;
+/// The driver of [`OutboxTransaction::client`], re-exported so that an application uses the
+/// same version.
+pub use tokio_postgres;
 
 /// Settings for every session Bifrost opens. Custom plans: see `connect`. The timeouts turn
 /// a transaction abandoned while holding the head lock, or a wait on it that cannot end,
@@ -98,6 +109,9 @@ pub struct PostgresStore {
     writer: Writer,
     listener: Listener,
     head: watch::Receiver<Position>,
+    /// For outbox commits to move the head. Weak: the writer and the listener own it, and
+    /// once they stop (close) it is dropped, which ends live subscriptions.
+    head_tx: Weak<watch::Sender<Position>>,
 }
 
 impl PostgresStore {
@@ -138,8 +152,16 @@ impl PostgresStore {
         reader::analyze(&pool, &sql).await?;
         let head_tx = Arc::new(head_tx);
         let listener = Listener::start(config, tls, sql.clone(), pool.clone(), head_tx.clone(), &options);
+        let weak_head_tx = Arc::downgrade(&head_tx);
         let writer = Writer::start(pool.clone(), sql.clone(), head_tx, options.max_batch.max(1));
-        Ok(Self { pool, sql, writer, listener, head })
+        Ok(Self { pool, sql, writer, listener, head, head_tx: weak_head_tx })
+    }
+
+    /// Opens a transaction for the application's own statements and its appends, committed
+    /// together: the transactional outbox. See [`OutboxTransaction`] for the order it keeps,
+    /// when it holds the head lock, and where the application's tables live.
+    pub async fn begin(&self) -> Result<OutboxTransaction> {
+        OutboxTransaction::begin(&self.pool, self.sql.clone(), self.head_tx.clone()).await
     }
 
     /// The schema this store uses.

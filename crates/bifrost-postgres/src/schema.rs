@@ -13,6 +13,10 @@ mod embedded {
 pub(crate) const EVENT_COLUMNS: &str = "position, id, stream, version, aggregate_type, type, \
      schema_version, data, metadata, occurred_at, recorded_at";
 
+/// The session setting an outbox transaction marks itself with (`SET LOCAL`), so that its
+/// commit can tell it still runs inside that transaction.
+pub(crate) const OUTBOX_SETTING: &str = "bifrost.outbox";
+
 /// Every statement, with the schema name filled in once.
 pub(crate) struct Sql {
     schema: String,
@@ -21,6 +25,11 @@ pub(crate) struct Sql {
     pub(crate) channel: String,
     pub(crate) listen: String,
     pub(crate) lock_head: String,
+    /// `lock_head` for an outbox transaction, which also says whether the transaction is
+    /// still the one marked with `$1` and `READ COMMITTED`.
+    pub(crate) lock_head_outbox: String,
+    /// Whether the transaction is still the outbox transaction marked with `$1`.
+    pub(crate) check_outbox: String,
     pub(crate) read_head: String,
     pub(crate) update_head: String,
     pub(crate) find_ids: String,
@@ -59,6 +68,12 @@ impl Sql {
             channel: format!("bifrost_head_{schema}"),
             listen: format!("LISTEN \"bifrost_head_{schema}\""),
             lock_head: format!("SELECT position, recorded_at FROM {s}.head WHERE id = 1 FOR UPDATE"),
+            lock_head_outbox: format!(
+                "SELECT position, recorded_at, coalesce(current_setting('{OUTBOX_SETTING}', true) = $1, false) \
+                 AND current_setting('transaction_isolation') = 'read committed' \
+                 FROM {s}.head WHERE id = 1 FOR UPDATE"
+            ),
+            check_outbox: format!("SELECT coalesce(current_setting('{OUTBOX_SETTING}', true) = $1, false)"),
             read_head: format!("SELECT position FROM {s}.head WHERE id = 1"),
             update_head: format!("UPDATE {s}.head SET position = $1, recorded_at = $2 WHERE id = 1"),
             find_ids: format!(

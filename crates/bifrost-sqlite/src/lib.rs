@@ -163,6 +163,28 @@ impl SqliteStore {
     /// is caught and answered as [`OutboxError::Panicked`] (this needs the default
     /// `panic = "unwind"`). Once queued, the work runs even if the returned future is
     /// dropped; the caller then does not learn the outcome.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use bifrost_core::{EventType, ExpectedVersion, NewEvent, StreamAppend, StreamName};
+    /// use bifrost_sqlite::{SqliteOptions, SqliteStore, rusqlite};
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
+    /// let placed = NewEvent::new(EventType::new("order.placed")?, r#"{"total":42}"#);
+    /// let append = StreamAppend::new(StreamName::new("order-o1")?, ExpectedVersion::NoStream, vec![placed]);
+    /// let (results, rows) = store
+    ///     .transact(move |conn| {
+    ///         conn.execute_batch("CREATE TABLE IF NOT EXISTS app_orders (id TEXT PRIMARY KEY, total INTEGER)")?;
+    ///         let rows = conn.execute("INSERT INTO app_orders (id, total) VALUES ('o1', 42)", [])?;
+    ///         Ok::<_, rusqlite::Error>((vec![append], rows))
+    ///     })
+    ///     .await?;
+    /// assert_eq!((results[0].last_version, rows), (1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn transact<F, T, E>(&self, work: F) -> Result<(Vec<AppendResult>, T), OutboxError<E>>
     where
         F: FnOnce(&rusqlite::Connection) -> Result<(Vec<StreamAppend>, T), E> + Send + 'static,
