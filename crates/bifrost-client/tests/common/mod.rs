@@ -3,14 +3,15 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bifrost_bus::Groups;
 use bifrost_client::Client;
 use bifrost_core::{DurableStore, InMemoryStore};
 use bifrost_server::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// A running server; dropping it (or [`TestServer::stop`]) shuts it down.
@@ -72,6 +73,10 @@ pub fn any_port() -> SocketAddr {
 pub struct CutProxy {
     pub addr: SocketAddr,
     cut: watch::Sender<u64>,
+    /// Every connection task holds a clone of the current generation's sender; a cut
+    /// starts a new generation and waits until the old one's are all gone.
+    generation: Arc<Mutex<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -80,29 +85,47 @@ impl CutProxy {
         let listener = TcpListener::bind(any_port()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, _) = watch::channel(0u64);
-        let cuts = cut.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut cut = cuts.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Self { addr, cut, task }
+        let generation = Arc::new(Mutex::new(mpsc::channel(1)));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let (cuts, generation, accepted) = (cut.clone(), Arc::clone(&generation), Arc::clone(&accepted));
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let mut cut = cuts.subscribe();
+                    let alive = generation.lock().unwrap().0.clone();
+                    tokio::spawn(async move {
+                        let _alive = alive;
+                        let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            })
+        };
+        Self { addr, cut, generation, accepted, task }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Drops every open connection; later ones go through again.
-    pub fn cut(&self) {
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Drops every open connection and returns once they are closed; later connections go
+    /// through again.
+    pub async fn cut(&self) {
+        let (old_sender, mut old) =
+            std::mem::replace(&mut *self.generation.lock().unwrap(), mpsc::channel(1));
+        drop(old_sender);
         self.cut.send_modify(|n| *n += 1);
+        // Every sender of the old generation is dropped once its connection is closed.
+        let _ = old.recv().await;
     }
 }
 
