@@ -124,7 +124,8 @@ impl Client {
             return receiver;
         };
         let receiver = sender.subscribe();
-        if state.follower.is_none() {
+        // A follower ends only with the client, or with the runtime it ran on.
+        if state.follower.as_ref().is_none_or(AbortHandle::is_finished) {
             // Outside a runtime there is nothing to run the follower on: the watch then
             // moves only with this client's own appends and reads.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -414,15 +415,7 @@ impl Transport {
         let sent = tokio::time::timeout(self.timeout, request.send()).await;
         let response = match sent {
             Ok(sent) => sent.map_err(|e| self.transport_error(e))?,
-            Err(_) => {
-                return Err(Error::Problem(Box::new(Problem {
-                    status: 504,
-                    problem_type: "about:blank".into(),
-                    title: "No answer in time".into(),
-                    detail: format!("the server did not answer the subscription within {:?}", self.timeout),
-                    members: Default::default(),
-                })));
-            }
+            Err(_) => return Err(Error::Timeout { server: self.server(), after: self.timeout }),
         };
         let status = response.status();
         if !status.is_success() {

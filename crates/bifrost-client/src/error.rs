@@ -29,6 +29,11 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// No answer came within the client's timeout (one the HTTP layer did not enforce
+    /// itself, such as the start of a live subscription).
+    #[error("the server at {server} did not answer within {after:?}")]
+    Timeout { server: String, after: std::time::Duration },
+
     /// The server answered with an error other than the ones below.
     #[error("{0}")]
     Problem(Box<Problem>),
@@ -45,7 +50,7 @@ pub enum Error {
     #[error("unexpected answer from the server: {0}")]
     Decode(String),
 
-    /// [`Client::close`](crate::Client::close) was called.
+    /// The client was closed ([`EventStore::close`](bifrost_core::EventStore::close)).
     #[error("the client is closed")]
     Closed,
 }
@@ -62,7 +67,7 @@ impl Error {
     /// Whether trying again later may succeed: no answer, or an answer of 5xx.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Transport { .. } => true,
+            Self::Transport { .. } | Self::Timeout { .. } => true,
             Self::Problem(p) => p.status >= 500,
             _ => false,
         }
@@ -80,6 +85,7 @@ impl Error {
             Self::Transport { server, source } => {
                 CoreError::Unavailable(format!("cannot reach the server at {server}: {source}"))
             }
+            e @ Self::Timeout { .. } => CoreError::Unavailable(e.to_string()),
             Self::Closed => CoreError::Unavailable("the client is closed".into()),
             Self::Config(message) | Self::InvalidArgument(message) => CoreError::InvalidArgument(message),
             e @ (Self::GroupNotFound(_) | Self::DeadLetterNotFound { .. }) => {

@@ -46,6 +46,7 @@ pub enum BackoffKind {
 
 /// The delay before a failed event is delivered again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Backoff {
     pub kind: BackoffKind,
     pub initial: Duration,
@@ -56,6 +57,7 @@ pub struct Backoff {
 
 /// A group's settings as the server holds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GroupConfig {
     pub filter: GroupFilter,
     /// Counts only when the group is created.
@@ -113,6 +115,7 @@ impl From<GroupConfig> for GroupSettings {
 
 /// A consumer that fetched from a group, and when it last did.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GroupConsumer {
     pub name: String,
     pub last_seen: Timestamp,
@@ -151,6 +154,7 @@ pub enum PutOutcome {
 
 /// One leased event: settle it with [`Client::ack`] or [`Client::nack`] by its `lease`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Message {
     /// Opaque.
     pub lease: String,
@@ -161,6 +165,7 @@ pub struct Message {
 
 /// The answer to an ack or a nack.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Settled {
     /// Leases settled by this request.
     pub settled: usize,
@@ -181,6 +186,7 @@ pub enum NackAction {
 
 /// A parked event.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// `None` when the event was deleted since it was parked.
     pub event: Option<RecordedEvent>,
@@ -197,6 +203,7 @@ pub struct DeadLetter {
 
 /// A page of dead letters in log order; `next` is the `after` of the next page.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct DeadLetterPage {
     pub dead_letters: Vec<DeadLetter>,
     pub next: Option<Position>,

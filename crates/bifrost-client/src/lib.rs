@@ -41,6 +41,8 @@
 //! client's own writes. On the first call, a background task starts: it asks the server
 //! for its head, then follows `GET /v1/subscribe` from there and moves the watch with each
 //! event's id, resuming a dropped connection with `Last-Event-ID` after growing delays.
+//! (The API has no feed of positions alone, so the follower receives every event; it
+//! reads only the ids.)
 //! Until that task has caught up, the watch may be behind the server (it starts at the
 //! highest position this client has seen); [`Client::fetch_head`] asks the server and
 //! moves it at once. The watch never moves back. The task stops when the last clone of

@@ -41,6 +41,11 @@ impl Client {
     /// Payloads come as the server's SSE frames carry them: byte for byte, except that the
     /// server turns line breaks that are whitespace between JSON tokens into spaces (an SSE
     /// `data:` line cannot hold them).
+    ///
+    /// This is not [`EventStoreExt::subscribe`](bifrost_core::store::EventStoreExt::subscribe),
+    /// which any store has: that one reads pages of the log and waits on the head watch.
+    /// On an `Arc<Client>` with that trait in scope, method call syntax picks the trait's;
+    /// call `Client::subscribe(&client, ..)` to be explicit.
     pub async fn subscribe(&self, from: SubscribeFrom, filter: LogFilter) -> Result<EventStream> {
         self.check_open()?;
         let transport = self.shared_transport();
