@@ -46,8 +46,8 @@ pub struct ProjectionStatus {
     pub checkpoint: Position,
     /// The head of the log when last looked at.
     pub head: Position,
-    /// The last failure, cleared by the next successful batch. The runner keeps retrying
-    /// from its checkpoint with a growing delay.
+    /// The last failure, cleared by the next successful batch (or once nothing is left to
+    /// apply). The runner keeps retrying from its checkpoint with a growing delay.
     pub error: Option<String>,
 }
 
@@ -152,6 +152,17 @@ impl<P: Projection> ProjectionRunner<P> {
                 Some(_) => Ok(None),
             };
             match outcome {
+                Ok(Some(position)) if at.is_none() => {
+                    // The checkpoint (re)loaded. After a failure this is not yet a success:
+                    // the failure stays reported and the delay keeps growing until a batch
+                    // goes through or there is nothing left to apply.
+                    at = Some(position);
+                    lag.set(target.saturating_sub(position) as f64);
+                    status.send_modify(|s| {
+                        s.checkpoint = position;
+                        s.head = target;
+                    });
+                }
                 Ok(Some(position)) => {
                     at = Some(position);
                     backoff = Duration::from_millis(50);
@@ -159,6 +170,8 @@ impl<P: Projection> ProjectionRunner<P> {
                     status.send_replace(ProjectionStatus { checkpoint: position, head: target, error: None });
                 }
                 Ok(None) => {
+                    backoff = Duration::from_millis(50);
+                    status.send_if_modified(|s| s.error.take().is_some());
                     // Caught up: wait for the next commit.
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
