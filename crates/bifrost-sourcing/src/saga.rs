@@ -45,8 +45,8 @@ pub trait Saga: Send + Sync + 'static {
     /// The events the saga reacts to.
     fn filter(&self) -> LogFilter;
 
-    /// The instance an event belongs to; `None` ignores the event. The id becomes part of a
-    /// stream name (`A–Z a–z 0–9 _ . : @ -`).
+    /// The instance an event (already upcast) belongs to; `None` ignores the event. The id
+    /// becomes part of a stream name (`A–Z a–z 0–9 _ . : @ -`).
     fn correlate(&self, event: &RecordedEvent) -> Option<String>;
 
     /// Reacts to an event of the instance (already upcast).
@@ -399,12 +399,14 @@ impl<G: Saga> Shared<G> {
 
     /// Reacts to one event of the log.
     async fn react(&self, event: RecordedEvent) -> Result<()> {
+        // Correlated in the schema the saga's code reads, as `handle` gets it: a payload
+        // field an upcaster renamed still finds the instance.
+        let event = self.upcasters.upcast(event)?;
         let Some(id) = self.saga.correlate(&event) else { return Ok(()) };
         if let Err(e) = self.stream(&id) {
             tracing::warn!(saga = G::NAME, event = %event.id, error = %e, "correlation id cannot name a saga instance; event ignored");
             return Ok(());
         }
-        let event = self.upcasters.upcast(event)?;
         let step_id = Uuid::new_v5(&event.id, format!("saga/{}/{id}", G::NAME).as_bytes());
         loop {
             let mut instance = self.load(&id).await?;
