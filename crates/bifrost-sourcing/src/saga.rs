@@ -164,6 +164,8 @@ pub struct SagaStatus {
     pub reacted: Position,
     /// The last log position the dispatcher has processed (steps sent).
     pub dispatched: Position,
+    /// A failure of the reactor, the dispatcher or the timer, cleared when the loop that
+    /// failed gets through again (another loop's progress does not clear it).
     pub error: Option<String>,
 }
 
@@ -511,6 +513,29 @@ impl<G: Saga> Shared<G> {
     }
 }
 
+/// The failure one loop reported, so that its recovery clears its own failure and not
+/// another loop's that is still failing.
+#[derive(Default)]
+struct Failure(Option<String>);
+
+impl Failure {
+    fn set<G: Saga>(&mut self, shared: &Shared<G>, error: String) {
+        shared.report(|s| s.error = Some(error.clone()));
+        self.0 = Some(error);
+    }
+
+    fn clear<G: Saga>(&mut self, shared: &Shared<G>) {
+        let Some(mine) = self.0.take() else { return };
+        shared.status.send_if_modified(|s| {
+            let clear = s.error.as_ref() == Some(&mine);
+            if clear {
+                s.error = None;
+            }
+            clear
+        });
+    }
+}
+
 enum StepOutcome {
     Stored,
     AlreadyStored,
@@ -539,6 +564,7 @@ async fn follow<G, F, Fut>(
     let mut head = shared.store.head();
     let mut at: Option<Position> = None;
     let mut backoff = Duration::from_millis(50);
+    let mut failure = Failure::default();
     loop {
         if *stop.borrow() {
             return;
@@ -561,15 +587,22 @@ async fn follow<G, F, Fut>(
         }
         .await;
         match outcome {
+            // The checkpoint (re)loaded. After a failure this is not yet a success: the
+            // failure stays reported and the delay keeps growing until a batch goes through
+            // or there is nothing left to do.
+            Ok(Some(position)) if at.is_none() => {
+                at = Some(position);
+                shared.report(|s| report(s, position));
+            }
             Ok(Some(position)) => {
                 at = Some(position);
                 backoff = Duration::from_millis(50);
-                shared.report(|s| {
-                    report(s, position);
-                    s.error = None;
-                });
+                shared.report(|s| report(s, position));
+                failure.clear(shared);
             }
             Ok(None) => {
+                backoff = Duration::from_millis(50);
+                failure.clear(shared);
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return },
                     _ = stop.changed() => {}
@@ -578,7 +611,7 @@ async fn follow<G, F, Fut>(
             Err(e) => {
                 tracing::warn!(saga = G::NAME, error = %e, "saga loop failed; retrying from its checkpoint");
                 at = None;
-                shared.report(|s| s.error = Some(e.to_string()));
+                failure.set(shared, e.to_string());
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {}
@@ -639,6 +672,7 @@ async fn dispatcher<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>
 
 async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(50);
+    let mut failure = Failure::default();
     loop {
         if *stop.borrow() {
             return;
@@ -661,6 +695,9 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
             Ok(fired.then_some(Duration::ZERO))
         }
         .await;
+        if outcome.is_ok() {
+            failure.clear(&shared);
+        }
         let wait = match outcome {
             Ok(Some(wait)) => {
                 backoff = Duration::from_millis(50);
@@ -670,7 +707,7 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
             Ok(None) => Duration::from_secs(60),
             Err(e) => {
                 tracing::warn!(saga = G::NAME, error = %e, "saga timer failed; retrying");
-                shared.report(|s| s.error = Some(e.to_string()));
+                failure.set(&shared, e.to_string());
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 backoff
             }
