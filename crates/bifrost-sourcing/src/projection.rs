@@ -175,7 +175,7 @@ impl<P: Projection> ProjectionRunner<P> {
                     // Caught up: wait for the next commit.
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
-                        _ = stop.changed() => {}
+                        () = stop_requested(&mut stop) => {}
                     }
                 }
                 Err(e) => {
@@ -184,7 +184,7 @@ impl<P: Projection> ProjectionRunner<P> {
                     status.send_modify(|s| s.error = Some(e.to_string()));
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
+                        () = stop_requested(&mut stop) => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -193,7 +193,17 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 }
 
-/// A projection running in the background.
+/// Resolves when a stop is asked for. A handle dropped without asking can ask no more: the
+/// wait then never resolves (the loop runs on, as the task of a dropped `JoinHandle` does)
+/// rather than resolving at once, which would turn every wait of the loop into a busy loop.
+pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    if stop.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A projection running in the background. Dropping it leaves the projection running;
+/// [`stop`](Self::stop) or [`abort`](Self::abort) end it.
 pub struct RunningProjection {
     status: watch::Receiver<ProjectionStatus>,
     stop: watch::Sender<bool>,

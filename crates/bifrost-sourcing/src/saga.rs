@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::checkpoint;
 use crate::command::{Command, CommandBus, CommandEnvelope};
 use crate::error::{Error, Result};
+use crate::projection::stop_requested;
 use crate::upcast::Upcasters;
 
 pub trait Saga: Send + Sync + 'static {
@@ -232,7 +233,8 @@ impl<G: Saga> SagaManager<G> {
     }
 }
 
-/// A saga running in the background.
+/// A saga running in the background. Dropping it leaves the saga running;
+/// [`stop`](Self::stop) or [`abort`](Self::abort) end it.
 pub struct RunningSaga {
     status: watch::Receiver<SagaStatus>,
     stop: watch::Sender<bool>,
@@ -605,7 +607,7 @@ async fn follow<G, F, Fut>(
                 failure.clear(shared);
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return },
-                    _ = stop.changed() => {}
+                    () = stop_requested(&mut stop) => {}
                 }
             }
             Err(e) => {
@@ -614,7 +616,7 @@ async fn follow<G, F, Fut>(
                 failure.set(shared, e.to_string());
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => {}
+                    () = stop_requested(&mut stop) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -715,7 +717,7 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shared.wake_timer.notified() => {}
-            _ = stop.changed() => {}
+            () = stop_requested(&mut stop) => {}
         }
     }
 }
