@@ -46,8 +46,8 @@ pub struct ProjectionStatus {
     pub checkpoint: Position,
     /// The head of the log when last looked at.
     pub head: Position,
-    /// The last failure, cleared by the next successful batch. The runner keeps retrying
-    /// from its checkpoint with a growing delay.
+    /// The last failure, cleared by the next successful batch (or once nothing is left to
+    /// apply). The runner keeps retrying from its checkpoint with a growing delay.
     pub error: Option<String>,
 }
 
@@ -152,6 +152,17 @@ impl<P: Projection> ProjectionRunner<P> {
                 Some(_) => Ok(None),
             };
             match outcome {
+                Ok(Some(position)) if at.is_none() => {
+                    // The checkpoint (re)loaded. After a failure this is not yet a success:
+                    // the failure stays reported and the delay keeps growing until a batch
+                    // goes through or there is nothing left to apply.
+                    at = Some(position);
+                    lag.set(target.saturating_sub(position) as f64);
+                    status.send_modify(|s| {
+                        s.checkpoint = position;
+                        s.head = target;
+                    });
+                }
                 Ok(Some(position)) => {
                     at = Some(position);
                     backoff = Duration::from_millis(50);
@@ -159,10 +170,12 @@ impl<P: Projection> ProjectionRunner<P> {
                     status.send_replace(ProjectionStatus { checkpoint: position, head: target, error: None });
                 }
                 Ok(None) => {
+                    backoff = Duration::from_millis(50);
+                    status.send_if_modified(|s| s.error.take().is_some());
                     // Caught up: wait for the next commit.
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
-                        _ = stop.changed() => {}
+                        () = stop_requested(&mut stop) => {}
                     }
                 }
                 Err(e) => {
@@ -171,7 +184,7 @@ impl<P: Projection> ProjectionRunner<P> {
                     status.send_modify(|s| s.error = Some(e.to_string()));
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
+                        () = stop_requested(&mut stop) => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -180,7 +193,17 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 }
 
-/// A projection running in the background.
+/// Resolves when a stop is asked for. A handle dropped without asking can ask no more: the
+/// wait then never resolves (the loop runs on, as the task of a dropped `JoinHandle` does)
+/// rather than resolving at once, which would turn every wait of the loop into a busy loop.
+pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    if stop.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A projection running in the background. Dropping it leaves the projection running;
+/// [`stop`](Self::stop) or [`abort`](Self::abort) end it.
 pub struct RunningProjection {
     status: watch::Receiver<ProjectionStatus>,
     stop: watch::Sender<bool>,

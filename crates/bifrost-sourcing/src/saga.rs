@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::checkpoint;
 use crate::command::{Command, CommandBus, CommandEnvelope};
 use crate::error::{Error, Result};
+use crate::projection::stop_requested;
 use crate::upcast::Upcasters;
 
 pub trait Saga: Send + Sync + 'static {
@@ -45,8 +46,8 @@ pub trait Saga: Send + Sync + 'static {
     /// The events the saga reacts to.
     fn filter(&self) -> LogFilter;
 
-    /// The instance an event belongs to; `None` ignores the event. The id becomes part of a
-    /// stream name (`A–Z a–z 0–9 _ . : @ -`).
+    /// The instance an event (already upcast) belongs to; `None` ignores the event. The id
+    /// becomes part of a stream name (`A–Z a–z 0–9 _ . : @ -`).
     fn correlate(&self, event: &RecordedEvent) -> Option<String>;
 
     /// Reacts to an event of the instance (already upcast).
@@ -164,6 +165,8 @@ pub struct SagaStatus {
     pub reacted: Position,
     /// The last log position the dispatcher has processed (steps sent).
     pub dispatched: Position,
+    /// A failure of the reactor, the dispatcher or the timer, cleared when the loop that
+    /// failed gets through again (another loop's progress does not clear it).
     pub error: Option<String>,
 }
 
@@ -230,7 +233,8 @@ impl<G: Saga> SagaManager<G> {
     }
 }
 
-/// A saga running in the background.
+/// A saga running in the background. Dropping it leaves the saga running;
+/// [`stop`](Self::stop) or [`abort`](Self::abort) end it.
 pub struct RunningSaga {
     status: watch::Receiver<SagaStatus>,
     stop: watch::Sender<bool>,
@@ -399,12 +403,14 @@ impl<G: Saga> Shared<G> {
 
     /// Reacts to one event of the log.
     async fn react(&self, event: RecordedEvent) -> Result<()> {
+        // Correlated in the schema the saga's code reads, as `handle` gets it: a payload
+        // field an upcaster renamed still finds the instance.
+        let event = self.upcasters.upcast(event)?;
         let Some(id) = self.saga.correlate(&event) else { return Ok(()) };
         if let Err(e) = self.stream(&id) {
             tracing::warn!(saga = G::NAME, event = %event.id, error = %e, "correlation id cannot name a saga instance; event ignored");
             return Ok(());
         }
-        let event = self.upcasters.upcast(event)?;
         let step_id = Uuid::new_v5(&event.id, format!("saga/{}/{id}", G::NAME).as_bytes());
         loop {
             let mut instance = self.load(&id).await?;
@@ -509,6 +515,29 @@ impl<G: Saga> Shared<G> {
     }
 }
 
+/// The failure one loop reported, so that its recovery clears its own failure and not
+/// another loop's that is still failing.
+#[derive(Default)]
+struct Failure(Option<String>);
+
+impl Failure {
+    fn set<G: Saga>(&mut self, shared: &Shared<G>, error: String) {
+        shared.report(|s| s.error = Some(error.clone()));
+        self.0 = Some(error);
+    }
+
+    fn clear<G: Saga>(&mut self, shared: &Shared<G>) {
+        let Some(mine) = self.0.take() else { return };
+        shared.status.send_if_modified(|s| {
+            let clear = s.error.as_ref() == Some(&mine);
+            if clear {
+                s.error = None;
+            }
+            clear
+        });
+    }
+}
+
 enum StepOutcome {
     Stored,
     AlreadyStored,
@@ -537,6 +566,7 @@ async fn follow<G, F, Fut>(
     let mut head = shared.store.head();
     let mut at: Option<Position> = None;
     let mut backoff = Duration::from_millis(50);
+    let mut failure = Failure::default();
     loop {
         if *stop.borrow() {
             return;
@@ -559,27 +589,34 @@ async fn follow<G, F, Fut>(
         }
         .await;
         match outcome {
+            // The checkpoint (re)loaded. After a failure this is not yet a success: the
+            // failure stays reported and the delay keeps growing until a batch goes through
+            // or there is nothing left to do.
+            Ok(Some(position)) if at.is_none() => {
+                at = Some(position);
+                shared.report(|s| report(s, position));
+            }
             Ok(Some(position)) => {
                 at = Some(position);
                 backoff = Duration::from_millis(50);
-                shared.report(|s| {
-                    report(s, position);
-                    s.error = None;
-                });
+                shared.report(|s| report(s, position));
+                failure.clear(shared);
             }
             Ok(None) => {
+                backoff = Duration::from_millis(50);
+                failure.clear(shared);
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return },
-                    _ = stop.changed() => {}
+                    () = stop_requested(&mut stop) => {}
                 }
             }
             Err(e) => {
                 tracing::warn!(saga = G::NAME, error = %e, "saga loop failed; retrying from its checkpoint");
                 at = None;
-                shared.report(|s| s.error = Some(e.to_string()));
+                failure.set(shared, e.to_string());
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => {}
+                    () = stop_requested(&mut stop) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -637,6 +674,7 @@ async fn dispatcher<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>
 
 async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(50);
+    let mut failure = Failure::default();
     loop {
         if *stop.borrow() {
             return;
@@ -659,6 +697,9 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
             Ok(fired.then_some(Duration::ZERO))
         }
         .await;
+        if outcome.is_ok() {
+            failure.clear(&shared);
+        }
         let wait = match outcome {
             Ok(Some(wait)) => {
                 backoff = Duration::from_millis(50);
@@ -668,7 +709,7 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
             Ok(None) => Duration::from_secs(60),
             Err(e) => {
                 tracing::warn!(saga = G::NAME, error = %e, "saga timer failed; retrying");
-                shared.report(|s| s.error = Some(e.to_string()));
+                failure.set(&shared, e.to_string());
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 backoff
             }
@@ -676,7 +717,7 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shared.wake_timer.notified() => {}
-            _ = stop.changed() => {}
+            () = stop_requested(&mut stop) => {}
         }
     }
 }

@@ -10,6 +10,7 @@ mod bus;
 mod groups;
 mod http;
 mod report;
+mod sourcing;
 mod workloads;
 
 use std::path::PathBuf;
@@ -38,7 +39,9 @@ pub(crate) struct BenchArgs {
     /// append), w3 (read the global log), w4 (HTTP appends), w5 (append → SSE delivery
     /// latency), groups (HTTP consumers of a consumer group, fetch → ack), group-latency
     /// (append → group fetch latency), bus (an in-process durable consumer with a no-op
-    /// handler), bus-latency (append → in-process handler latency), or all.
+    /// handler), bus-latency (append → in-process handler latency), aggregate-load (load a
+    /// 10,000-event aggregate with and without a snapshot), commands (commands through the
+    /// repository on 16 concurrent aggregates), or all.
     /// Comma-separated or repeated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub(crate) workload: Vec<WorkloadArg>,
@@ -118,6 +121,8 @@ pub(crate) enum WorkloadArg {
     GroupLatency,
     Bus,
     BusLatency,
+    AggregateLoad,
+    Commands,
     All,
 }
 
@@ -132,7 +137,7 @@ impl Selection<'_> {
 
     fn needs_store(self) -> bool {
         use WorkloadArg::*;
-        [W1, W2, W3, Bus, BusLatency].into_iter().any(|w| self.has(w))
+        [W1, W2, W3, Bus, BusLatency, AggregateLoad, Commands].into_iter().any(|w| self.has(w))
     }
 
     fn needs_http(self) -> bool {
@@ -333,6 +338,15 @@ async fn run_workloads(
         if selection.has(WorkloadArg::BusLatency) {
             let seconds = args.duration.ceil() as u64;
             summary.push(bus::handler_latency(store, args.rate, seconds, run_id).await?);
+        }
+        if selection.has(WorkloadArg::AggregateLoad) {
+            for report in sourcing::aggregate_load(store, args.count.unwrap_or(10_000), run_id).await? {
+                summary.push(report);
+            }
+        }
+        if selection.has(WorkloadArg::Commands) {
+            let aggregates = args.writers.unwrap_or(16);
+            summary.push(sourcing::commands(store, args.count.unwrap_or(20_000), aggregates, run_id).await?);
         }
     }
     if !selection.needs_http() {

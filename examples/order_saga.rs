@@ -1,0 +1,565 @@
+//! The order saga: order.submitted → reserve inventory → charge payment → order.confirmed,
+//! or order.failed with the inventory released when a step fails.
+//!
+//! Three aggregates (an order, the warehouse's inventory, a payment per order) know nothing
+//! of each other. The saga listens to their events, issues commands through the command
+//! bus, compensates when a command is refused, and gives up on an order that takes too
+//! long, with a timeout that would still fire after a restart.
+//!
+//! Run it: `cargo run --example order_saga`
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bifrost_core::{EventStore, LogFilter, RecordedEvent, StateStore};
+use bifrost_sourcing::{
+    Aggregate, AggregateCommand, Command, CommandBus, CommandEnvelope, DomainEvent, Reaction, Repository,
+    Saga, SagaManager, Timeout,
+};
+use serde::{Deserialize, Serialize};
+
+// ---- The order ------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Order {
+    pub(crate) status: OrderStatus,
+    pub(crate) customer: String,
+    pub(crate) items: BTreeMap<String, u32>,
+    pub(crate) total_cents: i64,
+    pub(crate) payment_id: Option<String>,
+    pub(crate) failure: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum OrderStatus {
+    #[default]
+    New,
+    Submitted,
+    Confirmed,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub(crate) enum OrderEvent {
+    #[serde(rename = "order.submitted")]
+    Submitted { order_id: String, customer: String, items: BTreeMap<String, u32>, total_cents: i64 },
+    #[serde(rename = "order.confirmed")]
+    Confirmed { order_id: String, payment_id: String },
+    #[serde(rename = "order.failed")]
+    Failed { order_id: String, reason: String },
+}
+
+impl DomainEvent for OrderEvent {}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub(crate) enum OrderCommand {
+    Submit { order_id: String, customer: String, items: BTreeMap<String, u32>, total_cents: i64 },
+    Confirm { order_id: String, payment_id: String },
+    Fail { order_id: String, reason: String },
+}
+
+impl Command for OrderCommand {
+    const TYPE: &'static str = "order";
+}
+
+impl AggregateCommand for OrderCommand {
+    fn aggregate_id(&self) -> &str {
+        match self {
+            Self::Submit { order_id, .. } | Self::Confirm { order_id, .. } | Self::Fail { order_id, .. } => {
+                order_id
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OrderError {
+    #[error("order {0} was already submitted")]
+    AlreadySubmitted(String),
+    #[error("an order needs at least one item and a positive total")]
+    Empty,
+    #[error("order {0} is not waiting for an outcome")]
+    NotPending(String),
+}
+
+impl Aggregate for Order {
+    const TYPE: &'static str = "order";
+    type Event = OrderEvent;
+    type Command = OrderCommand;
+    type Error = OrderError;
+
+    fn decide(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
+        match command {
+            OrderCommand::Submit { order_id, customer, items, total_cents } => {
+                if self.status != OrderStatus::New {
+                    return Err(OrderError::AlreadySubmitted(order_id.clone()));
+                }
+                if items.is_empty() || *total_cents <= 0 {
+                    return Err(OrderError::Empty);
+                }
+                Ok(vec![OrderEvent::Submitted {
+                    order_id: order_id.clone(),
+                    customer: customer.clone(),
+                    items: items.clone(),
+                    total_cents: *total_cents,
+                }])
+            }
+            OrderCommand::Confirm { order_id, payment_id } => match self.status {
+                OrderStatus::Submitted => Ok(vec![OrderEvent::Confirmed {
+                    order_id: order_id.clone(),
+                    payment_id: payment_id.clone(),
+                }]),
+                _ => Err(OrderError::NotPending(order_id.clone())),
+            },
+            OrderCommand::Fail { order_id, reason } => match self.status {
+                OrderStatus::Submitted => {
+                    Ok(vec![OrderEvent::Failed { order_id: order_id.clone(), reason: reason.clone() }])
+                }
+                // Failing twice (a timeout racing a refusal) changes nothing.
+                OrderStatus::Failed => Ok(vec![]),
+                _ => Err(OrderError::NotPending(order_id.clone())),
+            },
+        }
+    }
+
+    fn evolve(mut self, event: &OrderEvent) -> Self {
+        match event {
+            OrderEvent::Submitted { customer, items, total_cents, .. } => {
+                self.status = OrderStatus::Submitted;
+                self.customer = customer.clone();
+                self.items = items.clone();
+                self.total_cents = *total_cents;
+            }
+            OrderEvent::Confirmed { payment_id, .. } => {
+                self.status = OrderStatus::Confirmed;
+                self.payment_id = Some(payment_id.clone());
+            }
+            OrderEvent::Failed { reason, .. } => {
+                self.status = OrderStatus::Failed;
+                self.failure = Some(reason.clone());
+            }
+        }
+        self
+    }
+}
+
+// ---- The inventory (one warehouse) ---------------------------------------------------
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Inventory {
+    pub(crate) on_hand: BTreeMap<String, u32>,
+    /// What each order holds.
+    pub(crate) reserved: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub(crate) enum InventoryEvent {
+    #[serde(rename = "inventory.restocked")]
+    Restocked { sku: String, quantity: u32 },
+    #[serde(rename = "inventory.reserved")]
+    Reserved { order_id: String, items: BTreeMap<String, u32> },
+    #[serde(rename = "inventory.released")]
+    Released { order_id: String, items: BTreeMap<String, u32> },
+}
+
+impl DomainEvent for InventoryEvent {}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReserveInventory {
+    pub(crate) order_id: String,
+    pub(crate) items: BTreeMap<String, u32>,
+}
+
+impl Command for ReserveInventory {
+    const TYPE: &'static str = "inventory.reserve";
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReleaseInventory {
+    pub(crate) order_id: String,
+}
+
+impl Command for ReleaseInventory {
+    const TYPE: &'static str = "inventory.release";
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) enum InventoryCommand {
+    Restock { sku: String, quantity: u32 },
+    Reserve(ReserveInventory),
+    Release(ReleaseInventory),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InventoryError {
+    #[error("not enough {sku}: {available} available, {wanted} wanted")]
+    OutOfStock { sku: String, available: u32, wanted: u32 },
+}
+
+pub(crate) const WAREHOUSE: &str = "main";
+
+impl Aggregate for Inventory {
+    const TYPE: &'static str = "inventory";
+    type Event = InventoryEvent;
+    type Command = InventoryCommand;
+    type Error = InventoryError;
+
+    fn decide(&self, command: &InventoryCommand) -> Result<Vec<InventoryEvent>, InventoryError> {
+        match command {
+            InventoryCommand::Restock { sku, quantity } => {
+                Ok(vec![InventoryEvent::Restocked { sku: sku.clone(), quantity: *quantity }])
+            }
+            InventoryCommand::Reserve(ReserveInventory { order_id, items }) => {
+                if self.reserved.contains_key(order_id) {
+                    return Ok(vec![]);
+                }
+                for (sku, &wanted) in items {
+                    let available = self.on_hand.get(sku).copied().unwrap_or(0);
+                    if available < wanted {
+                        return Err(InventoryError::OutOfStock { sku: sku.clone(), available, wanted });
+                    }
+                }
+                Ok(vec![InventoryEvent::Reserved { order_id: order_id.clone(), items: items.clone() }])
+            }
+            InventoryCommand::Release(ReleaseInventory { order_id }) => Ok(self
+                .reserved
+                .get(order_id)
+                .map(|items| InventoryEvent::Released { order_id: order_id.clone(), items: items.clone() })
+                .into_iter()
+                .collect()),
+        }
+    }
+
+    fn evolve(mut self, event: &InventoryEvent) -> Self {
+        match event {
+            InventoryEvent::Restocked { sku, quantity } => {
+                *self.on_hand.entry(sku.clone()).or_default() += quantity
+            }
+            InventoryEvent::Reserved { order_id, items } => {
+                for (sku, quantity) in items {
+                    *self.on_hand.entry(sku.clone()).or_default() -= quantity;
+                }
+                self.reserved.insert(order_id.clone(), items.clone());
+            }
+            InventoryEvent::Released { order_id, items } => {
+                for (sku, quantity) in items {
+                    *self.on_hand.entry(sku.clone()).or_default() += quantity;
+                }
+                self.reserved.remove(order_id);
+            }
+        }
+        self
+    }
+}
+
+// ---- The payment (one per order) ------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Payment {
+    pub(crate) charged_cents: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub(crate) enum PaymentEvent {
+    #[serde(rename = "payment.charged")]
+    Charged { order_id: String, payment_id: String, amount_cents: i64 },
+}
+
+impl DomainEvent for PaymentEvent {}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ChargePayment {
+    pub(crate) order_id: String,
+    pub(crate) customer: String,
+    pub(crate) amount_cents: i64,
+}
+
+impl Command for ChargePayment {
+    const TYPE: &'static str = "payment.charge";
+}
+
+impl AggregateCommand for ChargePayment {
+    fn aggregate_id(&self) -> &str {
+        &self.order_id
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PaymentError {
+    #[error("the card of {0} was declined")]
+    Declined(String),
+}
+
+/// The card network of this example declines one customer.
+pub(crate) const DECLINED_CUSTOMER: &str = "mallory";
+
+impl Aggregate for Payment {
+    const TYPE: &'static str = "payment";
+    type Event = PaymentEvent;
+    type Command = ChargePayment;
+    type Error = PaymentError;
+
+    fn decide(&self, command: &ChargePayment) -> Result<Vec<PaymentEvent>, PaymentError> {
+        if self.charged_cents > 0 {
+            return Ok(vec![]);
+        }
+        if command.customer == DECLINED_CUSTOMER {
+            return Err(PaymentError::Declined(command.customer.clone()));
+        }
+        Ok(vec![PaymentEvent::Charged {
+            order_id: command.order_id.clone(),
+            payment_id: format!("pay-{}", command.order_id),
+            amount_cents: command.amount_cents,
+        }])
+    }
+
+    fn evolve(mut self, event: &PaymentEvent) -> Self {
+        let PaymentEvent::Charged { amount_cents, .. } = event;
+        self.charged_cents += amount_cents;
+        self
+    }
+}
+
+// ---- The saga ---------------------------------------------------------------------------
+
+pub(crate) struct OrderSaga {
+    /// How long an order may take before the saga gives up on it.
+    pub(crate) deadline: Duration,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OrderProgress {
+    pub(crate) customer: String,
+    pub(crate) items: BTreeMap<String, u32>,
+    pub(crate) total_cents: i64,
+    pub(crate) reserved: bool,
+    pub(crate) outcome: Option<String>,
+}
+
+impl Saga for OrderSaga {
+    const NAME: &'static str = "ordersaga";
+    type State = OrderProgress;
+
+    fn filter(&self) -> LogFilter {
+        LogFilter::default()
+            .with_types(["order.submitted", "inventory.reserved", "payment.charged"])
+            .unwrap_or_default()
+    }
+
+    /// `order.submitted` names its order; the other events carry the order id as their
+    /// correlation id, because the saga's commands set it and the repositories copy it.
+    fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+        if event.event_type.as_str() == "order.submitted" {
+            return event.stream.as_str().strip_prefix("order-").map(str::to_owned);
+        }
+        event.metadata().ok()?.correlation_id
+    }
+
+    fn handle(&self, state: &mut OrderProgress, event: &RecordedEvent) -> bifrost_sourcing::Result<Reaction> {
+        let order_id = event.metadata()?.correlation_id.unwrap_or_default();
+        match event.event_type.as_str() {
+            "order.submitted" => {
+                let OrderEvent::Submitted { order_id, customer, items, total_cents } =
+                    bifrost_sourcing::event::decode(event)?
+                else {
+                    return Ok(Reaction::none());
+                };
+                *state =
+                    OrderProgress { customer, items: items.clone(), total_cents, ..OrderProgress::default() };
+                Reaction::none()
+                    .send(&ReserveInventory { order_id, items })
+                    .map(|r| r.schedule("deadline", self.deadline, serde_json::Value::Null))
+            }
+            "inventory.reserved" => {
+                state.reserved = true;
+                Reaction::none().send(&ChargePayment {
+                    order_id,
+                    customer: state.customer.clone(),
+                    amount_cents: state.total_cents,
+                })
+            }
+            "payment.charged" => {
+                let PaymentEvent::Charged { payment_id, .. } = bifrost_sourcing::event::decode(event)?;
+                state.outcome = Some("confirmed".into());
+                Ok(Reaction::none()
+                    .send(&OrderCommand::Confirm { order_id, payment_id })?
+                    .cancel("deadline")
+                    .complete())
+            }
+            _ => Ok(Reaction::none()),
+        }
+    }
+
+    fn on_command_failed(
+        &self,
+        state: &mut OrderProgress,
+        command: &CommandEnvelope,
+        error: &str,
+    ) -> bifrost_sourcing::Result<Reaction> {
+        let order_id =
+            command.payload.get("order_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        self.give_up(state, order_id, format!("{} failed: {error}", command.command_type))
+    }
+
+    fn on_timeout(&self, state: &mut OrderProgress, timeout: &Timeout) -> bifrost_sourcing::Result<Reaction> {
+        self.give_up(state, timeout.instance.clone(), format!("no outcome within {:?}", self.deadline))
+    }
+}
+
+impl OrderSaga {
+    /// Compensation: release what was reserved, then fail the order.
+    fn give_up(
+        &self,
+        state: &mut OrderProgress,
+        order_id: String,
+        reason: String,
+    ) -> bifrost_sourcing::Result<Reaction> {
+        let mut reaction = Reaction::none();
+        if state.reserved {
+            reaction = reaction.send(&ReleaseInventory { order_id: order_id.clone() })?;
+        }
+        state.outcome = Some(reason.clone());
+        Ok(reaction.send(&OrderCommand::Fail { order_id, reason })?.complete())
+    }
+}
+
+// ---- Wiring -----------------------------------------------------------------------------
+
+/// The inventory's handlers: the saga's commands become the warehouse aggregate's.
+struct InventoryHandler(Repository<Inventory>);
+
+#[async_trait::async_trait]
+impl bifrost_sourcing::CommandHandler<ReserveInventory> for InventoryHandler {
+    async fn validate(&self, command: &ReserveInventory) -> Result<(), String> {
+        if command.items.values().any(|&q| q == 0) {
+            Err("quantities must be positive".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn handle(
+        &self,
+        command: ReserveInventory,
+        context: bifrost_sourcing::CommandContext,
+    ) -> bifrost_sourcing::Result<()> {
+        self.0.execute_with(WAREHOUSE, &InventoryCommand::Reserve(command), &context).await.map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl bifrost_sourcing::CommandHandler<ReleaseInventory> for InventoryHandler {
+    async fn handle(
+        &self,
+        command: ReleaseInventory,
+        context: bifrost_sourcing::CommandContext,
+    ) -> bifrost_sourcing::Result<()> {
+        self.0.execute_with(WAREHOUSE, &InventoryCommand::Release(command), &context).await.map(|_| ())
+    }
+}
+
+/// Everything the example runs on one store.
+pub(crate) struct Shop {
+    pub(crate) bus: Arc<CommandBus>,
+    pub(crate) orders: Repository<Order>,
+    pub(crate) inventory: Repository<Inventory>,
+}
+
+impl Shop {
+    pub(crate) fn new(store: Arc<dyn EventStore>) -> bifrost_sourcing::Result<Self> {
+        let orders = Repository::<Order>::new(store.clone());
+        let inventory = Repository::<Inventory>::new(store.clone());
+        let payments = Repository::<Payment>::new(store);
+        let mut bus = CommandBus::new();
+        bus.register::<OrderCommand>(orders.clone())?;
+        bus.register::<ChargePayment>(payments)?;
+        bus.register::<ReserveInventory>(InventoryHandler(inventory.clone()))?;
+        bus.register::<ReleaseInventory>(InventoryHandler(inventory.clone()))?;
+        Ok(Self { bus: Arc::new(bus), orders, inventory })
+    }
+
+    pub(crate) fn saga(
+        &self,
+        store: Arc<dyn EventStore>,
+        state: Arc<dyn StateStore>,
+        deadline: Duration,
+    ) -> bifrost_sourcing::Result<SagaManager<OrderSaga>> {
+        SagaManager::new(OrderSaga { deadline }, store, state, self.bus.clone())
+    }
+
+    pub(crate) async fn submit(
+        &self,
+        order_id: &str,
+        customer: &str,
+        items: &[(&str, u32)],
+        total_cents: i64,
+    ) -> bifrost_sourcing::Result<()> {
+        let items = items.iter().map(|(sku, q)| ((*sku).to_owned(), *q)).collect();
+        let command =
+            OrderCommand::Submit { order_id: order_id.into(), customer: customer.into(), items, total_cents };
+        self.bus.dispatch(command).await
+    }
+
+    /// Waits until every order has an outcome (or `limit` passes).
+    pub(crate) async fn settle(
+        &self,
+        order_ids: &[&str],
+        limit: Duration,
+    ) -> bifrost_sourcing::Result<Vec<(String, Order)>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut orders = Vec::new();
+            for id in order_ids {
+                orders.push(((*id).to_owned(), self.orders.load(id).await?.state));
+            }
+            let settled =
+                orders.iter().all(|(_, o)| matches!(o.status, OrderStatus::Confirmed | OrderStatus::Failed));
+            if settled || tokio::time::Instant::now() >= deadline {
+                return Ok(orders);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The seeds' story: one order goes through, one card is declined, one order asks for more
+/// than the warehouse has.
+pub(crate) async fn run(
+    store: Arc<bifrost_sqlite::SqliteStore>,
+) -> bifrost_sourcing::Result<(Vec<(String, Order)>, Inventory)> {
+    let events: Arc<dyn EventStore> = store.clone();
+    let shop = Shop::new(events.clone())?;
+    for (sku, quantity) in [("keyboard", 5), ("mouse", 10)] {
+        shop.inventory.execute(WAREHOUSE, &InventoryCommand::Restock { sku: sku.into(), quantity }).await?;
+    }
+    let saga = shop.saga(events, store.clone(), Duration::from_secs(30))?.start();
+
+    shop.submit("1001", "ada", &[("keyboard", 1), ("mouse", 2)], 12_900).await?;
+    shop.submit("1002", DECLINED_CUSTOMER, &[("keyboard", 2)], 19_800).await?;
+    shop.submit("1003", "grace", &[("keyboard", 50)], 495_000).await?;
+
+    let orders = shop.settle(&["1001", "1002", "1003"], Duration::from_secs(20)).await?;
+    saga.stop().await;
+    let inventory = shop.inventory.load(WAREHOUSE).await?.state;
+    Ok((orders, inventory))
+}
+
+#[cfg_attr(test, allow(dead_code))]
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let store = bifrost_examples::open_store(dir.path())?;
+    let (orders, inventory) = run(store.clone()).await?;
+    for (id, order) in &orders {
+        let detail = order.failure.clone().or_else(|| order.payment_id.clone()).unwrap_or_default();
+        println!("order {id} ({}): {:?} {detail}", order.customer, order.status);
+    }
+    println!("on hand: {:?}; reserved: {:?}", inventory.on_hand, inventory.reserved);
+    store.close().await?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Every example runs here, on a fresh embedded store, and its outcome is checked.
+
+#[path = "../order_saga.rs"]
+mod order_saga;
+
+use order_saga::OrderStatus;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_saga_confirms_a_good_order_and_compensates_the_failed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bifrost_examples::open_store(dir.path()).unwrap();
+    let (orders, inventory) = order_saga::run(store).await.unwrap();
+    let status: Vec<_> = orders.iter().map(|(id, o)| (id.as_str(), o.status)).collect();
+    assert_eq!(
+        status,
+        [("1001", OrderStatus::Confirmed), ("1002", OrderStatus::Failed), ("1003", OrderStatus::Failed)]
+    );
+    assert_eq!(orders[0].1.payment_id.as_deref(), Some("pay-1001"));
+    let declined = orders[1].1.failure.as_deref().unwrap();
+    assert!(declined.contains("payment.charge failed") && declined.contains("declined"), "{declined}");
+    let out_of_stock = orders[2].1.failure.as_deref().unwrap();
+    assert!(
+        out_of_stock.contains("inventory.reserve failed") && out_of_stock.contains("not enough keyboard"),
+        "{out_of_stock}"
+    );
+    // Only the confirmed order still holds stock: the declined order's reservation was
+    // released by the compensation.
+    assert_eq!(inventory.reserved.keys().collect::<Vec<_>>(), ["1001"]);
+    assert_eq!(inventory.on_hand.get("keyboard"), Some(&4));
+    assert_eq!(inventory.on_hand.get("mouse"), Some(&8));
+}
+
+#[path = "../bank_account.rs"]
+mod bank_account;
+
+#[tokio::test]
+async fn bank_account_upcasts_its_legacy_deposits_and_loads_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bifrost_examples::open_store(dir.path()).unwrap();
+    let report = bank_account::run(store).await.unwrap();
+    // 12.50 + 7.50 from the v1 events, 250 deposits of 1.00, one withdrawal of 50.00.
+    assert_eq!(report.account.balance_cents, 1250 + 750 + 25_000 - 5_000);
+    assert_eq!(report.account.transactions, 2 + 250 + 1);
+    assert_eq!(report.version, 254);
+    assert_eq!(report.replayed_without_snapshot, 254);
+    assert_eq!(report.snapshot_version, Some(200), "the snapshot taken when the stream reached 200");
+    assert_eq!(report.replayed_with_snapshot, 54);
+    assert_eq!(report.newcomer.balance_cents, 100);
+    assert!(report.refusal.contains("insufficient funds"), "{}", report.refusal);
+}
+
+#[path = "../task_notifications.rs"]
+mod task_notifications;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_notifications_notifies_each_created_task_once_and_keeps_project_boards() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bifrost_examples::open_store(dir.path()).unwrap();
+    let report = task_notifications::run(store).await.unwrap();
+    let mut sent: Vec<_> =
+        report.notifications.iter().map(|n| (n.project_id.as_str(), n.message.as_str())).collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("project-101", "user-456 created \"Implement feature X\""),
+            ("project-101", "user-456 created \"Write the docs\""),
+            ("project-202", "user-456 created \"Plan the launch\""),
+        ]
+    );
+    let boards: Vec<_> =
+        report.boards.iter().map(|(k, b)| (k.as_str(), b.open.len(), b.completed.clone())).collect();
+    assert_eq!(
+        boards,
+        [("project-101", 1, vec!["Implement feature X".to_owned()]), ("project-202", 1, vec![])]
+    );
+}
