@@ -293,11 +293,12 @@ pub mod shop {
         }
     }
 
-    /// The stock held for one order.
+    /// The stock held for one order. Every reservation holds one more unit: only the
+    /// command id keeps a command sent twice from holding two.
     #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
     pub struct Stock {
-        pub reserved: Option<String>,
-        pub backordered: bool,
+        pub reserved: u32,
+        pub backordered: u32,
     }
 
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -341,10 +342,6 @@ pub mod shop {
 
         fn decide(&self, command: &ReserveStock) -> Result<Vec<StockEvent>, StockError> {
             let ReserveStock { order, item } = command.clone();
-            if self.reserved.is_some() || self.backordered {
-                // Reserving again changes nothing.
-                return Ok(Vec::new());
-            }
             if item == OUT_OF_STOCK {
                 return Err(StockError::OutOfStock { item });
             }
@@ -356,8 +353,8 @@ pub mod shop {
 
         fn evolve(mut self, event: &StockEvent) -> Self {
             match event {
-                StockEvent::Reserved { item, .. } => self.reserved = Some(item.clone()),
-                StockEvent::Backordered { .. } => self.backordered = true,
+                StockEvent::Reserved { .. } => self.reserved += 1,
+                StockEvent::Backordered { .. } => self.backordered += 1,
             }
             self
         }
