@@ -327,8 +327,9 @@ async fn a_manager_aborted_mid_run_and_restarted_stores_each_effect_once() {
     assert_eq!(calls.order(), 0);
 }
 
-/// Counts each sender's pings (`test.pinged` v2, `{"from": ..}`); a ping that says
-/// `"poison": true` makes it fail.
+/// Counts each sender's pings (`test.pinged` v2, `{"from": ..}`). A ping that says
+/// `"poison": true` makes it fail; `"remind": name, "after_ms": ..` schedules a timeout,
+/// `"forget": name` cancels it (neither completes the instance).
 struct Pings {
     failures: Arc<AtomicUsize>,
 }
@@ -353,7 +354,15 @@ impl Saga for Pings {
             return Err(Error::Handler("a poisoned ping".into()));
         }
         *count += 1;
-        Ok(Reaction::none())
+        let mut reaction = Reaction::none();
+        if let Some(name) = data.get("remind").and_then(|n| n.as_str()) {
+            let after = Duration::from_millis(data["after_ms"].as_u64().unwrap());
+            reaction = reaction.schedule(name, after, serde_json::Value::Null);
+        }
+        if let Some(name) = data.get("forget").and_then(|n| n.as_str()) {
+            reaction = reaction.cancel(name);
+        }
+        Ok(reaction)
     }
 }
 
@@ -476,4 +485,41 @@ async fn a_saga_whose_handle_is_dropped_runs_on_without_spinning() {
         async move { (stream_events(&store.events, "pings-cy").await.len() == 2).then_some(()) }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_timeout_cancelled_by_a_step_that_does_not_complete_never_fires() {
+    let store = TestStore::sqlite().await;
+    let (running, _) = start_pings(&store, store.state.clone());
+    ping(&store, serde_json::json!({ "from": "di", "remind": "first", "after_ms": 300 })).await;
+    ping(&store, serde_json::json!({ "from": "di", "forget": "first" })).await;
+    // Due after the first: once it has fired, the first would have too.
+    ping(&store, serde_json::json!({ "from": "di", "remind": "second", "after_ms": 600 })).await;
+    let fired = |steps: &[Step<u32>]| -> Vec<String> {
+        let names = steps.iter().filter_map(|s| match &s.trigger {
+            Trigger::Timeout { name, .. } => Some(name.clone()),
+            _ => None,
+        });
+        names.collect()
+    };
+    eventually("the second reminder", || {
+        let store = &store;
+        async move {
+            let events = stream_events(&store.events, "pings-di").await;
+            let steps: Vec<Step<u32>> = events.iter().map(|e| step_of(e).unwrap()).collect();
+            (!fired(&steps).is_empty()).then_some(())
+        }
+    })
+    .await;
+    settle(&[&running], &store).await;
+    running.stop().await;
+
+    let events = stream_events(&store.events, "pings-di").await;
+    let steps: Vec<Step<u32>> = events.iter().map(|e| step_of(e).unwrap()).collect();
+    assert_eq!(fired(&steps), ["second"], "the cancelled reminder fired");
+    assert_eq!(steps[1].dropped, steps[0].scheduled);
+    assert!(steps[1].pending.is_empty() && !steps[1].done);
+    assert!(steps[0].scheduled[0].due_at <= steps[2].scheduled[0].due_at);
+    let records = store.state.scan_state("sourcing/saga-timeouts/pings", None, 10).await.unwrap();
+    assert!(records.is_empty(), "{records:?}");
 }
