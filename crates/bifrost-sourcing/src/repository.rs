@@ -194,7 +194,17 @@ impl<A: Aggregate> Repository<A> {
         loop {
             attempts += 1;
             let loaded = self.load(id).await?;
-            let events = loaded.state.decide(command).map_err(Error::rejected)?;
+            let events = match loaded.state.decide(command) {
+                Ok(events) => events,
+                // A command re-sent after it succeeded may be refused by the state it
+                // produced (a second "open"): it was applied, not refused.
+                Err(refusal) => match context.command_id {
+                    Some(_) if self.store.event(context.event_id(0)).await?.is_some() => {
+                        return self.already_applied(id, attempts).await;
+                    }
+                    _ => return Err(Error::rejected(refusal)),
+                },
+            };
             if events.is_empty() {
                 return Ok(Executed {
                     stream: loaded.stream,

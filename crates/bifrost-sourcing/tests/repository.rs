@@ -257,3 +257,20 @@ async fn prepare_decides_without_storing_and_its_append_expects_the_loaded_versi
     let stale = store.events.append_many(vec![prepared.append]).await.unwrap_err();
     assert!(matches!(stale, bifrost_core::Error::WrongExpectedVersion(_)));
 }
+
+#[tokio::test]
+async fn a_command_refused_by_the_state_it_produced_counts_as_applied_when_resent() {
+    let store = TestStore::sqlite().await;
+    let repo = repo(&store);
+    let context = CommandContext::with_id(Uuid::now_v7());
+    repo.execute_with("1", &open("1"), &context).await.unwrap();
+    repo.execute("1", &deposit("1", 3)).await.unwrap();
+    // A second "open" is refused by an open account, but this one is the same command.
+    let resent = repo.execute_with("1", &open("1"), &context).await.unwrap();
+    assert!(resent.already_applied);
+    assert_eq!((resent.version, resent.state.balance), (2, 3));
+    // A different command that is refused the same way is a refusal.
+    let other =
+        repo.execute_with("1", &open("1"), &CommandContext::with_id(Uuid::now_v7())).await.unwrap_err();
+    assert_eq!(other.rejection::<AccountError>(), Some(&AccountError::AlreadyOpen));
+}
