@@ -431,7 +431,7 @@ impl<G: Saga> Shared<G> {
     }
 
     /// Records a step's timeouts and sends its commands.
-    async fn dispatch(&self, event: &RecordedEvent, stop: &watch::Receiver<bool>) -> Result<()> {
+    async fn dispatch(&self, event: &RecordedEvent) -> Result<()> {
         let step: Step<serde_json::Value> = serde_json::from_slice(&event.data)
             .map_err(|e| Error::corrupt(format!("step {} of {}", event.version, event.stream), e))?;
         let mut changes = Vec::new();
@@ -450,18 +450,13 @@ impl<G: Saga> Shared<G> {
             return Ok(());
         };
         for command in &step.commands {
-            let mut backoff = Duration::from_millis(50);
-            let refusal = loop {
-                match self.bus.dispatch_envelope(command).await {
-                    Ok(()) => break None,
-                    Err(e) if e.is_transient() && !*stop.borrow() => {
-                        tracing::warn!(saga = G::NAME, command = %command.command_type, error = %e, "command failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                    Err(e) if e.is_transient() => return Err(e),
-                    Err(e) => break Some(e.to_string()),
-                }
+            // A transient failure (the store unavailable, a writer that kept winning) fails
+            // the batch: the loop reports it, backs off and reads the batch again, and the
+            // commands already sent are sent again harmlessly (their ids are the step's).
+            let refusal = match self.bus.dispatch_envelope(command).await {
+                Ok(()) => None,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => Some(e.to_string()),
             };
             if let Some(error) = refusal {
                 self.command_failed(&id, command, &error).await?;
@@ -651,7 +646,6 @@ async fn dispatcher<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>
     let key = format!("saga/{}/dispatcher", G::NAME);
     let filter = LogFilter::default().with_types([shared.step_type.as_str()]).unwrap_or_default();
     let worker = Arc::clone(&shared);
-    let stop_flag = stop.clone();
     follow(
         &shared,
         &key,
@@ -659,10 +653,9 @@ async fn dispatcher<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>
         stop,
         move |events| {
             let shared = Arc::clone(&worker);
-            let stop = stop_flag.clone();
             async move {
                 for event in &events {
-                    shared.dispatch(event, &stop).await?;
+                    shared.dispatch(event).await?;
                 }
                 Ok(())
             }
