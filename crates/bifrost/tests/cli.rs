@@ -330,7 +330,21 @@ fn bench_runs_every_workload_small_and_prints_json() {
         report["workloads"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["w1", "w2", "w3", "bus", "bus-latency", "w4-single", "w4-batch", "w5", "groups", "group-latency"]
+        [
+            "w1",
+            "w2",
+            "w3",
+            "bus",
+            "bus-latency",
+            "aggregate-load",
+            "aggregate-load-snapshot",
+            "commands",
+            "w4-single",
+            "w4-batch",
+            "w5",
+            "groups",
+            "group-latency"
+        ]
     );
     let w3 = &report["workloads"][2];
     assert_eq!(w3["events"], 1200, "w3 reads what w1 and w2 wrote");

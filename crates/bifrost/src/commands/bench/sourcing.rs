@@ -91,7 +91,9 @@ pub(super) async fn aggregate_load(
     snapshotted.snapshot(&id).await.context("aggregate-load: saving the snapshot")?;
 
     let mut reports = Vec::new();
-    for (name, repository, replays) in [("load", &plain, events), ("load-snapshot", &snapshotted, 0)] {
+    for (name, repository, replays) in
+        [("aggregate-load", &plain, events), ("aggregate-load-snapshot", &snapshotted, 0)]
+    {
         let mut latency = report::histogram()?;
         let started = Instant::now();
         for _ in 0..LOADS {
