@@ -85,6 +85,12 @@ impl Error {
         }
     }
 
+    /// Whether the command was refused (by its aggregate, its validation, or for want of a
+    /// handler): what a saga compensates, as opposed to a failure to retry.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Rejected(_) | Self::Invalid { .. } | Self::UnknownCommand(_))
+    }
+
     pub(crate) fn encode(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         Self::Encode { what: what.into(), reason: reason.to_string() }
     }

@@ -36,7 +36,7 @@ pub use error::{BoxError, Error, Result};
 pub use event::DomainEvent;
 pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunningProjection};
 pub use repository::{CommandContext, Executed, Loaded, Prepared, Repository};
-pub use saga::{Reaction, RunningSaga, Saga, SagaManager, SagaStatus, Timeout};
+pub use saga::{Parked, Reaction, RunningSaga, Saga, SagaManager, SagaStatus, Timeout};
 pub use snapshot::{Snapshot, SnapshotStore, StateSnapshots};
 pub use upcast::Upcasters;
 pub use view::{View, ViewProjection};

@@ -60,6 +60,10 @@ impl ProjectionStatus {
 }
 
 /// Feeds a projection from the log.
+///
+/// Run one runner per projection at a time: its checkpoint and effects are written
+/// atomically, but two runners at once would both apply the batches after the checkpoint
+/// they read. (A runner restarted after a crash, or after `stop`, applies nothing twice.)
 pub struct ProjectionRunner<P: Projection> {
     store: Arc<dyn EventStore>,
     projection: Arc<P>,
@@ -231,7 +235,9 @@ impl RunningProjection {
         let _ = self.task.await;
     }
 
-    /// Stops at once, possibly in the middle of a batch (as a crash would).
+    /// Stops at once, possibly in the middle of a batch (as a crash would). Unlike a crash,
+    /// a write already handed to the store may still land after this returns: wait for
+    /// the store (any later write of it) before starting another runner of the projection.
     pub fn abort(self) {
         self.task.abort();
     }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bifrost_core::{
-    Direction, EventStore, EventType, ExpectedVersion, LogFilter, NewEvent, Position, RecordedEvent,
-    StateChange, StateStore, StreamName, Timestamp, Version,
+    Category, Direction, EventStore, EventType, ExpectedVersion, LogFilter, NewEvent, Position,
+    RecordedEvent, StateChange, StateStore, StreamName, Timestamp, Version,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -168,6 +168,18 @@ pub struct SagaStatus {
     /// A failure of the reactor, the dispatcher or the timer, cleared when the loop that
     /// failed gets through again (another loop's progress does not clear it).
     pub error: Option<String>,
+    /// Items set aside since the start because the saga's own code failed on them (see
+    /// [`RunningSaga::parked`]).
+    pub parked: u64,
+}
+
+/// An event, step or timeout the saga's code failed on, set aside so that the others go on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    /// `event/<position>`, `step/<position>` or `timeout/<id>`.
+    pub item: String,
+    pub error: String,
+    pub parked_at: Timestamp,
 }
 
 struct Shared<G: Saga> {
@@ -178,6 +190,8 @@ struct Shared<G: Saga> {
     upcasters: Upcasters,
     step_type: EventType,
     timeouts_scope: String,
+    parked_scope: String,
+    dispatcher_filter: LogFilter,
     wake_timer: Notify,
     status: watch::Sender<SagaStatus>,
 }
@@ -197,8 +211,10 @@ impl<G: Saga> SagaManager<G> {
         state: Arc<dyn StateStore>,
         bus: Arc<CommandBus>,
     ) -> Result<Self> {
-        StreamName::new(G::NAME)?;
+        // The name is the category of the instance streams: a `-` would split it.
+        Category::new(G::NAME)?;
         let step_type = EventType::new(&format!("{}.step", G::NAME))?;
+        let dispatcher_filter = LogFilter::default().with_types([step_type.as_str()])?;
         Ok(Self {
             shared: Shared {
                 saga,
@@ -208,6 +224,8 @@ impl<G: Saga> SagaManager<G> {
                 upcasters: Upcasters::default(),
                 step_type,
                 timeouts_scope: format!("sourcing/saga-timeouts/{}", G::NAME),
+                parked_scope: format!("sourcing/saga-parked/{}", G::NAME),
+                dispatcher_filter,
                 wake_timer: Notify::new(),
                 status: watch::channel(SagaStatus::default()).0,
             },
@@ -229,7 +247,13 @@ impl<G: Saga> SagaManager<G> {
             tokio::spawn(timer(Arc::clone(&shared), stopped)),
         ];
         let status = shared.status.subscribe();
-        RunningSaga { status, stop, tasks }
+        RunningSaga {
+            status,
+            stop,
+            tasks,
+            state: Arc::clone(&shared.state),
+            parked_scope: shared.parked_scope.clone(),
+        }
     }
 }
 
@@ -239,6 +263,8 @@ pub struct RunningSaga {
     status: watch::Receiver<SagaStatus>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    state: Arc<dyn StateStore>,
+    parked_scope: String,
 }
 
 impl RunningSaga {
@@ -254,6 +280,18 @@ impl RunningSaga {
             Ok(s) => s.clone(),
             Err(_) => self.status(),
         }
+    }
+
+    /// Up to `limit` parked items (kept across restarts), in the order of their keys.
+    pub async fn parked(&self, limit: usize) -> Result<Vec<Parked>> {
+        let entries = self.state.scan_state(&self.parked_scope, None, limit).await?;
+        entries
+            .into_iter()
+            .map(|e| {
+                serde_json::from_slice(&e.value)
+                    .map_err(|err| Error::corrupt(format!("parked {}", e.key), err))
+            })
+            .collect()
     }
 
     /// Stops the loops after the work in flight.
@@ -405,7 +443,11 @@ impl<G: Saga> Shared<G> {
     async fn react(&self, event: RecordedEvent) -> Result<()> {
         // Correlated in the schema the saga's code reads, as `handle` gets it: a payload
         // field an upcaster renamed still finds the instance.
-        let event = self.upcasters.upcast(event)?;
+        let position = event.position;
+        let event = match self.upcasters.upcast(event) {
+            Ok(event) => event,
+            Err(e) => return self.park(format!("event/{position}"), &e.to_string()).await,
+        };
         let Some(id) = self.saga.correlate(&event) else { return Ok(()) };
         if let Err(e) = self.stream(&id) {
             tracing::warn!(saga = G::NAME, event = %event.id, error = %e, "correlation id cannot name a saga instance; event ignored");
@@ -417,7 +459,11 @@ impl<G: Saga> Shared<G> {
             if instance.done || event.position <= instance.last_position {
                 return Ok(());
             }
-            let reaction = self.saga.handle(&mut instance.state, &event)?;
+            let reaction = match self.saga.handle(&mut instance.state, &event) {
+                Ok(reaction) => reaction,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => return self.park(format!("event/{position}"), &e.to_string()).await,
+            };
             let trigger = Trigger::Event {
                 id: event.id,
                 position: event.position,
@@ -432,8 +478,12 @@ impl<G: Saga> Shared<G> {
 
     /// Records a step's timeouts and sends its commands.
     async fn dispatch(&self, event: &RecordedEvent) -> Result<()> {
-        let step: Step<serde_json::Value> = serde_json::from_slice(&event.data)
-            .map_err(|e| Error::corrupt(format!("step {} of {}", event.version, event.stream), e))?;
+        let step: Step<serde_json::Value> = match serde_json::from_slice(&event.data) {
+            Ok(step) => step,
+            Err(e) => {
+                return self.park(format!("step/{}", event.position), &format!("not a step: {e}")).await;
+            }
+        };
         let mut changes = Vec::new();
         for t in &step.dropped {
             changes.push(StateChange::delete(self.timeouts_scope.clone(), timeout_key(t)));
@@ -446,20 +496,33 @@ impl<G: Saga> Shared<G> {
             self.state.write_state(changes).await?;
             self.wake_timer.notify_one();
         }
-        let Some(id) = event.stream.as_str().split_once('-').map(|(_, id)| id.to_owned()) else {
-            return Ok(());
+        let Some(id) = event.stream.as_str().strip_prefix(G::NAME).and_then(|rest| rest.strip_prefix('-'))
+        else {
+            return self
+                .park(format!("step/{}", event.position), "not an instance stream of this saga")
+                .await;
         };
         for command in &step.commands {
             // A transient failure (the store unavailable, a writer that kept winning) fails
             // the batch: the loop reports it, backs off and reads the batch again, and the
             // commands already sent are sent again harmlessly (their ids are the step's).
+            // Read again after a crash or a failed batch, a command that was refused has its
+            // compensation stored already: sending it again could now succeed, after the
+            // saga gave up on it.
+            if self.store.event(failure_step_id(command)).await?.is_some() {
+                break;
+            }
+            // Only a refusal is compensated. Anything else (the store unavailable, a missing
+            // upcaster, a handler's outage) fails the batch: the loop reports it, backs off
+            // and reads the batch again; commands already sent are re-sent harmlessly
+            // (their ids are the step's).
             let refusal = match self.bus.dispatch_envelope(command).await {
                 Ok(()) => None,
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => Some(e.to_string()),
+                Err(e) if e.is_refusal() => Some(e.to_string()),
+                Err(e) => return Err(e),
             };
             if let Some(error) = refusal {
-                self.command_failed(&id, command, &error).await?;
+                self.command_failed(id, command, &error).await?;
                 break;
             }
         }
@@ -467,7 +530,7 @@ impl<G: Saga> Shared<G> {
     }
 
     async fn command_failed(&self, id: &str, command: &CommandEnvelope, error: &str) -> Result<()> {
-        let step_id = Uuid::new_v5(&command.id, b"failed");
+        let step_id = failure_step_id(command);
         loop {
             let mut instance = self.load(id).await?;
             if instance.done {
@@ -508,6 +571,28 @@ impl<G: Saga> Shared<G> {
     fn report(&self, update: impl FnOnce(&mut SagaStatus)) {
         self.status.send_modify(update);
     }
+
+    /// Sets an item aside (the saga's own code failed on it) so that the loop goes on;
+    /// `also` is written in the same atomic write.
+    async fn park_with(&self, item: String, error: &str, also: Vec<StateChange>) -> Result<()> {
+        tracing::error!(saga = G::NAME, %item, %error, "saga item parked");
+        let parked = Parked { item: item.clone(), error: error.to_owned(), parked_at: Timestamp::now() };
+        let value = serde_json::to_vec(&parked).map_err(|e| Error::encode("a parked item", e))?;
+        let mut changes = vec![StateChange::put(self.parked_scope.clone(), item, value)];
+        changes.extend(also);
+        self.state.write_state(changes).await?;
+        self.report(|s| s.parked += 1);
+        Ok(())
+    }
+
+    async fn park(&self, item: String, error: &str) -> Result<()> {
+        self.park_with(item, error, Vec::new()).await
+    }
+}
+
+/// The id of the step that records a command's refusal.
+fn failure_step_id(command: &CommandEnvelope) -> Uuid {
+    Uuid::new_v5(&command.id, b"failed")
 }
 
 /// The failure one loop reported, so that its recovery clears its own failure and not
@@ -644,7 +729,7 @@ async fn reactor<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>) {
 
 async fn dispatcher<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>) {
     let key = format!("saga/{}/dispatcher", G::NAME);
-    let filter = LogFilter::default().with_types([shared.step_type.as_str()]).unwrap_or_default();
+    let filter = shared.dispatcher_filter.clone();
     let worker = Arc::clone(&shared);
     follow(
         &shared,
@@ -677,13 +762,34 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
             let now = Timestamp::now();
             let mut fired = false;
             for entry in due {
-                let timeout: Timeout = serde_json::from_slice(&entry.value)
-                    .map_err(|e| Error::corrupt(format!("saga timeout {}", entry.key), e))?;
+                // A record that does not decode, or a timeout the saga's code fails on, is
+                // parked: it must not keep every later timeout from firing.
+                let remove = || vec![StateChange::delete(shared.timeouts_scope.clone(), entry.key.clone())];
+                let timeout: Timeout = match serde_json::from_slice(&entry.value) {
+                    Ok(timeout) => timeout,
+                    Err(e) => {
+                        shared
+                            .park_with(
+                                format!("timeout/{}", entry.key),
+                                &format!("not a timeout: {e}"),
+                                remove(),
+                            )
+                            .await?;
+                        fired = true;
+                        continue;
+                    }
+                };
                 if timeout.due_at > now {
                     let wait = timeout.due_at.as_micros().saturating_sub(now.as_micros());
                     return Ok(Some(Duration::from_micros(u64::try_from(wait).unwrap_or(0))));
                 }
-                shared.fire(&timeout).await?;
+                match shared.fire(&timeout).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        shared.park_with(format!("timeout/{}", timeout.id), &e.to_string(), remove()).await?
+                    }
+                }
                 fired = true;
             }
             // After firing, look again at once: the page may have been full.

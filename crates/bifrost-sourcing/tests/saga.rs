@@ -328,7 +328,8 @@ async fn a_manager_aborted_mid_run_and_restarted_stores_each_effect_once() {
 }
 
 /// Counts each sender's pings (`test.pinged` v2, `{"from": ..}`). A ping that says
-/// `"poison": true` makes it fail; `"remind": name, "after_ms": ..` schedules a timeout,
+/// `"poison": true` makes its code fail (parked), `"flaky": true` fails as if the store were
+/// unavailable (retried); `"remind": name, "after_ms": ..` schedules a timeout,
 /// `"forget": name` cancels it (neither completes the instance).
 struct Pings {
     failures: Arc<AtomicUsize>,
@@ -352,6 +353,10 @@ impl Saga for Pings {
         if data.get("poison").is_some() {
             self.failures.fetch_add(1, Ordering::SeqCst);
             return Err(Error::Handler("a poisoned ping".into()));
+        }
+        if data.get("flaky").is_some() {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::Store(bifrost_core::Error::Unavailable("a flaky ping".into())));
         }
         *count += 1;
         let mut reaction = Reaction::none();
@@ -384,18 +389,19 @@ fn start_pings(store: &TestStore, state: Arc<dyn StateStore>) -> (RunningSaga, A
 }
 
 #[tokio::test]
-async fn a_reaction_that_keeps_failing_stays_in_the_status_while_the_other_loops_run_on() {
+async fn a_reaction_that_keeps_failing_transiently_stays_in_the_status_while_the_other_loops_run_on() {
     let store = TestStore::sqlite().await;
     let (running, failures) = start_pings(&store, store.state.clone());
-    let poisoned = ping(&store, serde_json::json!({ "from": "ada", "poison": true })).await;
+    let poisoned = ping(&store, serde_json::json!({ "from": "ada", "flaky": true })).await;
     eventually("a few failed attempts", || {
         let failed = failures.load(Ordering::SeqCst);
         async move { (failed >= 4).then_some(()) }
     })
     .await;
     let status = running.status();
-    assert!(status.error.as_deref().is_some_and(|e| e.contains("a poisoned ping")), "{status:?}");
+    assert!(status.error.as_deref().is_some_and(|e| e.contains("a flaky ping")), "{status:?}");
     assert!(status.reacted < poisoned);
+    assert_eq!(status.parked, 0, "a transient failure is retried, not parked");
 
     // Unrelated events keep the dispatcher going; its progress is no success of the reactor.
     let other =
@@ -408,6 +414,28 @@ async fn a_reaction_that_keeps_failing_stays_in_the_status_while_the_other_loops
     assert!(status.error.is_some(), "the dispatcher's progress hid the reactor's failure: {status:?}");
     assert!(status.reacted < poisoned);
     running.abort();
+}
+
+#[tokio::test]
+async fn an_event_the_sagas_code_fails_on_is_parked_and_the_saga_goes_on() {
+    let store = TestStore::sqlite().await;
+    let (running, failures) = start_pings(&store, store.state.clone());
+    let poisoned = ping(&store, serde_json::json!({ "from": "ada", "poison": true })).await;
+    let after = ping(&store, serde_json::json!({ "from": "ada" })).await;
+    let status = eventually("the reactor to pass the poisoned ping", || {
+        let status = running.status();
+        async move { (status.reacted >= after).then_some(status) }
+    })
+    .await;
+    assert_eq!((status.parked, failures.load(Ordering::SeqCst)), (1, 1), "{status:?}");
+    let parked = running.parked(10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].item, format!("event/{poisoned}"));
+    assert!(parked[0].error.contains("a poisoned ping"), "{:?}", parked[0]);
+    running.stop().await;
+    let steps: Vec<Step<u32>> =
+        stream_events(&store.events, "pings-ada").await.iter().map(|e| step_of(e).unwrap()).collect();
+    assert_eq!(steps.iter().map(|s| s.state).collect::<Vec<_>>(), [1], "only the later ping was counted");
 }
 
 #[tokio::test]
@@ -522,4 +550,33 @@ async fn a_timeout_cancelled_by_a_step_that_does_not_complete_never_fires() {
     assert!(steps[0].scheduled[0].due_at <= steps[2].scheduled[0].due_at);
     let records = store.state.scan_state("sourcing/saga-timeouts/pings", None, 10).await.unwrap();
     assert!(records.is_empty(), "{records:?}");
+}
+
+/// A saga whose name would not be a stream category.
+struct Dashed;
+
+impl Saga for Dashed {
+    const NAME: &'static str = "order-saga";
+    type State = u32;
+
+    fn filter(&self) -> LogFilter {
+        LogFilter::default()
+    }
+
+    fn correlate(&self, _: &RecordedEvent) -> Option<String> {
+        None
+    }
+
+    fn handle(&self, _: &mut u32, _: &RecordedEvent) -> bifrost_sourcing::Result<Reaction> {
+        Ok(Reaction::none())
+    }
+}
+
+#[tokio::test]
+async fn a_saga_name_with_a_dash_is_refused() {
+    let store = TestStore::memory();
+    let refused =
+        SagaManager::new(Dashed, store.events.clone(), store.state.clone(), Arc::new(CommandBus::new()));
+    let err = refused.err().expect("a dashed name must be refused");
+    assert!(err.to_string().contains("order-saga"), "{err}");
 }
