@@ -40,6 +40,10 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<NewEvent> {
 }
 
 /// Decodes a stored event (already upcast to the current schema) into `E`.
+///
+/// The event must be at the schema version this code reads (`E::schema_version`): an
+/// older one means an upcaster is missing, a newer one was written by newer code, and
+/// decoding either as the current shape would silently drop or misread fields.
 pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E> {
     let fail = |reason: String| Error::Decode {
         id: event.id,
@@ -47,8 +51,16 @@ pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E> {
         schema_version: event.schema_version,
         reason,
     };
+    let current = E::schema_version(event.event_type.as_str());
+    if event.schema_version != current {
+        return Err(fail(format!(
+            "this code reads version {current}; register upcasters for every version below it"
+        )));
+    }
     let data =
         std::str::from_utf8(&event.data).map_err(|e| fail(format!("the payload is not UTF-8: {e}")))?;
+    // One JSON value, checked before it is joined to the tag: bytes that are not (a library
+    // caller may store any) cannot smuggle in a second tag.
     let data: &RawValue =
         serde_json::from_str(data).map_err(|e| fail(format!("the payload is not JSON: {e}")))?;
     #[derive(Serialize)]
@@ -56,8 +68,6 @@ pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E> {
         r#type: &'a str,
         data: &'a RawValue,
     }
-    // Re-joining tag and payload costs one buffer per event; the payload itself is not
-    // parsed twice (it is carried as raw JSON).
     let joined = serde_json::to_vec(&Tagged { r#type: event.event_type.as_str(), data })
         .map_err(|e| fail(e.to_string()))?;
     serde_json::from_slice(&joined).map_err(|e| fail(e.to_string()))

@@ -90,9 +90,13 @@ pub struct Executed<A: Aggregate> {
 /// transaction (the outbox): hand `append` to the backend's transaction API.
 #[derive(Debug)]
 pub struct Prepared<A: Aggregate> {
-    pub append: StreamAppend,
+    /// `None` when there is nothing to store: the command changed nothing, or its id was
+    /// already executed.
+    pub append: Option<StreamAppend>,
+    /// The state once `append` is stored.
     pub state: A,
     pub events: Vec<A::Event>,
+    pub already_applied: bool,
 }
 
 struct SnapshotPolicy<A> {
@@ -166,10 +170,13 @@ impl<A: Aggregate> Repository<A> {
         if let Some((state, version)) = self.load_snapshot(&stream).await {
             match self.fold(&stream, state, version).await {
                 Ok(loaded) => return Ok(Loaded { snapshot_version: Some(version), ..loaded }),
-                // The snapshot is ahead of the stream (it was deleted and written again):
-                // it no longer describes these events.
-                Err(Error::Store(bifrost_core::Error::OutOfRange(_))) => {
-                    tracing::warn!(%stream, "snapshot is beyond the stream's end; replaying instead");
+                // The snapshot no longer describes the stream: it is beyond the stream's end
+                // (the snapshots and the events were restored from different times) or the
+                // stream was deleted since. The full replay decides.
+                Err(Error::Store(
+                    bifrost_core::Error::OutOfRange(_) | bifrost_core::Error::StreamNotFound(_),
+                )) => {
+                    tracing::warn!(%stream, "snapshot does not match the stream; replaying instead");
                 }
                 Err(e) => return Err(e),
             }
@@ -217,9 +224,8 @@ impl<A: Aggregate> Repository<A> {
                 });
             }
             let append = self.append_for(&loaded, &events, context)?;
-            let count = append.events.len() as u64;
             match self.store.append(append.stream, append.expected, append.events).await {
-                Ok(result) if result.first_version != loaded.version + 1 => {
+                Ok(result) if result.first_version <= loaded.version => {
                     // The store answered a re-sent command with its original result.
                     return self.already_applied(id, attempts).await;
                 }
@@ -228,7 +234,9 @@ impl<A: Aggregate> Repository<A> {
                     for event in &events {
                         state = state.evolve(event);
                     }
-                    let version = loaded.version + count;
+                    // A soft-deleted stream keeps counting: its first new version is past
+                    // the loaded (empty) one.
+                    let version = result.last_version;
                     self.maybe_snapshot(&loaded.stream, &state, loaded.version, version).await;
                     return Ok(Executed {
                         stream: loaded.stream,
@@ -264,13 +272,21 @@ impl<A: Aggregate> Repository<A> {
         context: &CommandContext,
     ) -> Result<Prepared<A>> {
         let loaded = self.load(id).await?;
+        if context.command_id.is_some() && self.store.event(context.event_id(0)).await?.is_some() {
+            return Ok(Prepared {
+                append: None,
+                state: loaded.state,
+                events: Vec::new(),
+                already_applied: true,
+            });
+        }
         let events = loaded.state.decide(command).map_err(Error::rejected)?;
-        let append = self.append_for(&loaded, &events, context)?;
+        let append = if events.is_empty() { None } else { Some(self.append_for(&loaded, &events, context)?) };
         let mut state = loaded.state;
         for event in &events {
             state = state.evolve(event);
         }
-        Ok(Prepared { append, state, events })
+        Ok(Prepared { append, state, events, already_applied: false })
     }
 
     /// Saves a snapshot of the aggregate now, whatever its version (no-op without a policy

@@ -54,8 +54,9 @@ impl Upcasters {
         self.steps.is_empty()
     }
 
-    /// The event with its payload brought to the newest registered version. An event with no
-    /// upcaster for its version is returned unchanged (its bytes are not touched).
+    /// The event with its payload carried up the chain of registered steps, as far as it
+    /// goes without a gap. An event with no step for its version is returned unchanged (its
+    /// bytes are not touched); decoding then refuses a version the code does not read.
     pub fn upcast(&self, mut event: RecordedEvent) -> Result<RecordedEvent> {
         let Some(steps) = self.steps.get(event.event_type.as_str()) else { return Ok(event) };
         let mut value: Option<Value> = None;

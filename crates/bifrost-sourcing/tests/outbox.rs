@@ -27,7 +27,7 @@ async fn a_prepared_command_commits_or_rolls_back_with_the_applications_row() {
         .transact(move |conn| {
             conn.execute_batch("CREATE TABLE IF NOT EXISTS app_receipts (account TEXT, amount INTEGER)")?;
             conn.execute("INSERT INTO app_receipts VALUES ('1', 25)", [])?;
-            Ok::<_, rusqlite::Error>((vec![prepared.append], ()))
+            Ok::<_, rusqlite::Error>((prepared.append.into_iter().collect(), ()))
         })
         .await
         .unwrap();
@@ -52,7 +52,7 @@ async fn a_prepared_command_commits_or_rolls_back_with_the_applications_row() {
     let conflict = store
         .transact(move |conn| {
             conn.execute("INSERT INTO app_receipts VALUES ('1', 7)", [])?;
-            Ok::<_, rusqlite::Error>((vec![stale.append], ()))
+            Ok::<_, rusqlite::Error>((stale.append.into_iter().collect(), ()))
         })
         .await;
     assert!(conflict.is_err());

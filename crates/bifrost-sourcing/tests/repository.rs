@@ -234,7 +234,12 @@ async fn a_v1_event_is_upcast_to_v2_before_it_is_decoded() {
 async fn a_failing_upcaster_is_reported_with_its_type_and_version() {
     let store = TestStore::sqlite().await;
     let repo = repo(&store);
-    repo.execute("1", &open("1")).await.unwrap();
+    let v1 = NewEvent::new(EventType::new("account.opened").unwrap(), br#"{"name":"ada"}"#.to_vec());
+    store
+        .events
+        .append(StreamName::new("account-1").unwrap(), ExpectedVersion::NoStream, vec![v1])
+        .await
+        .unwrap();
     let failing = Upcasters::new().register("account.opened", 1, |_| Err("unsupported shape".into()));
     let err = repo.clone().with_upcasters(failing).load("1").await.unwrap_err();
     assert!(
@@ -250,12 +255,23 @@ async fn prepare_decides_without_storing_and_its_append_expects_the_loaded_versi
     repo.execute("1", &open("1")).await.unwrap();
     let prepared = repo.prepare("1", &deposit("1", 5), &CommandContext::default()).await.unwrap();
     assert_eq!(prepared.state.balance, 5);
-    assert_eq!(prepared.append.expected, ExpectedVersion::Exact(1));
+    let append = prepared.append.expect("a deposit has an event");
+    assert_eq!(append.expected, ExpectedVersion::Exact(1));
     assert_eq!(repo.load("1").await.unwrap().version, 1, "prepare stored something");
     // A competing write makes the prepared append stale.
     repo.execute("1", &deposit("1", 1)).await.unwrap();
-    let stale = store.events.append_many(vec![prepared.append]).await.unwrap_err();
+    let stale = store.events.append_many(vec![append]).await.unwrap_err();
     assert!(matches!(stale, bifrost_core::Error::WrongExpectedVersion(_)));
+
+    // A command that changes nothing prepares no append (an empty one would fail the
+    // application's transaction); one whose id was executed prepares none either.
+    let withdraw_nothing = AccountCommand::Withdraw { id: "1".into(), amount: 0 };
+    let nothing = repo.prepare("1", &withdraw_nothing, &CommandContext::default()).await.unwrap();
+    assert!(nothing.append.is_none() && !nothing.already_applied);
+    let context = CommandContext::with_id(Uuid::now_v7());
+    repo.execute_with("1", &deposit("1", 2), &context).await.unwrap();
+    let again = repo.prepare("1", &deposit("1", 2), &context).await.unwrap();
+    assert!(again.append.is_none() && again.already_applied);
 }
 
 #[tokio::test]
@@ -273,4 +289,60 @@ async fn a_command_refused_by_the_state_it_produced_counts_as_applied_when_resen
     let other =
         repo.execute_with("1", &open("1"), &CommandContext::with_id(Uuid::now_v7())).await.unwrap_err();
     assert_eq!(other.rejection::<AccountError>(), Some(&AccountError::AlreadyOpen));
+}
+
+#[tokio::test]
+async fn an_event_the_upcasters_cannot_bring_to_the_current_version_is_refused_not_misread() {
+    let store = TestStore::sqlite().await;
+    let stream = StreamName::new("account-7").unwrap();
+    let at = |version: u32, data: &str| {
+        NewEvent::new(EventType::new("account.deposited").unwrap(), data.as_bytes().to_vec())
+            .with_schema_version(version)
+    };
+    let opened = NewEvent::new(EventType::new("account.opened").unwrap(), br#"{"owner":"ada"}"#.to_vec())
+        .with_schema_version(2);
+    store
+        .events
+        .append(stream.clone(), ExpectedVersion::NoStream, vec![opened, at(1, r#"{"cents":100}"#)])
+        .await
+        .unwrap();
+    // Only the v1 → v2 step is known: the event stops at v2, a version the code does not read.
+    let gap = Upcasters::new().register("account.deposited", 1, Ok);
+    let err = repo(&store).with_upcasters(gap).load("7").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Decode { schema_version: 2, reason, .. } if reason.contains("reads version 3")),
+        "{err}"
+    );
+
+    // An event written by newer code (v4) is not decoded as v3 either.
+    let newer = StreamName::new("account-8").unwrap();
+    let opened = NewEvent::new(EventType::new("account.opened").unwrap(), br#"{"owner":"bo"}"#.to_vec())
+        .with_schema_version(2);
+    store
+        .events
+        .append(newer, ExpectedVersion::NoStream, vec![opened, at(4, r#"{"amount":1,"memo":"x"}"#)])
+        .await
+        .unwrap();
+    let err = repo(&store).load("8").await.unwrap_err();
+    assert!(matches!(err, Error::Decode { schema_version: 4, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_command_on_a_soft_deleted_aggregate_is_stored_after_its_last_version() {
+    let store = TestStore::sqlite().await;
+    let snapshots = Arc::new(StateSnapshots::new(store.state.clone()));
+    let repo = repo(&store).with_snapshots(snapshots, 2, 1);
+    repo.execute("1", &open("1")).await.unwrap();
+    repo.execute("1", &deposit("1", 5)).await.unwrap();
+    let stream = StreamName::new("account-1").unwrap();
+    store.events.delete_stream(&stream, bifrost_core::DeleteMode::Soft).await.unwrap();
+    assert!(!repo.exists("1").await.unwrap());
+    // The snapshot at version 2 no longer describes a stream that reads as absent.
+    let loaded = repo.load("1").await.unwrap();
+    assert_eq!((loaded.version, loaded.snapshot_version, loaded.state.balance), (0, None, 0));
+
+    let reopened = repo.execute("1", &open("1")).await.unwrap();
+    assert!(!reopened.already_applied, "a new version after a soft delete is no replay");
+    assert_eq!(reopened.version, 3, "versions continue after a soft delete");
+    assert_eq!(reopened.appended.map(|a| a.first_version), Some(3));
 }
