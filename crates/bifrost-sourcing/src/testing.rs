@@ -120,30 +120,49 @@ impl<A: Aggregate> AggregateOutcome<A> {
     }
 }
 
-/// A test of a saga's reactions.
+/// A test of a saga's reactions, stepping the instance as the manager does: the state goes
+/// through its stored form after every step, and a completed instance ignores what follows.
 pub struct SagaTest<G: Saga> {
     saga: G,
     state: G::State,
     instance: String,
     position: u64,
+    done: bool,
 }
 
 impl<G: Saga> SagaTest<G> {
     pub fn new(saga: G, instance: &str) -> Self {
-        Self { saga, state: G::State::default(), instance: instance.to_owned(), position: 0 }
+        Self { saga, state: G::State::default(), instance: instance.to_owned(), position: 0, done: false }
     }
 
-    /// The instance after reacting to `event` (its reaction is not checked).
+    /// The instance after reacting to `event`, appended to `stream` with no metadata (its
+    /// reaction is not checked).
     pub fn given<E: DomainEvent>(mut self, stream: &str, event: &E) -> Self {
-        let _ = self.react(stream, event);
+        let _ = self.react(stream, event, Metadata::default());
+        self
+    }
+
+    /// [`given`](Self::given) for an event produced by one of the instance's commands: it
+    /// carries the instance id as its correlation id, as a repository stores it.
+    pub fn given_from_command<E: DomainEvent>(mut self, stream: &str, event: &E) -> Self {
+        let metadata = self.correlated();
+        let _ = self.react(stream, event, metadata);
         self
     }
 
     pub fn when<E: DomainEvent>(mut self, stream: &str, event: &E) -> SagaOutcome<G> {
-        let reaction = self.react(stream, event);
+        let reaction = self.react(stream, event, Metadata::default());
         SagaOutcome { reaction, state: self.state }
     }
 
+    /// [`when`](Self::when) for an event produced by one of the instance's commands.
+    pub fn when_from_command<E: DomainEvent>(mut self, stream: &str, event: &E) -> SagaOutcome<G> {
+        let metadata = self.correlated();
+        let reaction = self.react(stream, event, metadata);
+        SagaOutcome { reaction, state: self.state }
+    }
+
+    /// The timeout `name` comes due (ignored, as by the manager, once the instance is done).
     pub fn when_timeout(mut self, name: &str, data: serde_json::Value) -> SagaOutcome<G> {
         let timeout = Timeout {
             id: Uuid::now_v7(),
@@ -152,31 +171,59 @@ impl<G: Saga> SagaTest<G> {
             due_at: Timestamp::now(),
             data,
         };
-        let reaction = self
-            .saga
-            .on_timeout(&mut self.state, &timeout)
-            .unwrap_or_else(|e| panic!("on_timeout failed: {e}"));
+        let reaction = if self.done {
+            Reaction::none()
+        } else {
+            let reaction = self
+                .saga
+                .on_timeout(&mut self.state, &timeout)
+                .unwrap_or_else(|e| panic!("on_timeout failed: {e}"));
+            self.stepped(reaction)
+        };
         SagaOutcome { reaction, state: self.state }
     }
 
     pub fn when_command_fails<C: Command>(mut self, command: &C, error: &str) -> SagaOutcome<G> {
         let envelope = CommandEnvelope::new(command).unwrap_or_else(|e| panic!("{e}"));
-        let reaction = self
-            .saga
-            .on_command_failed(&mut self.state, &envelope, error)
-            .unwrap_or_else(|e| panic!("on_command_failed failed: {e}"));
+        let reaction = if self.done {
+            Reaction::none()
+        } else {
+            let reaction = self
+                .saga
+                .on_command_failed(&mut self.state, &envelope, error)
+                .unwrap_or_else(|e| panic!("on_command_failed failed: {e}"));
+            self.stepped(reaction)
+        };
         SagaOutcome { reaction, state: self.state }
     }
 
-    fn react<E: DomainEvent>(&mut self, stream: &str, event: &E) -> Reaction {
+    fn correlated(&self) -> Metadata {
+        Metadata { correlation_id: Some(self.instance.clone()), ..Metadata::default() }
+    }
+
+    fn react<E: DomainEvent>(&mut self, stream: &str, event: &E, metadata: Metadata) -> Reaction {
         self.position += 1;
-        let metadata = Metadata { correlation_id: Some(self.instance.clone()), ..Metadata::default() };
         let recorded = recorded_with(stream, self.position, self.position, event, metadata);
         match self.saga.correlate(&recorded) {
             Some(id) if id == self.instance => {}
             other => panic!("the event correlates to {other:?}, not to instance {:?}", self.instance),
         }
-        self.saga.handle(&mut self.state, &recorded).unwrap_or_else(|e| panic!("handle failed: {e}"))
+        if self.done {
+            return Reaction::none();
+        }
+        let reaction =
+            self.saga.handle(&mut self.state, &recorded).unwrap_or_else(|e| panic!("handle failed: {e}"));
+        self.stepped(reaction)
+    }
+
+    /// The state through its stored form (as the next step loads it), and completion noted.
+    fn stepped(&mut self, reaction: Reaction) -> Reaction {
+        let stored =
+            serde_json::to_vec(&self.state).unwrap_or_else(|e| panic!("the state does not encode: {e}"));
+        self.state = serde_json::from_slice(&stored)
+            .unwrap_or_else(|e| panic!("the state does not survive the store: {e}"));
+        self.done |= reaction.complete;
+        reaction
     }
 }
 
