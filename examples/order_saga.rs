@@ -261,6 +261,7 @@ impl Aggregate for Inventory {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Payment {
     pub(crate) charged_cents: i64,
+    pub(crate) refunded: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -268,6 +269,8 @@ pub(crate) struct Payment {
 pub(crate) enum PaymentEvent {
     #[serde(rename = "payment.charged")]
     Charged { order_id: String, payment_id: String, amount_cents: i64 },
+    #[serde(rename = "payment.refunded")]
+    Refunded { order_id: String, amount_cents: i64 },
 }
 
 impl DomainEvent for PaymentEvent {}
@@ -283,10 +286,19 @@ impl Command for ChargePayment {
     const TYPE: &'static str = "payment.charge";
 }
 
-impl AggregateCommand for ChargePayment {
-    fn aggregate_id(&self) -> &str {
-        &self.order_id
-    }
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RefundPayment {
+    pub(crate) order_id: String,
+}
+
+impl Command for RefundPayment {
+    const TYPE: &'static str = "payment.refund";
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum PaymentCommand {
+    Charge(ChargePayment),
+    Refund(RefundPayment),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,26 +313,38 @@ pub(crate) const DECLINED_CUSTOMER: &str = "mallory";
 impl Aggregate for Payment {
     const TYPE: &'static str = "payment";
     type Event = PaymentEvent;
-    type Command = ChargePayment;
+    type Command = PaymentCommand;
     type Error = PaymentError;
 
-    fn decide(&self, command: &ChargePayment) -> Result<Vec<PaymentEvent>, PaymentError> {
-        if self.charged_cents > 0 {
-            return Ok(vec![]);
+    fn decide(&self, command: &PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentError> {
+        match command {
+            // One charge per order; a refunded order is not charged again.
+            PaymentCommand::Charge(_) if self.charged_cents > 0 || self.refunded => Ok(vec![]),
+            PaymentCommand::Charge(charge) if charge.customer == DECLINED_CUSTOMER => {
+                Err(PaymentError::Declined(charge.customer.clone()))
+            }
+            PaymentCommand::Charge(charge) => Ok(vec![PaymentEvent::Charged {
+                order_id: charge.order_id.clone(),
+                payment_id: format!("pay-{}", charge.order_id),
+                amount_cents: charge.amount_cents,
+            }]),
+            // Refunding what was never charged (the charge was declined) changes nothing.
+            PaymentCommand::Refund(_) if self.charged_cents == 0 => Ok(vec![]),
+            PaymentCommand::Refund(RefundPayment { order_id }) => Ok(vec![PaymentEvent::Refunded {
+                order_id: order_id.clone(),
+                amount_cents: self.charged_cents,
+            }]),
         }
-        if command.customer == DECLINED_CUSTOMER {
-            return Err(PaymentError::Declined(command.customer.clone()));
-        }
-        Ok(vec![PaymentEvent::Charged {
-            order_id: command.order_id.clone(),
-            payment_id: format!("pay-{}", command.order_id),
-            amount_cents: command.amount_cents,
-        }])
     }
 
     fn evolve(mut self, event: &PaymentEvent) -> Self {
-        let PaymentEvent::Charged { amount_cents, .. } = event;
-        self.charged_cents += amount_cents;
+        match event {
+            PaymentEvent::Charged { amount_cents, .. } => self.charged_cents += amount_cents,
+            PaymentEvent::Refunded { amount_cents, .. } => {
+                self.charged_cents -= amount_cents;
+                self.refunded = true;
+            }
+        }
         self
     }
 }
@@ -337,7 +361,9 @@ pub(crate) struct OrderProgress {
     pub(crate) customer: String,
     pub(crate) items: BTreeMap<String, u32>,
     pub(crate) total_cents: i64,
-    pub(crate) reserved: bool,
+    /// Commands sent so far: what a compensation has to undo.
+    pub(crate) reservation_asked: bool,
+    pub(crate) charge_asked: bool,
     pub(crate) outcome: Option<String>,
 }
 
@@ -369,14 +395,19 @@ impl Saga for OrderSaga {
                 else {
                     return Ok(Reaction::none());
                 };
-                *state =
-                    OrderProgress { customer, items: items.clone(), total_cents, ..OrderProgress::default() };
+                *state = OrderProgress {
+                    customer,
+                    items: items.clone(),
+                    total_cents,
+                    reservation_asked: true,
+                    ..OrderProgress::default()
+                };
                 Reaction::none()
                     .send(&ReserveInventory { order_id, items })
                     .map(|r| r.schedule("deadline", self.deadline, serde_json::Value::Null))
             }
             "inventory.reserved" => {
-                state.reserved = true;
+                state.charge_asked = true;
                 Reaction::none().send(&ChargePayment {
                     order_id,
                     customer: state.customer.clone(),
@@ -384,7 +415,9 @@ impl Saga for OrderSaga {
                 })
             }
             "payment.charged" => {
-                let PaymentEvent::Charged { payment_id, .. } = bifrost_sourcing::event::decode(event)?;
+                let PaymentEvent::Charged { payment_id, .. } = bifrost_sourcing::event::decode(event)? else {
+                    return Ok(Reaction::none());
+                };
                 state.outcome = Some("confirmed".into());
                 Ok(Reaction::none()
                     .send(&OrderCommand::Confirm { order_id, payment_id })?
@@ -412,7 +445,12 @@ impl Saga for OrderSaga {
 }
 
 impl OrderSaga {
-    /// Compensation: release what was reserved, then fail the order.
+    /// Compensation: undo every command sent, then fail the order.
+    ///
+    /// The undo commands are sent even when their effect has not been seen yet (the deadline
+    /// can come between a reservation and the event that reports it): the dispatcher sends
+    /// an instance's commands in the order its steps were stored, so the reservation or the
+    /// charge has been handled before its undo arrives, and an undo of nothing is a no-op.
     fn give_up(
         &self,
         state: &mut OrderProgress,
@@ -420,7 +458,10 @@ impl OrderSaga {
         reason: String,
     ) -> bifrost_sourcing::Result<Reaction> {
         let mut reaction = Reaction::none();
-        if state.reserved {
+        if state.charge_asked {
+            reaction = reaction.send(&RefundPayment { order_id: order_id.clone() })?;
+        }
+        if state.reservation_asked {
             reaction = reaction.send(&ReleaseInventory { order_id: order_id.clone() })?;
         }
         state.outcome = Some(reason.clone());
@@ -463,6 +504,37 @@ impl bifrost_sourcing::CommandHandler<ReleaseInventory> for InventoryHandler {
     }
 }
 
+/// The payment's handlers.
+struct PaymentHandler(Repository<Payment>);
+
+#[async_trait::async_trait]
+impl bifrost_sourcing::CommandHandler<ChargePayment> for PaymentHandler {
+    async fn validate(&self, command: &ChargePayment) -> Result<(), String> {
+        if command.amount_cents > 0 { Ok(()) } else { Err("a charge must be positive".into()) }
+    }
+
+    async fn handle(
+        &self,
+        command: ChargePayment,
+        context: bifrost_sourcing::CommandContext,
+    ) -> bifrost_sourcing::Result<()> {
+        let id = command.order_id.clone();
+        self.0.execute_with(&id, &PaymentCommand::Charge(command), &context).await.map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl bifrost_sourcing::CommandHandler<RefundPayment> for PaymentHandler {
+    async fn handle(
+        &self,
+        command: RefundPayment,
+        context: bifrost_sourcing::CommandContext,
+    ) -> bifrost_sourcing::Result<()> {
+        let id = command.order_id.clone();
+        self.0.execute_with(&id, &PaymentCommand::Refund(command), &context).await.map(|_| ())
+    }
+}
+
 /// Everything the example runs on one store.
 pub(crate) struct Shop {
     pub(crate) bus: Arc<CommandBus>,
@@ -477,7 +549,8 @@ impl Shop {
         let payments = Repository::<Payment>::new(store);
         let mut bus = CommandBus::new();
         bus.register::<OrderCommand>(orders.clone())?;
-        bus.register::<ChargePayment>(payments)?;
+        bus.register::<ChargePayment>(PaymentHandler(payments.clone()))?;
+        bus.register::<RefundPayment>(PaymentHandler(payments))?;
         bus.register::<ReserveInventory>(InventoryHandler(inventory.clone()))?;
         bus.register::<ReleaseInventory>(InventoryHandler(inventory.clone()))?;
         Ok(Self { bus: Arc::new(bus), orders, inventory })

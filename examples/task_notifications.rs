@@ -45,6 +45,7 @@ pub(crate) struct Task {
 
 pub(crate) enum TaskCommand {
     Create {
+        task_id: String,
         title: String,
         description: String,
         created_by: String,
@@ -52,6 +53,7 @@ pub(crate) enum TaskCommand {
         project_id: String,
     },
     Complete {
+        task_id: String,
         completed_by: String,
     },
 }
@@ -69,14 +71,14 @@ pub(crate) enum TaskError {
 impl Aggregate for Task {
     const TYPE: &'static str = "task";
     type Event = TaskEvent;
-    type Command = (String, TaskCommand);
+    type Command = TaskCommand;
     type Error = TaskError;
 
-    fn decide(&self, (task_id, command): &(String, TaskCommand)) -> Result<Vec<TaskEvent>, TaskError> {
+    fn decide(&self, command: &TaskCommand) -> Result<Vec<TaskEvent>, TaskError> {
         match command {
             TaskCommand::Create { .. } if self.project_id.is_some() => Err(TaskError::Exists),
             TaskCommand::Create { title, .. } if title.trim().is_empty() => Err(TaskError::NoTitle),
-            TaskCommand::Create { title, description, created_by, workspace_id, project_id } => {
+            TaskCommand::Create { task_id, title, description, created_by, workspace_id, project_id } => {
                 Ok(vec![TaskEvent::Created {
                     task_id: task_id.clone(),
                     title: title.clone(),
@@ -86,7 +88,7 @@ impl Aggregate for Task {
                     project_id: project_id.clone(),
                 }])
             }
-            TaskCommand::Complete { completed_by } => match (&self.project_id, self.completed) {
+            TaskCommand::Complete { task_id, completed_by } => match (&self.project_id, self.completed) {
                 (None, _) => Err(TaskError::Missing),
                 (Some(_), true) => Ok(vec![]),
                 (Some(project_id), false) => Ok(vec![TaskEvent::Completed {
@@ -204,23 +206,19 @@ pub(crate) async fn run(store: Arc<bifrost_sqlite::SqliteStore>) -> bifrost_sour
     let projection = ProjectionRunner::new(events.clone(), boards.clone()).start();
 
     let tasks = Repository::<Task>::new(events.clone());
-    let create = |id: &str, title: &str, project: &str| {
-        (
-            id.to_owned(),
-            TaskCommand::Create {
-                title: title.into(),
-                description: format!("Detailed description of {title}"),
-                created_by: "user-456".into(),
-                workspace_id: "workspace-789".into(),
-                project_id: project.into(),
-            },
-        )
+    let create = |id: &str, title: &str, project: &str| TaskCommand::Create {
+        task_id: id.into(),
+        title: title.into(),
+        description: format!("Detailed description of {title}"),
+        created_by: "user-456".into(),
+        workspace_id: "workspace-789".into(),
+        project_id: project.into(),
     };
     tasks.execute("123", &create("123", "Implement feature X", "project-101")).await?;
     tasks.execute("124", &create("124", "Write the docs", "project-101")).await?;
     tasks.execute("125", &create("125", "Plan the launch", "project-202")).await?;
     let done = tasks
-        .execute("123", &("123".into(), TaskCommand::Complete { completed_by: "user-456".into() }))
+        .execute("123", &TaskCommand::Complete { task_id: "123".into(), completed_by: "user-456".into() })
         .await?;
 
     let head = done.appended.map_or(0, |a| a.last_position);

@@ -75,3 +75,29 @@ async fn task_notifications_notifies_each_created_task_once_and_keeps_project_bo
         [("project-101", 1, vec!["Implement feature X".to_owned()]), ("project-202", 1, vec![])]
     );
 }
+
+#[test]
+fn the_order_deadline_undoes_every_command_sent_even_before_its_effect_is_seen() {
+    use bifrost_sourcing::testing::SagaTest;
+    use std::time::Duration;
+
+    let saga = order_saga::OrderSaga { deadline: Duration::from_secs(30) };
+    let submitted = order_saga::OrderEvent::Submitted {
+        order_id: "7".into(),
+        customer: "ada".into(),
+        items: [("mouse".to_owned(), 1)].into(),
+        total_cents: 2_500,
+    };
+    let reserved = order_saga::InventoryEvent::Reserved {
+        order_id: "7".into(),
+        items: [("mouse".to_owned(), 1)].into(),
+    };
+    // The charge was sent, its outcome not yet seen, when the deadline came.
+    let outcome = SagaTest::new(saga, "7")
+        .given("order-7", &submitted)
+        .given_from_command("inventory-main", &reserved)
+        .when_timeout("deadline", serde_json::Value::Null)
+        .then_completes();
+    let sent: Vec<_> = outcome.reaction.commands.iter().map(|c| c.command_type.as_str()).collect();
+    assert_eq!(sent, ["payment.refund", "inventory.release", "order"]);
+}
