@@ -90,7 +90,7 @@ impl CommandEnvelope {
 #[async_trait]
 trait ErasedHandler: Send + Sync {
     async fn dispatch_any(&self, command: Box<dyn Any + Send>, context: CommandContext) -> Result<()>;
-    async fn dispatch_json(&self, payload: serde_json::Value, context: CommandContext) -> Result<()>;
+    async fn dispatch_json(&self, payload: &serde_json::Value, context: CommandContext) -> Result<()>;
 }
 
 struct Typed<C, H> {
@@ -125,8 +125,8 @@ impl<C: Command, H: CommandHandler<C>> ErasedHandler for Typed<C, H> {
         }
     }
 
-    async fn dispatch_json(&self, payload: serde_json::Value, context: CommandContext) -> Result<()> {
-        let command: C = serde_json::from_value(payload)
+    async fn dispatch_json(&self, payload: &serde_json::Value, context: CommandContext) -> Result<()> {
+        let command = C::deserialize(payload)
             .map_err(|e| Error::Invalid { command: C::TYPE.to_owned(), reason: e.to_string() })?;
         self.run(command, context).await
     }
@@ -173,7 +173,7 @@ impl CommandBus {
     /// handler stores events through a [`Repository`].
     pub async fn dispatch_envelope(&self, envelope: &CommandEnvelope) -> Result<()> {
         let handler = self.handler(&envelope.command_type)?;
-        handler.dispatch_json(envelope.payload.clone(), envelope.context()).await
+        handler.dispatch_json(&envelope.payload, envelope.context()).await
     }
 
     fn handler(&self, command_type: &str) -> Result<&Arc<dyn ErasedHandler>> {

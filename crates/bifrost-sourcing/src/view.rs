@@ -1,7 +1,7 @@
 //! Keyed views: a read model of one value per key, kept in a store's state space and
 //! updated atomically with the projection's checkpoint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -86,20 +86,26 @@ impl<V: View> Projection for ViewProjection<V> {
     }
 
     async fn apply(&self, events: Vec<RecordedEvent>, checkpoint: Position) -> Result<()> {
-        // The batch's views, read once and written once.
-        let mut touched: HashMap<String, Option<V>> = HashMap::new();
+        // The batch's views, read once (all at once) and written once.
+        let mut decoded = Vec::with_capacity(events.len());
         let mut order: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
         for recorded in &events {
             let event: V::Event = decode(recorded)?;
-            let Some(key) = V::key(&event, recorded) else { continue };
-            let current = match touched.remove(&key) {
-                Some(view) => view,
-                None => {
-                    order.push(key.clone());
-                    self.get(&key).await?
-                }
-            };
-            touched.insert(key, V::evolve(current, &event, recorded));
+            let key = V::key(&event, recorded);
+            if let Some(key) = &key
+                && seen.insert(key.clone())
+            {
+                order.push(key.clone());
+            }
+            decoded.push((event, key));
+        }
+        let current = futures::future::try_join_all(order.iter().map(|key| self.get(key))).await?;
+        let mut touched: HashMap<String, Option<V>> = order.iter().cloned().zip(current).collect();
+        for ((event, key), recorded) in decoded.into_iter().zip(&events) {
+            let Some(key) = key else { continue };
+            let view = touched.remove(&key).flatten();
+            touched.insert(key, V::evolve(view, &event, recorded));
         }
         let mut changes = Vec::with_capacity(order.len() + 1);
         for key in order {
