@@ -1,6 +1,6 @@
 //! Aggregates: a pure decision function and a pure fold.
 
-use bifrost_core::StreamName;
+use bifrost_core::{Category, StreamName};
 
 use crate::error::Result;
 use crate::event::DomainEvent;
@@ -25,8 +25,10 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 
     fn evolve(self, event: &Self::Event) -> Self;
 
-    /// The stream of the aggregate with this id.
+    /// The stream of the aggregate with this id. Refuses a `TYPE` with a `-`: its streams
+    /// would fall in another category.
     fn stream(id: &str) -> Result<StreamName> {
+        Category::new(Self::TYPE)?;
         Ok(StreamName::new(&format!("{}-{id}", Self::TYPE))?)
     }
 }

@@ -346,3 +346,29 @@ async fn a_command_on_a_soft_deleted_aggregate_is_stored_after_its_last_version(
     assert_eq!(reopened.version, 3, "versions continue after a soft delete");
     assert_eq!(reopened.appended.map(|a| a.first_version), Some(3));
 }
+
+/// An aggregate whose type would not be its streams' category.
+#[derive(Debug, Default)]
+struct Dashed;
+
+impl bifrost_sourcing::Aggregate for Dashed {
+    const TYPE: &'static str = "bank-account";
+    type Event = common::AccountEvent;
+    type Command = ();
+    type Error = AccountError;
+
+    fn decide(&self, (): &()) -> Result<Vec<common::AccountEvent>, AccountError> {
+        Ok(vec![])
+    }
+
+    fn evolve(self, _: &common::AccountEvent) -> Self {
+        self
+    }
+}
+
+#[tokio::test]
+async fn an_aggregate_type_with_a_dash_is_refused() {
+    let store = TestStore::memory();
+    let err = Repository::<Dashed>::new(store.events.clone()).load("1").await.unwrap_err();
+    assert!(err.to_string().contains("bank-account"), "{err}");
+}
