@@ -6,8 +6,9 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,11 +17,14 @@ use bifrost_core::{
     StreamName,
 };
 use bifrost_sourcing::saga::{Step, Trigger, step_of};
-use bifrost_sourcing::{CommandBus, Error, Reaction, RunningSaga, Saga, SagaManager, Timeout, Upcasters};
+use bifrost_sourcing::{
+    CommandBus, CommandContext, CommandHandler, Error, Reaction, Repository, RunningSaga, Saga, SagaManager,
+    Timeout, Upcasters,
+};
 use bytes::Bytes;
 use common::shop::{
-    BACKORDER, Calls, Checkout, CheckoutState, EXPIRE, GIFT, OUT_OF_STOCK, OrderCommand, OrderEvent,
-    ReserveStock, StockEvent, place,
+    BACKORDER, Calls, Checkout, CheckoutState, Counted, EXPIRE, GIFT, OUT_OF_STOCK, Order, OrderCommand,
+    OrderEvent, ReserveStock, Stock, StockError, StockEvent, place,
 };
 use common::{TestStore, eventually, head, stream_events, within};
 
@@ -579,4 +583,309 @@ async fn a_saga_name_with_a_dash_is_refused() {
         SagaManager::new(Dashed, store.events.clone(), store.state.clone(), Arc::new(CommandBus::new()));
     let err = refused.err().expect("a dashed name must be refused");
     assert!(err.to_string().contains("order-saga"), "{err}");
+}
+
+/// How the scripted warehouse answers a reservation of one item.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Answer {
+    /// Reserves the item through the stock's repository.
+    Accept,
+    /// Refuses it as out of stock this once, then accepts it: the item was restocked.
+    RefuseOnce,
+    /// Fails as if the store were unavailable: transient.
+    Unavailable,
+    /// Fails with a handler error (an outage): neither transient nor a refusal.
+    Outage,
+}
+
+const UNREACHABLE: &str = "the warehouse is unreachable";
+const CLOSED: &str = "the warehouse is closed";
+
+/// A warehouse whose answer to each item the test sets (an item not set is accepted). It
+/// outlives restarts: each start builds a new bus on it.
+#[derive(Default)]
+struct Warehouse {
+    answers: Mutex<HashMap<String, Answer>>,
+    /// Every answer given, in order.
+    given: Mutex<Vec<(String, Answer)>>,
+}
+
+impl Warehouse {
+    fn set(&self, item: &str, answer: Answer) {
+        self.answers.lock().unwrap().insert(item.to_owned(), answer);
+    }
+
+    fn answer(&self, item: &str) -> Answer {
+        let mut answers = self.answers.lock().unwrap();
+        let answer = answers.get(item).copied().unwrap_or(Answer::Accept);
+        if answer == Answer::RefuseOnce {
+            answers.insert(item.to_owned(), Answer::Accept);
+        }
+        self.given.lock().unwrap().push((item.to_owned(), answer));
+        answer
+    }
+
+    /// The answers given for `item`, in order.
+    fn given(&self, item: &str) -> Vec<Answer> {
+        let given = self.given.lock().unwrap();
+        given.iter().filter(|(i, _)| i == item).map(|(_, a)| *a).collect()
+    }
+
+    fn count(&self, item: &str, answer: Answer) -> usize {
+        self.given(item).into_iter().filter(|a| *a == answer).count()
+    }
+}
+
+struct Reservations {
+    warehouse: Arc<Warehouse>,
+    stock: Repository<Stock>,
+}
+
+#[async_trait]
+impl CommandHandler<ReserveStock> for Reservations {
+    async fn handle(&self, command: ReserveStock, context: CommandContext) -> bifrost_sourcing::Result<()> {
+        match self.warehouse.answer(&command.item) {
+            Answer::Accept => self.stock.execute_with(&command.order, &command, &context).await.map(|_| ()),
+            Answer::RefuseOnce => Err(Error::rejected(StockError::OutOfStock { item: command.item })),
+            Answer::Unavailable => Err(Error::Store(bifrost_core::Error::Unavailable(UNREACHABLE.into()))),
+            Answer::Outage => Err(Error::Handler(CLOSED.into())),
+        }
+    }
+}
+
+/// The checkout reserving through `warehouse`, its order commands counted in `orders`.
+fn start_with(store: &TestStore, warehouse: &Arc<Warehouse>, orders: &Arc<AtomicUsize>) -> RunningSaga {
+    let mut bus = CommandBus::new();
+    let stock = Repository::<Stock>::new(store.events.clone());
+    bus.register::<ReserveStock>(Reservations { warehouse: warehouse.clone(), stock }).unwrap();
+    let inner = Repository::<Order>::new(store.events.clone());
+    bus.register::<OrderCommand>(Counted { inner, calls: orders.clone() }).unwrap();
+    let saga = Checkout { expire_after: NEVER };
+    SagaManager::new(saga, store.events.clone(), store.state.clone(), Arc::new(bus)).unwrap().start()
+}
+
+/// The types of the commands whose refusal a step of `steps` records.
+fn refused_commands(steps: &[Step<CheckoutState>]) -> Vec<&str> {
+    let refused = steps.iter().filter_map(|s| match &s.trigger {
+        Trigger::CommandFailed { command_type, .. } => Some(command_type.as_str()),
+        _ => None,
+    });
+    refused.collect()
+}
+
+const LAMP_REFUSED: &str = "shop.reserve_stock failed: command rejected: lamp is out of stock";
+
+#[tokio::test]
+async fn a_refused_command_is_not_sent_again_when_its_step_is_read_again_after_a_restart() {
+    let mut store = TestStore::sqlite().await;
+    let warehouse = Arc::new(Warehouse::default());
+    let orders = Arc::new(AtomicUsize::new(0));
+    warehouse.set("lamp", Answer::RefuseOnce);
+    let running = start_with(&store, &warehouse, &orders);
+    place(&store, "o1", "lamp").await;
+    settle(&[&running], &store).await;
+    running.stop().await;
+    assert_eq!(order_events(&store, "o1").await, [placed("lamp"), cancelled(LAMP_REFUSED)]);
+    assert_eq!(orders.load(Ordering::SeqCst), 1);
+
+    // The lamp is back in stock, and the dispatcher's checkpoint is lost, as when the process
+    // goes down after storing the compensation and before checkpointing the batch: the
+    // restarted dispatcher reads both steps again.
+    let lost = StateChange::delete("sourcing/checkpoints", "saga/checkout/dispatcher");
+    store.state.write_state(vec![lost]).await.unwrap();
+    store = store.reopen().await;
+    let running = start_with(&store, &warehouse, &orders);
+    settle(&[&running], &store).await;
+    running.stop().await;
+
+    assert_eq!(orders.load(Ordering::SeqCst), 2, "the dispatcher did not read the steps again");
+    assert_eq!(warehouse.given("lamp"), [Answer::RefuseOnce], "the refused reservation was sent again");
+    assert!(stock_events(&store, "o1").await.is_empty(), "the lamp was reserved after the saga gave up");
+    let steps = steps(&store, "o1").await;
+    assert_eq!(steps.len(), 2);
+    assert_eq!(refused_commands(&steps), ["shop.reserve_stock"]);
+    assert_eq!(order_events(&store, "o1").await, [placed("lamp"), cancelled(LAMP_REFUSED)]);
+}
+
+#[tokio::test]
+async fn a_refused_command_is_not_sent_again_when_a_later_step_of_its_batch_fails_transiently() {
+    let store = TestStore::sqlite().await;
+    let warehouse = Arc::new(Warehouse::default());
+    let orders = Arc::new(AtomicUsize::new(0));
+    // While the warehouse is unreachable both orders' steps are stored and neither is
+    // dispatched: the lamp's, first in the log, fails every batch.
+    warehouse.set("lamp", Answer::Unavailable);
+    warehouse.set("desk", Answer::Unavailable);
+    let running = start_with(&store, &warehouse, &orders);
+    place(&store, "o1", "lamp").await;
+    let desk = place(&store, "o2", "desk").await;
+    eventually("both orders' steps", || {
+        let status = running.status();
+        async move { (status.reacted >= desk).then_some(()) }
+    })
+    .await;
+    running.stop().await;
+    assert!(warehouse.given("desk").is_empty());
+
+    // Restarted, the dispatcher reads both steps in one batch: the lamp is refused and
+    // compensated, then the desk fails the batch, which is read again with the lamp restocked.
+    warehouse.set("lamp", Answer::RefuseOnce);
+    let running = start_with(&store, &warehouse, &orders);
+    eventually("the batch to be read again after the refusal", || {
+        let failed = warehouse.count("desk", Answer::Unavailable);
+        async move { (failed >= 2).then_some(()) }
+    })
+    .await;
+    warehouse.set("desk", Answer::Accept);
+    settle(&[&running], &store).await;
+    running.stop().await;
+
+    let lamp = warehouse.given("lamp");
+    assert_eq!(lamp.last(), Some(&Answer::RefuseOnce), "the refused reservation was sent again: {lamp:?}");
+    assert_eq!(warehouse.count("lamp", Answer::RefuseOnce), 1);
+    assert!(stock_events(&store, "o1").await.is_empty(), "the lamp was reserved after the saga gave up");
+    let lamp_steps = steps(&store, "o1").await;
+    assert_eq!(lamp_steps.len(), 2);
+    assert_eq!(refused_commands(&lamp_steps), ["shop.reserve_stock"]);
+    assert_eq!(order_events(&store, "o1").await, [placed("lamp"), cancelled(LAMP_REFUSED)]);
+
+    // The desk's transient failure was retried, not compensated.
+    let desk_steps = steps(&store, "o2").await;
+    let types: Vec<_> = desk_steps.iter().map(event_type).collect();
+    assert_eq!(types, ["shop.order_placed", "shop.stock_reserved"]);
+    assert!(desk_steps[1].done);
+    assert_eq!(stock_events(&store, "o2").await.len(), 1);
+    assert_eq!(order_events(&store, "o2").await, [placed("desk")]);
+}
+
+/// The desk's reservation fails with `failure` until the warehouse recovers: the status
+/// reports it (`message`) meanwhile, nothing is compensated or parked, and the reservation
+/// is stored once when it goes through.
+async fn check_failing_reservation_is_retried_not_compensated(failure: Answer, message: &str) {
+    let store = TestStore::sqlite().await;
+    let warehouse = Arc::new(Warehouse::default());
+    let orders = Arc::new(AtomicUsize::new(0));
+    warehouse.set("desk", failure);
+    let running = start_with(&store, &warehouse, &orders);
+    place(&store, "o1", "desk").await;
+    let status = eventually("a few failed attempts", || {
+        let failed = warehouse.count("desk", failure);
+        let status = running.status();
+        async move { (failed >= 3 && status.error.is_some()).then_some(status) }
+    })
+    .await;
+    assert!(status.error.as_deref().is_some_and(|e| e.contains(message)), "{status:?}");
+    assert_eq!(status.parked, 0, "a failed command was parked");
+    assert_eq!(steps(&store, "o1").await.len(), 1, "the failure was compensated");
+    assert_eq!(orders.load(Ordering::SeqCst), 0);
+
+    warehouse.set("desk", Answer::Accept);
+    settle(&[&running], &store).await;
+    assert_eq!(running.status().parked, 0);
+    running.stop().await;
+
+    let steps = steps(&store, "o1").await;
+    let types: Vec<_> = steps.iter().map(event_type).collect();
+    assert_eq!(types, ["shop.order_placed", "shop.stock_reserved"]);
+    assert!(steps[1].done);
+    assert!(warehouse.count("desk", Answer::Accept) >= 1);
+    assert_eq!(stock_events(&store, "o1").await.len(), 1, "the reservation was stored twice");
+    assert_eq!(order_events(&store, "o1").await, [placed("desk")]);
+    assert_eq!(orders.load(Ordering::SeqCst), 0, "the order was cancelled");
+}
+
+#[tokio::test]
+async fn a_command_failing_transiently_is_retried_and_not_compensated() {
+    check_failing_reservation_is_retried_not_compensated(Answer::Unavailable, UNREACHABLE).await;
+}
+
+#[tokio::test]
+async fn a_command_whose_handler_fails_without_refusing_is_retried_and_not_compensated() {
+    check_failing_reservation_is_retried_not_compensated(Answer::Outage, CLOSED).await;
+}
+
+/// An alarm the saga's code fails on (not transiently) when it rings.
+const BROKEN: &str = "broken";
+
+/// Sets the alarms of a `test.alarm_set` event, `{"from": .., "alarms": [[name, after_ms], ..]}`;
+/// the state is the names of the alarms that rang.
+struct Alarms;
+
+impl Saga for Alarms {
+    const NAME: &'static str = "alarms";
+    type State = Vec<String>;
+
+    fn filter(&self) -> LogFilter {
+        LogFilter::default().with_types(["test.alarm_set"]).unwrap()
+    }
+
+    fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+        let data: serde_json::Value = event.data_as().ok()?;
+        data.get("from")?.as_str().map(str::to_owned)
+    }
+
+    fn handle(&self, _: &mut Vec<String>, event: &RecordedEvent) -> bifrost_sourcing::Result<Reaction> {
+        let data: serde_json::Value = event.data_as().unwrap();
+        let mut reaction = Reaction::none();
+        for alarm in data["alarms"].as_array().unwrap() {
+            let after = Duration::from_millis(alarm[1].as_u64().unwrap());
+            reaction = reaction.schedule(alarm[0].as_str().unwrap(), after, serde_json::Value::Null);
+        }
+        Ok(reaction)
+    }
+
+    fn on_timeout(&self, rang: &mut Vec<String>, timeout: &Timeout) -> bifrost_sourcing::Result<Reaction> {
+        if timeout.name == BROKEN {
+            return Err(Error::Handler(format!("alarm {} is broken", timeout.id).into()));
+        }
+        rang.push(timeout.name.clone());
+        Ok(Reaction::none())
+    }
+}
+
+async fn alarm_steps(store: &TestStore, from: &str) -> Vec<Step<Vec<String>>> {
+    let events = stream_events(&store.events, &format!("alarms-{from}")).await;
+    events.iter().map(|e| step_of(e).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_timeout_the_sagas_code_fails_on_is_parked_and_later_timeouts_still_fire() {
+    let store = TestStore::sqlite().await;
+    let manager =
+        SagaManager::new(Alarms, store.events.clone(), store.state.clone(), Arc::new(CommandBus::new()))
+            .unwrap();
+    let running = manager.start();
+    let alarms = serde_json::json!({ "from": "eve", "alarms": [[BROKEN, 100], ["wake", 300]] });
+    append(&store, "clock-1", NewEvent::json("test.alarm_set", &alarms).unwrap()).await;
+    eventually("the later alarm to ring", || {
+        let store = &store;
+        async move {
+            let steps = alarm_steps(store, "eve").await;
+            steps
+                .iter()
+                .any(|s| matches!(&s.trigger, Trigger::Timeout { name, .. } if name == "wake"))
+                .then_some(())
+        }
+    })
+    .await;
+    settle(&[&running], &store).await;
+    let status = running.status();
+    let parked = running.parked(10).await.unwrap();
+    running.stop().await;
+
+    let steps = alarm_steps(&store, "eve").await;
+    assert_eq!(steps.len(), 2, "the broken alarm made a step");
+    let [broken, wake] = &steps[0].scheduled[..] else { panic!("{:?}", steps[0].scheduled) };
+    assert_eq!((broken.name.as_str(), wake.name.as_str()), (BROKEN, "wake"));
+    assert!(broken.due_at <= wake.due_at);
+    assert_eq!(steps[1].trigger, Trigger::Timeout { id: wake.id, name: "wake".into() });
+    assert_eq!(steps[1].state, ["wake"]);
+
+    assert_eq!(status.parked, 1, "{status:?}");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].item, format!("timeout/{}", broken.id));
+    assert!(parked[0].error.contains(&format!("alarm {} is broken", broken.id)), "{:?}", parked[0]);
+    // The parked timeout's record went with it: it is not tried again.
+    let records = store.state.scan_state("sourcing/saga-timeouts/alarms", None, 10).await.unwrap();
+    assert!(records.is_empty(), "{records:?}");
 }
