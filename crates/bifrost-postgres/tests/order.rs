@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bifrost_core::store::EventStoreExt;
-use bifrost_core::testkit::{all_events, events, stream};
+use bifrost_core::testkit::{PagingReader, all_events, events, stream};
 use bifrost_core::{
     AppendResult, Error, EventStore, ExpectedVersion, LogFilter, RecordedEvent, SubscribeFrom,
 };
@@ -38,33 +38,7 @@ async fn readers_never_skip_an_event_with_concurrent_writers_on_two_nodes() {
     const APPENDS: usize = 250;
 
     let mut subscription = b.clone().subscribe(SubscribeFrom::Start, LogFilter::default());
-    let done = Arc::new(AtomicBool::new(false));
-
-    // The paging reader: reads pages as fast as it can while writers commit.
-    let pager = {
-        let store = a.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let mut after = 0;
-            loop {
-                let finished = done.load(Ordering::Acquire);
-                let page = store.read_all(after, &LogFilter::default(), 97).await.unwrap();
-                if page.events.is_empty() && finished {
-                    return seen;
-                }
-                let empty = page.events.is_empty();
-                for e in page.events {
-                    assert!(e.position > after, "paging reader went backwards: {} after {after}", e.position);
-                    after = e.position;
-                    seen.push(e.position);
-                }
-                if empty {
-                    tokio::task::yield_now().await;
-                }
-            }
-        })
-    };
+    let pager = PagingReader::spawn(a.clone(), 0);
 
     let mut writers = Vec::new();
     for w in 0..WRITERS {
@@ -97,8 +71,7 @@ async fn readers_never_skip_an_event_with_concurrent_writers_on_two_nodes() {
         let (results, _conflicts) = w.await.unwrap();
         acked.extend(results);
     }
-    done.store(true, Ordering::Release);
-    let paged = pager.await.unwrap();
+    let paged = pager.finish().await;
 
     let log = all_events(a.as_ref()).await;
     let total: u64 = acked.iter().map(|r| r.last_version - r.first_version + 1).sum();

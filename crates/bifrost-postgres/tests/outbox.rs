@@ -6,11 +6,10 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bifrost_core::store::EventStoreExt;
-use bifrost_core::testkit::{all_events, events, stream};
+use bifrost_core::testkit::{PagingReader, all_events, events, stream};
 use bifrost_core::{AppendResult, Error, EventStore, ExpectedVersion, LogFilter, SubscribeFrom};
 use bifrost_postgres::{OutboxTransaction, PostgresStore};
 use futures::StreamExt;
@@ -262,31 +261,7 @@ async fn outbox_transactions_and_plain_appends_on_two_nodes_keep_readers_gap_fre
 
     let start = *a.head().borrow();
     let mut subscription = b.clone().subscribe(SubscribeFrom::After(start), LogFilter::default());
-    let done = Arc::new(AtomicBool::new(false));
-    let pager = {
-        let store = a.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let mut after = start;
-            loop {
-                let finished = done.load(Ordering::Acquire);
-                let page = store.read_all(after, &LogFilter::default(), 97).await.unwrap();
-                if page.events.is_empty() && finished {
-                    return seen;
-                }
-                let empty = page.events.is_empty();
-                for e in page.events {
-                    assert!(e.position > after, "paging reader went backwards: {} after {after}", e.position);
-                    after = e.position;
-                    seen.push(e.position);
-                }
-                if empty {
-                    tokio::task::yield_now().await;
-                }
-            }
-        })
-    };
+    let pager = PagingReader::spawn(a.clone(), start);
 
     let orders = Arc::new(app.orders.clone());
     let mut writers = Vec::new();
@@ -335,8 +310,7 @@ async fn outbox_transactions_and_plain_appends_on_two_nodes_keep_readers_gap_fre
         rows.extend(r);
         conflicts += c;
     }
-    done.store(true, Ordering::Release);
-    let paged = pager.await.unwrap();
+    let paged = pager.finish().await;
 
     let log: Vec<_> = all_events(a.as_ref()).await.into_iter().filter(|e| e.position > start).collect();
     let total: u64 = acked.iter().map(|r| r.last_version - r.first_version + 1).sum();

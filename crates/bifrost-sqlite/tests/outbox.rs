@@ -4,11 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bifrost_core::store::EventStoreExt;
-use bifrost_core::testkit::{all_events, events, stream};
+use bifrost_core::testkit::{PagingReader, all_events, events, stream};
 use bifrost_core::{
     AppendResult, Error, EventStore, ExpectedVersion, LogFilter, StreamAppend, StreamName, SubscribeFrom,
 };
@@ -275,31 +274,7 @@ async fn outbox_and_plain_appends_interleaved_keep_the_log_gap_free_for_live_rea
     const WRITERS: usize = 12;
     const ROUNDS: usize = 60;
     let mut subscription = store.clone().subscribe(SubscribeFrom::Start, LogFilter::default());
-    let done = Arc::new(AtomicBool::new(false));
-    let pager = {
-        let store = store.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let mut after = 0;
-            loop {
-                let finished = done.load(Ordering::Acquire);
-                let page = store.read_all(after, &LogFilter::default(), 97).await.unwrap();
-                if page.events.is_empty() && finished {
-                    return seen;
-                }
-                let empty = page.events.is_empty();
-                for e in page.events {
-                    assert!(e.position > after, "paging reader went backwards: {} after {after}", e.position);
-                    after = e.position;
-                    seen.push(e.position);
-                }
-                if empty {
-                    tokio::task::yield_now().await;
-                }
-            }
-        })
-    };
+    let pager = PagingReader::spawn(store.clone(), 0);
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let store = store.clone();
@@ -339,8 +314,7 @@ async fn outbox_and_plain_appends_interleaved_keep_the_log_gap_free_for_live_rea
         acked.extend(a);
         rows.extend(r);
     }
-    done.store(true, Ordering::Release);
-    let paged = pager.await.unwrap();
+    let paged = pager.finish().await;
 
     let log = all_events(store.as_ref()).await;
     let total: u64 = acked.iter().map(|r| r.last_version - r.first_version + 1).sum();

@@ -97,6 +97,53 @@ pub fn event(event_type: &str, data: &str) -> NewEvent {
     NewEvent::new(EventType::new(event_type).expect("valid event type in test"), data.as_bytes().to_vec())
 }
 
+/// A reader paging through the global log (pages of 97) as fast as it can while writers
+/// commit, asserting it never goes backwards: the "no holes for readers" check of the
+/// ordering tests. [`PagingReader::finish`] returns every position it saw, in order.
+pub struct PagingReader {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<crate::store::Position>>,
+}
+
+impl PagingReader {
+    /// Starts reading after `after`.
+    pub fn spawn(store: Arc<dyn EventStore>, after: crate::store::Position) -> Self {
+        use std::sync::atomic::Ordering;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished = done.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = after;
+            loop {
+                let finishing = finished.load(Ordering::Acquire);
+                let page = store
+                    .read_all(after, &crate::store::LogFilter::default(), 97)
+                    .await
+                    .expect("a page of the log");
+                if page.events.is_empty() && finishing {
+                    return seen;
+                }
+                let empty = page.events.is_empty();
+                for e in page.events {
+                    assert!(e.position > after, "paging reader went backwards: {} after {after}", e.position);
+                    after = e.position;
+                    seen.push(e.position);
+                }
+                if empty {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        Self { done, task }
+    }
+
+    /// Reads to the end of the log as it is now, then returns every position seen.
+    pub async fn finish(self) -> Vec<crate::store::Position> {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.task.await.expect("the paging reader failed")
+    }
+}
+
 /// `n` events `test.event` with data `{"n":i}`.
 pub fn events(n: usize) -> Vec<NewEvent> {
     (0..n).map(|i| event("test.event", &format!("{{\"n\":{i}}}"))).collect()
