@@ -83,8 +83,7 @@ impl Client {
     /// watch ([`EventStore::head`](bifrost_core::EventStore::head)) up to it.
     pub async fn fetch_head(&self) -> Result<Position> {
         self.check_open()?;
-        let known = lock(&self.inner.head).sender.as_ref().map_or(0, |s| *s.borrow());
-        let head = self.inner.transport.log_head(known).await?;
+        let head = self.inner.transport.log_head().await?;
         self.advance_head(head);
         Ok(head)
     }
@@ -362,35 +361,11 @@ impl Transport {
         self.exchange(Method::GET, url, None, self.timeout).await.map(|(_, body)| body)
     }
 
-    /// The position of the last committed event. Asked with a read that matches nothing
-    /// (`until` the epoch): such a read answers the head of the log as its `next_position`
-    /// without returning events, and the time bound makes it cheap for the stores (a
-    /// position range found by binary search). A store that bounds each filtered read
-    /// answers a position short of the head; asking again from there gets closer.
-    pub(crate) async fn log_head(&self, known: Position) -> Result<Position> {
-        let mut after = known;
-        loop {
-            let query: Query = vec![
-                ("from_position", after.to_string()),
-                ("limit", "1".into()),
-                ("until", "1970-01-01T00:00:00Z".into()),
-            ];
-            let body = match self.get(self.url(&["v1", "events"], &query)).await {
-                Ok(body) => body,
-                // Known positions may come from reads of a log since shortened (a new
-                // server): start again from the beginning.
-                Err(Error::Problem(p)) if p.problem_type == "bifrost:out-of-range" && after > 0 => {
-                    after = 0;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let page: wire::LogPageWire<'_> = wire::parse(&body)?;
-            if page.next_position <= after {
-                return Ok(after);
-            }
-            after = page.next_position;
-        }
+    /// The position of the last committed event (`GET /v1/head`).
+    pub(crate) async fn log_head(&self) -> Result<Position> {
+        let body = self.get(self.url(&["v1", "head"], &[])).await?;
+        let head: wire::HeadWire = wire::parse(&body)?;
+        Ok(head.position)
     }
 
     /// Opens `GET /v1/subscribe`: the first connection with `from_position`, a reconnect

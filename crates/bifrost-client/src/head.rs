@@ -52,7 +52,7 @@ async fn run(transport: &Transport, head: &Weak<watch::Sender<Position>>) {
         let resume = if synced {
             Resume::LastEventId(known)
         } else {
-            match transport.log_head(known).await {
+            match transport.log_head().await {
                 Ok(position) => {
                     let Some(sender) = head.upgrade() else { return };
                     advance(&sender, position);

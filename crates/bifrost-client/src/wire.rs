@@ -224,6 +224,12 @@ pub(crate) struct StreamPageWire<'a> {
     pub(crate) next: Option<u64>,
 }
 
+/// `GET /v1/head`.
+#[derive(Deserialize)]
+pub(crate) struct HeadWire {
+    pub(crate) position: u64,
+}
+
 /// `GET /v1/events`.
 #[derive(Deserialize)]
 pub(crate) struct LogPageWire<'a> {

@@ -91,3 +91,13 @@ async fn an_event_is_found_by_id() {
     assert_eq!(event["type"], "user.created");
     assert_eq!(event["data"], 3);
 }
+
+#[tokio::test]
+async fn the_head_is_the_last_committed_position() {
+    let app = TestApp::memory().await;
+    assert_eq!(app.get("/v1/head").await.json(), json!({"position": 0}));
+    let app = seeded().await;
+    let resp = app.get("/v1/head").await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.json(), json!({"position": 4}));
+}

@@ -214,13 +214,14 @@ async fn openapi_json_describes_every_route() {
     let doc = resp.json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
-    let expected: [(&str, &[&str]); 19] = [
+    let expected: [(&str, &[&str]); 20] = [
         ("/v1/streams/{stream}/events", &["post", "get"]),
         ("/v1/streams/{stream}", &["get", "delete"]),
         ("/v1/streams", &["get"]),
         ("/v1/append", &["post"]),
         ("/v1/events", &["get"]),
         ("/v1/events/{id}", &["get"]),
+        ("/v1/head", &["get"]),
         ("/v1/subscribe", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),

@@ -1,7 +1,10 @@
 //! The global log: filtered pages, and one event by id.
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
@@ -36,6 +39,21 @@ pub(crate) async fn read_log(State(state): State<AppState>, query: QueryParams) 
     let slice = state.store.read_all(after, &filter, limit).await?;
     metrics::events_read(slice.events.len());
     Ok(json_bytes(wire::log_events_json(&slice.events, slice.next_position)))
+}
+
+/// `{"position": <the last committed position>}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct HeadBody {
+    /// The position of the last committed event; 0 while the log is empty.
+    position: u64,
+}
+
+/// The head of the global log: where a reader that wants only new events starts.
+#[utoipa::path(get, path = "/v1/head", tag = "log",
+    responses((status = 200, description = "The last committed position", body = HeadBody)))]
+pub(crate) async fn head(State(state): State<AppState>) -> Json<HeadBody> {
+    let position = *state.store.head().borrow();
+    Json(HeadBody { position })
 }
 
 /// One event by id.

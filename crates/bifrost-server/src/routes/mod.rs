@@ -26,6 +26,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(streams::append_many))
         .routes(routes!(log::read_log))
         .routes(routes!(log::event_by_id))
+        .routes(routes!(log::head))
         .routes(routes!(live::subscribe))
         .routes(routes!(groups::put_group, groups::get_group, groups::delete_group))
         .routes(routes!(groups::list_groups))
