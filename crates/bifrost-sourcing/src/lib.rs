@@ -19,6 +19,7 @@
 
 pub mod aggregate;
 mod checkpoint;
+pub mod clock;
 pub mod command;
 pub mod error;
 pub mod event;
@@ -31,6 +32,7 @@ pub mod upcast;
 pub mod view;
 
 pub use aggregate::Aggregate;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use command::{AggregateCommand, Command, CommandBus, CommandEnvelope, CommandHandler};
 pub use error::{BoxError, Error, Result};
 pub use event::DomainEvent;

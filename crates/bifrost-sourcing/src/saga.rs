@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::checkpoint;
+use crate::clock::{Clock, SystemClock};
 use crate::command::{Command, CommandBus, CommandEnvelope};
 use crate::error::{Error, Result};
 use crate::projection::stop_requested;
@@ -193,6 +194,7 @@ struct Shared<G: Saga> {
     parked_scope: String,
     dispatcher_filter: LogFilter,
     wake_timer: Notify,
+    clock: Arc<dyn Clock>,
     status: watch::Sender<SagaStatus>,
 }
 
@@ -227,6 +229,7 @@ impl<G: Saga> SagaManager<G> {
                 parked_scope: format!("sourcing/saga-parked/{}", G::NAME),
                 dispatcher_filter,
                 wake_timer: Notify::new(),
+                clock: Arc::new(SystemClock),
                 status: watch::channel(SagaStatus::default()).0,
             },
         })
@@ -234,6 +237,13 @@ impl<G: Saga> SagaManager<G> {
 
     pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
         self.shared.upcasters = upcasters;
+        self
+    }
+
+    /// The clock timeouts are scheduled and fired by (the system clock by default; a
+    /// [`ManualClock`](crate::clock::ManualClock) lets a test move time instead of waiting).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.shared.clock = clock;
         self
     }
 
@@ -357,7 +367,7 @@ impl<G: Saga> Shared<G> {
         trigger: Trigger,
         reaction: Reaction,
     ) -> Result<StepOutcome> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let mut dropped = Vec::new();
         if let Trigger::Timeout { id, .. } = &trigger {
             instance.pending.retain(|t| {
@@ -757,9 +767,11 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
         if *stop.borrow() {
             return;
         }
-        let outcome: Result<Option<Duration>> = async {
+        // What to wait for next: the first pending due time, nothing (`None`), or no wait at
+        // all after firing (the page may have been full).
+        let outcome: Result<Option<Timestamp>> = async {
             let due = shared.state.scan_state(&shared.timeouts_scope, None, 64).await?;
-            let now = Timestamp::now();
+            let now = shared.clock.now();
             let mut fired = false;
             for entry in due {
                 // A record that does not decode, or a timeout the saga's code fails on, is
@@ -780,8 +792,7 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
                     }
                 };
                 if timeout.due_at > now {
-                    let wait = timeout.due_at.as_micros().saturating_sub(now.as_micros());
-                    return Ok(Some(Duration::from_micros(u64::try_from(wait).unwrap_or(0))));
+                    return Ok(Some(timeout.due_at));
                 }
                 match shared.fire(&timeout).await {
                     Ok(()) => {}
@@ -792,29 +803,36 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
                 }
                 fired = true;
             }
-            // After firing, look again at once: the page may have been full.
-            Ok(fired.then_some(Duration::ZERO))
+            Ok(fired.then_some(now))
         }
         .await;
         if outcome.is_ok() {
             failure.clear(&shared);
         }
-        let wait = match outcome {
-            Ok(Some(wait)) => {
+        let (due, retry_after) = match outcome {
+            Ok(due) => {
                 backoff = Duration::from_millis(50);
-                wait
+                // Nothing pending: the dispatcher wakes the timer when it records a timeout;
+                // a slow look now and then covers records written by another process.
+                (due, Duration::from_secs(60))
             }
-            // Nothing pending: the dispatcher wakes the timer when it records a timeout.
-            Ok(None) => Duration::from_secs(60),
             Err(e) => {
                 tracing::warn!(saga = G::NAME, error = %e, "saga timer failed; retrying");
                 failure.set(&shared, e.to_string());
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                backoff
+                (None, backoff)
+            }
+        };
+        let clock = Arc::clone(&shared.clock);
+        let due_time = async move {
+            match due {
+                Some(at) => clock.sleep_until(at).await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = due_time => {}
+            () = tokio::time::sleep(retry_after) => {}
             () = shared.wake_timer.notified() => {}
             () = stop_requested(&mut stop) => {}
         }

@@ -18,8 +18,8 @@ use bifrost_core::{
 };
 use bifrost_sourcing::saga::{Step, Trigger, step_of};
 use bifrost_sourcing::{
-    CommandBus, CommandContext, CommandHandler, Error, Reaction, Repository, RunningSaga, Saga, SagaManager,
-    Timeout, Upcasters,
+    CommandBus, CommandContext, CommandHandler, Error, ManualClock, Reaction, Repository, RunningSaga, Saga,
+    SagaManager, Timeout, Upcasters,
 };
 use bytes::Bytes;
 use common::shop::{
@@ -34,6 +34,19 @@ const NEVER: Duration = Duration::from_secs(3600);
 fn start(store: &TestStore, calls: &Calls, expire_after: Duration) -> RunningSaga {
     let saga = Checkout { expire_after };
     SagaManager::new(saga, store.events.clone(), store.state.clone(), calls.bus(store)).unwrap().start()
+}
+
+/// [`start`] on a clock the test moves: timeouts fire when the test says, not after a wait.
+fn start_clocked(
+    store: &TestStore,
+    calls: &Calls,
+    expire_after: Duration,
+    clock: &Arc<ManualClock>,
+) -> RunningSaga {
+    let saga = Checkout { expire_after };
+    let manager =
+        SagaManager::new(saga, store.events.clone(), store.state.clone(), calls.bus(store)).unwrap();
+    manager.with_clock(clock.clone()).start()
 }
 
 /// Waits until every manager has reacted to and dispatched the whole log, and nothing they
@@ -140,8 +153,9 @@ async fn an_order_whose_stock_is_reserved_completes_the_checkout_with_one_comman
 async fn a_timeout_scheduled_before_a_restart_fires_once_after_it() {
     let mut store = TestStore::sqlite().await;
     let calls = Calls::default();
-    let expire = Duration::from_secs(2);
-    let running = start(&store, &calls, expire);
+    let clock = Arc::new(ManualClock::default());
+    let expire = Duration::from_secs(3600);
+    let running = start_clocked(&store, &calls, expire, &clock);
     place(&store, "o1", &format!("{BACKORDER}-chair")).await;
     settle(&[&running], &store).await;
 
@@ -161,7 +175,11 @@ async fn a_timeout_scheduled_before_a_restart_fires_once_after_it() {
     assert_eq!(steps(&store, "o1").await.len(), 1);
     assert_eq!(timeout_records(&store).await, scheduled);
 
-    let running = start(&store, &calls, expire);
+    let running = start_clocked(&store, &calls, expire, &clock);
+    // Not due yet after the restart; then the hour passes.
+    settle(&[&running], &store).await;
+    assert_eq!(steps(&store, "o1").await.len(), 1, "the timeout fired before it was due");
+    clock.advance(Duration::from_secs(3601));
     eventually("the timeout to fire after the restart", || {
         let store = &store;
         async move { (order_events(store, "o1").await.len() == 2).then_some(()) }
@@ -196,11 +214,14 @@ async fn a_timeout_scheduled_before_a_restart_fires_once_after_it() {
 async fn a_timeout_cancelled_in_time_never_fires() {
     let store = TestStore::sqlite().await;
     let calls = Calls::default();
-    let running = start(&store, &calls, Duration::from_secs(1));
+    let clock = Arc::new(ManualClock::default());
+    let running = start_clocked(&store, &calls, Duration::from_secs(60), &clock);
     // "lamp" is reserved at once; the desk never is, and its timeout, due after the lamp's,
     // shows when the lamp's would have fired.
     place(&store, "lamp", "lamp").await;
     place(&store, "desk", &format!("{BACKORDER}-desk")).await;
+    settle(&[&running], &store).await;
+    clock.advance(Duration::from_secs(61));
     eventually("the desk's timeout to fire", || {
         let store = &store;
         async move { (order_events(store, "desk").await.len() == 2).then_some(()) }
