@@ -17,8 +17,8 @@ use crate::codec::{pg, pool as pool_error};
 use crate::schema::{OUTBOX_SETTING, Sql};
 use crate::writer::{Head, advance, finish, write_locked};
 
-/// An open PostgreSQL transaction of the application's, on a pooled connection of the
-/// store, in which it runs its own statements ([`client`](Self::client)) and queues appends
+/// An open PostgreSQL transaction of the application's, on a connection taken from the
+/// store's pool, in which it runs its own statements ([`client`](Self::client)) and queues appends
 /// ([`append`](Self::append), [`append_many`](Self::append_many)) that
 /// [`commit`](Self::commit) writes before committing everything at once. Dropped without
 /// `commit`, it rolls back: neither the application's rows nor the events are kept.
@@ -48,8 +48,11 @@ use crate::writer::{Head, advance, finish, write_locked};
 /// **Rules of the transaction.** It is `READ COMMITTED` (the appends are planned on fresh
 /// snapshots taken after the lock; `commit` refuses to append in any other isolation). Do
 /// not end it through `client()` (`COMMIT`, `ROLLBACK`, `BEGIN`): `commit` detects that and
-/// appends nothing. It holds one pooled connection until it ends, and the store's session
-/// settings apply: a transaction idle for 60 s is ended by the server
+/// appends nothing. Its connection leaves the pool for good and is closed when the
+/// transaction ends (the pool opens another), so nothing the application sets on it can
+/// reach the store's own writes; a dropped transaction closes it, which rolls back. The
+/// commit is as durable as the store's own (`synchronous_commit` is reset for it). The
+/// store's session settings apply: a transaction idle for 60 s is ended by the server
 /// (`idle_in_transaction_session_timeout`), and a lock wait longer than 30 s fails
 /// (`lock_timeout`) — keep the application's work short.
 ///
@@ -66,6 +69,9 @@ use crate::writer::{Head, advance, finish, write_locked};
 /// # }
 /// ```
 pub struct OutboxTransaction {
+    /// Never handed back to the pool: the application may leave session state on it
+    /// (settings, roles, advisory locks, temporary tables) that must never reach the store's
+    /// writer. Every way out [`close`]s it, which also rolls back whatever is still open.
     /// `None` only once `commit` or `rollback` took it.
     client: Option<Object>,
     sql: Arc<Sql>,
@@ -86,8 +92,7 @@ impl OutboxTransaction {
         let token = Uuid::new_v4().simple().to_string();
         let begin = format!("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL {OUTBOX_SETTING} = '{token}'");
         if let Err(e) = client.batch_execute(&begin).await {
-            // Its state is unknown: it must not go back to the pool inside a transaction.
-            discard(client);
+            close(client);
             return Err(pg(e));
         }
         Ok(Self { client: Some(client), sql, head, token, appends: Vec::new() })
@@ -137,8 +142,9 @@ impl OutboxTransaction {
     pub async fn commit(mut self) -> Result<Vec<AppendResult>> {
         match self.try_commit().await {
             Ok(results) => {
-                // Committed: the connection goes back to the pool outside any transaction.
-                drop(self.client.take());
+                if let Some(client) = self.client.take() {
+                    close(client);
+                }
                 Ok(results)
             }
             Err(e) => {
@@ -149,7 +155,7 @@ impl OutboxTransaction {
     }
 
     /// Rolls the transaction back: neither the application's statements nor the queued
-    /// appends are kept. Dropping the transaction does the same, in the background.
+    /// appends are kept. Dropping the transaction does the same (closing its connection).
     pub async fn rollback(mut self) -> Result<()> {
         self.end().await
     }
@@ -160,13 +166,16 @@ impl OutboxTransaction {
         let client = self.connection();
         let sql = &self.sql;
         if self.appends.is_empty() {
-            // No events: no need for the head lock. The check and the commit travel together.
+            // No events: no need for the head lock. Checked before the commit: a transaction
+            // the application replaced through the client must not be committed.
             let check = client.prepare_cached(&sql.check_outbox).await.map_err(pg)?;
             let token: [&(dyn ToSql + Sync); 1] = [&self.token];
-            let (row, ()) =
-                futures::try_join!(client.query_one(&check, &token), client.batch_execute("COMMIT"))
-                    .map_err(pg)?;
-            return if row.try_get(0).map_err(pg)? { Ok(Vec::new()) } else { Err(ended()) };
+            let row = client.query_one(&check, &token).await.map_err(pg)?;
+            if !row.try_get::<_, bool>(0).map_err(pg)? {
+                return Err(ended());
+            }
+            client.batch_execute(COMMIT).await.map_err(pg)?;
+            return Ok(Vec::new());
         }
         // The serialization point, as for the writer: until this transaction commits, no
         // other writer on any node can number events.
@@ -180,44 +189,41 @@ impl OutboxTransaction {
         for appended in finish(&self.appends, plans) {
             results.extend(appended?);
         }
-        client.batch_execute("COMMIT").await.map_err(pg)?;
+        client.batch_execute(COMMIT).await.map_err(pg)?;
         if let (Some(last), Some(head)) = (written, self.head.upgrade()) {
             head.send_if_modified(|h| advance(h, last));
         }
         Ok(results)
     }
 
-    /// Ends the transaction with a rollback and hands the connection back to the pool, or
-    /// closes it when even that fails.
+    /// Ends the transaction with a rollback and closes the connection.
     async fn end(&mut self) -> Result<()> {
         let Some(client) = self.client.take() else { return Ok(()) };
-        match client.batch_execute("ROLLBACK").await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                discard(client);
-                Err(pg(e))
-            }
-        }
+        let rolled_back = client.batch_execute("ROLLBACK").await.map_err(pg);
+        close(client);
+        rolled_back
     }
 }
 
 impl Drop for OutboxTransaction {
+    /// Closing the connection rolls back on the server; nothing to wait for.
     fn drop(&mut self) {
-        let Some(client) = self.client.take() else { return };
-        // Dropping cannot wait for the server: the rollback runs on the runtime, and the
-        // connection goes back to the pool only once it is done.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if client.batch_execute("ROLLBACK").await.is_err() {
-                        discard(client);
-                    }
-                });
-            }
-            Err(_) => discard(client),
+        if let Some(client) = self.client.take() {
+            close(client);
         }
     }
 }
+
+/// Takes a connection out of the pool for good and closes it (the pool opens another when
+/// it needs one); the server rolls back whatever transaction it had open.
+fn close(client: Object) {
+    drop(Object::take(client));
+}
+
+/// The commit of an outbox transaction is as durable as the store's own: the application
+/// may have relaxed `synchronous_commit` inside its transaction, and an acknowledged event
+/// must not vanish in a crash (its position would be handed out again).
+const COMMIT: &str = "SET LOCAL synchronous_commit TO DEFAULT; COMMIT";
 
 impl std::fmt::Debug for OutboxTransaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,12 +232,6 @@ impl std::fmt::Debug for OutboxTransaction {
             .field("queued_appends", &self.appends.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Takes a connection out of the pool and closes it: the server rolls back whatever
-/// transaction it had open.
-fn discard(client: Object) {
-    drop(Object::take(client));
 }
 
 fn ended() -> Error {

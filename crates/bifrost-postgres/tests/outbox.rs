@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bifrost_core::store::EventStoreExt;
 use bifrost_core::testkit::{PagingReader, all_events, events, stream};
-use bifrost_core::{AppendResult, Error, EventStore, ExpectedVersion, LogFilter, SubscribeFrom};
+use bifrost_core::{AppendResult, Direction, Error, EventStore, ExpectedVersion, LogFilter, SubscribeFrom};
 use bifrost_postgres::{OutboxTransaction, PostgresStore};
 use futures::StreamExt;
 use support::{SchemaGuard, fresh_schema, options, store_with};
@@ -336,4 +336,22 @@ async fn outbox_transactions_and_plain_appends_on_two_nodes_keep_readers_gap_fre
     rows.sort();
     assert_eq!(app.rows().await, rows, "every committed outbox transaction has its row, and only those");
     b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_the_application_leaves_never_reaches_the_stores_own_writes() {
+    let Some(app) = app().await else { return };
+    // More transactions than the pool has connections: had one gone back to the pool, the
+    // store's writer would meet its read-only default and fail.
+    for i in 0..12 {
+        let mut tx = app.store.begin().await.unwrap();
+        tx.client().batch_execute("SET default_transaction_read_only = on").await.unwrap();
+        tx.append(stream(&format!("order-s{i}")), ExpectedVersion::NoStream, events(1)).unwrap();
+        tx.commit().await.unwrap();
+    }
+    for i in 0..12 {
+        app.store.append(stream(&format!("plain-{i}")), ExpectedVersion::NoStream, events(1)).await.unwrap();
+        app.store.read_stream(&stream(&format!("order-s{i}")), 1, Direction::Forward, 1).await.unwrap();
+    }
+    assert_eq!(app.events().await.len(), 24);
 }
