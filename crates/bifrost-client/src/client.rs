@@ -394,7 +394,11 @@ impl Transport {
         };
         let status = response.status();
         if !status.is_success() {
-            let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+            // The answer's headers came; its body must not hang the caller either.
+            let body = tokio::time::timeout(self.timeout, response.bytes())
+                .await
+                .map_err(|_| Error::Timeout { server: self.server(), after: self.timeout })?
+                .map_err(|e| self.transport_error(e))?;
             return Err(Error::Problem(Box::new(Problem::from_answer(status.as_u16(), &body))));
         }
         Ok(SseConnection {

@@ -9,7 +9,8 @@
 //! The follower holds only a weak reference to the watch's sender: the sender lives in
 //! the client, so when the last clone of the client is dropped (the follower is aborted
 //! then too) or the client is closed, the sender goes and every receiver sees the watch
-//! close.
+//! close. The follower also stops once no receiver is left; the next `head()` starts
+//! another.
 
 use std::sync::{Arc, Weak};
 
@@ -49,6 +50,9 @@ async fn run(transport: &Transport, head: &Weak<watch::Sender<Position>>) {
     let mut synced = false;
     loop {
         let Some(known) = head.upgrade().map(|sender| *sender.borrow()) else { return };
+        if head.upgrade().is_none_or(|sender| sender.receiver_count() == 0) {
+            return;
+        }
         let resume = if synced {
             Resume::LastEventId(known)
         } else {
@@ -69,13 +73,18 @@ async fn run(transport: &Transport, head: &Weak<watch::Sender<Position>>) {
         match transport.open_sse(&[], resume).await {
             Ok(mut connection) => {
                 backoff.reset();
-                while let Some(event) = connection.next().await {
-                    let Some(position) = event.id.as_deref().and_then(|id| id.parse::<Position>().ok())
-                    else {
-                        continue;
-                    };
+                loop {
                     let Some(sender) = head.upgrade() else { return };
-                    advance(&sender, position);
+                    // Nobody watches any more: stop downloading the log (the next `head()`
+                    // starts a follower again).
+                    let event = tokio::select! {
+                        event = connection.next() => event,
+                        () = sender.closed() => return,
+                    };
+                    let Some(event) = event else { break };
+                    if let Some(position) = event.id.as_deref().and_then(|id| id.parse::<Position>().ok()) {
+                        advance(&sender, position);
+                    }
                 }
             }
             Err(e) => {
