@@ -141,7 +141,9 @@ impl SqliteStore {
     /// returns `Err`, panics, or any of its appends fails — invalid, wrong expected version,
     /// an event id used by another event: the rules of [`EventStore::append_many`], checked
     /// against everything committed before it — the savepoint is rolled back, its rows with
-    /// its events, and the other writes of the group are unaffected. Its appends form one
+    /// its events, and the other writes of the group are unaffected — unless its SQL ends
+    /// the whole transaction itself (`INSERT OR ROLLBACK`, `RAISE(ROLLBACK)` in a trigger) or
+    /// the disk fails, which fails every write of the group, none half-stored. Its appends form one
     /// atomic multi-stream append; returning none is allowed (only the rows are written).
     /// Re-sending appends already stored (same ids, same streams and order) stores nothing
     /// twice and answers with the original results, while `work`'s SQL runs and commits

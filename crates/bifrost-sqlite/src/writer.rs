@@ -406,7 +406,14 @@ impl WriterState {
                         let _ = reply.send(result);
                     }
                     for (job, result) in jobs.into_iter().zip(answers.jobs) {
-                        job.answer(result);
+                        // Answering drops the application's values (its closure when it
+                        // never ran, its result when the caller left): a panicking `Drop`
+                        // of theirs must not end the writer.
+                        let answered =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.answer(result)));
+                        if answered.is_err() {
+                            tracing::error!("dropping an outbox job's values panicked; the writer goes on");
+                        }
                     }
                 }
             }

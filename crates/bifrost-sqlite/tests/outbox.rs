@@ -424,3 +424,43 @@ async fn transact_after_close_is_refused() {
     let err = store.transact(|_| Ok::<_, rusqlite::Error>((vec![], ()))).await.unwrap_err();
     assert!(matches!(err, OutboxError::Store(Error::Unavailable(_))), "{err:?}");
 }
+
+/// A value whose `Drop` panics.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("a panicking drop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_drop_of_an_abandoned_answer_does_not_end_the_writer() {
+    let (store, _dir) = store().await;
+    let (started, started_rx) = std::sync::mpsc::channel::<()>();
+    let caller = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let answer = store
+                .transact(move |_conn| {
+                    let _ = started.send(());
+                    // The caller goes away meanwhile: the answer is dropped on the writer.
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok::<_, rusqlite::Error>((vec![], Bomb))
+                })
+                .await;
+            std::mem::forget(answer);
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv()).await.unwrap().unwrap();
+    caller.abort();
+    let _ = caller.await;
+    // The writer survived the panic in the application's Drop.
+    let appended = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.append(stream("after-1"), ExpectedVersion::NoStream, events(1)),
+    )
+    .await
+    .expect("the writer must still answer");
+    assert_eq!(appended.unwrap().first_version, 1);
+}
