@@ -58,6 +58,11 @@ pub enum Error {
     #[error("{0}")]
     OutOfRange(String),
 
+    /// A state write's expectation ([`StateChange::Expect`](crate::StateChange::Expect)) did
+    /// not hold: another writer changed the key first. Nothing was written.
+    #[error("state {scope}/{key} does not hold the expected value: another writer changed it")]
+    StateConflict { scope: String, key: String },
+
     /// The store is closed or shutting down.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),

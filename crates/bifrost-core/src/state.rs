@@ -26,6 +26,13 @@ pub enum StateChange {
     Delete { scope: String, key: String },
     /// Removes every key of `scope`.
     DeleteScope { scope: String },
+    /// A precondition, not a change: `scope`/`key` must hold `value` (`None`: must be
+    /// absent) as the write begins, or the whole write fails with
+    /// [`Error::StateConflict`] and changes nothing. Every expectation of a write is
+    /// checked before any of its changes applies. Two writers that both expect the value
+    /// they read cannot both succeed: the fencing a checkpoint needs when two readers of
+    /// one log might run at once.
+    Expect { scope: String, key: String, value: Option<Bytes> },
 }
 
 impl StateChange {
@@ -41,9 +48,15 @@ impl StateChange {
         Self::DeleteScope { scope: scope.into() }
     }
 
+    pub fn expect(scope: impl Into<String>, key: impl Into<String>, value: Option<Bytes>) -> Self {
+        Self::Expect { scope: scope.into(), key: key.into(), value }
+    }
+
     fn names(&self) -> (&str, Option<&str>) {
         match self {
-            Self::Put { scope, key, .. } | Self::Delete { scope, key } => (scope, Some(key)),
+            Self::Put { scope, key, .. } | Self::Delete { scope, key } | Self::Expect { scope, key, .. } => {
+                (scope, Some(key))
+            }
             Self::DeleteScope { scope } => (scope, None),
         }
     }
@@ -130,6 +143,14 @@ impl StateStore for MemoryState {
     async fn write_state(&self, changes: Vec<StateChange>) -> Result<()> {
         validate_state_changes(&changes)?;
         let mut scopes = self.scopes();
+        for change in &changes {
+            if let StateChange::Expect { scope, key, value } = change {
+                let current = scopes.get(scope).and_then(|keys| keys.get(key));
+                if current != value.as_ref() {
+                    return Err(Error::StateConflict { scope: scope.clone(), key: key.clone() });
+                }
+            }
+        }
         for change in changes {
             match change {
                 StateChange::Put { scope, key, value } => {
@@ -146,6 +167,7 @@ impl StateStore for MemoryState {
                 StateChange::DeleteScope { scope } => {
                     scopes.remove(&scope);
                 }
+                StateChange::Expect { .. } => {}
             }
         }
         Ok(())

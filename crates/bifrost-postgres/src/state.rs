@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bifrost_core::{Result, StateChange, StateEntry};
+use bifrost_core::{Error, Result, StateChange, StateEntry};
 use bytes::Bytes;
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::error::SqlState;
@@ -24,6 +24,8 @@ const ATTEMPTS: usize = 3;
 struct Net<'a> {
     cleared: BTreeSet<&'a str>,
     keys: BTreeMap<(&'a str, &'a str), Option<&'a [u8]>>,
+    /// The expectations, checked before anything is written (sorted: locks in one order).
+    expected: BTreeMap<(&'a str, &'a str), Option<&'a [u8]>>,
 }
 
 impl<'a> Net<'a> {
@@ -42,13 +44,16 @@ impl<'a> Net<'a> {
                     net.keys.retain(|(s, _), _| s != scope);
                     net.cleared.insert(scope);
                 }
+                StateChange::Expect { scope, key, value } => {
+                    net.expected.insert((scope, key), value.as_deref());
+                }
             }
         }
         net
     }
 
     fn is_empty(&self) -> bool {
-        self.cleared.is_empty() && self.keys.is_empty()
+        self.cleared.is_empty() && self.keys.is_empty() && self.expected.is_empty()
     }
 }
 
@@ -71,13 +76,38 @@ pub(crate) async fn write(pool: &Pool, sql: &Sql, changes: &[StateChange]) -> Re
             {
                 attempt += 1;
             }
-            result => return result.map_err(pg),
+            Ok(Err(Conflict(scope, key))) => {
+                return Err(Error::StateConflict { scope: scope.to_owned(), key: key.to_owned() });
+            }
+            result => return result.map(|_| ()).map_err(pg),
         }
     }
 }
 
-async fn try_write(client: &mut Object, sql: &Sql, net: &Net<'_>) -> Result<(), tokio_postgres::Error> {
+/// The expectation that did not hold.
+struct Conflict<'a>(&'a str, &'a str);
+
+async fn try_write<'a>(
+    client: &mut Object,
+    sql: &Sql,
+    net: &Net<'a>,
+) -> Result<Result<(), Conflict<'a>>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    if !net.expected.is_empty() {
+        // Writers expecting the same key take turns (a transaction-scoped advisory lock, so
+        // that even an absent key is fenced), and each reads what the one before committed.
+        let lock = tx.prepare_cached(STATE_KEY_LOCK).await?;
+        let read = tx.prepare_cached(&sql.read_state).await?;
+        for (&(scope, key), expected) in &net.expected {
+            let name = format!("{scope}\u{1f}{key}");
+            tx.execute(&lock, &[&name]).await?;
+            let row = tx.query_opt(&read, &[&scope, &key]).await?;
+            let current: Option<Vec<u8>> = row.map(|r| r.try_get(0)).transpose()?;
+            if current.as_deref() != *expected {
+                return Ok(Err(Conflict(scope, key)));
+            }
+        }
+    }
     if !net.cleared.is_empty() {
         // Before the puts, which may refill a cleared scope.
         let clear = tx.prepare_cached(&sql.clear_state_scopes).await?;
@@ -108,8 +138,12 @@ async fn try_write(client: &mut Object, sql: &Sql, net: &Net<'_>) -> Result<(), 
         async { if values.is_empty() { Ok(0) } else { tx.execute(&put, &put_params).await } },
         async { if delete_keys.is_empty() { Ok(0) } else { tx.execute(&delete, &delete_params).await } },
     )?;
-    tx.commit().await
+    tx.commit().await.map(Ok)
 }
+
+/// A lock per state key, in a class of its own (the two-key form never meets the one-key
+/// advisory lock of the migrations).
+const STATE_KEY_LOCK: &str = "SELECT pg_advisory_xact_lock(1650877011, hashtext($1))";
 
 pub(crate) async fn read(pool: &Pool, sql: &Sql, scope: &str, key: &str) -> Result<Option<Bytes>> {
     let client = pool.get().await.map_err(pool_error)?;

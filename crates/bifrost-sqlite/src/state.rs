@@ -1,16 +1,25 @@
 //! The `state` table: the key-value space readers of the log keep their bookkeeping in
 //! (see `bifrost_core::state`). The writer thread applies changes; reads run on the pool.
 
-use bifrost_core::{Result, StateChange, StateEntry};
+use bifrost_core::{Error, Result, StateChange, StateEntry};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::codec::sql;
 
-/// Applies `changes` in order inside the writer's open transaction.
+/// Applies `changes` in order inside the writer's open transaction, once every expectation
+/// holds (the caller's savepoint undoes what a failure leaves).
 pub(crate) fn apply(conn: &Connection, changes: &[StateChange]) -> Result<()> {
     for change in changes {
+        if let StateChange::Expect { scope, key, value } = change
+            && read(conn, scope, key)?.as_ref() != value.as_ref()
+        {
+            return Err(Error::StateConflict { scope: scope.clone(), key: key.clone() });
+        }
+    }
+    for change in changes {
         match change {
+            StateChange::Expect { .. } => Ok(0),
             StateChange::Put { scope, key, value } => conn
                 .prepare_cached(
                     "INSERT INTO state (scope, key, value) VALUES (?1, ?2, ?3) \

@@ -273,6 +273,9 @@ macro_rules! state_conformance_suite {
             state_delete_scope_removes_only_that_scope,
             state_concurrent_writers_lose_nothing,
             state_is_separate_from_the_log,
+            state_expectations_that_hold_let_the_write_apply,
+            state_an_expectation_that_fails_writes_nothing,
+            state_expectations_fence_concurrent_writers,
         );
     };
 }

@@ -187,3 +187,98 @@ pub async fn state_is_separate_from_the_log(store: Store, state: State) {
     assert!(next.first_position > head);
     assert_eq!(state.read_state("group/orders", "cursor").await.unwrap().as_deref(), Some(&b"3"[..]));
 }
+
+pub async fn state_expectations_that_hold_let_the_write_apply(_store: Store, state: State) {
+    // Absent, as expected: the first writer of a checkpoint.
+    state
+        .write_state(vec![
+            StateChange::expect("p", "checkpoint", None),
+            StateChange::put("p", "checkpoint", "1"),
+        ])
+        .await
+        .unwrap();
+    // Holding what the writer read.
+    state
+        .write_state(vec![
+            StateChange::put("p", "view", "a"),
+            StateChange::expect("p", "checkpoint", Some(Bytes::from_static(b"1"))),
+            StateChange::put("p", "checkpoint", "2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(state.read_state("p", "checkpoint").await.unwrap(), Some(Bytes::from_static(b"2")));
+    assert_eq!(state.read_state("p", "view").await.unwrap(), Some(Bytes::from_static(b"a")));
+    // An expectation alone is a check that writes nothing.
+    state
+        .write_state(vec![StateChange::expect("p", "checkpoint", Some(Bytes::from_static(b"2")))])
+        .await
+        .unwrap();
+}
+
+pub async fn state_an_expectation_that_fails_writes_nothing(_store: Store, state: State) {
+    state.write_state(vec![StateChange::put("p", "checkpoint", "5")]).await.unwrap();
+    let stale = state
+        .write_state(vec![
+            StateChange::put("p", "view", "lost"),
+            StateChange::expect("p", "checkpoint", Some(Bytes::from_static(b"4"))),
+            StateChange::put("p", "checkpoint", "6"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&stale, Error::StateConflict { scope, key } if scope == "p" && key == "checkpoint"),
+        "{stale}"
+    );
+    // Expecting absence of a key that exists fails too.
+    let present = state
+        .write_state(vec![StateChange::expect("p", "checkpoint", None), StateChange::delete_scope("p")])
+        .await
+        .unwrap_err();
+    assert!(matches!(present, Error::StateConflict { .. }), "{present}");
+    // Expecting a value of a key that is absent fails.
+    let absent = state
+        .write_state(vec![
+            StateChange::expect("q", "k", Some(Bytes::from_static(b"x"))),
+            StateChange::put("q", "k", "y"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(absent, Error::StateConflict { .. }), "{absent}");
+    assert_eq!(state.read_state("p", "checkpoint").await.unwrap(), Some(Bytes::from_static(b"5")));
+    assert_eq!(state.read_state("p", "view").await.unwrap(), None);
+    assert_eq!(state.read_state("q", "k").await.unwrap(), None);
+}
+
+/// Writers racing to move one counter, each expecting the value it read and retrying on a
+/// conflict: no increment is lost, and every success moved it by exactly one.
+pub async fn state_expectations_fence_concurrent_writers(_store: Store, state: State) {
+    const WRITERS: usize = 8;
+    const EACH: usize = 10;
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let state = state.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            let mut done = 0;
+            while done < EACH {
+                let read = state.read_state("fence", "counter").await.unwrap();
+                let n: u64 = read.as_ref().map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+                let write = vec![
+                    StateChange::expect("fence", "counter", read),
+                    StateChange::put("fence", "counter", (n + 1).to_string()),
+                ];
+                match state.write_state(write).await {
+                    Ok(()) => done += 1,
+                    Err(Error::StateConflict { .. }) => conflicts += 1,
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+            }
+            conflicts
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let last = state.read_state("fence", "counter").await.unwrap().unwrap();
+    assert_eq!(std::str::from_utf8(&last).unwrap(), (WRITERS * EACH).to_string(), "an increment was lost");
+}
