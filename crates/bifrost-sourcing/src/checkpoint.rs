@@ -21,6 +21,14 @@ pub(crate) fn put(key: &str, position: Position) -> StateChange {
     StateChange::put(SCOPE, key, position.to_be_bytes().to_vec())
 }
 
+/// The write applies only if the checkpoint is still `position` (`0`: none recorded): a
+/// second reader of the same name that got there first makes it fail instead of applying
+/// the same events twice.
+pub(crate) fn expect(key: &str, position: Position) -> StateChange {
+    let value = (position > 0).then(|| bytes::Bytes::copy_from_slice(&position.to_be_bytes()));
+    StateChange::expect(SCOPE, key, value)
+}
+
 fn decode(bytes: &[u8]) -> Option<Position> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }

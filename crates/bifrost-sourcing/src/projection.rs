@@ -16,7 +16,7 @@ use bifrost_core::{EventStore, LogFilter, Position, RecordedEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::upcast::Upcasters;
 
 #[async_trait]
@@ -32,9 +32,13 @@ pub trait Projection: Send + Sync + 'static {
     /// The last position it recorded, `0` when it has none.
     async fn checkpoint(&self) -> Result<Position>;
 
-    /// Applies `events` (in log order, already upcast; possibly empty when the filter skipped
-    /// a stretch of the log) and records `checkpoint` in the same atomic write.
-    async fn apply(&self, events: Vec<RecordedEvent>, checkpoint: Position) -> Result<()>;
+    /// Applies `events` — those after `from` up to `to`, in log order, already upcast;
+    /// possibly none when the filter skipped a stretch of the log — and records `to` as the
+    /// checkpoint in the same atomic write, provided the recorded checkpoint is still
+    /// `from`. When it is not (another runner of the projection got there first), the write
+    /// must fail with [`bifrost_core::Error::StateConflict`] and apply nothing: the runner
+    /// then reloads the checkpoint and goes on from there.
+    async fn apply(&self, events: Vec<RecordedEvent>, from: Position, to: Position) -> Result<()>;
 
     /// Forgets everything (read model and checkpoint), for a rebuild by replay from zero.
     async fn reset(&self) -> Result<()>;
@@ -61,9 +65,9 @@ impl ProjectionStatus {
 
 /// Feeds a projection from the log.
 ///
-/// Run one runner per projection at a time: its checkpoint and effects are written
-/// atomically, but two runners at once would both apply the batches after the checkpoint
-/// they read. (A runner restarted after a crash, or after `stop`, applies nothing twice.)
+/// Several runners of one projection (a rolling deploy, a restart right after `abort`)
+/// apply each batch once between them: a batch is applied only if the checkpoint it starts
+/// from is still the recorded one, so the runner that loses the race reloads and goes on.
 pub struct ProjectionRunner<P: Projection> {
     store: Arc<dyn EventStore>,
     projection: Arc<P>,
@@ -98,7 +102,15 @@ impl<P: Projection> ProjectionRunner<P> {
         let target = *self.store.head().borrow();
         let mut at = self.projection.checkpoint().await?;
         while at < target {
-            let next = self.step(at).await?;
+            let next = match self.step(at).await {
+                Ok(next) => next,
+                // Another runner recorded this stretch first: go on from its checkpoint.
+                Err(Error::Store(bifrost_core::Error::StateConflict { .. })) => {
+                    at = self.projection.checkpoint().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if next == at {
                 break;
             }
@@ -124,7 +136,7 @@ impl<P: Projection> ProjectionRunner<P> {
         for event in slice.events {
             events.push(self.upcasters.upcast(event)?);
         }
-        self.projection.apply(events, slice.next_position).await?;
+        self.projection.apply(events, at, slice.next_position).await?;
         Ok(slice.next_position)
     }
 
@@ -182,6 +194,11 @@ impl<P: Projection> ProjectionRunner<P> {
                         () = stop_requested(&mut stop) => {}
                     }
                 }
+                Err(Error::Store(bifrost_core::Error::StateConflict { .. })) => {
+                    // Another runner recorded this stretch first: go on from its checkpoint.
+                    tracing::debug!(projection = %name, "the checkpoint moved under this runner; reloading it");
+                    at = None;
+                }
                 Err(e) => {
                     tracing::warn!(projection = %name, error = %e, "projection failed; retrying from its checkpoint");
                     at = None;
@@ -236,8 +253,8 @@ impl RunningProjection {
     }
 
     /// Stops at once, possibly in the middle of a batch (as a crash would). Unlike a crash,
-    /// a write already handed to the store may still land after this returns: wait for
-    /// the store (any later write of it) before starting another runner of the projection.
+    /// a write already handed to the store may still land after this returns; a runner
+    /// started meanwhile meets it as a moved checkpoint and goes on from there.
     pub fn abort(self) {
         self.task.abort();
     }

@@ -85,7 +85,7 @@ impl<V: View> Projection for ViewProjection<V> {
         checkpoint::load(self.state.as_ref(), &self.checkpoint_key).await
     }
 
-    async fn apply(&self, events: Vec<RecordedEvent>, checkpoint: Position) -> Result<()> {
+    async fn apply(&self, events: Vec<RecordedEvent>, from: Position, to: Position) -> Result<()> {
         // The batch's views, read once (all at once) and written once.
         let mut decoded = Vec::with_capacity(events.len());
         let mut order: Vec<String> = Vec::new();
@@ -107,7 +107,8 @@ impl<V: View> Projection for ViewProjection<V> {
             let view = touched.remove(&key).flatten();
             touched.insert(key, V::evolve(view, &event, recorded));
         }
-        let mut changes = Vec::with_capacity(order.len() + 1);
+        let mut changes = Vec::with_capacity(order.len() + 2);
+        changes.push(checkpoint::expect(&self.checkpoint_key, from));
         for key in order {
             let change = match touched.remove(&key).flatten() {
                 Some(view) => {
@@ -119,7 +120,7 @@ impl<V: View> Projection for ViewProjection<V> {
             };
             changes.push(change);
         }
-        changes.push(checkpoint::put(&self.checkpoint_key, checkpoint));
+        changes.push(checkpoint::put(&self.checkpoint_key, to));
         Ok(self.state.write_state(changes).await?)
     }
 
