@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::codec::{pg, pool as pool_error};
 use crate::schema::{OUTBOX_SETTING, Sql};
-use crate::writer::{Head, advance, finish, write_locked};
+use crate::writer::{Head, advance, finish, prepare_writes, write_locked};
 
 /// An open PostgreSQL transaction of the application's, on a connection taken from the
 /// store's pool, in which it runs its own statements ([`client`](Self::client)) and queues appends
@@ -177,6 +177,7 @@ impl OutboxTransaction {
             client.batch_execute(COMMIT).await.map_err(pg)?;
             return Ok(Vec::new());
         }
+        prepare_writes(client, sql).await?;
         // The serialization point, as for the writer: until this transaction commits, no
         // other writer on any node can number events.
         let lock = client.prepare_cached(&sql.lock_head_outbox).await.map_err(pg)?;

@@ -204,6 +204,7 @@ async fn try_commit_group(
 ) -> Result<(Vec<Result<Vec<AppendResult>>>, Option<Position>)> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg)?;
+    prepare_writes(&tx, sql).await?;
     // The serialization point: until this transaction commits, no other writer on any node
     // can number events.
     let lock = tx.prepare_cached(&sql.lock_head).await.map_err(pg)?;
@@ -232,6 +233,24 @@ impl Head {
             recorded_at: Timestamp::from_micros(row.try_get(1).map_err(pg)?),
         })
     }
+}
+
+/// Prepares (or finds cached) every statement an append transaction runs, all in one
+/// pipelined round trip, before the head lock is taken: a connection that has not seen
+/// them yet must not prepare them one by one while every writer of the cluster waits.
+pub(crate) async fn prepare_writes<C: GenericClient>(tx: &C, sql: &Sql) -> Result<()> {
+    futures::try_join!(
+        tx.prepare_cached(&sql.lock_head),
+        tx.prepare_cached(&sql.lock_head_outbox),
+        tx.prepare_cached(&sql.find_ids),
+        tx.prepare_cached(&sql.find_streams),
+        tx.prepare_cached(&sql.insert_events),
+        tx.prepare_cached(&sql.upsert_streams),
+        tx.prepare_cached(&sql.update_head),
+        tx.prepare_cached(&sql.notify),
+    )
+    .map_err(pg)?;
+    Ok(())
 }
 
 /// Plans `requests` (each atomic on its own) and writes the successful ones, inside a
