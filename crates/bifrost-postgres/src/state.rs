@@ -19,7 +19,8 @@ const ATTEMPTS: usize = 3;
 
 /// The effect of a list of changes applied in order, as three set operations: empty the
 /// `cleared` scopes, then write or remove each of `keys` (sorted, so that concurrent
-/// writes lock rows in one order). The round trips stay the same whatever the list's size.
+/// writes lock rows in one order). The round trips stay the same whatever the list's size,
+/// but for one read per expectation.
 #[derive(Default)]
 struct Net<'a> {
     cleared: BTreeSet<&'a str>,
@@ -94,13 +95,17 @@ async fn try_write<'a>(
 ) -> Result<Result<(), Conflict<'a>>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     if !net.expected.is_empty() {
-        // Writers expecting the same key take turns (a transaction-scoped advisory lock, so
-        // that even an absent key is fenced), and each reads what the one before committed.
-        let lock = tx.prepare_cached(STATE_KEY_LOCK).await?;
-        let read = tx.prepare_cached(&sql.read_state).await?;
+        // Writers expecting the same key take turns (transaction-scoped advisory locks, so
+        // that even an absent key is fenced; all taken in one statement, in the order of
+        // their lock ids, so two writers cannot wait on each other), and each reads what the
+        // one before committed — locking the row, so that a writer without expectations
+        // (a reset) cannot change it between this check and the commit.
+        let names: Vec<String> =
+            net.expected.keys().map(|(scope, key)| format!("{scope}\u{1f}{key}")).collect();
+        let lock = tx.prepare_cached(STATE_KEY_LOCKS).await?;
+        tx.execute(&lock, &[&names]).await?;
+        let read = tx.prepare_cached(&format!("{} FOR UPDATE", sql.read_state)).await?;
         for (&(scope, key), expected) in &net.expected {
-            let name = format!("{scope}\u{1f}{key}");
-            tx.execute(&lock, &[&name]).await?;
             let row = tx.query_opt(&read, &[&scope, &key]).await?;
             let current: Option<Vec<u8>> = row.map(|r| r.try_get(0)).transpose()?;
             if current.as_deref() != *expected {
@@ -142,8 +147,9 @@ async fn try_write<'a>(
 }
 
 /// A lock per state key, in a class of its own (the two-key form never meets the one-key
-/// advisory lock of the migrations).
-const STATE_KEY_LOCK: &str = "SELECT pg_advisory_xact_lock(1650877011, hashtext($1))";
+/// advisory lock of the migrations), taken in the order of the lock ids.
+const STATE_KEY_LOCKS: &str = "SELECT pg_advisory_xact_lock(1650877011, id) \
+     FROM (SELECT DISTINCT hashtext(name) AS id FROM unnest($1::text[]) AS name ORDER BY id) AS ids";
 
 pub(crate) async fn read(pool: &Pool, sql: &Sql, scope: &str, key: &str) -> Result<Option<Bytes>> {
     let client = pool.get().await.map_err(pool_error)?;
