@@ -465,7 +465,15 @@ impl<G: Saga> Shared<G> {
         }
         let step_id = Uuid::new_v5(&event.id, format!("saga/{}/{id}", G::NAME).as_bytes());
         loop {
-            let mut instance = self.load(&id).await?;
+            let mut instance = match self.load(&id).await {
+                Ok(instance) => instance,
+                // Its stream does not decode as this saga's state (a changed state type):
+                // the event waits aside instead of stopping every instance.
+                Err(e) if !e.is_transient() => {
+                    return self.park(format!("event/{position}"), &e.to_string()).await;
+                }
+                Err(e) => return Err(e),
+            };
             if instance.done || event.position <= instance.last_position {
                 return Ok(());
             }
@@ -532,7 +540,14 @@ impl<G: Saga> Shared<G> {
                 Err(e) => return Err(e),
             };
             if let Some(error) = refusal {
-                self.command_failed(id, command, &error).await?;
+                match self.command_failed(id, command, &error).await {
+                    Ok(()) => {}
+                    Err(e) if !e.is_transient() => {
+                        let reason = format!("compensating {} failed: {e}", command.command_type);
+                        return self.park(format!("step/{}", event.position), &reason).await;
+                    }
+                    Err(e) => return Err(e),
+                }
                 break;
             }
         }
@@ -586,7 +601,7 @@ impl<G: Saga> Shared<G> {
     /// `also` is written in the same atomic write.
     async fn park_with(&self, item: String, error: &str, also: Vec<StateChange>) -> Result<()> {
         tracing::error!(saga = G::NAME, %item, %error, "saga item parked");
-        let parked = Parked { item: item.clone(), error: error.to_owned(), parked_at: Timestamp::now() };
+        let parked = Parked { item: item.clone(), error: error.to_owned(), parked_at: self.clock.now() };
         let value = serde_json::to_vec(&parked).map_err(|e| Error::encode("a parked item", e))?;
         let mut changes = vec![StateChange::put(self.parked_scope.clone(), item, value)];
         changes.extend(also);
