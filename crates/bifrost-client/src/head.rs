@@ -49,10 +49,12 @@ async fn run(transport: &Transport, head: &Weak<watch::Sender<Position>>) {
     // Whether the watch holds a position of this server's log to resume from.
     let mut synced = false;
     loop {
-        let Some(known) = head.upgrade().map(|sender| *sender.borrow()) else { return };
-        if head.upgrade().is_none_or(|sender| sender.receiver_count() == 0) {
+        let Some(sender) = head.upgrade() else { return };
+        if sender.receiver_count() == 0 {
             return;
         }
+        let known = *sender.borrow();
+        drop(sender);
         let resume = if synced {
             Resume::LastEventId(known)
         } else {

@@ -4,9 +4,11 @@
 //! the batch brings it to, and must record that checkpoint atomically with its own effects
 //! (the same database transaction). That makes a projection idempotent by position: a runner
 //! killed at any point resumes from the last recorded checkpoint and never applies an event
-//! twice. [`ViewProjection`](crate::view::ViewProjection) does this for keyed views kept in a
-//! store's state space; a projection into an application's own database does it in its own
-//! transaction.
+//! twice. The write is also fenced: it applies only if the recorded checkpoint is still the
+//! one the batch started from, so two runners at once apply each batch once between them.
+//! [`ViewProjection`](crate::view::ViewProjection) does all this for keyed views kept in a
+//! store's state space (with `StateChange::Expect`); a projection into an application's own
+//! database does it in its own transaction (compare the checkpoint row, then write).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +108,13 @@ impl<P: Projection> ProjectionRunner<P> {
                 Ok(next) => next,
                 // Another runner recorded this stretch first: go on from its checkpoint.
                 Err(Error::Store(bifrost_core::Error::StateConflict { .. })) => {
-                    at = self.projection.checkpoint().await?;
+                    let moved = self.projection.checkpoint().await?;
+                    if moved == at {
+                        // The fence refuses the very checkpoint the projection reports: a
+                        // projection that disagrees with itself, not a race to retry.
+                        return Err(conflict_without_progress(self.projection.name(), at));
+                    }
+                    at = moved;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -119,7 +127,9 @@ impl<P: Projection> ProjectionRunner<P> {
         Ok(at)
     }
 
-    /// Forgets the read model and replays the log from zero up to the current head.
+    /// Forgets the read model and replays the log from zero up to the current head. Stop
+    /// the projection's other runners first: a batch they are writing as the reset runs
+    /// could outlive it.
     pub async fn rebuild(&self) -> Result<Position> {
         self.projection.reset().await?;
         self.catch_up().await
@@ -153,6 +163,8 @@ impl<P: Projection> ProjectionRunner<P> {
         let lag = metrics::gauge!("bifrost_projection_lag", "projection" => name.clone());
         let mut head = self.store.head();
         let mut at: Option<Position> = None;
+        // Where the last conflict happened: one at the same place again is no race.
+        let mut conflicted: Option<Position> = None;
         let mut backoff = Duration::from_millis(50);
         loop {
             if *stop.borrow() {
@@ -181,6 +193,7 @@ impl<P: Projection> ProjectionRunner<P> {
                 }
                 Ok(Some(position)) => {
                     at = Some(position);
+                    conflicted = None;
                     backoff = Duration::from_millis(50);
                     lag.set(target.saturating_sub(position) as f64);
                     status.send_replace(ProjectionStatus { checkpoint: position, head: target, error: None });
@@ -194,9 +207,11 @@ impl<P: Projection> ProjectionRunner<P> {
                         () = stop_requested(&mut stop) => {}
                     }
                 }
-                Err(Error::Store(bifrost_core::Error::StateConflict { .. })) => {
-                    // Another runner recorded this stretch first: go on from its checkpoint.
+                Err(Error::Store(bifrost_core::Error::StateConflict { .. })) if conflicted != at => {
+                    // Another runner recorded this stretch first: go on from its checkpoint
+                    // (a second conflict at the same place is reported and backed off).
                     tracing::debug!(projection = %name, "the checkpoint moved under this runner; reloading it");
+                    conflicted = at;
                     at = None;
                 }
                 Err(e) => {
@@ -258,4 +273,11 @@ impl RunningProjection {
     pub fn abort(self) {
         self.task.abort();
     }
+}
+
+fn conflict_without_progress(name: &str, at: Position) -> Error {
+    Error::corrupt(
+        format!("projection {name}"),
+        format!("its checkpoint reads {at} but its write's fence refuses {at}"),
+    )
 }

@@ -121,18 +121,28 @@ impl<A: Aggregate> AggregateOutcome<A> {
 }
 
 /// A test of a saga's reactions, stepping the instance as the manager does: the state goes
-/// through its stored form after every step, and a completed instance ignores what follows.
+/// through its stored form after every step, only a pending timeout can fire, and a
+/// completed instance ignores what follows.
 pub struct SagaTest<G: Saga> {
     saga: G,
     state: G::State,
     instance: String,
     position: u64,
     done: bool,
+    /// The names of the timeouts scheduled and neither fired nor cancelled.
+    pending: Vec<String>,
 }
 
 impl<G: Saga> SagaTest<G> {
     pub fn new(saga: G, instance: &str) -> Self {
-        Self { saga, state: G::State::default(), instance: instance.to_owned(), position: 0, done: false }
+        Self {
+            saga,
+            state: G::State::default(),
+            instance: instance.to_owned(),
+            position: 0,
+            done: false,
+            pending: Vec::new(),
+        }
     }
 
     /// The instance after reacting to `event`, appended to `stream` with no metadata (its
@@ -162,7 +172,8 @@ impl<G: Saga> SagaTest<G> {
         SagaOutcome { reaction, state: self.state }
     }
 
-    /// The timeout `name` comes due (ignored, as by the manager, once the instance is done).
+    /// The timeout `name` comes due. As with the manager, only a pending one fires: one never
+    /// scheduled, cancelled, already fired, or of a completed instance changes nothing.
     pub fn when_timeout(mut self, name: &str, data: serde_json::Value) -> SagaOutcome<G> {
         let timeout = Timeout {
             id: Uuid::now_v7(),
@@ -171,14 +182,17 @@ impl<G: Saga> SagaTest<G> {
             due_at: Timestamp::now(),
             data,
         };
-        let reaction = if self.done {
-            Reaction::none()
-        } else {
-            let reaction = self
-                .saga
-                .on_timeout(&mut self.state, &timeout)
-                .unwrap_or_else(|e| panic!("on_timeout failed: {e}"));
-            self.stepped(reaction)
+        let pending = self.pending.iter().position(|n| n == name);
+        let reaction = match pending {
+            Some(index) if !self.done => {
+                self.pending.remove(index);
+                let reaction = self
+                    .saga
+                    .on_timeout(&mut self.state, &timeout)
+                    .unwrap_or_else(|e| panic!("on_timeout failed: {e}"));
+                self.stepped(reaction)
+            }
+            _ => Reaction::none(),
         };
         SagaOutcome { reaction, state: self.state }
     }
@@ -223,6 +237,12 @@ impl<G: Saga> SagaTest<G> {
         self.state = serde_json::from_slice(&stored)
             .unwrap_or_else(|e| panic!("the state does not survive the store: {e}"));
         self.done |= reaction.complete;
+        if self.done {
+            self.pending.clear();
+        } else {
+            self.pending.retain(|name| !reaction.cancel.contains(name));
+            self.pending.extend(reaction.schedule.iter().map(|(name, _, _)| name.clone()));
+        }
         reaction
     }
 }

@@ -211,3 +211,8 @@ fn an_event_that_would_not_reach_the_instance_in_production_fails_the_test() {
     // without it (not produced by the saga's command) reaches no instance.
     checkout().given("order-o1", &placed("book")).when("stock-o1", &reserved());
 }
+
+#[test]
+fn a_timeout_never_scheduled_does_not_fire_as_the_manager_would_not_fire_it() {
+    checkout().when_timeout(EXPIRE, serde_json::json!({ "order": "o1" })).then_sends_nothing();
+}
