@@ -39,7 +39,8 @@ pub trait Projection: Send + Sync + 'static {
     /// checkpoint in the same atomic write, provided the recorded checkpoint is still
     /// `from`. When it is not (another runner of the projection got there first), the write
     /// must fail with [`bifrost_core::Error::StateConflict`] and apply nothing: the runner
-    /// then reloads the checkpoint and goes on from there.
+    /// then reloads the checkpoint and goes on from there. (A projection whose effects are
+    /// idempotent by themselves, like a saga's loops, may leave the check out.)
     async fn apply(&self, events: Vec<RecordedEvent>, from: Position, to: Position) -> Result<()>;
 
     /// Forgets everything (read model and checkpoint), for a rebuild by replay from zero.

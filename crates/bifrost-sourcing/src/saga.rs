@@ -17,8 +17,11 @@
 //!   before a restart still fires after it. A timeout that was cancelled, or whose instance
 //!   has finished, is dropped.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use bifrost_core::{
     Category, Direction, EventStore, EventType, ExpectedVersion, LogFilter, NewEvent, Position,
@@ -34,7 +37,7 @@ use crate::checkpoint;
 use crate::clock::{Clock, SystemClock};
 use crate::command::{Command, CommandBus, CommandEnvelope};
 use crate::error::{Error, Result};
-use crate::projection::stop_requested;
+use crate::projection::{Projection, ProjectionRunner, RunningProjection, stop_requested};
 use crate::upcast::Upcasters;
 
 pub trait Saga: Send + Sync + 'static {
@@ -195,7 +198,17 @@ struct Shared<G: Saga> {
     dispatcher_filter: LogFilter,
     wake_timer: Notify,
     clock: Arc<dyn Clock>,
-    status: watch::Sender<SagaStatus>,
+    counters: Arc<Counters>,
+}
+
+/// What a running saga reports beside its runners' status.
+#[derive(Default)]
+struct Counters {
+    /// Items parked since the start.
+    parked: AtomicU64,
+    /// The timer's last failure, cleared when it gets through again (the reactor's and the
+    /// dispatcher's are in their runners' status).
+    timer_error: Mutex<Option<String>>,
 }
 
 /// Runs a saga.
@@ -230,7 +243,7 @@ impl<G: Saga> SagaManager<G> {
                 dispatcher_filter,
                 wake_timer: Notify::new(),
                 clock: Arc::new(SystemClock),
-                status: watch::channel(SagaStatus::default()).0,
+                counters: Arc::default(),
             },
         })
     }
@@ -250,17 +263,19 @@ impl<G: Saga> SagaManager<G> {
     /// Starts the reactor, the dispatcher and the timer.
     pub fn start(self) -> RunningSaga {
         let shared = Arc::new(self.shared);
+        let run = |role| {
+            let projection = Arc::new(SagaLoop::new(Arc::clone(&shared), role));
+            ProjectionRunner::new(Arc::clone(&shared.store), projection).with_batch_size(BATCH).start()
+        };
+        let (reactor, dispatcher) = (run(Role::Reactor), run(Role::Dispatcher));
         let (stop, stopped) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(reactor(Arc::clone(&shared), stopped.clone())),
-            tokio::spawn(dispatcher(Arc::clone(&shared), stopped.clone())),
-            tokio::spawn(timer(Arc::clone(&shared), stopped)),
-        ];
-        let status = shared.status.subscribe();
+        let timer = tokio::spawn(timer(Arc::clone(&shared), stopped));
         RunningSaga {
-            status,
+            reactor,
+            dispatcher,
+            timer,
             stop,
-            tasks,
+            counters: Arc::clone(&shared.counters),
             state: Arc::clone(&shared.state),
             parked_scope: shared.parked_scope.clone(),
         }
@@ -270,26 +285,36 @@ impl<G: Saga> SagaManager<G> {
 /// A saga running in the background. Dropping it leaves the saga running;
 /// [`stop`](Self::stop) or [`abort`](Self::abort) end it.
 pub struct RunningSaga {
-    status: watch::Receiver<SagaStatus>,
+    reactor: RunningProjection,
+    dispatcher: RunningProjection,
+    timer: JoinHandle<()>,
+    /// Stops the timer (the runners have their own).
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    counters: Arc<Counters>,
     state: Arc<dyn StateStore>,
     parked_scope: String,
 }
 
 impl RunningSaga {
     pub fn status(&self) -> SagaStatus {
-        self.status.borrow().clone()
+        let (reactor, dispatcher) = (self.reactor.status(), self.dispatcher.status());
+        SagaStatus {
+            reacted: reactor.checkpoint,
+            dispatched: dispatcher.checkpoint,
+            error: reactor
+                .error
+                .or(dispatcher.error)
+                .or_else(|| self.counters.timer_error.lock().ok()?.clone()),
+            parked: self.counters.parked.load(Ordering::Relaxed),
+        }
     }
 
     /// Waits until both the reactor and the dispatcher have processed the log up to
     /// `position`.
     pub async fn wait_for(&self, position: Position) -> SagaStatus {
-        let mut status = self.status.clone();
-        match status.wait_for(|s| s.reacted >= position && s.dispatched >= position).await {
-            Ok(s) => s.clone(),
-            Err(_) => self.status(),
-        }
+        self.reactor.wait_for(position).await;
+        self.dispatcher.wait_for(position).await;
+        self.status()
     }
 
     /// Up to `limit` parked items (kept across restarts), in the order of their keys.
@@ -307,16 +332,16 @@ impl RunningSaga {
     /// Stops the loops after the work in flight.
     pub async fn stop(self) {
         self.stop.send_replace(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        self.reactor.stop().await;
+        self.dispatcher.stop().await;
+        let _ = self.timer.await;
     }
 
     /// Stops at once, possibly in the middle of a step (as a crash would).
     pub fn abort(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.reactor.abort();
+        self.dispatcher.abort();
+        self.timer.abort();
     }
 }
 
@@ -593,10 +618,6 @@ impl<G: Saga> Shared<G> {
         Ok(self.state.write_state(vec![delete]).await?)
     }
 
-    fn report(&self, update: impl FnOnce(&mut SagaStatus)) {
-        self.status.send_modify(update);
-    }
-
     /// Sets an item aside (the saga's own code failed on it) so that the loop goes on;
     /// `also` is written in the same atomic write.
     async fn park_with(&self, item: String, error: &str, also: Vec<StateChange>) -> Result<()> {
@@ -606,8 +627,14 @@ impl<G: Saga> Shared<G> {
         let mut changes = vec![StateChange::put(self.parked_scope.clone(), item, value)];
         changes.extend(also);
         self.state.write_state(changes).await?;
-        self.report(|s| s.parked += 1);
+        self.counters.parked.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn set_timer_error(&self, error: Option<String>) {
+        if let Ok(mut slot) = self.counters.timer_error.lock() {
+            *slot = error;
+        }
     }
 
     async fn park(&self, item: String, error: &str) -> Result<()> {
@@ -618,29 +645,6 @@ impl<G: Saga> Shared<G> {
 /// The id of the step that records a command's refusal.
 fn failure_step_id(command: &CommandEnvelope) -> Uuid {
     Uuid::new_v5(&command.id, b"failed")
-}
-
-/// The failure one loop reported, so that its recovery clears its own failure and not
-/// another loop's that is still failing.
-#[derive(Default)]
-struct Failure(Option<String>);
-
-impl Failure {
-    fn set<G: Saga>(&mut self, shared: &Shared<G>, error: String) {
-        shared.report(|s| s.error = Some(error.clone()));
-        self.0 = Some(error);
-    }
-
-    fn clear<G: Saga>(&mut self, shared: &Shared<G>) {
-        let Some(mine) = self.0.take() else { return };
-        shared.status.send_if_modified(|s| {
-            let clear = s.error.as_ref() == Some(&mine);
-            if clear {
-                s.error = None;
-            }
-            clear
-        });
-    }
 }
 
 enum StepOutcome {
@@ -654,130 +658,71 @@ fn timeout_key(t: &Timeout) -> String {
     format!("{:020}/{}", t.due_at.as_micros().max(0), t.id)
 }
 
-/// Follows the log from a checkpoint, handing each batch to `work`; saves the checkpoint
-/// after every batch and backs off on failure (the batch is read again).
-async fn follow<G, F, Fut>(
-    shared: &Shared<G>,
-    key: &str,
-    filter: LogFilter,
-    mut stop: watch::Receiver<bool>,
-    mut work: F,
-    report: fn(&mut SagaStatus, Position),
-) where
-    G: Saga,
-    F: FnMut(Vec<RecordedEvent>) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    let mut head = shared.store.head();
-    let mut at: Option<Position> = None;
-    let mut backoff = Duration::from_millis(50);
-    let mut failure = Failure::default();
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let target = *head.borrow_and_update();
-        let outcome: Result<Option<Position>> = async {
-            let Some(position) = at else {
-                return checkpoint::load(shared.state.as_ref(), key).await.map(Some);
-            };
-            if position >= target {
-                return Ok(None);
-            }
-            let slice = shared.store.read_all(position, &filter, BATCH).await?;
-            if slice.next_position <= position {
-                return Ok(None);
-            }
-            work(slice.events).await?;
-            shared.state.write_state(vec![checkpoint::put(key, slice.next_position)]).await?;
-            Ok(Some(slice.next_position))
-        }
-        .await;
-        match outcome {
-            // The checkpoint (re)loaded. After a failure this is not yet a success: the
-            // failure stays reported and the delay keeps growing until a batch goes through
-            // or there is nothing left to do.
-            Ok(Some(position)) if at.is_none() => {
-                at = Some(position);
-                shared.report(|s| report(s, position));
-            }
-            Ok(Some(position)) => {
-                at = Some(position);
-                backoff = Duration::from_millis(50);
-                shared.report(|s| report(s, position));
-                failure.clear(shared);
-            }
-            Ok(None) => {
-                backoff = Duration::from_millis(50);
-                failure.clear(shared);
-                tokio::select! {
-                    changed = head.changed() => if changed.is_err() { return },
-                    () = stop_requested(&mut stop) => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(saga = G::NAME, error = %e, "saga loop failed; retrying from its checkpoint");
-                at = None;
-                failure.set(shared, e.to_string());
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = stop_requested(&mut stop) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+#[derive(Clone, Copy)]
+enum Role {
+    Reactor,
+    Dispatcher,
+}
+
+/// The reactor or the dispatcher: each a projection of the log whose effects are steps
+/// stored and commands sent, run by a [`ProjectionRunner`] with its retries and status.
+///
+/// Unlike a read model it does not fence its checkpoint: its effects are idempotent by
+/// their ids, so a second manager of the saga simply works through the log too (what both
+/// store is stored once), and neither ever sends a batch's commands again because the
+/// other moved the checkpoint.
+struct SagaLoop<G: Saga> {
+    shared: Arc<Shared<G>>,
+    role: Role,
+    /// `saga/<NAME>/reactor` or `saga/<NAME>/dispatcher`: its name and checkpoint key.
+    name: String,
+}
+
+impl<G: Saga> SagaLoop<G> {
+    fn new(shared: Arc<Shared<G>>, role: Role) -> Self {
+        let which = match role {
+            Role::Reactor => "reactor",
+            Role::Dispatcher => "dispatcher",
+        };
+        Self { shared, role, name: format!("saga/{}/{which}", G::NAME) }
     }
 }
 
-async fn reactor<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>) {
-    let key = format!("saga/{}/reactor", G::NAME);
-    let filter = shared.saga.filter();
-    let worker = Arc::clone(&shared);
-    follow(
-        &shared,
-        &key,
-        filter,
-        stop,
-        move |events| {
-            let shared = Arc::clone(&worker);
-            async move {
-                for event in events {
-                    shared.react(event).await?;
-                }
-                Ok(())
-            }
-        },
-        |s, p| s.reacted = p,
-    )
-    .await;
-}
+#[async_trait]
+impl<G: Saga> Projection for SagaLoop<G> {
+    fn name(&self) -> &str {
+        &self.name
+    }
 
-async fn dispatcher<G: Saga>(shared: Arc<Shared<G>>, stop: watch::Receiver<bool>) {
-    let key = format!("saga/{}/dispatcher", G::NAME);
-    let filter = shared.dispatcher_filter.clone();
-    let worker = Arc::clone(&shared);
-    follow(
-        &shared,
-        &key,
-        filter,
-        stop,
-        move |events| {
-            let shared = Arc::clone(&worker);
-            async move {
-                for event in &events {
-                    shared.dispatch(event).await?;
-                }
-                Ok(())
+    fn filter(&self) -> LogFilter {
+        match self.role {
+            Role::Reactor => self.shared.saga.filter(),
+            Role::Dispatcher => self.shared.dispatcher_filter.clone(),
+        }
+    }
+
+    async fn checkpoint(&self) -> Result<Position> {
+        checkpoint::load(self.shared.state.as_ref(), &self.name).await
+    }
+
+    async fn apply(&self, events: Vec<RecordedEvent>, _from: Position, to: Position) -> Result<()> {
+        for event in events {
+            match self.role {
+                Role::Reactor => self.shared.react(event).await?,
+                Role::Dispatcher => self.shared.dispatch(&event).await?,
             }
-        },
-        |s, p| s.dispatched = p,
-    )
-    .await;
+        }
+        Ok(self.shared.state.write_state(vec![checkpoint::put(&self.name, to)]).await?)
+    }
+
+    async fn reset(&self) -> Result<()> {
+        let forget = StateChange::delete(checkpoint::SCOPE, self.name.clone());
+        Ok(self.shared.state.write_state(vec![forget]).await?)
+    }
 }
 
 async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(50);
-    let mut failure = Failure::default();
     loop {
         if *stop.borrow() {
             return;
@@ -822,7 +767,7 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
         }
         .await;
         if outcome.is_ok() {
-            failure.clear(&shared);
+            shared.set_timer_error(None);
         }
         let (due, retry_after) = match outcome {
             Ok(due) => {
@@ -833,7 +778,7 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
             }
             Err(e) => {
                 tracing::warn!(saga = G::NAME, error = %e, "saga timer failed; retrying");
-                failure.set(&shared, e.to_string());
+                shared.set_timer_error(Some(e.to_string()));
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 (None, backoff)
             }
