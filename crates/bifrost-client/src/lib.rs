@@ -57,7 +57,7 @@ mod client;
 mod error;
 mod groups;
 mod head;
-mod sse;
+pub mod sse;
 mod store;
 mod subscribe;
 mod wire;

@@ -1,22 +1,30 @@
 //! An incremental Server-Sent Events parser (the WHATWG `text/event-stream` format): bytes
 //! in, whatever their chunking, events out.
 //!
-//! Handles `id:`, `event:`, `data:` (several lines join with `\n`), comments (the server's
-//! heartbeats), dispatch on a blank line, and LF, CRLF and CR line ends, including a CRLF
-//! split between two chunks. `retry:` is ignored: the client has its own reconnect delays.
+//! Handles `id:`, `event:`, `data:` (several lines join with `\n`), `retry:`, comments (the
+//! server's heartbeats), dispatch on a blank line, and LF, CRLF and CR line ends, including a
+//! CRLF split between two chunks. Public so that every reader of the stream (the client, the
+//! CLI's `tail`, the bench) parses it one way.
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SseEvent {
+pub struct SseEvent {
     /// The last event id of the stream (it carries over to events that set none).
-    pub(crate) id: Option<String>,
+    pub id: Option<String>,
     /// The `event:` field, if any.
-    pub(crate) event: Option<String>,
-    pub(crate) data: Vec<u8>,
+    pub event: Option<String>,
+    pub data: Vec<u8>,
+}
+
+impl SseEvent {
+    /// The event's type: its `event:` field, `message` when it has none.
+    pub fn event_type(&self) -> &str {
+        self.event.as_deref().unwrap_or("message")
+    }
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct SseParser {
+pub struct SseParser {
     line: Vec<u8>,
     /// The previous chunk ended in `\r`: a `\n` starting the next one ends no line.
     after_cr: bool,
@@ -24,11 +32,26 @@ pub(crate) struct SseParser {
     data: Vec<u8>,
     has_data: bool,
     last_id: Option<String>,
+    retry_ms: Option<u64>,
 }
 
 impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last event id seen (what a reconnect sends as `Last-Event-ID`).
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+
+    /// The reconnection delay the server asked for with `retry:`.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
+    }
+
     /// Feeds bytes; calls `on_event` for every event they complete.
-    pub(crate) fn feed(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent)) {
+    pub fn feed(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent)) {
         let mut rest = bytes;
         if std::mem::take(&mut self.after_cr) {
             rest = rest.strip_prefix(b"\n").unwrap_or(rest);
@@ -81,7 +104,12 @@ impl SseParser {
             }
             b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
             b"id" if !value.contains(&0) => self.last_id = Some(String::from_utf8_lossy(value).into_owned()),
-            _ => {} // `retry` and unknown fields
+            b"retry" => {
+                if let Some(ms) = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+                    self.retry_ms = Some(ms);
+                }
+            }
+            _ => {} // unknown fields
         }
         None
     }
@@ -143,6 +171,37 @@ mod tests {
         for size in 1..input.len() {
             assert_eq!(parse_in_chunks(input, size), whole, "chunks of {size}");
         }
+    }
+
+    fn feed_collect(parser: &mut SseParser, bytes: &[u8]) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        parser.feed(bytes, |e| out.push(e));
+        out
+    }
+
+    #[test]
+    fn comments_and_empty_events_dispatch_nothing_but_ids_stick() {
+        let mut p = SseParser::new();
+        assert!(feed_collect(&mut p, b": heartbeat\n\n").is_empty());
+        assert!(feed_collect(&mut p, b"id: 41\n\n").is_empty());
+        assert_eq!(p.last_id(), Some("41"));
+        assert_eq!(feed_collect(&mut p, b"event: t\ndata: d\n\n"), vec![ev(Some("41"), Some("t"), "d")]);
+    }
+
+    #[test]
+    fn retry_and_unknown_fields() {
+        let mut p = SseParser::new();
+        assert!(feed_collect(&mut p, b"retry: 2500\nfoo: bar\nretry: soon\n\n").is_empty());
+        assert_eq!(p.retry_ms(), Some(2500));
+    }
+
+    #[test]
+    fn an_unfinished_event_waits_for_its_blank_line() {
+        let mut p = SseParser::new();
+        assert!(feed_collect(&mut p, b"id: 1\ndata: {}\n").is_empty());
+        let events = feed_collect(&mut p, b"\n");
+        assert_eq!(events, vec![ev(Some("1"), None, "{}")]);
+        assert_eq!(events[0].event_type(), "message");
     }
 
     #[test]

@@ -6,7 +6,6 @@ mod client;
 mod commands;
 mod config;
 mod output;
-mod sse;
 mod store;
 
 use std::io::{self, IsTerminal};

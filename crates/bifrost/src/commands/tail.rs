@@ -12,7 +12,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use crate::cli::ServerArg;
 use crate::client::{ApiClient, error_chain, problem_message};
 use crate::output::JsonLines;
-use crate::sse::SseParser;
+use bifrost_client::sse::SseParser;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -119,7 +119,7 @@ async fn follow(
                 received = true;
                 parser.feed(&chunk, |event| events.push(event));
                 for event in events.drain(..) {
-                    out.line(&event.data)?;
+                    out.line(&String::from_utf8_lossy(&event.data))?;
                 }
                 out.flush()?;
             }

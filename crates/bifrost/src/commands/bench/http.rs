@@ -25,7 +25,7 @@ use super::report::{self, Report};
 use super::workloads::{WriteSpec, shares, write_payload};
 use crate::client::{ApiClient, problem_message};
 use crate::commands::serve::open_groups;
-use crate::sse::SseParser;
+use bifrost_client::sse::SseParser;
 
 /// W5 and group-latency: appends in flight at once before the pacer waits (a stalled server
 /// shows up as a lower achieved rate, not as unbounded memory).
@@ -436,7 +436,7 @@ async fn receive(
         let now = times.now();
         parser.feed(&chunk, |event| events.push(event));
         for event in events.drain(..) {
-            let d: Delivered = serde_json::from_str(&event.data)
+            let d: Delivered = serde_json::from_slice(&event.data)
                 .map_err(|e| anyhow!("w5: an SSE event is not an event: {e}"))?;
             let Some(seq) = d.data.seq.filter(|_| d.stream == stream) else { continue };
             if d.position <= last_position {
