@@ -7,8 +7,10 @@
 
 use bifrost_core::{EventType, NewEvent, RecordedEvent};
 use bytes::Bytes;
-use serde::Serialize;
+use std::borrow::Cow;
+
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
@@ -23,20 +25,30 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
 }
 
 /// An event split into what the store keeps: its type, its payload and schema version.
+///
+/// Serialised once; the tag and the payload are then cut out of that text (the payload as
+/// raw JSON, never parsed into a value tree and written again).
 pub fn encode<E: DomainEvent>(event: &E) -> Result<NewEvent> {
+    #[derive(Deserialize)]
+    struct Split<'a> {
+        #[serde(borrow)]
+        r#type: Cow<'a, str>,
+        #[serde(borrow, default)]
+        data: Option<&'a RawValue>,
+    }
     let what = || std::any::type_name::<E>();
-    let value = serde_json::to_value(event).map_err(|e| Error::encode(what(), e))?;
-    let serde_json::Value::Object(mut fields) = value else {
-        return Err(Error::encode(what(), "a domain event must serialise as {\"type\": ..., \"data\": ...}"));
-    };
-    let event_type = match fields.remove("type") {
-        Some(serde_json::Value::String(t)) => EventType::new(&t)?,
-        _ => return Err(Error::encode(what(), "a domain event needs a string \"type\" tag")),
-    };
-    let data = fields.remove("data").unwrap_or(serde_json::Value::Null);
-    let bytes = serde_json::to_vec(&data).map_err(|e| Error::encode(what(), e))?;
+    let json = serde_json::to_vec(event).map_err(|e| Error::encode(what(), e))?;
+    let split: Split<'_> = serde_json::from_slice(&json).map_err(|e| {
+        Error::encode(
+            what(),
+            format!("a domain event must serialise as {{\"type\": ..., \"data\": ...}}: {e}"),
+        )
+    })?;
+    let event_type = EventType::new(&split.r#type)?;
+    // A unit variant has no content: its payload is `null`, as before.
+    let data = split.data.map_or(&b"null"[..], |raw| raw.get().as_bytes());
     let version = E::schema_version(event_type.as_str());
-    Ok(NewEvent::new(event_type, Bytes::from(bytes)).with_schema_version(version))
+    Ok(NewEvent::new(event_type, Bytes::copy_from_slice(data)).with_schema_version(version))
 }
 
 /// Decodes a stored event (already upcast to the current schema) into `E`.
@@ -71,4 +83,43 @@ pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E> {
     let joined = serde_json::to_vec(&Tagged { r#type: event.event_type.as_str(), data })
         .map_err(|e| fail(e.to_string()))?;
     serde_json::from_slice(&joined).map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Light {
+        #[serde(rename = "light.switched")]
+        Switched { on: bool, label: String },
+        #[serde(rename = "light.broke")]
+        Broke,
+    }
+
+    impl DomainEvent for Light {}
+
+    #[derive(Serialize, Deserialize)]
+    struct Untagged {
+        on: bool,
+    }
+
+    impl DomainEvent for Untagged {}
+
+    #[test]
+    fn the_tag_is_the_type_and_the_content_the_payload_byte_for_byte() {
+        let event = Light::Switched { on: true, label: "hall \"east\"".into() };
+        let new = encode(&event).unwrap();
+        assert_eq!(new.event_type.as_str(), "light.switched");
+        assert_eq!(new.data.as_ref(), br#"{"on":true,"label":"hall \"east\""}"#);
+        let unit = encode(&Light::Broke).unwrap();
+        assert_eq!((unit.event_type.as_str(), unit.data.as_ref()), ("light.broke", &b"null"[..]));
+    }
+
+    #[test]
+    fn an_event_without_a_type_tag_is_refused() {
+        let err = encode(&Untagged { on: true }).unwrap_err();
+        assert!(matches!(err, Error::Encode { .. }), "{err}");
+    }
 }
