@@ -88,9 +88,8 @@ impl Error {
             e @ Self::Timeout { .. } => CoreError::Unavailable(e.to_string()),
             Self::Closed => CoreError::Unavailable("the client is closed".into()),
             Self::Config(message) | Self::InvalidArgument(message) => CoreError::InvalidArgument(message),
-            e @ (Self::GroupNotFound(_) | Self::DeadLetterNotFound { .. }) => {
-                CoreError::InvalidArgument(e.to_string())
-            }
+            Self::GroupNotFound(group) => CoreError::GroupNotFound(group),
+            e @ Self::DeadLetterNotFound { .. } => CoreError::InvalidArgument(e.to_string()),
             Self::Decode(message) => CoreError::Storage {
                 message: format!("unexpected answer from the server: {message}"),
                 source: None,
@@ -192,6 +191,10 @@ impl Problem {
                 None => CoreError::InvalidArgument(detail()),
             },
             "bifrost:out-of-range" => CoreError::OutOfRange(detail()),
+            "bifrost:group-not-found" => match self.member_str("group") {
+                Some(group) => CoreError::GroupNotFound(group.to_owned()),
+                None => CoreError::InvalidArgument(detail()),
+            },
             "bifrost:unavailable" => CoreError::Unavailable(detail()),
             _ if self.status == 410 => match self.stream(stream) {
                 Some(s) => CoreError::StreamDeleted(s),

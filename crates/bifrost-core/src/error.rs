@@ -54,6 +54,10 @@ pub enum Error {
     #[error("stream {0} was deleted permanently")]
     StreamDeleted(StreamName),
 
+    /// No consumer group (or durable consumer) of that name exists in the store.
+    #[error("consumer group {0} not found")]
+    GroupNotFound(String),
+
     /// A read started beyond the end of the stream or of the log.
     #[error("{0}")]
     OutOfRange(String),

@@ -231,6 +231,10 @@ impl From<CoreError> for ApiError {
             CoreError::StreamDeleted(stream) => {
                 Self::new(ProblemType::StreamDeleted, detail).with("stream", stream.as_str().into())
             }
+            CoreError::GroupNotFound(group) => {
+                Self::new(ProblemType::GroupNotFound, format!("there is no consumer group {group}"))
+                    .with("group", group.into())
+            }
             CoreError::OutOfRange(_) => Self::new(ProblemType::OutOfRange, detail),
             CoreError::Unavailable(_) => Self::new(ProblemType::Unavailable, detail),
             // Storage failures keep driver detail out of the answer; it goes to the log.
