@@ -5,7 +5,9 @@
 //! concurrency across streams, retries with backoff, a dead-letter queue and isolation
 //! (one failing or panicking handler holds back nobody else). A named consumer keeps its
 //! cursor in the store and resumes after a restart (at-least-once); an unnamed
-//! subscription keeps it in memory and starts at the end of the log.
+//! subscription keeps it in memory and starts at the end of the log. On a store whose
+//! database several processes share (PostgreSQL), a named consumer is one group for all of
+//! them: processes running the same consumer share its events instead of each handling all.
 
 use std::fmt;
 use std::future::Future;
@@ -14,14 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bifrost_core::{DurableStore, EventStore, MemoryState, RecordedEvent, Result, StateStore};
+use bifrost_core::group::{
+    Backoff, DeadLetterEntry, Fetch, GroupConfig, GroupEngine, GroupFilter, GroupKind, GroupName,
+    GroupStatus, Lease, LeaseToken, NackAction, ReplaySelection, Settled, StartFrom, Verdict,
+};
+use bifrost_core::{
+    DurableStore, EventId, EventStore, MemoryState, Position, RecordedEvent, Result, StateStore,
+};
 use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Backoff, GroupConfig, GroupFilter, GroupName, StartFrom};
-use crate::group::{ConsumerGroup, Scopes, Verdict};
-use crate::ledger::{Delivery, LeaseId, NackAction};
+use crate::group::{ConsumerGroup, Scopes};
 use crate::transient::TransientBus;
 
 /// How long an idle worker waits in one fetch before checking whether it should stop.
@@ -226,17 +232,91 @@ impl Default for BatchOptions {
     }
 }
 
+/// The consumer group under a subscription: run in this process, or kept in the store's
+/// database for every process that runs the same durable consumer.
+#[derive(Clone)]
+pub struct SubscriptionGroup(Backing);
+
+#[derive(Clone)]
+enum Backing {
+    Local(ConsumerGroup),
+    Shared { engine: Arc<dyn GroupEngine>, name: GroupName },
+}
+
+impl SubscriptionGroup {
+    pub fn name(&self) -> &GroupName {
+        match &self.0 {
+            Backing::Local(group) => group.name(),
+            Backing::Shared { name, .. } => name,
+        }
+    }
+
+    pub async fn status(&self) -> Result<GroupStatus> {
+        match &self.0 {
+            Backing::Local(group) => group.status().await,
+            Backing::Shared { engine, name } => engine.status(name).await,
+        }
+    }
+
+    /// Dead letters in log order, after `after` (exclusive), up to `limit`.
+    pub async fn dead_letters(&self, after: Option<Position>, limit: usize) -> Result<Vec<DeadLetterEntry>> {
+        match &self.0 {
+            Backing::Local(group) => group.dead_letters(after, limit).await,
+            Backing::Shared { engine, name } => engine.dead_letters(name, after, limit).await,
+        }
+    }
+
+    /// Delivers dead letters again with fresh attempts.
+    pub async fn replay(&self, selection: ReplaySelection) -> Result<usize> {
+        match &self.0 {
+            Backing::Local(group) => group.replay(selection).await,
+            Backing::Shared { engine, name } => engine.replay(name, selection).await,
+        }
+    }
+
+    /// Removes one dead letter. `false` when there is none for that event.
+    pub async fn discard(&self, id: EventId) -> Result<bool> {
+        match &self.0 {
+            Backing::Local(group) => group.discard(id).await,
+            Backing::Shared { engine, name } => engine.discard(name, id).await,
+        }
+    }
+
+    async fn fetch(&self, fetch: Fetch<'_>) -> Result<Vec<Lease>> {
+        match &self.0 {
+            Backing::Local(group) => group.fetch(fetch).await,
+            Backing::Shared { engine, name } => engine.fetch(name, fetch).await,
+        }
+    }
+
+    /// In-process verdicts are written with the group's next write, not waited for.
+    async fn settle(&self, leases: &[LeaseToken], verdict: Verdict<'_>) -> Result<Settled> {
+        match &self.0 {
+            Backing::Local(group) => group.settle(leases, verdict, true).await,
+            Backing::Shared { engine, name } => engine.settle(name, leases, verdict, true).await,
+        }
+    }
+
+    /// A group run here stops (writing its state); a shared one goes on for the others.
+    async fn close(&self) -> Result<()> {
+        match &self.0 {
+            Backing::Local(group) => group.close().await,
+            Backing::Shared { .. } => Ok(()),
+        }
+    }
+}
+
 /// A running subscription. [`unsubscribe`](Self::unsubscribe) stops it after the handlers
 /// in progress finish; dropping it stops it without waiting.
 pub struct Subscription {
-    group: ConsumerGroup,
+    group: SubscriptionGroup,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl Subscription {
     /// The consumer group underneath: its status, dead letters, replay.
-    pub fn group(&self) -> &ConsumerGroup {
+    pub fn group(&self) -> &SubscriptionGroup {
         &self.group
     }
 
@@ -301,9 +381,8 @@ impl Bus {
         handler: impl Handler,
     ) -> Result<Subscription> {
         let name = GroupName::new(&format!("subscription-{}", uuid::Uuid::now_v7()))?;
-        let group =
-            open_group(name, &filter, &options, None, self.store.clone(), Arc::new(MemoryState::new()))
-                .await?;
+        let config = consumer_config(&filter, &options, None)?;
+        let group = open_local(name, config, self.store.clone(), Arc::new(MemoryState::new())).await?;
         Ok(start_workers(group, options, Worker::Single(Arc::new(handler))))
     }
 
@@ -343,20 +422,39 @@ impl Bus {
         filter: &GroupFilter,
         options: &ConsumerOptions,
         batch: Option<BatchOptions>,
-    ) -> Result<ConsumerGroup> {
+    ) -> Result<SubscriptionGroup> {
         let name = GroupName::new(name)?;
-        open_group(name, filter, options, batch, self.store.clone(), self.state.clone()).await
+        let config = consumer_config(filter, options, batch)?;
+        if let Some(engine) = self.state.shared_groups(GroupKind::Consumer) {
+            engine.put(&name, config).await?;
+            return Ok(SubscriptionGroup(Backing::Shared { engine, name }));
+        }
+        open_local(name, config, self.store.clone(), self.state.clone()).await
     }
 }
 
-async fn open_group(
+/// A consumer's group, run in this process from `state`.
+async fn open_local(
     name: GroupName,
+    config: GroupConfig,
+    store: Arc<dyn EventStore>,
+    state: Arc<dyn StateStore>,
+) -> Result<SubscriptionGroup> {
+    let scopes = Scopes::consumer(&name);
+    if state.read_state(&scopes.cursor, "cursor").await?.is_none() {
+        state.write_state(vec![scopes.start(store.as_ref(), &config).await?]).await?;
+    }
+    let group =
+        ConsumerGroup::open_in(name, scopes, config, store, state, bifrost_core::Timestamp::now()).await?;
+    Ok(SubscriptionGroup(Backing::Local(group)))
+}
+
+/// The group settings that run a consumer with these options.
+fn consumer_config(
     filter: &GroupFilter,
     options: &ConsumerOptions,
     batch: Option<BatchOptions>,
-    store: Arc<dyn EventStore>,
-    state: Arc<dyn StateStore>,
-) -> Result<ConsumerGroup> {
+) -> Result<GroupConfig> {
     if options.concurrency == 0 {
         return Err(bifrost_core::Error::InvalidArgument(
             "a consumer needs a concurrency of at least 1".into(),
@@ -365,19 +463,14 @@ async fn open_group(
     // A batch is leased while it fills up and while it is handled.
     let ack_timeout = options.handler_timeout + batch.map_or(Duration::ZERO, |b| b.max_wait);
     let per_worker = batch.map_or(1, |b| b.max_size);
-    let config = GroupConfig {
+    Ok(GroupConfig {
         filter: filter.clone(),
         start: options.start,
         ack_timeout,
         max_attempts: options.retry.max_attempts.max(1),
         backoff: options.retry.backoff,
         max_in_flight: options.concurrency.saturating_mul(per_worker),
-    };
-    let scopes = Scopes::consumer(&name);
-    if state.read_state(&scopes.cursor, "cursor").await?.is_none() {
-        state.write_state(vec![scopes.start(store.as_ref(), &config).await?]).await?;
-    }
-    ConsumerGroup::open_in(name, scopes, config, store, state).await
+    })
 }
 
 enum Worker {
@@ -385,7 +478,7 @@ enum Worker {
     Batch(Arc<dyn BatchHandler>, BatchOptions),
 }
 
-fn start_workers(group: ConsumerGroup, options: ConsumerOptions, worker: Worker) -> Subscription {
+fn start_workers(group: SubscriptionGroup, options: ConsumerOptions, worker: Worker) -> Subscription {
     let (stop, _) = watch::channel(false);
     let options = Arc::new(options);
     let workers = (0..options.concurrency)
@@ -407,7 +500,7 @@ fn start_workers(group: ConsumerGroup, options: ConsumerOptions, worker: Worker)
 
 /// One worker task of a subscription.
 struct Run {
-    group: ConsumerGroup,
+    group: SubscriptionGroup,
     id: String,
     options: Arc<ConsumerOptions>,
     stop: watch::Receiver<bool>,
@@ -418,23 +511,39 @@ impl Run {
         *self.stop.borrow()
     }
 
+    /// What a worker asks for: up to `room` events, `per_stream` of one stream together,
+    /// leased deferred (see [`Fetch::deferred`]).
+    fn fetch(&self, room: usize, per_stream: usize, wait: Duration) -> Fetch<'_> {
+        Fetch { consumer: &self.id, max: room, per_stream, wait, deferred: true }
+    }
+
     async fn single(self, handler: Arc<dyn Handler>) {
         let handled =
             metrics::histogram!("bifrost_handler_seconds", "consumer" => self.group.name().to_string());
         while !self.stopped() {
-            let Ok(deliveries) = self.group.deliveries(&self.id, 1, 1, IDLE_POLL).await else { return };
-            for delivery in deliveries {
+            let leases = match self.group.fetch(self.fetch(1, 1, IDLE_POLL)).await {
+                Ok(leases) => leases,
+                Err(e) => {
+                    if self.stopped() {
+                        return;
+                    }
+                    tracing::warn!(consumer = %self.group.name(), error = %e, "fetching failed; retrying");
+                    tokio::time::sleep(IDLE_POLL).await;
+                    continue;
+                }
+            };
+            for lease in leases {
                 let started = Instant::now();
-                let outcome = guarded(handler.handle(delivery.event)).await;
+                let outcome = guarded(handler.handle(lease.event)).await;
                 handled.record(started.elapsed().as_secs_f64());
-                self.settle(&[delivery.lease], delivery.attempt, outcome).await;
+                self.settle(&[lease.token], lease.attempt, outcome).await;
             }
         }
     }
 
     async fn batch(self, handler: Arc<dyn BatchHandler>, options: BatchOptions) {
         while !self.stopped() {
-            let mut batch: Vec<Delivery> = Vec::with_capacity(options.max_size);
+            let mut batch: Vec<Lease> = Vec::with_capacity(options.max_size);
             let mut deadline: Option<tokio::time::Instant> = None;
             while batch.len() < options.max_size && !self.stopped() {
                 let wait = match deadline {
@@ -445,11 +554,21 @@ impl Run {
                     break;
                 }
                 let room = options.max_size - batch.len();
-                let Ok(deliveries) = self.group.deliveries(&self.id, room, room, wait).await else { return };
-                if deadline.is_none() && !deliveries.is_empty() {
+                let leases = match self.group.fetch(self.fetch(room, room, wait)).await {
+                    Ok(leases) => leases,
+                    Err(e) => {
+                        if self.stopped() {
+                            return;
+                        }
+                        tracing::warn!(consumer = %self.group.name(), error = %e, "fetching failed; retrying");
+                        tokio::time::sleep(IDLE_POLL).await;
+                        continue;
+                    }
+                };
+                if deadline.is_none() && !leases.is_empty() {
                     deadline = Some(tokio::time::Instant::now() + options.max_wait);
                 }
-                batch.extend(deliveries);
+                batch.extend(leases);
             }
             if batch.is_empty() {
                 continue;
@@ -468,18 +587,17 @@ impl Run {
         }
     }
 
-    async fn run_batch(&self, handler: &dyn BatchHandler, batch: Vec<Delivery>) {
-        let attempt = batch.iter().map(|d| d.attempt).max().unwrap_or(1);
-        let (leases, events): (Vec<_>, Vec<_>) = batch.into_iter().map(|d| (d.lease, d.event)).unzip();
+    async fn run_batch(&self, handler: &dyn BatchHandler, batch: Vec<Lease>) {
+        let attempt = batch.iter().map(|l| l.attempt).max().unwrap_or(1);
+        let (leases, events): (Vec<_>, Vec<_>) = batch.into_iter().map(|l| (l.token, l.event)).unzip();
         let outcome = guarded(handler.handle_batch(events)).await;
         self.settle(&leases, attempt, outcome).await;
     }
 
     /// Acks on success; on failure retries with the policy's backoff or parks.
-    async fn settle(&self, leases: &[LeaseId], attempt: u32, outcome: Result<(), HandlerError>) {
-        // In-process verdicts are written with the group's next state write, not waited for.
+    async fn settle(&self, leases: &[LeaseToken], attempt: u32, outcome: Result<(), HandlerError>) {
         let result = match outcome {
-            Ok(()) => self.group.settle(leases, Verdict::Ack, false).await,
+            Ok(()) => self.group.settle(leases, Verdict::Ack).await,
             Err(error) => {
                 let reason = format!("{}: {}", self.options.handler_name, error.message());
                 let retry = self.options.retry.should_retry(&error, attempt);
@@ -491,7 +609,7 @@ impl Run {
                 if !retry {
                     tracing::warn!(consumer = %self.group.name(), %reason, attempt, "parking an event");
                 }
-                self.group.settle(leases, Verdict::Nack(action, Some(&reason)), false).await
+                self.group.settle(leases, Verdict::Nack(action, Some(&reason))).await
             }
         };
         if let Err(e) = result {

@@ -1,18 +1,37 @@
-//! The consumer groups of a store: created, changed, listed and deleted by name, and
-//! started again from their stored state when the process restarts.
+//! The consumer groups of a store, as the server's API uses them: [`open`] picks the
+//! engine. A store whose database several processes share (PostgreSQL) keeps its groups
+//! there ([`StateStore::shared_groups`](bifrost_core::StateStore::shared_groups)); any other
+//! store is opened by one process at a time, which runs the groups itself:
+//! [`LocalGroups`], created, changed, listed and deleted by name, and started again from
+//! their stored state when the process restarts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bifrost_core::{DurableStore, Error, EventStore, Result, StateChange, StateStore, Timestamp};
+use async_trait::async_trait;
+use bifrost_core::group::{
+    DeadLetterEntry, Fetch, GroupConfig, GroupEngine, GroupKind, GroupName, GroupStatus, Lease, LeaseToken,
+    Put, ReplaySelection, Settled, Verdict,
+};
+use bifrost_core::{
+    DurableStore, Error, EventId, EventStore, Position, Result, StateChange, StateStore, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::config::{GroupConfig, GroupName};
-use crate::group::{ConsumerGroup, Scopes, encode};
+use crate::group::{ConsumerGroup, Scopes, decode, encode};
 
 /// Where the group list lives in the state space: one key per group.
 const GROUPS_SCOPE: &str = "groups";
+
+/// The consumer groups of the HTTP API in `store`: the store's shared engine when it has
+/// one, else [`LocalGroups`] (every stored group started).
+pub async fn open(store: Arc<dyn DurableStore>) -> Result<Arc<dyn GroupEngine>> {
+    if let Some(shared) = store.shared_groups(GroupKind::Group) {
+        return Ok(shared);
+    }
+    Ok(Arc::new(LocalGroups::open(store.clone(), store).await?))
+}
 
 #[derive(Serialize, Deserialize)]
 struct GroupRecord {
@@ -20,28 +39,16 @@ struct GroupRecord {
     created_at: Timestamp,
 }
 
-/// Every consumer group of one store.
-pub struct Groups {
+/// The consumer groups of a store that one process at a time opens, run in this process.
+pub struct LocalGroups {
     store: Arc<dyn EventStore>,
     state: Arc<dyn StateStore>,
-    groups: RwLock<BTreeMap<GroupName, (ConsumerGroup, Timestamp)>>,
+    groups: RwLock<BTreeMap<GroupName, ConsumerGroup>>,
 }
 
-/// Whether [`Groups::put`] created the group or changed it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Put {
-    Created,
-    Updated,
-}
-
-impl Groups {
-    /// Starts every group stored in `store`.
-    pub async fn open(store: Arc<dyn DurableStore>) -> Result<Self> {
-        Self::open_parts(store.clone(), store).await
-    }
-
+impl LocalGroups {
     /// Starts every group stored in `state`, reading events from `store`.
-    pub async fn open_parts(store: Arc<dyn EventStore>, state: Arc<dyn StateStore>) -> Result<Self> {
+    pub async fn open(store: Arc<dyn EventStore>, state: Arc<dyn StateStore>) -> Result<Self> {
         let mut groups = BTreeMap::new();
         let mut after: Option<String> = None;
         loop {
@@ -49,80 +56,89 @@ impl Groups {
             let Some(last) = page.last() else { break };
             after = Some(last.key.clone());
             for entry in page {
-                let name = GroupName::new(&entry.key)?;
-                let record: GroupRecord =
-                    serde_json::from_slice(&entry.value).map_err(|e| Error::Storage {
-                        message: format!("group {name}: unreadable settings: {e}"),
-                        source: None,
-                    })?;
-                let group =
-                    ConsumerGroup::open(name.clone(), record.config, store.clone(), state.clone()).await?;
-                groups.insert(name, (group, record.created_at));
+                let name = GroupName::new(&entry.key)
+                    .map_err(|e| Error::Corrupt { message: format!("a stored group name: {e}") })?;
+                let record: GroupRecord = decode(&name, "settings", &entry.value)?;
+                let group = Self::start(&name, record, &store, &state).await?;
+                groups.insert(name, group);
             }
         }
         Ok(Self { store, state, groups: RwLock::new(groups) })
     }
 
-    /// Creates a group, or changes an existing one's settings (`start` counts only at
-    /// creation). Changing the filter restarts the group's delivery from its checkpoint:
-    /// leases still out expire, nothing settled is delivered again.
-    pub async fn put(&self, name: GroupName, config: GroupConfig) -> Result<(ConsumerGroup, Put)> {
-        config.validate()?;
-        let mut groups = self.groups.write().await;
-        if let Some((group, created_at)) = groups.get(&name) {
-            let old = group.config();
-            let config = GroupConfig { start: old.start, ..config };
-            self.save(&name, &config, *created_at, Vec::new()).await?;
-            if old.filter == config.filter {
-                group.set_config(config);
-                return Ok((group.clone(), Put::Updated));
-            }
-            let created_at = *created_at;
-            group.close().await?;
-            let group =
-                ConsumerGroup::open(name.clone(), config, self.store.clone(), self.state.clone()).await?;
-            groups.insert(name, (group.clone(), created_at));
-            return Ok((group, Put::Updated));
-        }
-        // The start point is fixed now, in the same write as the group itself.
-        let start = Scopes::group(&name).start(self.store.as_ref(), &config).await?;
-        let created_at = Timestamp::now();
-        self.save(&name, &config, created_at, vec![start]).await?;
-        let group = ConsumerGroup::open(name.clone(), config, self.store.clone(), self.state.clone()).await?;
-        groups.insert(name, (group.clone(), created_at));
-        Ok((group, Put::Created))
+    async fn start(
+        name: &GroupName,
+        record: GroupRecord,
+        store: &Arc<dyn EventStore>,
+        state: &Arc<dyn StateStore>,
+    ) -> Result<ConsumerGroup> {
+        let scopes = Scopes::group(name);
+        ConsumerGroup::open_in(
+            name.clone(),
+            scopes,
+            record.config,
+            store.clone(),
+            state.clone(),
+            record.created_at,
+        )
+        .await
     }
 
-    async fn save(
-        &self,
-        name: &GroupName,
-        config: &GroupConfig,
-        created_at: Timestamp,
-        mut extra: Vec<StateChange>,
-    ) -> Result<()> {
-        let record = encode(&GroupRecord { config: config.clone(), created_at })?;
-        extra.push(StateChange::put(GROUPS_SCOPE, name.as_str(), record));
+    /// The running group `name`.
+    pub async fn get(&self, name: &GroupName) -> Result<ConsumerGroup> {
+        self.groups.read().await.get(name).cloned().ok_or_else(|| Error::GroupNotFound(name.to_string()))
+    }
+
+    async fn save(&self, name: &GroupName, record: &GroupRecord, mut extra: Vec<StateChange>) -> Result<()> {
+        extra.push(StateChange::put(GROUPS_SCOPE, name.as_str(), encode(record)?));
         self.state.write_state(extra).await
     }
+}
 
-    pub async fn get(&self, name: &GroupName) -> Option<ConsumerGroup> {
-        self.groups.read().await.get(name).map(|(g, _)| g.clone())
-    }
-
-    /// When the group was created.
-    pub async fn created_at(&self, name: &GroupName) -> Option<Timestamp> {
-        self.groups.read().await.get(name).map(|(_, t)| *t)
-    }
-
-    /// Every group, in name order.
-    pub async fn list(&self) -> Vec<ConsumerGroup> {
-        self.groups.read().await.values().map(|(g, _)| g.clone()).collect()
-    }
-
-    /// Stops and forgets a group, its cursor and its dead letters. `false` when unknown.
-    pub async fn delete(&self, name: &GroupName) -> Result<bool> {
+#[async_trait]
+impl GroupEngine for LocalGroups {
+    /// Changing the filter starts a new run of the group from its checkpoint: leases still
+    /// out end (handed out again, their attempt uncounted), nothing settled is delivered
+    /// again.
+    async fn put(&self, name: &GroupName, config: GroupConfig) -> Result<Put> {
+        config.validate()?;
         let mut groups = self.groups.write().await;
-        let Some((group, _)) = groups.remove(name) else { return Ok(false) };
+        if let Some(group) = groups.get(name) {
+            let old = group.config();
+            let record = GroupRecord {
+                config: GroupConfig { start: old.start, ..config },
+                created_at: group.created_at(),
+            };
+            self.save(name, &record, Vec::new()).await?;
+            if old.filter == record.config.filter {
+                group.set_config(record.config);
+                return Ok(Put::Updated);
+            }
+            group.close_releasing().await?;
+            let group = Self::start(name, record, &self.store, &self.state).await?;
+            groups.insert(name.clone(), group);
+            return Ok(Put::Updated);
+        }
+        // The start point is fixed now, in the same write as the group itself.
+        let start = Scopes::group(name).start(self.store.as_ref(), &config).await?;
+        let record = GroupRecord { config, created_at: Timestamp::now() };
+        self.save(name, &record, vec![start]).await?;
+        let group = Self::start(name, record, &self.store, &self.state).await?;
+        groups.insert(name.clone(), group);
+        Ok(Put::Created)
+    }
+
+    async fn status(&self, name: &GroupName) -> Result<GroupStatus> {
+        self.get(name).await?.status().await
+    }
+
+    async fn list(&self) -> Result<Vec<GroupName>> {
+        Ok(self.groups.read().await.keys().cloned().collect())
+    }
+
+    async fn delete(&self, name: &GroupName) -> Result<()> {
+        let mut groups = self.groups.write().await;
+        let group = groups.remove(name).ok_or_else(|| Error::GroupNotFound(name.to_string()))?;
         group.close().await?;
         let scopes = Scopes::group(name);
         self.state
@@ -131,15 +147,61 @@ impl Groups {
                 StateChange::delete_scope(scopes.cursor),
                 StateChange::delete_scope(scopes.dead_letters),
             ])
-            .await?;
-        Ok(true)
+            .await
     }
 
-    /// Stops every group, writing what is not written yet.
-    pub async fn close(&self) -> Result<()> {
+    async fn fetch(&self, name: &GroupName, fetch: Fetch<'_>) -> Result<Vec<Lease>> {
+        let deadline = tokio::time::Instant::now() + fetch.wait;
+        let mut group = self.get(name).await?;
+        // A fetch can outlive its group run: a group whose filter changed (a new run under
+        // the same name) is fetched from again; one that was deleted is not found.
+        for _ in 0..2 {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match group.fetch(Fetch { wait, ..fetch }).await {
+                Err(Error::Unavailable(why)) => {
+                    let current = self.get(name).await?;
+                    if current.same_run(&group) {
+                        return Err(Error::Unavailable(why));
+                    }
+                    group = current;
+                }
+                done => return done,
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn settle(
+        &self,
+        name: &GroupName,
+        leases: &[LeaseToken],
+        verdict: Verdict<'_>,
+        deferred: bool,
+    ) -> Result<Settled> {
+        self.get(name).await?.settle(leases, verdict, deferred).await
+    }
+
+    async fn dead_letters(
+        &self,
+        name: &GroupName,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterEntry>> {
+        self.get(name).await?.dead_letters(after, limit).await
+    }
+
+    async fn replay(&self, name: &GroupName, selection: ReplaySelection) -> Result<usize> {
+        self.get(name).await?.replay(selection).await
+    }
+
+    async fn discard(&self, name: &GroupName, id: EventId) -> Result<bool> {
+        self.get(name).await?.discard(id).await
+    }
+
+    async fn close(&self) -> Result<()> {
         let groups = self.groups.read().await;
         let mut result = Ok(());
-        for (group, _) in groups.values() {
+        for group in groups.values() {
             if let Err(e) = group.close().await {
                 result = Err(e);
             }

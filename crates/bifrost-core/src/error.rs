@@ -71,6 +71,14 @@ pub enum Error {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
 
+    /// Stored data that cannot be read back: retrying will not help.
+    #[error("corrupt stored data: {message}")]
+    Corrupt { message: String },
+
+    /// A broken invariant inside Bifrost (a bug), not a fault of the input or the store.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// A failure inside the backend (I/O, driver, corruption).
     #[error("storage error: {message}")]
     Storage {

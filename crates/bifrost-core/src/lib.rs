@@ -1,5 +1,5 @@
 //! Bifrost's core: the event model, the [`EventStore`] contract every backend implements,
-//! AMQP-style type patterns, an in-memory store and (feature `testkit`) the conformance
+//! AMQP-style type patterns, the consumer-group model and its engine contract, an in-memory store and (feature `testkit`) the conformance
 //! suite that every backend runs.
 //!
 //! This crate does no I/O. Backends own their drivers; the server owns the wire JSON.
@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod error;
 pub mod event;
+pub mod group;
 pub mod memory;
 pub mod name;
 pub mod pattern;

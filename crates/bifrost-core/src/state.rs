@@ -7,12 +7,13 @@
 //! store runs in a relaxed durability mode).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::group::{GroupEngine, GroupKind};
 
 /// Longest scope or key, in bytes.
 pub const MAX_STATE_NAME_LEN: usize = 512;
@@ -82,6 +83,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// Up to `limit` entries of `scope` in byte order of their keys, starting after `after`
     /// (exclusive) when given.
     async fn scan_state(&self, scope: &str, after: Option<&str>, limit: usize) -> Result<Vec<StateEntry>>;
+
+    /// The consumer groups of `kind` that the backend keeps in its database, shared by every
+    /// process that opens it (PostgreSQL). `None`, the default: the process runs its groups
+    /// itself from this state space (`bifrost-bus`), which is right for a store that one
+    /// process at a time opens (the embedded store's lock file, memory).
+    fn shared_groups(&self, kind: GroupKind) -> Option<Arc<dyn GroupEngine>> {
+        let _ = kind;
+        None
+    }
 }
 
 /// An event store that also keeps its readers' state: what the delivery engine runs on.

@@ -22,7 +22,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
-use bifrost_bus::Groups;
+use bifrost_core::group::GroupEngine;
 use bifrost_core::{DurableStore, EventStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ impl Default for ServerConfig {
 pub(crate) struct AppState {
     pub(crate) store: Arc<dyn EventStore>,
     /// The consumer groups of `store`.
-    pub(crate) groups: Arc<Groups>,
+    pub(crate) groups: Arc<dyn GroupEngine>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) metrics: Option<PrometheusHandle>,
     /// Cancelled when the server shuts down: ends the infinite responses (SSE).
@@ -72,7 +72,7 @@ pub(crate) struct AppState {
 impl AppState {
     fn new(
         store: Arc<dyn DurableStore>,
-        groups: Arc<Groups>,
+        groups: Arc<dyn GroupEngine>,
         config: ServerConfig,
         metrics: Option<PrometheusHandle>,
         shutdown: CancellationToken,
@@ -82,11 +82,11 @@ impl AppState {
 }
 
 /// The whole API as a router, ready for `axum::serve` or `tower::ServiceExt::oneshot`.
-/// `groups` must be the consumer groups of `store` ([`Groups::open`]). `metrics: None` makes
+/// `groups` must be the consumer groups of `store` (`bifrost_bus::groups::open`). `metrics: None` makes
 /// `/metrics` answer 503.
 pub fn router(
     store: Arc<dyn DurableStore>,
-    groups: Arc<Groups>,
+    groups: Arc<dyn GroupEngine>,
     config: ServerConfig,
     metrics: Option<PrometheusHandle>,
 ) -> Router {
@@ -98,7 +98,7 @@ pub fn router(
 #[doc(hidden)]
 pub fn router_with_extra_routes(
     store: Arc<dyn DurableStore>,
-    groups: Arc<Groups>,
+    groups: Arc<dyn GroupEngine>,
     config: ServerConfig,
     metrics: Option<PrometheusHandle>,
     extra: Router,
@@ -166,7 +166,7 @@ async fn problems_only(response: Response) -> Response {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn DurableStore>,
-    groups: Arc<Groups>,
+    groups: Arc<dyn GroupEngine>,
     config: ServerConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,

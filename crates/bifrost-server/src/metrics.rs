@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use bifrost_bus::Groups;
+use bifrost_core::group::GroupEngine;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub(crate) const APPENDS_TOTAL: &str = "bifrost_appends_total";
@@ -107,12 +107,21 @@ pub(crate) async fn timed_append<T>(
 
 /// Sets the per-group gauges from each group's status; called when metrics are scraped,
 /// so the figures are as fresh as the scrape and cost nothing in between.
-pub(crate) async fn record_group_gauges(groups: &Groups) {
-    for group in groups.list().await {
-        let status = match group.status().await {
+pub(crate) async fn record_group_gauges(groups: &dyn GroupEngine) {
+    let names = match groups.list().await {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the consumer groups");
+            return;
+        }
+    };
+    for name in names {
+        let status = match groups.status(&name).await {
             Ok(status) => status,
+            // Deleted since it was listed.
+            Err(bifrost_core::Error::GroupNotFound(_)) => continue,
             Err(e) => {
-                tracing::warn!(group = %group.name(), error = %e, "cannot read a consumer group's status");
+                tracing::warn!(group = %name, error = %e, "cannot read a consumer group's status");
                 continue;
             }
         };

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use bifrost_bus::config::MAX_DELAY;
 use bifrost_bus::{
     Backoff, BackoffKind, DeadLetterEntry, GroupConfig, GroupFilter, GroupStatus, Lease, NackAction,
     ReplaySelection, StartFrom,
 };
+use bifrost_core::group::MAX_DELAY;
 use bifrost_core::{
     AppendResult, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamInfo, StreamSummary,
     Timestamp,
@@ -604,14 +604,14 @@ pub struct GroupBody {
 }
 
 impl GroupBody {
-    pub fn new(status: GroupStatus, created_at: Option<Timestamp>) -> Self {
+    pub fn new(status: GroupStatus) -> Self {
         Self {
             group: status.name.to_string(),
             config: GroupConfigBody::from(&status.config),
             checkpoint: status.checkpoint,
             lag: status.lag,
-            in_flight: status.in_flight as u64,
-            waiting: status.waiting as u64,
+            in_flight: status.in_flight,
+            waiting: status.waiting,
             parked: status.parked,
             redeliveries: status.redeliveries,
             timeouts: status.timeouts,
@@ -620,7 +620,7 @@ impl GroupBody {
                 .into_iter()
                 .map(|(name, seen)| ConsumerBody { name, last_seen: seen.to_string() })
                 .collect(),
-            created_at: created_at.map(|t| t.to_string()),
+            created_at: Some(status.created_at.to_string()),
         }
     }
 }
@@ -796,7 +796,7 @@ pub fn fetch_json(leases: &[Lease]) -> Vec<u8> {
     out.extend_from_slice(b"{\"messages\":");
     write_array(&mut out, leases, |out, lease| {
         out.extend_from_slice(b"{\"lease\":");
-        write_str(out, &lease.token);
+        write_str(out, &lease.token.to_string());
         out.extend_from_slice(b",\"attempt\":");
         write_u64(out, u64::from(lease.attempt));
         out.extend_from_slice(b",\"event\":");
@@ -995,7 +995,7 @@ mod tests {
     #[test]
     fn group_writers_emit_the_documented_bytes() {
         let event = recorded(b"1", b"{}");
-        let lease = Lease { token: "t\"1".into(), attempt: 2, event: event.clone() };
+        let lease = Lease { token: bifrost_bus::LeaseToken::new(0xab, 1), attempt: 2, event: event.clone() };
         let event_text = String::from_utf8(event_json(&event)).unwrap();
         assert_eq!(
             event_text,
@@ -1008,7 +1008,8 @@ mod tests {
         );
         assert_eq!(fetch_json(&[]), br#"{"messages":[]}"#);
         let fetched = String::from_utf8(fetch_json(&[lease.clone(), lease])).unwrap();
-        let message = format!(r#"{{"lease":"t\"1","attempt":2,"event":{event_text}}}"#);
+        let message =
+            format!(r#"{{"lease":"00000000000000ab0000000000000001","attempt":2,"event":{event_text}}}"#);
         assert_eq!(fetched, format!(r#"{{"messages":[{message},{message}]}}"#));
 
         let dead_letter = bifrost_bus::DeadLetter {

@@ -685,7 +685,7 @@ async fn shutdown_ends_long_polls_at_once_and_closes_the_groups() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let store = bifrost_core::InMemoryStore::shared();
-    let groups = std::sync::Arc::new(bifrost_bus::Groups::open(store.clone()).await.unwrap());
+    let groups = bifrost_bus::groups::open(store.clone()).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(bifrost_server::serve(
         listener,
@@ -711,6 +711,7 @@ async fn shutdown_ends_long_polls_at_once_and_closes_the_groups() {
     assert_eq!((status, body), (200, json!({"messages": []})));
     tokio::time::timeout(GUARD, server).await.unwrap().unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited for the long poll");
-    let group = groups.get(&bifrost_bus::GroupName::new("g").unwrap()).await.unwrap();
-    assert!(group.fetch("late", 1, Duration::ZERO).await.is_err(), "serve closes the groups");
+    let name = bifrost_bus::GroupName::new("g").unwrap();
+    let late = groups.fetch(&name, bifrost_bus::Fetch::new("late", 1, Duration::ZERO)).await;
+    assert!(late.is_err(), "serve closes the groups");
 }

@@ -12,7 +12,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
-use bifrost_bus::Groups;
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventId, EventStore, InMemoryStore, LogFilter, LogSlice,
     MemoryState, Position, RecordedEvent, StateChange, StateEntry, StateStore, StreamAppend, StreamInfo,
@@ -87,7 +86,9 @@ impl StateStore for DownStore {
 async fn readyz_answers_503_when_the_store_is_down_and_store_failures_map_to_problems() {
     let store = Arc::new(DownStore(watch::Sender::new(0)));
     // The groups keep their state elsewhere: opening them must not need the store.
-    let groups = Arc::new(Groups::open_parts(store.clone(), Arc::new(MemoryState::new())).await.unwrap());
+    let groups =
+        Arc::new(bifrost_bus::LocalGroups::open(store.clone(), Arc::new(MemoryState::new())).await.unwrap())
+            as Arc<dyn bifrost_bus::GroupEngine>;
     let app = router(store, groups, ServerConfig::default(), None);
     let call = |req: Request<Body>| {
         let app = app.clone();
@@ -132,7 +133,7 @@ async fn metrics_render_appends_and_requests_by_route_template() {
     let handle = install_metrics_recorder().unwrap();
     let again = install_metrics_recorder().unwrap();
     let store = InMemoryStore::shared();
-    let groups = Arc::new(Groups::open(store.clone()).await.unwrap());
+    let groups = bifrost_bus::groups::open(store.clone()).await.unwrap();
     let app = router(store, groups, ServerConfig::default(), Some(again));
     let append = Request::post("/v1/streams/order-77/events")
         .header(header::CONTENT_TYPE, "application/json")
@@ -182,7 +183,7 @@ async fn a_wrong_method_is_a_405_problem_with_allow() {
 #[tokio::test]
 async fn a_panicking_handler_answers_500_and_the_server_lives_on() {
     let store = InMemoryStore::shared();
-    let groups = Arc::new(Groups::open(store.clone()).await.unwrap());
+    let groups = bifrost_bus::groups::open(store.clone()).await.unwrap();
     let extra: Router = Router::new().route(
         "/boom",
         get(|| async {

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bifrost_bus::Groups;
 use bifrost_core::{Error, EventStore, EventType, ExpectedVersion, InMemoryStore, NewEvent, StreamName};
 use bifrost_server::{ServerConfig, serve};
 use futures::StreamExt;
@@ -31,7 +30,7 @@ async fn start(heartbeat: Duration) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let store = InMemoryStore::shared();
-    let groups = Arc::new(Groups::open(store.clone()).await.unwrap());
+    let groups = bifrost_bus::groups::open(store.clone()).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let config = ServerConfig { sse_heartbeat: heartbeat, ..ServerConfig::default() };
     let task = tokio::spawn(serve(listener, store.clone(), groups, config, None, async {

@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::Arc;
 
-use bifrost_bus::Groups;
 use bifrost_client::Client;
 use bifrost_core::{DurableStore, EventStore, InMemoryStore, LogFilter, MemoryState, RecordedEvent};
 use bifrost_sourcing::{ProjectionRunner, Repository, View, ViewProjection};
@@ -17,7 +16,7 @@ async fn serve() -> (String, tokio::sync::oneshot::Sender<()>) {
     let store: Arc<dyn DurableStore> = Arc::new(InMemoryStore::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("local address"));
-    let groups = Arc::new(Groups::open(store.clone()).await.expect("open the groups"));
+    let groups = bifrost_bus::groups::open(store.clone()).await.expect("open the groups");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         let _ = stopped.await;

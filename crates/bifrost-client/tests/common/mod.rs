@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bifrost_bus::Groups;
 use bifrost_client::Client;
 use bifrost_core::{DurableStore, InMemoryStore};
 use bifrost_server::ServerConfig;
@@ -26,7 +25,7 @@ impl TestServer {
     pub async fn start(store: Arc<dyn DurableStore>, config: ServerConfig, addr: SocketAddr) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind the test server");
         let addr = listener.local_addr().unwrap();
-        let groups = Arc::new(Groups::open(Arc::clone(&store)).await.expect("open the groups"));
+        let groups = bifrost_bus::groups::open(Arc::clone(&store)).await.expect("open the groups");
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             // A dropped sender stops the server too.

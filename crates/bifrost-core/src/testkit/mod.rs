@@ -15,6 +15,7 @@ use crate::state::{DurableStore, StateStore};
 use crate::store::EventStore;
 
 pub mod cases;
+pub mod group_cases;
 pub mod properties;
 pub mod state_cases;
 
@@ -297,6 +298,59 @@ macro_rules! __state_conformance_cases {
                 }
                 let _ = harness.store.close().await;
                 let _ = tokio::task::spawn_blocking(move || drop(harness)).await;
+            }
+        )*
+    };
+}
+
+/// Generates one test per case of the consumer-group contract
+/// ([`GroupEngine`](crate::group::GroupEngine)) for an engine. `$factory` is an
+/// `async fn() -> Option<Box<dyn GroupFixture>>` (`None`: the service it needs is
+/// unreachable, see [`service_unavailable`]) giving a fresh store with its engine.
+#[macro_export]
+macro_rules! group_conformance_suite {
+    ($factory:path) => {
+        $crate::__group_conformance_cases!($factory;
+            events_of_one_stream_are_leased_one_at_a_time_in_order,
+            ack_advances_the_checkpoint_to_below_the_lowest_unsettled_event,
+            retries_follow_the_backoff_and_stop_at_max_attempts,
+            nack_with_a_delay_waits_that_long_and_park_parks_at_once,
+            a_parked_event_is_replayed_with_fresh_attempts_and_can_be_discarded,
+            replay_selects_by_id_and_up_to_a_position,
+            a_lease_not_acked_in_time_is_redelivered_with_its_attempt_counted,
+            timed_out_leases_are_parked_after_max_attempts_with_the_reason,
+            a_long_poll_returns_as_soon_as_an_event_arrives,
+            a_long_poll_wakes_when_an_ack_releases_the_next_event_of_a_stream,
+            filters_and_start_points_choose_the_events,
+            unknown_groups_are_not_found_and_bad_settings_are_refused,
+            deleting_a_group_ends_it_and_a_new_one_of_that_name_starts_afresh,
+            changing_the_filter_keeps_what_is_settled,
+            max_in_flight_bounds_the_leases_out,
+            consecutive_events_of_a_stream_can_be_leased_together,
+            lag_counts_unread_matching_events_without_parked_ones,
+            a_fetch_without_wait_sees_events_appended_before_it,
+            order_per_stream_holds_with_8_competing_consumers_over_300_streams,
+            a_group_resumes_after_a_graceful_restart,
+            a_group_resumes_after_a_crash,
+            a_lease_out_at_a_crash_on_its_last_attempt_is_parked,
+            lag_right_after_a_restart_does_not_count_what_was_acked,
+            a_dead_letter_whose_event_was_deleted_is_found_by_id_and_dropped_on_replay,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __group_conformance_cases {
+    ($factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let Some(fixture) = $factory().await else { return };
+                let case = $crate::testkit::group_cases::$case(fixture);
+                if tokio::time::timeout(std::time::Duration::from_secs(120), case).await.is_err() {
+                    panic!("group conformance case {} did not finish within 120 s", stringify!($case));
+                }
             }
         )*
     };

@@ -1,6 +1,7 @@
 //! Consumer groups: create, change, inspect and delete groups; fetch (long-poll), ack and
-//! nack leases; list, replay and discard dead letters. The delivery itself is the engine's
-//! (`bifrost-bus`); this module maps it to the wire.
+//! nack leases; list, replay and discard dead letters. The delivery itself is the group
+//! engine's (`bifrost_core::group::GroupEngine`: run in this process by `bifrost-bus`, or
+//! shared by every node through PostgreSQL); this module maps it to the wire.
 
 use std::time::Duration;
 
@@ -8,8 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use bifrost_bus::config::MAX_GROUP_NAME_LEN;
-use bifrost_bus::{ConsumerGroup, GroupName, Lease, Put};
+use bifrost_core::group::{Fetch, GroupName, LeaseToken, MAX_GROUP_NAME_LEN, Put, Verdict};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
@@ -29,19 +29,8 @@ const MAX_WAIT_MS: u64 = 30_000;
 /// The consumer name of a fetch that gives none.
 const DEFAULT_CONSUMER: &str = "anonymous";
 
-fn group_not_found(name: &GroupName) -> ApiError {
-    ApiError::new(ProblemType::GroupNotFound, format!("there is no consumer group {name}"))
-        .with("group", name.as_str().into())
-}
-
-async fn find(state: &AppState, name: &GroupName) -> ApiResult<ConsumerGroup> {
-    state.groups.get(name).await.ok_or_else(|| group_not_found(name))
-}
-
-async fn group_body(state: &AppState, group: &ConsumerGroup) -> ApiResult<GroupBody> {
-    let status = group.status().await?;
-    let created_at = state.groups.created_at(group.name()).await;
-    Ok(GroupBody::new(status, created_at))
+async fn group_body(state: &AppState, name: &GroupName) -> ApiResult<GroupBody> {
+    Ok(GroupBody::new(state.groups.status(name).await?))
 }
 
 /// Creates a consumer group, or changes its settings.
@@ -67,12 +56,11 @@ pub(crate) async fn put_group(
 ) -> ApiResult<(StatusCode, Json<GroupBody>)> {
     let name = path.group()?;
     let config = body.parse_or_default::<GroupConfigRequest>()?.into_config()?;
-    let (group, put) = state.groups.put(name, config).await?;
-    let status = match put {
+    let status = match state.groups.put(&name, config).await? {
         Put::Created => StatusCode::CREATED,
         Put::Updated => StatusCode::OK,
     };
-    Ok((status, Json(group_body(&state, &group).await?)))
+    Ok((status, Json(group_body(&state, &name).await?)))
 }
 
 /// A consumer group's settings and figures.
@@ -88,8 +76,7 @@ pub(crate) async fn put_group(
     )
 )]
 pub(crate) async fn get_group(State(state): State<AppState>, path: PathParams) -> ApiResult<Json<GroupBody>> {
-    let group = find(&state, &path.group()?).await?;
-    Ok(Json(group_body(&state, &group).await?))
+    Ok(Json(group_body(&state, &path.group()?).await?))
 }
 
 /// Deletes a consumer group with its checkpoint and dead letters.
@@ -105,8 +92,8 @@ pub(crate) async fn get_group(State(state): State<AppState>, path: PathParams) -
     )
 )]
 pub(crate) async fn delete_group(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
-    let name = path.group()?;
-    if state.groups.delete(&name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(group_not_found(&name)) }
+    state.groups.delete(&path.group()?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Every consumer group, in name order.
@@ -118,8 +105,13 @@ pub(crate) async fn delete_group(State(state): State<AppState>, path: PathParams
 )]
 pub(crate) async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<GroupListBody>> {
     let mut groups = Vec::new();
-    for group in state.groups.list().await {
-        groups.push(group_body(&state, &group).await?);
+    for name in state.groups.list().await? {
+        match state.groups.status(&name).await {
+            Ok(status) => groups.push(GroupBody::new(status)),
+            // Deleted (through any node) since it was listed.
+            Err(bifrost_core::Error::GroupNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(Json(GroupListBody { groups }))
 }
@@ -151,41 +143,13 @@ pub(crate) async fn fetch(
     let max = query.count("max", DEFAULT_FETCH_MAX, MAX_FETCH_MAX)?;
     let wait = Duration::from_millis(query.u64("wait")?.unwrap_or(0).min(MAX_WAIT_MS));
     let consumer = consumer_name(query.one("consumer")?)?;
-    let group = find(&state, &name).await?;
     let leases = tokio::select! {
-        leases = fetch_from(&state, &name, group, consumer, max, wait) => leases?,
-        // Shutdown must not wait for long polls; a fetch dropped here has leased nothing.
+        leases = state.groups.fetch(&name, Fetch::new(consumer, max, wait)) => leases?,
+        // Shutdown must not wait for long polls. A fetch cut short here hands nothing out;
+        // whatever it had leased comes back after the ack timeout, as a lost answer would.
         () = state.shutdown.cancelled() => Vec::new(),
     };
     Ok(json_bytes(wire::fetch_json(&leases)))
-}
-
-/// A fetch that outlives its group run: a group that was deleted meanwhile is a 404; one
-/// whose filter changed (a new run under the same name) is fetched from again.
-async fn fetch_from(
-    state: &AppState,
-    name: &GroupName,
-    mut group: ConsumerGroup,
-    consumer: &str,
-    max: usize,
-    wait: Duration,
-) -> ApiResult<Vec<Lease>> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut retried = false;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match group.fetch(consumer, max, left).await {
-            Ok(leases) => return Ok(leases),
-            Err(e) => {
-                let Some(current) = state.groups.get(name).await else { return Err(group_not_found(name)) };
-                if retried {
-                    return Err(e.into());
-                }
-                retried = true;
-                group = current;
-            }
-        }
-    }
 }
 
 /// A consumer's name follows the rule of group names.
@@ -222,9 +186,8 @@ pub(crate) async fn ack(
     let name = path.group()?;
     let request: AckRequest = wire::parse_body(&body)?;
     wire::check_leases(&request.leases)?;
-    let group = find(&state, &name).await?;
-    let settled = group.ack(&request.leases).await?;
-    Ok(Json(AckBody { acked: settled.count, expired: settled.expired }))
+    let (acked, expired) = settle(&state, &name, &request.leases, Verdict::Ack).await?;
+    Ok(Json(AckBody { acked, expired }))
 }
 
 /// Nacks leases: retry later, or park in the dead-letter queue. Durable when answered.
@@ -251,9 +214,29 @@ pub(crate) async fn nack(
     wire::check_leases(&request.leases)?;
     let action = request.action()?;
     let reason = request.reason()?;
-    let group = find(&state, &name).await?;
-    let settled = group.nack(&request.leases, action, reason).await?;
-    Ok(Json(NackBody { nacked: settled.count, expired: settled.expired }))
+    let (nacked, expired) = settle(&state, &name, &request.leases, Verdict::Nack(action, reason)).await?;
+    Ok(Json(NackBody { nacked, expired }))
+}
+
+/// Settles the leases named by `tokens`, durably. Returns how many were held and, in
+/// request order, the tokens that were not (including text that is no token at all).
+async fn settle(
+    state: &AppState,
+    name: &GroupName,
+    tokens: &[String],
+    verdict: Verdict<'_>,
+) -> ApiResult<(usize, Vec<String>)> {
+    let parsed: Vec<Option<LeaseToken>> = tokens.iter().map(|t| t.parse().ok()).collect();
+    let leases: Vec<LeaseToken> = parsed.iter().flatten().copied().collect();
+    let settled = state.groups.settle(name, &leases, verdict, false).await?;
+    let expired: std::collections::HashSet<LeaseToken> = settled.expired.into_iter().collect();
+    let not_held = tokens
+        .iter()
+        .zip(&parsed)
+        .filter(|(_, lease)| lease.is_none_or(|l| expired.contains(&l)))
+        .map(|(t, _)| t.clone())
+        .collect();
+    Ok((settled.count, not_held))
 }
 
 /// The group's dead letters, in log order.
@@ -280,8 +263,7 @@ pub(crate) async fn dead_letters(
     let name = path.group()?;
     let limit = query.limit()?;
     let after = query.u64("after")?;
-    let group = find(&state, &name).await?;
-    let entries = group.dead_letters(after, limit).await?;
+    let entries = state.groups.dead_letters(&name, after, limit).await?;
     let next = if entries.len() == limit { entries.last().map(|e| e.dead_letter.position) } else { None };
     Ok(json_bytes(wire::dead_letters_json(&entries, next)))
 }
@@ -308,8 +290,7 @@ pub(crate) async fn replay(
 ) -> ApiResult<Json<ReplayBody>> {
     let name = path.group()?;
     let selection = body.parse_or_default::<ReplayRequest>()?.selection()?;
-    let group = find(&state, &name).await?;
-    let replayed = group.replay(selection).await?;
+    let replayed = state.groups.replay(&name, selection).await?;
     Ok(Json(ReplayBody { replayed }))
 }
 
@@ -331,8 +312,7 @@ pub(crate) async fn replay(
 pub(crate) async fn discard(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
     let name = path.group()?;
     let id = path.uuid("event_id")?;
-    let group = find(&state, &name).await?;
-    if group.discard(id).await? {
+    if state.groups.discard(&name, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(

@@ -54,7 +54,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Stat
     ))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let handle = state.metrics.as_ref().ok_or_else(|| ApiError::unavailable("metrics are not enabled"))?;
-    crate::metrics::record_group_gauges(&state.groups).await;
+    crate::metrics::record_group_gauges(state.groups.as_ref()).await;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response())
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use bifrost_bus::Groups;
 use bifrost_core::{
     DurableStore, EventStore, InMemoryStore, LogFilter, RecordedEvent, StreamListQuery, StreamSummary,
 };
@@ -21,7 +20,7 @@ use tower::ServiceExt;
 pub struct TestApp {
     pub router: Router,
     pub store: Arc<dyn EventStore>,
-    pub groups: Arc<Groups>,
+    pub groups: Arc<dyn bifrost_bus::GroupEngine>,
     /// Keeps a backend's directory alive for the test.
     _dir: Option<Arc<tempfile::TempDir>>,
 }
@@ -61,7 +60,7 @@ impl TestApp {
         metrics: Option<PrometheusHandle>,
         dir: Option<tempfile::TempDir>,
     ) -> Self {
-        let groups = Arc::new(Groups::open(Arc::clone(&store)).await.expect("open the groups"));
+        let groups = bifrost_bus::groups::open(Arc::clone(&store)).await.expect("open the groups");
         let router = router(Arc::clone(&store), Arc::clone(&groups), config, metrics);
         Self { router, store, groups, _dir: dir.map(Arc::new) }
     }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use bifrost_bus::Groups;
 use bifrost_core::DurableStore;
+use bifrost_core::group::GroupEngine;
 use tokio::net::TcpListener;
 use tracing::Level;
 
@@ -54,9 +54,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// Starts the store's consumer groups from their stored cursors; when they cannot start,
 /// closes the store (it may own the data directory's lock) before failing.
-pub(crate) async fn open_groups(store: &Arc<dyn DurableStore>) -> anyhow::Result<Arc<Groups>> {
-    match Groups::open(Arc::clone(store)).await {
-        Ok(groups) => Ok(Arc::new(groups)),
+pub(crate) async fn open_groups(store: &Arc<dyn DurableStore>) -> anyhow::Result<Arc<dyn GroupEngine>> {
+    match bifrost_bus::groups::open(Arc::clone(store)).await {
+        Ok(groups) => Ok(groups),
         Err(e) => {
             let _ = store.close().await;
             Err(anyhow::Error::from(e).context("cannot start the consumer groups"))

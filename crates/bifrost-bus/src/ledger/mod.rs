@@ -1,43 +1,73 @@
 //! A consumer group's delivery state, in memory and without I/O: which events it has read
 //! from the log, which are leased, waiting for a retry, settled (acked or parked), and the
-//! checkpoint below which everything is settled.
+//! checkpoint below which everything is settled. Time comes in as an argument ([`Moment`]),
+//! so tests drive it without sleeping.
 //!
 //! Ordering per stream: only the first unsettled event of a stream can be handed out, and
 //! only while no event of that stream is leased or waiting for a retry. Different streams
 //! are independent, so one slow or failing stream holds back nobody else.
+//!
+//! Attempts survive a crash. The durable form ([`Cursor`]) lists the events leased when it
+//! was written, and a restart counts each of them as a failed attempt. A fetch that is not
+//! deferred returns only after such a write; a deferred one (in-process consumers) does
+//! not wait, but only hands out, unrecorded, events below a *horizon* that a write has
+//! already declared: "deferred leases may be out up to here". After a crash, every event
+//! below that horizon, and every event that failed before, is leased recorded (the fetch
+//! waits for the write) until it settles, so a delivery that crashes the process is
+//! counted from its second attempt on and a poison event ends up parked instead of
+//! crashing the process forever.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use bifrost_core::group::{DeadLetter, GroupConfig, Lease, LeaseToken, NACKED, NackAction, timeout_reason};
 use bifrost_core::{EventId, Position, RecordedEvent, StreamName, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::config::GroupConfig;
+/// The reason given to an event whose lease was out when its process stopped.
+pub(crate) const STOPPED: &str = "the lease was still out when the process stopped";
 
-/// A lease handed to a consumer: it holds one event until acked, nacked or timed out.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    pub lease: LeaseId,
-    /// 1 for the first delivery; counts every delivery, failed or in flight.
-    pub attempt: u32,
-    pub event: RecordedEvent,
+/// How far beyond the log's end a deferred-lease horizon is declared when it has to move,
+/// so that consumers following the log live do not wait for a write per event.
+const HORIZON_STEP: u64 = 16_384;
+
+/// A moment as the ledger sees it: a monotonic instant for deadlines, the wall clock for
+/// what is written down (retry times, when an event was parked).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Moment {
+    pub(crate) instant: Instant,
+    pub(crate) wall: Timestamp,
 }
 
-/// A lease's identity inside one run of a group (tokens carry the run's epoch too).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LeaseId(pub(crate) u64);
+impl Moment {
+    pub(crate) fn now() -> Self {
+        Self { instant: Instant::now(), wall: Timestamp::now() }
+    }
+
+    /// The wall-clock time `delay` from now.
+    fn wall_after(self, delay: Duration) -> Timestamp {
+        let micros = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
+        Timestamp::from_micros(self.wall.as_micros().saturating_add(micros))
+    }
+
+    /// The instant of the wall-clock time `at` (now when it is past).
+    fn instant_of(self, at: Timestamp) -> Instant {
+        let micros = at.as_micros().saturating_sub(self.wall.as_micros());
+        self.instant + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+    }
+}
 
 #[derive(Debug)]
 enum EntryState {
     Idle,
-    Leased { lease: LeaseId, deadline: Instant, since: Instant },
+    Leased { lease: LeaseToken, deadline: Instant, since: Instant },
     Waiting { due: Instant, due_at: Timestamp },
 }
 
 #[derive(Debug)]
 struct Entry {
     event: RecordedEvent,
-    /// Deliveries that failed (nacked or timed out).
+    /// Deliveries that failed (nacked, timed out, or out when the process stopped).
     failures: u32,
     state: EntryState,
     /// Replayed from the dead-letter queue: at or below the checkpoint, so it does not
@@ -55,43 +85,29 @@ struct StreamQueue {
     ready_at: Option<Position>,
 }
 
-/// An event that failed for the last time, to be written to the dead-letter queue.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub event_id: EventId,
-    pub position: Position,
-    pub stream: String,
-    pub event_type: String,
-    pub attempts: u32,
-    pub reason: String,
-    pub parked_at: Timestamp,
-}
-
-/// What happens to nacked leases.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NackAction {
-    /// Redeliver after this delay, or after the group's backoff when `None`; parked once
-    /// the group's `max_attempts` deliveries have failed.
-    Retry(Option<Duration>),
-    /// Park in the dead-letter queue now.
-    Park,
-}
-
 /// The durable part of a ledger: enough to rebuild it by re-reading the log from the
 /// checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Cursor {
-    pub checkpoint: Position,
+    pub(crate) checkpoint: Position,
     /// Settled positions above the checkpoint, as deltas from the previous one (the first
     /// from the checkpoint): small numbers, since acks arrive roughly in log order.
     #[serde(default)]
-    pub settled: Vec<u64>,
+    pub(crate) settled: Vec<u64>,
     /// Unsettled events that failed before: (position, failures, retry due, last reason).
     #[serde(default)]
-    pub failed: Vec<(Position, u32, Option<Timestamp>, Option<String>)>,
-    /// Events replayed from the dead-letter queue and not settled yet: (position, id, failures).
+    pub(crate) failed: Vec<(Position, u32, Option<Timestamp>, Option<String>)>,
+    /// Events leased when this was written, as deltas like `settled`: a restart counts
+    /// each as a failed attempt.
     #[serde(default)]
-    pub replays: Vec<(Position, EventId, u32)>,
+    pub(crate) leased: Vec<u64>,
+    /// Events replayed from the dead-letter queue and not settled yet: (position, id,
+    /// failures, counting the lease out when this was written).
+    #[serde(default)]
+    pub(crate) replays: Vec<(Position, EventId, u32)>,
+    /// Deferred leases may have been handed out, unrecorded, for events up to here.
+    #[serde(default)]
+    pub(crate) deferred_to: Option<Position>,
 }
 
 /// What a restarted group remembers until it has re-read the log up to where it was.
@@ -99,55 +115,96 @@ pub(crate) struct Cursor {
 struct Restored {
     settled: BTreeSet<Position>,
     failed: HashMap<Position, (u32, Option<Timestamp>, Option<String>)>,
+    leased: BTreeSet<Position>,
     /// The highest position above: once the reader passes it, all of this is used up.
     horizon: Position,
 }
 
+/// Leases handed out by [`Ledger::lease`].
+#[derive(Debug, Default)]
+pub(crate) struct Leased {
+    pub(crate) leases: Vec<Lease>,
+    /// Some of them must be recorded before they are handed out.
+    pub(crate) record: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Ledger {
+    /// The high half of this run's lease tokens: no token of an earlier run matches.
+    run: u64,
     checkpoint: Position,
     read_to: Position,
     entries: BTreeMap<Position, Entry>,
     streams: HashMap<StreamName, StreamQueue>,
     ready: BTreeSet<Position>,
-    leases: HashMap<LeaseId, Position>,
+    leases: HashMap<LeaseToken, Position>,
     expiries: BTreeSet<(Instant, Position)>,
     retries: BTreeSet<(Instant, Position)>,
     settled: BTreeSet<Position>,
     restored: Restored,
     next_lease: u64,
-    leased: usize,
     parked_out: Vec<DeadLetter>,
+    /// Deferred leases of events up to here were declared by a write that succeeded.
+    horizon: Position,
+    /// The horizon the next write declares.
+    horizon_wanted: Position,
+    /// Declared by an earlier run that may have stopped with unrecorded deferred leases:
+    /// every event up to here is leased recorded.
+    careful_to: Position,
     /// Bumped by every change the cursor must persist.
-    pub generation: u64,
-    pub redeliveries: u64,
+    pub(crate) generation: u64,
+    pub(crate) redeliveries: u64,
     /// Dead letters the group holds (written or about to be).
-    pub parked: u64,
-    pub timeouts: u64,
+    pub(crate) parked: u64,
+    pub(crate) timeouts: u64,
 }
 
 /// Counts a group reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LedgerCounts {
+pub(crate) struct LedgerCounts {
     /// Read from the log, not settled (in flight, waiting, or not yet delivered).
-    pub unsettled: usize,
-    pub in_flight: usize,
-    pub waiting: usize,
+    pub(crate) unsettled: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) waiting: usize,
+}
+
+/// Positions from deltas (see [`Cursor::settled`]).
+fn undelta(from: Position, deltas: &[u64]) -> impl Iterator<Item = Position> + '_ {
+    deltas.iter().scan(from, |at, delta| {
+        *at += delta;
+        Some(*at)
+    })
+}
+
+/// Deltas of ascending positions above `from`.
+fn delta(from: Position, positions: impl IntoIterator<Item = Position>) -> Vec<u64> {
+    let mut at = from;
+    positions
+        .into_iter()
+        .map(|p| {
+            let d = p - at;
+            at = p;
+            d
+        })
+        .collect()
 }
 
 impl Ledger {
-    /// A ledger resuming from `cursor`, with `parked` dead letters already stored.
-    pub(crate) fn new(cursor: Cursor, parked: u64) -> Self {
-        let mut settled = BTreeSet::new();
-        let mut at = cursor.checkpoint;
-        for delta in cursor.settled {
-            at += delta;
-            settled.insert(at);
-        }
+    /// A ledger resuming from `cursor`, with `parked` dead letters already stored. `run`
+    /// makes this run's lease tokens its own.
+    pub(crate) fn new(cursor: Cursor, parked: u64, run: u64) -> Self {
+        let settled: BTreeSet<Position> = undelta(cursor.checkpoint, &cursor.settled).collect();
+        let leased: BTreeSet<Position> = undelta(cursor.checkpoint, &cursor.leased).collect();
         let failed: HashMap<_, _> =
             cursor.failed.into_iter().map(|(p, n, due, reason)| (p, (n, due, reason))).collect();
-        let horizon = settled.last().copied().into_iter().chain(failed.keys().copied()).max().unwrap_or(0);
+        let horizon = [settled.last().copied(), leased.last().copied(), failed.keys().max().copied()]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
+        let careful_to = cursor.deferred_to.unwrap_or(0);
         Self {
+            run,
             checkpoint: cursor.checkpoint,
             read_to: cursor.checkpoint,
             entries: BTreeMap::new(),
@@ -157,10 +214,12 @@ impl Ledger {
             expiries: BTreeSet::new(),
             retries: BTreeSet::new(),
             settled: BTreeSet::new(),
-            restored: Restored { settled, failed, horizon },
+            restored: Restored { settled, failed, leased, horizon },
             next_lease: 1,
-            leased: 0,
             parked_out: Vec::new(),
+            horizon: 0,
+            horizon_wanted: 0,
+            careful_to,
             generation: 0,
             redeliveries: 0,
             parked,
@@ -188,12 +247,36 @@ impl Ledger {
     }
 
     pub(crate) fn counts(&self) -> LedgerCounts {
-        LedgerCounts { unsettled: self.entries.len(), in_flight: self.leased, waiting: self.retries.len() }
+        // What an earlier run left waiting (its retries, and its leases, now failed
+        // attempts) waits still, even before the reader has taken it in again.
+        let restored = &self.restored;
+        let waiting_ahead = restored.failed.values().filter(|(_, due, _)| due.is_some()).count()
+            + restored.leased.iter().filter(|p| restored.failed.get(p).is_none_or(|f| f.1.is_none())).count();
+        LedgerCounts {
+            unsettled: self.entries.len(),
+            in_flight: self.leases.len(),
+            waiting: self.retries.len() + waiting_ahead,
+        }
     }
 
-    /// Takes in a page of the log read after `read_to`, up to `next_position`.
-    pub(crate) fn admit(&mut self, events: Vec<RecordedEvent>, next_position: Position, now: Instant) {
-        let wall = Timestamp::now();
+    /// When the earliest lease expires or retry is due.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match (self.expiries.first(), self.retries.first()) {
+            (Some(a), Some(b)) => Some(a.0.min(b.0)),
+            (a, b) => a.or(b).map(|x| x.0),
+        }
+    }
+
+    /// Takes in a page of the log read after `read_to`, up to `next_position`. An event an
+    /// earlier run had leased comes back as a failed attempt: waiting for its backoff, or
+    /// parked when that was its last attempt.
+    pub(crate) fn admit(
+        &mut self,
+        events: Vec<RecordedEvent>,
+        next_position: Position,
+        now: Moment,
+        config: &GroupConfig,
+    ) {
         for event in events {
             let position = event.position;
             if position <= self.read_to {
@@ -209,12 +292,22 @@ impl Ledger {
                 entry.failures = failures;
                 entry.last_reason = reason;
                 if let Some(due_at) = due_at {
-                    let due = now + wall_delay(wall, due_at);
-                    entry.state = EntryState::Waiting { due, due_at };
-                    self.retries.insert((due, position));
+                    entry.state = EntryState::Waiting { due: now.instant_of(due_at), due_at };
                 }
             }
+            let was_leased = self.restored.leased.remove(&position);
+            if was_leased {
+                // Whatever the entry waited for before, it was delivered since.
+                entry.state = EntryState::Idle;
+            }
+            if let EntryState::Waiting { due, .. } = entry.state {
+                self.retries.insert((due, position));
+            }
             self.insert(entry);
+            if was_leased {
+                self.fail(position, NackAction::Retry(None), STOPPED.to_owned(), now, config);
+                self.generation += 1;
+            }
         }
         if next_position > self.read_to {
             self.read_to = next_position;
@@ -271,41 +364,61 @@ impl Ledger {
     }
 
     /// Leases up to `max` ready events (at most `per_stream` consecutive ones of a stream),
-    /// in log order, within the group's in-flight limit.
+    /// in log order, within the group's in-flight limit. `deferred`: see the module docs.
     pub(crate) fn lease(
         &mut self,
         max: usize,
         per_stream: usize,
-        now: Instant,
+        now: Moment,
         config: &GroupConfig,
-    ) -> Vec<Delivery> {
-        let room = config.max_in_flight.saturating_sub(self.leased);
+        deferred: bool,
+    ) -> Leased {
+        let room = config.max_in_flight.saturating_sub(self.leases.len());
         let max = max.min(room);
-        let mut out = Vec::new();
-        while out.len() < max {
+        let mut out = Leased::default();
+        while out.leases.len() < max {
             let Some(first) = self.ready.pop_first() else { break };
             let stream = self.entries[&first].event.stream.clone();
             if let Some(queue) = self.streams.get_mut(&stream) {
                 queue.ready_at = None;
             }
             // The stream's first event and, for batches, the ones right after it.
-            let limit = per_stream.max(1).min(max - out.len());
+            let limit = per_stream.max(1).min(max - out.leases.len());
             let mut next = Some(first);
             for _ in 0..limit {
                 let Some(position) = next else { break };
-                out.push(self.lease_one(position, now, config.ack_timeout));
+                let lease = self.lease_one(position, now, config.ack_timeout);
+                out.record |= !deferred || self.must_record(position, lease.attempt);
+                out.leases.push(lease);
                 next = self.streams[&stream].pending.range(position + 1..).next().copied();
             }
+        }
+        if !out.leases.is_empty() {
+            self.generation += 1;
         }
         out
     }
 
-    fn lease_one(&mut self, position: Position, now: Instant, ack_timeout: Duration) -> Delivery {
-        let lease = LeaseId(self.next_lease);
+    /// Whether a deferred lease of `position` at `attempt` must be recorded before it is
+    /// handed out; moves the horizon the next write declares when needed.
+    fn must_record(&mut self, position: Position, attempt: u32) -> bool {
+        if attempt > 1 || position <= self.careful_to {
+            return true;
+        }
+        if position <= self.horizon {
+            return false;
+        }
+        let wanted = self.read_to.max(position).saturating_add(HORIZON_STEP);
+        self.horizon_wanted = self.horizon_wanted.max(wanted);
+        true
+    }
+
+    fn lease_one(&mut self, position: Position, now: Moment, ack_timeout: Duration) -> Lease {
+        let lease = LeaseToken::new(self.run, self.next_lease);
         self.next_lease += 1;
-        let deadline = now + ack_timeout;
+        let deadline = now.instant + ack_timeout;
         let entry = self.entries.get_mut(&position).expect("a ready position has an entry");
-        entry.state = EntryState::Leased { lease, deadline, since: now };
+        entry.state = EntryState::Leased { lease, deadline, since: now.instant };
         let attempt = entry.failures + 1;
         let event = entry.event.clone();
         if attempt > 1 {
@@ -316,38 +429,53 @@ impl Ledger {
         }
         self.leases.insert(lease, position);
         self.expiries.insert((deadline, position));
-        self.leased += 1;
-        Delivery { lease, attempt, event }
+        Lease { token: lease, attempt, event }
     }
 
     /// Ends a lease without a verdict: the entry is idle again (its stream refreshed by
     /// the caller's next step). Returns the position and when it was leased; `None` when
     /// the lease is not held.
-    fn release(&mut self, lease: LeaseId) -> Option<(Position, Option<Instant>)> {
+    fn release(&mut self, lease: LeaseToken) -> Option<(Position, Instant)> {
         let position = self.leases.remove(&lease)?;
         let entry = self.entries.get_mut(&position)?;
-        let mut leased_at = None;
-        if let EntryState::Leased { deadline, since, .. } = entry.state {
-            self.expiries.remove(&(deadline, position));
-            leased_at = Some(since);
-        }
+        let EntryState::Leased { deadline, since, .. } = entry.state else { return None };
+        self.expiries.remove(&(deadline, position));
         entry.state = EntryState::Idle;
-        self.leased -= 1;
         if let Some(queue) = self.streams.get_mut(&entry.event.stream) {
             queue.busy -= 1;
         }
-        Some((position, leased_at))
+        Some((position, since))
+    }
+
+    /// Ends leases that were never handed out (their recording failed): idle again, their
+    /// attempt uncounted.
+    pub(crate) fn unlease(&mut self, leases: &[LeaseToken]) {
+        for &lease in leases {
+            if let Some((position, _)) = self.release(lease)
+                && let Some(entry) = self.entries.get(&position)
+            {
+                let stream = entry.event.stream.clone();
+                self.refresh(&stream);
+            }
+        }
+        self.generation += 1;
+    }
+
+    /// [`unlease`](Self::unlease) of every lease out.
+    pub(crate) fn unlease_all(&mut self) {
+        let leases: Vec<LeaseToken> = self.leases.keys().copied().collect();
+        self.unlease(&leases);
     }
 
     /// Acks leases. Returns when each acked one was leased, and which were no longer held.
-    pub(crate) fn ack(&mut self, leases: &[LeaseId]) -> (Vec<Instant>, Vec<LeaseId>) {
+    pub(crate) fn ack(&mut self, leases: &[LeaseToken]) -> (Vec<Instant>, Vec<LeaseToken>) {
         let mut acked = Vec::with_capacity(leases.len());
         let mut expired = Vec::new();
         for &lease in leases {
             match self.release(lease) {
                 Some((position, since)) => {
                     self.settle(position);
-                    acked.extend(since);
+                    acked.push(since);
                 }
                 None => expired.push(lease),
             }
@@ -359,15 +487,16 @@ impl Ledger {
         (acked, expired)
     }
 
-    /// Nacks leases: each is retried later or parked. Returns the leases no longer held.
+    /// Nacks leases: each is retried later or parked. Returns how many were held, and the
+    /// leases no longer held.
     pub(crate) fn nack(
         &mut self,
-        leases: &[LeaseId],
+        leases: &[LeaseToken],
         action: NackAction,
         reason: Option<&str>,
-        now: Instant,
+        now: Moment,
         config: &GroupConfig,
-    ) -> (usize, Vec<LeaseId>) {
+    ) -> (usize, Vec<LeaseToken>) {
         let mut done = 0;
         let mut expired = Vec::new();
         for &lease in leases {
@@ -376,8 +505,7 @@ impl Ledger {
                 continue;
             };
             done += 1;
-            let reason = reason.map_or_else(|| "nacked by the consumer".to_owned(), str::to_owned);
-            self.fail(position, action, reason, now, config);
+            self.fail(position, action, reason.unwrap_or(NACKED).to_owned(), now, config);
         }
         if done > 0 {
             self.generation += 1;
@@ -392,14 +520,13 @@ impl Ledger {
         position: Position,
         action: NackAction,
         reason: String,
-        now: Instant,
+        now: Moment,
         config: &GroupConfig,
     ) {
         let Some(entry) = self.entries.get_mut(&position) else { return };
         entry.failures += 1;
         let park = action == NackAction::Park || entry.failures >= config.max_attempts;
         if park {
-            let entry = &self.entries[&position];
             self.parked_out.push(DeadLetter {
                 event_id: entry.event.id,
                 position,
@@ -407,7 +534,7 @@ impl Ledger {
                 event_type: entry.event.event_type.to_string(),
                 attempts: entry.failures,
                 reason,
-                parked_at: Timestamp::now(),
+                parked_at: now.wall,
             });
             self.parked += 1;
             self.settle(position);
@@ -417,11 +544,8 @@ impl Ledger {
             NackAction::Retry(Some(delay)) => delay,
             _ => config.backoff.delay(entry.failures),
         };
-        let due = now + delay;
-        let due_at = Timestamp::from_micros(
-            Timestamp::now().as_micros().saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX)),
-        );
-        entry.state = EntryState::Waiting { due, due_at };
+        let due = now.instant + delay;
+        entry.state = EntryState::Waiting { due, due_at: now.wall_after(delay) };
         entry.last_reason = Some(reason);
         self.retries.insert((due, position));
         let stream = entry.event.stream.clone();
@@ -467,10 +591,10 @@ impl Ledger {
 
     /// Expires overdue leases and releases due retries. Returns whether anything became
     /// deliverable or was parked, and when to look again.
-    pub(crate) fn tick(&mut self, now: Instant, config: &GroupConfig) -> (bool, Option<Instant>) {
+    pub(crate) fn tick(&mut self, now: Moment, config: &GroupConfig) -> (bool, Option<Instant>) {
         let mut changed = false;
         while let Some(&(deadline, position)) = self.expiries.first() {
-            if deadline > now {
+            if deadline > now.instant {
                 break;
             }
             let lease = match self.entries.get(&position).map(|e| &e.state) {
@@ -482,12 +606,11 @@ impl Ledger {
             };
             self.release(lease);
             self.timeouts += 1;
-            let reason = format!("the ack timed out after {} ms", config.ack_timeout.as_millis());
-            self.fail(position, NackAction::Retry(None), reason, now, config);
+            self.fail(position, NackAction::Retry(None), timeout_reason(config.ack_timeout), now, config);
             changed = true;
         }
         while let Some(&(due, position)) = self.retries.first() {
-            if due > now {
+            if due > now.instant {
                 break;
             }
             self.retries.pop_first();
@@ -505,11 +628,7 @@ impl Ledger {
             self.generation += 1;
             self.advance_checkpoint();
         }
-        let next = match (self.expiries.first(), self.retries.first()) {
-            (Some(a), Some(b)) => Some(a.0.min(b.0)),
-            (a, b) => a.or(b).map(|x| x.0),
-        };
-        (changed, next)
+        (changed, self.next_deadline())
     }
 
     /// Dead letters produced since the last call, for the next persist.
@@ -523,58 +642,58 @@ impl Ledger {
         self.parked_out = parked;
     }
 
+    /// The durable form of the ledger now.
     pub(crate) fn cursor(&self) -> Cursor {
-        let mut settled = Vec::with_capacity(self.settled.len() + self.restored.settled.len());
-        let mut at = self.checkpoint;
-        // Until the log is re-read past what an earlier run settled, that knowledge is kept.
-        let all: BTreeSet<Position> = self.settled.union(&self.restored.settled).copied().collect();
-        for position in all.into_iter().filter(|&p| p > self.checkpoint) {
-            settled.push(position - at);
-            at = position;
-        }
-        let mut failed: Vec<_> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.failures > 0 && !e.replay)
-            .map(|(&p, e)| {
+        // Until the log is re-read past what an earlier run knew, that knowledge is kept.
+        let settled = self.settled.union(&self.restored.settled).copied().filter(|&p| p > self.checkpoint);
+        let mut leased: BTreeSet<Position> = self.restored.leased.clone();
+        let mut failed: Vec<_> =
+            self.restored.failed.iter().map(|(&p, (n, due, reason))| (p, *n, *due, reason.clone())).collect();
+        let mut replays = Vec::new();
+        for (&p, e) in &self.entries {
+            let out = matches!(e.state, EntryState::Leased { .. });
+            if e.replay {
+                replays.push((p, e.event.id, e.failures + u32::from(out)));
+                continue;
+            }
+            if out {
+                leased.insert(p);
+            }
+            if e.failures > 0 {
                 let due = match e.state {
                     EntryState::Waiting { due_at, .. } => Some(due_at),
                     _ => None,
                 };
-                (p, e.failures, due, e.last_reason.clone())
-            })
-            .collect();
-        failed
-            .extend(self.restored.failed.iter().map(|(&p, (n, due, reason))| (p, *n, *due, reason.clone())));
+                failed.push((p, e.failures, due, e.last_reason.clone()));
+            }
+        }
         failed.sort_by_key(|f| f.0);
-        let replays = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.replay)
-            .map(|(&p, e)| (p, e.event.id, e.failures))
-            .collect();
-        Cursor { checkpoint: self.checkpoint, settled, failed, replays }
+        let deferred_to = self.careful_to.max(self.horizon).max(self.horizon_wanted);
+        Cursor {
+            checkpoint: self.checkpoint,
+            settled: delta(self.checkpoint, settled),
+            failed,
+            leased: delta(self.checkpoint, leased),
+            replays,
+            deferred_to: (deferred_to > self.checkpoint).then_some(deferred_to),
+        }
+    }
+
+    /// The cursor written as the group closes: every lease still out is listed in it, so
+    /// this run's deferred horizon is no longer needed (an earlier run's still is).
+    pub(crate) fn closing_cursor(&self) -> Cursor {
+        let mut cursor = self.cursor();
+        cursor.deferred_to = (self.careful_to > self.checkpoint).then_some(self.careful_to);
+        cursor
+    }
+
+    /// A write of `cursor` succeeded: the horizon it declares holds.
+    pub(crate) fn recorded(&mut self, cursor: &Cursor) {
+        if let Some(to) = cursor.deferred_to {
+            self.horizon = self.horizon.max(to);
+        }
     }
 }
 
-/// How long from `now` until the wall-clock time `at` (zero when past).
-fn wall_delay(now: Timestamp, at: Timestamp) -> Duration {
-    let micros = at.as_micros().saturating_sub(now.as_micros());
-    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
-}
-
-/// Lease ids are handed out as opaque tokens that also name the group's run, so a lease
-/// from before a restart is recognised as expired rather than confused with a new one.
-pub(crate) fn lease_token(epoch: u64, lease: LeaseId) -> String {
-    format!("{epoch:016x}{:016x}", lease.0)
-}
-
-pub(crate) fn parse_lease_token(epoch: u64, token: &str) -> Option<LeaseId> {
-    if token.len() != 32 || !token.is_ascii() {
-        return None;
-    }
-    let (run, lease) = token.split_at(16);
-    let run = u64::from_str_radix(run, 16).ok()?;
-    let lease = u64::from_str_radix(lease, 16).ok()?;
-    (run == epoch).then_some(LeaseId(lease))
-}
+#[cfg(test)]
+mod model_check;

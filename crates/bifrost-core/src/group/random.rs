@@ -1,4 +1,4 @@
-//! Cheap randomness for jitter and lease epochs: a per-thread xorshift generator seeded
+//! Cheap randomness for jitter and lease ids: a per-thread xorshift generator seeded
 //! from the operating system (through a v4 UUID), so no extra dependency is needed.
 
 use std::cell::Cell;
@@ -13,7 +13,7 @@ fn seed() -> u64 {
 }
 
 /// A uniformly distributed `u64`.
-pub(crate) fn next_u64() -> u64 {
+pub fn next_u64() -> u64 {
     STATE.with(|s| {
         let mut x = s.get();
         x ^= x << 13;
@@ -25,6 +25,6 @@ pub(crate) fn next_u64() -> u64 {
 }
 
 /// A uniformly distributed number in `[0, 1)`.
-pub(crate) fn unit() -> f64 {
+pub fn unit() -> f64 {
     (next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }

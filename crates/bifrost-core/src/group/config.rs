@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use bifrost_core::{Category, Error, LogFilter, Position, Result, TypePattern};
+use crate::{Category, Error, LogFilter, Position, Result, TypePattern};
 use serde::{Deserialize, Serialize};
 
 /// Longest group name, in characters.
@@ -169,13 +169,13 @@ impl Backoff {
         if self.jitter && !base.is_zero() {
             // Equal jitter: half the step is kept, the other half is random.
             let half = base / 2;
-            half + half.mul_f64(crate::random::unit())
+            half + half.mul_f64(super::random::unit())
         } else {
             base
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         if self.max < self.initial {
             return Err(Error::InvalidArgument(format!(
                 "backoff max ({} ms) must not be less than initial ({} ms)",
