@@ -1,23 +1,33 @@
 //! The order saga: order.submitted → reserve inventory → charge payment → order.confirmed,
-//! or order.failed with the inventory released when a step fails.
+//! or order.failed with what was done undone: the reservation released, the payment
+//! refunded.
 //!
 //! Three aggregates (an order, the warehouse's inventory, a payment per order) know nothing
 //! of each other. The saga listens to their events, issues commands through the command
 //! bus, compensates when a command is refused, and gives up on an order that takes too
 //! long, with a timeout that would still fire after a restart.
 //!
+//! Four orders: one goes through, one card is declined (its reservation is released), one
+//! asks for more than the warehouse has (nothing to undo), and one card network answers
+//! only after the order's deadline (the late charge is refunded and the reservation
+//! released). The saga runs on a manual clock, so the deadline passes without waiting.
+//!
 //! Run it: `cargo run --example order_saga`
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bifrost_core::{EventStore, LogFilter, RecordedEvent, StateStore};
+use bifrost_core::{
+    Direction, Error as StoreError, EventStore, LogFilter, RecordedEvent, StateStore, StreamName,
+};
 use bifrost_sourcing::{
-    Aggregate, AggregateCommand, Command, CommandBus, CommandEnvelope, DomainEvent, Reaction, Repository,
-    Saga, SagaManager, Timeout,
+    Aggregate, AggregateCommand, Command, CommandBus, CommandEnvelope, DomainEvent, ManualClock, Reaction,
+    Repository, Saga, SagaManager, Timeout,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 // ---- The order ------------------------------------------------------------------------
 
@@ -309,6 +319,43 @@ pub(crate) enum PaymentError {
 
 /// The card network of this example declines one customer.
 pub(crate) const DECLINED_CUSTOMER: &str = "mallory";
+/// The card network answers for this customer only once told to (see [`CardNetwork`]).
+pub(crate) const SLOW_CUSTOMER: &str = "alan";
+
+/// The card network a charge passes before it is recorded. It answers at once, except for
+/// [`SLOW_CUSTOMER`]: that charge waits until [`answer`](Self::answer), which `run` calls
+/// only after the saga has given up on the order.
+#[derive(Debug)]
+pub(crate) struct CardNetwork {
+    /// Set once a charge of the slow customer waits for an answer.
+    holding: watch::Sender<bool>,
+    /// Set once the network answers the charges it held.
+    answered: watch::Sender<bool>,
+}
+
+impl Default for CardNetwork {
+    fn default() -> Self {
+        Self { holding: watch::Sender::new(false), answered: watch::Sender::new(false) }
+    }
+}
+
+impl CardNetwork {
+    async fn authorize(&self, customer: &str) {
+        if customer == SLOW_CUSTOMER {
+            self.holding.send_replace(true);
+            let _ = self.answered.subscribe().wait_for(|answered| *answered).await;
+        }
+    }
+
+    /// Resolves once a charge waits for the network's answer.
+    pub(crate) async fn holding(&self) {
+        let _ = self.holding.subscribe().wait_for(|holding| *holding).await;
+    }
+
+    pub(crate) fn answer(&self) {
+        self.answered.send_replace(true);
+    }
+}
 
 impl Aggregate for Payment {
     const TYPE: &'static str = "payment";
@@ -504,8 +551,11 @@ impl bifrost_sourcing::CommandHandler<ReleaseInventory> for InventoryHandler {
     }
 }
 
-/// The payment's handlers.
-struct PaymentHandler(Repository<Payment>);
+/// The payment's handlers: a charge passes the card network, then the payment aggregate.
+struct PaymentHandler {
+    payments: Repository<Payment>,
+    network: Arc<CardNetwork>,
+}
 
 #[async_trait::async_trait]
 impl bifrost_sourcing::CommandHandler<ChargePayment> for PaymentHandler {
@@ -518,8 +568,9 @@ impl bifrost_sourcing::CommandHandler<ChargePayment> for PaymentHandler {
         command: ChargePayment,
         context: bifrost_sourcing::CommandContext,
     ) -> bifrost_sourcing::Result<()> {
+        self.network.authorize(&command.customer).await;
         let id = command.order_id.clone();
-        self.0.execute_with(&id, &PaymentCommand::Charge(command), &context).await.map(|_| ())
+        self.payments.execute_with(&id, &PaymentCommand::Charge(command), &context).await.map(|_| ())
     }
 }
 
@@ -531,29 +582,36 @@ impl bifrost_sourcing::CommandHandler<RefundPayment> for PaymentHandler {
         context: bifrost_sourcing::CommandContext,
     ) -> bifrost_sourcing::Result<()> {
         let id = command.order_id.clone();
-        self.0.execute_with(&id, &PaymentCommand::Refund(command), &context).await.map(|_| ())
+        self.payments.execute_with(&id, &PaymentCommand::Refund(command), &context).await.map(|_| ())
     }
 }
 
 /// Everything the example runs on one store.
 pub(crate) struct Shop {
+    pub(crate) store: Arc<dyn EventStore>,
     pub(crate) bus: Arc<CommandBus>,
     pub(crate) orders: Repository<Order>,
     pub(crate) inventory: Repository<Inventory>,
 }
 
 impl Shop {
-    pub(crate) fn new(store: Arc<dyn EventStore>) -> bifrost_sourcing::Result<Self> {
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        network: Arc<CardNetwork>,
+    ) -> bifrost_sourcing::Result<Self> {
         let orders = Repository::<Order>::new(store.clone());
         let inventory = Repository::<Inventory>::new(store.clone());
-        let payments = Repository::<Payment>::new(store);
+        let payments = Repository::<Payment>::new(store.clone());
         let mut bus = CommandBus::new();
         bus.register::<OrderCommand>(orders.clone())?;
-        bus.register::<ChargePayment>(PaymentHandler(payments.clone()))?;
-        bus.register::<RefundPayment>(PaymentHandler(payments))?;
+        bus.register::<ChargePayment>(PaymentHandler {
+            payments: payments.clone(),
+            network: network.clone(),
+        })?;
+        bus.register::<RefundPayment>(PaymentHandler { payments, network })?;
         bus.register::<ReserveInventory>(InventoryHandler(inventory.clone()))?;
         bus.register::<ReleaseInventory>(InventoryHandler(inventory.clone()))?;
-        Ok(Self { bus: Arc::new(bus), orders, inventory })
+        Ok(Self { store, bus: Arc::new(bus), orders, inventory })
     }
 
     pub(crate) fn saga(
@@ -598,28 +656,153 @@ impl Shop {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Waits until the saga's instance for `order_id` (the stream `ordersaga-<id>`) has
+    /// finished, or `limit` passes.
+    pub(crate) async fn saga_finished(
+        &self,
+        order_id: &str,
+        limit: Duration,
+    ) -> bifrost_sourcing::Result<()> {
+        let stream = StreamName::new(&format!("{}-{order_id}", OrderSaga::NAME))?;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let last = match self.store.read_stream(&stream, u64::MAX, Direction::Backward, 1).await {
+                Ok(slice) => slice.events.into_iter().next(),
+                Err(StoreError::StreamNotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let finished = match last {
+                Some(step) => bifrost_sourcing::saga::step_of::<OrderProgress>(&step)?.done,
+                None => false,
+            };
+            if finished || tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the compensations undid, per order, as the log records it: the items whose
+    /// reservation was released and the amount refunded.
+    pub(crate) async fn compensations(&self) -> bifrost_sourcing::Result<BTreeMap<String, Compensation>> {
+        let filter = LogFilter::default().with_types(["inventory.released", "payment.refunded"])?;
+        let mut undone = BTreeMap::<String, Compensation>::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.read_all(after, &filter, 1000).await?;
+            if page.events.is_empty() {
+                return Ok(undone);
+            }
+            after = page.next_position;
+            for event in &page.events {
+                if event.event_type.as_str() == "inventory.released" {
+                    if let InventoryEvent::Released { order_id, items } =
+                        bifrost_sourcing::event::decode(event)?
+                    {
+                        undone.entry(order_id).or_default().released.extend(items);
+                    }
+                } else if let PaymentEvent::Refunded { order_id, amount_cents } =
+                    bifrost_sourcing::event::decode(event)?
+                {
+                    undone.entry(order_id).or_default().refunded_cents += amount_cents;
+                }
+            }
+        }
+    }
 }
 
+/// What a failed order's compensation undid.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Compensation {
+    pub(crate) released: BTreeMap<String, u32>,
+    pub(crate) refunded_cents: i64,
+}
+
+impl fmt::Display for Compensation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut undone = Vec::new();
+        if !self.released.is_empty() {
+            let items: Vec<_> = self.released.iter().map(|(sku, q)| format!("{q} {sku}")).collect();
+            undone.push(format!("reservation released ({})", items.join(", ")));
+        }
+        if self.refunded_cents > 0 {
+            let cents = self.refunded_cents;
+            undone.push(format!("payment refunded ({}.{:02})", cents / 100, cents % 100));
+        }
+        if undone.is_empty() {
+            f.write_str("nothing (nothing was reserved or charged)")
+        } else {
+            f.write_str(&undone.join(", "))
+        }
+    }
+}
+
+/// How the story ended: each order, what its compensation undid, and the warehouse.
+pub(crate) struct Report {
+    pub(crate) orders: Vec<(String, Order, Compensation)>,
+    pub(crate) inventory: Inventory,
+}
+
+/// What the program prints: one line per order, and for a failed one what was compensated.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (id, order, compensation) in &self.orders {
+            match (order.status, &order.payment_id, &order.failure) {
+                (OrderStatus::Confirmed, Some(payment), _) => {
+                    writeln!(f, "order {id} ({}): confirmed, payment {payment}", order.customer)?
+                }
+                (OrderStatus::Failed, _, Some(reason)) => {
+                    writeln!(f, "order {id} ({}): failed: {reason}", order.customer)?;
+                    writeln!(f, "  compensated: {compensation}")?;
+                }
+                (status, _, _) => writeln!(f, "order {id} ({}): {status:?}", order.customer)?,
+            }
+        }
+        writeln!(f, "on hand: {:?}; reserved: {:?}", self.inventory.on_hand, self.inventory.reserved)
+    }
+}
+
+/// How long an order may take.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+
 /// The seeds' story: one order goes through, one card is declined, one order asks for more
-/// than the warehouse has.
-pub(crate) async fn run(
-    store: Arc<bifrost_sqlite::SqliteStore>,
-) -> bifrost_sourcing::Result<(Vec<(String, Order)>, Inventory)> {
+/// than the warehouse has; then one card network answers only after the order's deadline.
+pub(crate) async fn run(store: Arc<bifrost_sqlite::SqliteStore>) -> bifrost_sourcing::Result<Report> {
     let events: Arc<dyn EventStore> = store.clone();
-    let shop = Shop::new(events.clone())?;
+    let network = Arc::new(CardNetwork::default());
+    let shop = Shop::new(events.clone(), network.clone())?;
     for (sku, quantity) in [("keyboard", 5), ("mouse", 10)] {
         shop.inventory.execute(WAREHOUSE, &InventoryCommand::Restock { sku: sku.into(), quantity }).await?;
     }
-    let saga = shop.saga(events, store.clone(), Duration::from_secs(30))?.start();
+    let clock = Arc::new(ManualClock::default());
+    let saga = shop.saga(events, store.clone(), DEADLINE)?.with_clock(clock.clone()).start();
 
     shop.submit("1001", "ada", &[("keyboard", 1), ("mouse", 2)], 12_900).await?;
     shop.submit("1002", DECLINED_CUSTOMER, &[("keyboard", 2)], 19_800).await?;
     shop.submit("1003", "grace", &[("keyboard", 50)], 495_000).await?;
+    shop.settle(&["1001", "1002", "1003"], Duration::from_secs(20)).await?;
 
-    let orders = shop.settle(&["1001", "1002", "1003"], Duration::from_secs(20)).await?;
+    // The stock is reserved and the charge waits at the card network when the deadline
+    // passes: the saga gives up, so the charge that goes through afterwards is refunded.
+    shop.submit("1004", SLOW_CUSTOMER, &[("mouse", 1)], 2_500).await?;
+    network.holding().await;
+    clock.advance(DEADLINE);
+    shop.saga_finished("1004", Duration::from_secs(20)).await?;
+    network.answer();
+
+    let orders = shop.settle(&["1001", "1002", "1003", "1004"], Duration::from_secs(20)).await?;
     saga.stop().await;
+    let mut compensations = shop.compensations().await?;
+    let orders = orders
+        .into_iter()
+        .map(|(id, order)| {
+            let compensation = compensations.remove(&id).unwrap_or_default();
+            (id, order, compensation)
+        })
+        .collect();
     let inventory = shop.inventory.load(WAREHOUSE).await?.state;
-    Ok((orders, inventory))
+    Ok(Report { orders, inventory })
 }
 
 #[cfg_attr(test, allow(dead_code))]
@@ -627,12 +810,8 @@ pub(crate) async fn run(
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = bifrost_examples::open_store(dir.path())?;
-    let (orders, inventory) = run(store.clone()).await?;
-    for (id, order) in &orders {
-        let detail = order.failure.clone().or_else(|| order.payment_id.clone()).unwrap_or_default();
-        println!("order {id} ({}): {:?} {detail}", order.customer, order.status);
-    }
-    println!("on hand: {:?}; reserved: {:?}", inventory.on_hand, inventory.reserved);
+    let report = run(store.clone()).await?;
+    print!("{report}");
     store.close().await?;
     Ok(())
 }

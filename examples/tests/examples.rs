@@ -6,28 +6,50 @@ mod order_saga;
 use order_saga::OrderStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn order_saga_confirms_a_good_order_and_compensates_the_failed_ones() {
+async fn order_saga_confirms_a_good_order_and_says_what_it_compensates_for_the_failed_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = bifrost_examples::open_store(dir.path()).unwrap();
-    let (orders, inventory) = order_saga::run(store).await.unwrap();
-    let status: Vec<_> = orders.iter().map(|(id, o)| (id.as_str(), o.status)).collect();
+    let report = order_saga::run(store).await.unwrap();
+    let status: Vec<_> = report.orders.iter().map(|(id, o, _)| (id.as_str(), o.status)).collect();
     assert_eq!(
         status,
-        [("1001", OrderStatus::Confirmed), ("1002", OrderStatus::Failed), ("1003", OrderStatus::Failed)]
+        [
+            ("1001", OrderStatus::Confirmed),
+            ("1002", OrderStatus::Failed),
+            ("1003", OrderStatus::Failed),
+            ("1004", OrderStatus::Failed)
+        ]
     );
-    assert_eq!(orders[0].1.payment_id.as_deref(), Some("pay-1001"));
-    let declined = orders[1].1.failure.as_deref().unwrap();
-    assert!(declined.contains("payment.charge failed") && declined.contains("declined"), "{declined}");
-    let out_of_stock = orders[2].1.failure.as_deref().unwrap();
+
+    let printed = report.to_string();
+    let lines: Vec<_> = printed.lines().collect();
+    assert_eq!(lines.len(), 8, "{printed}");
+    assert_eq!(lines[0], "order 1001 (ada): confirmed, payment pay-1001");
+    // The declined card: the stock reserved for it is released; nothing was charged.
+    let declined = lines[1];
     assert!(
-        out_of_stock.contains("inventory.reserve failed") && out_of_stock.contains("not enough keyboard"),
+        declined.starts_with("order 1002 (mallory): failed: payment.charge failed")
+            && declined.contains("declined"),
+        "{declined}"
+    );
+    assert_eq!(lines[2], "  compensated: reservation released (2 keyboard)");
+    // The reservation itself was refused: nothing to undo.
+    let out_of_stock = lines[3];
+    assert!(
+        out_of_stock.starts_with("order 1003 (grace): failed: inventory.reserve failed")
+            && out_of_stock.contains("not enough keyboard"),
         "{out_of_stock}"
     );
-    // Only the confirmed order still holds stock: the declined order's reservation was
-    // released by the compensation.
-    assert_eq!(inventory.reserved.keys().collect::<Vec<_>>(), ["1001"]);
-    assert_eq!(inventory.on_hand.get("keyboard"), Some(&4));
-    assert_eq!(inventory.on_hand.get("mouse"), Some(&8));
+    assert_eq!(lines[4], "  compensated: nothing (nothing was reserved or charged)");
+    // The deadline passed while the card network held the charge: the saga gave up, so the
+    // charge that went through afterwards is refunded and the stock released.
+    assert_eq!(lines[5], "order 1004 (alan): failed: no outcome within 30s");
+    assert_eq!(lines[6], "  compensated: reservation released (1 mouse), payment refunded (25.00)");
+    // Only the confirmed order still holds stock.
+    assert_eq!(
+        lines[7],
+        r#"on hand: {"keyboard": 4, "mouse": 8}; reserved: {"1001": {"keyboard": 1, "mouse": 2}}"#
+    );
 }
 
 #[path = "../bank_account.rs"]

@@ -2,16 +2,16 @@
 //! AMQP-style type patterns, the consumer-group model and its engine contract, an in-memory store and (feature `testkit`) the conformance
 //! suite that every backend runs.
 //!
-//! This crate does no I/O. Backends own their drivers; the server owns the wire JSON.
+//! This crate does no I/O. Backends own their drivers; the server owns the wire JSON. What
+//! only backends use (shared rules, group planning, row decoding) is under [`backend`].
 
-pub mod codec;
+pub mod backend;
 pub mod error;
 pub mod event;
 pub mod group;
 pub mod memory;
 pub mod name;
 pub mod pattern;
-pub mod plan;
 pub mod state;
 pub mod store;
 pub mod subscription;

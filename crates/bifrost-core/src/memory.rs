@@ -8,15 +8,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::backend::plan::{GroupPlanner, PlanLookup, Planned};
+use crate::backend::rules::{
+    StoredEventRef, StreamState, aggregate_type_of, check_log_start, stream_window, validate_appends,
+};
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent, RecordedEvent};
 use crate::name::StreamName;
-use crate::plan::{GroupPlanner, PlanLookup, Planned};
 use crate::state::{MemoryState, StateChange, StateEntry, StateStore};
 use crate::store::{
-    AppendResult, DeleteMode, Direction, EventStore, LogFilter, LogSlice, Position, StoredEventRef,
-    StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamSlice, StreamState, StreamSummary,
-    Version, aggregate_type_of, check_log_start, stream_window, validate_appends,
+    AppendResult, DeleteMode, Direction, EventStore, LogFilter, LogSlice, Position, StreamAppend, StreamInfo,
+    StreamListQuery, StreamListing, StreamSlice, StreamSummary, Version,
 };
 use crate::timestamp::Timestamp;
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::backend::rules::validate_state_changes;
 use crate::error::{Error, Result};
 use crate::group::{GroupEngine, GroupKind};
 
@@ -53,7 +54,7 @@ impl StateChange {
         Self::Expect { scope: scope.into(), key: key.into(), value }
     }
 
-    fn names(&self) -> (&str, Option<&str>) {
+    pub(crate) fn names(&self) -> (&str, Option<&str>) {
         match self {
             Self::Put { scope, key, .. } | Self::Delete { scope, key } | Self::Expect { scope, key, .. } => {
                 (scope, Some(key))
@@ -99,35 +100,6 @@ pub trait StateStore: Send + Sync + 'static {
 pub trait DurableStore: crate::store::EventStore + StateStore {}
 
 impl<T: crate::store::EventStore + StateStore> DurableStore for T {}
-
-/// The checks every backend makes before writing: scopes and keys are non-empty, at most
-/// [`MAX_STATE_NAME_LEN`] bytes, and without NUL (which some databases cannot store).
-pub fn validate_state_changes(changes: &[StateChange]) -> Result<()> {
-    for change in changes {
-        let (scope, key) = change.names();
-        validate_state_name("scope", scope)?;
-        if let Some(key) = key {
-            validate_state_name("key", key)?;
-        }
-    }
-    Ok(())
-}
-
-pub fn validate_state_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::InvalidArgument(format!("a state {what} must not be empty")));
-    }
-    if name.len() > MAX_STATE_NAME_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "a state {what} is at most {MAX_STATE_NAME_LEN} bytes, got {}",
-            name.len()
-        )));
-    }
-    if name.contains('\0') {
-        return Err(Error::InvalidArgument(format!("a state {what} must not contain NUL")));
-    }
-    Ok(())
-}
 
 /// State held in memory: for the in-memory store, and for readers that need no durability
 /// (an unnamed bus subscription).

@@ -1,6 +1,6 @@
 //! Rows to events, and driver errors to store errors.
 
-use bifrost_core::codec::{corrupt, u64_from};
+use bifrost_core::backend::codec::{corrupt, u64_from};
 use bifrost_core::{Error, Metadata, NameCache, RecordedEvent, Result, Timestamp};
 use bytes::Bytes;
 use tokio_postgres::Row;

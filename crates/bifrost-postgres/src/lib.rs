@@ -41,8 +41,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bifrost_core::state::validate_state_changes;
-use bifrost_core::store::validate_appends;
+use bifrost_core::backend::rules::{validate_appends, validate_state_changes};
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventStore, LogFilter, LogSlice, Position, RecordedEvent,
     Result, StateChange, StateEntry, StateStore, StreamAppend, StreamInfo, StreamListQuery, StreamListing,

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Weak};
 
-use bifrost_core::store::validate_appends;
+use bifrost_core::backend::rules::validate_appends;
 use bifrost_core::{
     AppendResult, Error, ExpectedVersion, NewEvent, Position, Result, StreamAppend, StreamName,
 };

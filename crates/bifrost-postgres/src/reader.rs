@@ -1,8 +1,8 @@
 //! Reads, on pooled connections. Positions commit in order (see the crate docs), so a
 //! plain `position > after` scan bounded by the committed head never skips an event.
 
-use bifrost_core::codec::{i64_from, u64_from};
-use bifrost_core::store::{StreamState, check_log_start, stream_window};
+use bifrost_core::backend::codec::{i64_from, u64_from};
+use bifrost_core::backend::rules::{StreamState, check_log_start, stream_window};
 use bifrost_core::{
     Direction, Error, LogFilter, LogSlice, NameCache, Position, RecordedEvent, Result, StreamInfo,
     StreamListQuery, StreamListing, StreamName, StreamSlice, StreamSummary, Timestamp, Version,

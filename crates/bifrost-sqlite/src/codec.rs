@@ -1,6 +1,6 @@
 //! Rows to events and back: the on-disk encoding of the model.
 
-use bifrost_core::codec::{corrupt, u64_from};
+use bifrost_core::backend::codec::{corrupt, u64_from};
 use bifrost_core::{Error, Metadata, NameCache, RecordedEvent, Result, Timestamp};
 use bytes::Bytes;
 use rusqlite::Row;

@@ -31,8 +31,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use bifrost_core::state::validate_state_changes;
-use bifrost_core::store::validate_appends;
+use bifrost_core::backend::rules::{validate_appends, validate_state_changes};
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventStore, LogFilter, LogSlice, Position, RecordedEvent,
     Result, StateChange, StateEntry, StateStore, StreamAppend, StreamInfo, StreamListQuery, StreamListing,

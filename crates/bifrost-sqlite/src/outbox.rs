@@ -9,7 +9,7 @@ use std::any::Any;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use bifrost_core::store::validate_appends;
+use bifrost_core::backend::rules::validate_appends;
 use bifrost_core::{AppendResult, Error, StreamAppend};
 use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bifrost_core::codec::{i64_from, u64_from};
-use bifrost_core::store::{StreamState, check_log_start, stream_window};
+use bifrost_core::backend::codec::{i64_from, u64_from};
+use bifrost_core::backend::rules::{StreamState, check_log_start, stream_window};
 use bifrost_core::{
     Direction, Error, LogFilter, LogSlice, NameCache, Position, RecordedEvent, Result, StreamInfo,
     StreamListQuery, StreamListing, StreamName, StreamSlice, StreamSummary, Timestamp, Version,

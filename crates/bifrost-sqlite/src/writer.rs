@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use bifrost_core::codec::{i64_from, u64_from};
-use bifrost_core::plan::{GroupPlanner, PlanLookup, Planned, stream_heads};
-use bifrost_core::store::{StoredEventRef, StreamState, aggregate_type_of};
+use bifrost_core::backend::codec::{i64_from, u64_from};
+use bifrost_core::backend::plan::{GroupPlanner, PlanLookup, Planned, stream_heads};
+use bifrost_core::backend::rules::{StoredEventRef, StreamState, aggregate_type_of};
 use bifrost_core::{
     AppendResult, DeleteMode, Error, EventType, Position, Result, StateChange, StreamAppend, StreamName,
     Timestamp, Version,

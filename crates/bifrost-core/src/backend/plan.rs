@@ -8,13 +8,11 @@
 
 use std::collections::HashMap;
 
+use crate::backend::rules::{StoredEventRef, StreamState, aggregate_type_of, check_expected, check_replay};
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent};
 use crate::name::StreamName;
-use crate::store::{
-    AppendResult, Position, StoredEventRef, StreamAppend, StreamState, Version, aggregate_type_of,
-    check_expected, check_replay,
-};
+use crate::store::{AppendResult, Position, StreamAppend, Version};
 
 /// What a backend can look up in its committed state while planning.
 pub trait PlanLookup {
