@@ -29,6 +29,7 @@
 //! platform's store. rustls with the ring provider, one connector for every connection.
 
 mod codec;
+mod groups;
 mod listener;
 mod outbox;
 mod reader;
@@ -42,6 +43,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bifrost_core::backend::rules::{validate_appends, validate_state_changes};
+use bifrost_core::group::{GroupEngine, GroupKind};
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventStore, LogFilter, LogSlice, Position, RecordedEvent,
     Result, StateChange, StateEntry, StateStore, StreamAppend, StreamInfo, StreamListQuery, StreamListing,
@@ -53,6 +55,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::codec::unavailable;
+use crate::groups::{StoreGroups, Wakeups};
 use crate::listener::Listener;
 use crate::schema::Sql;
 use crate::writer::Writer;
@@ -111,6 +114,8 @@ pub struct PostgresStore {
     /// For outbox commits to move the head. Weak: the writer and the listener own it, and
     /// once they stop (close) it is dropped, which ends live subscriptions.
     head_tx: Weak<watch::Sender<Position>>,
+    /// The consumer groups kept in the database, shared by every node.
+    groups: StoreGroups,
 }
 
 impl PostgresStore {
@@ -150,10 +155,20 @@ impl PostgresStore {
         let (head_tx, head) = watch::channel(initial);
         reader::analyze(&pool, &sql).await?;
         let head_tx = Arc::new(head_tx);
-        let listener = Listener::start(config, tls, sql.clone(), pool.clone(), head_tx.clone(), &options);
+        let wakeups = Arc::new(Wakeups::default());
+        let listener = Listener::start(
+            config,
+            tls,
+            sql.clone(),
+            pool.clone(),
+            head_tx.clone(),
+            wakeups.clone(),
+            &options,
+        );
         let weak_head_tx = Arc::downgrade(&head_tx);
         let writer = Writer::start(pool.clone(), sql.clone(), head_tx, options.max_batch.max(1));
-        Ok(Self { pool, sql, writer, listener, head, head_tx: weak_head_tx })
+        let groups = StoreGroups::start(pool.clone(), &sql, head.clone(), wakeups, options.poll_interval);
+        Ok(Self { pool, sql, writer, listener, head, head_tx: weak_head_tx, groups })
     }
 
     /// Opens a transaction for the application's own statements and its appends, committed
@@ -223,6 +238,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn close(&self) -> Result<()> {
+        self.groups.stop().await;
         self.writer.close().await;
         self.listener.stop().await;
         self.pool.close();
@@ -243,6 +259,11 @@ impl StateStore for PostgresStore {
 
     async fn scan_state(&self, scope: &str, after: Option<&str>, limit: usize) -> Result<Vec<StateEntry>> {
         state::scan(&self.pool, &self.sql, scope, after, limit).await
+    }
+
+    /// Groups are rows of this database: every node on it serves the same ones.
+    fn shared_groups(&self, kind: GroupKind) -> Option<Arc<dyn GroupEngine>> {
+        Some(self.groups.engine(kind))
     }
 }
 

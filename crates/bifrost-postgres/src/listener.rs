@@ -1,6 +1,8 @@
 //! Keeps the store's head current with what other nodes commit: `LISTEN` on the head
 //! channel, a slow poll as a fallback for a lost notification or connection, and a
-//! reconnect loop. Also closes pooled connections that sat idle too long.
+//! reconnect loop. Wakes the consumer groups' fetchers on what any node does to their
+//! group (`LISTEN` on the groups channel). Also closes pooled connections that sat idle
+//! too long.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::PostgresOptions;
+use crate::groups::Wakeups;
 use crate::schema::Sql;
 use crate::writer::advance;
 
@@ -32,6 +35,7 @@ impl Listener {
         sql: Arc<Sql>,
         pool: Pool,
         head: Arc<watch::Sender<Position>>,
+        wakeups: Arc<Wakeups>,
         options: &PostgresOptions,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
@@ -42,7 +46,7 @@ impl Listener {
             let mut backoff = Duration::from_millis(100);
             let mut stopped = stopped;
             loop {
-                let session = listen(&server, &sql, &pool, &head, poll, idle, &mut stopped).await;
+                let session = listen(&server, &sql, &pool, &head, &wakeups, poll, idle, &mut stopped).await;
                 if *stopped.borrow() {
                     return;
                 }
@@ -68,24 +72,32 @@ impl Listener {
 }
 
 /// One listening session; returns when its connection fails or the store stops.
+#[allow(clippy::too_many_arguments)]
 async fn listen(
     (config, tls): &(tokio_postgres::Config, MakeRustlsConnect),
     sql: &Sql,
     pool: &Pool,
     head: &watch::Sender<Position>,
+    wakeups: &Wakeups,
     poll: Duration,
     idle: Duration,
     stopped: &mut watch::Receiver<bool>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tls.clone()).await?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel();
+    let groups_channel = sql.groups_channel.clone();
     // The connection delivers notifications only while it is polled for messages.
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if notes_tx.send(n.payload().parse::<Position>().ok()).is_err() {
+                    let note = if n.channel() == groups_channel {
+                        n.payload().parse::<i64>().ok().map(Note::Group)
+                    } else {
+                        n.payload().parse::<Position>().ok().map(Note::Head)
+                    };
+                    if notes_tx.send(note).is_err() {
                         return;
                     }
                 }
@@ -98,7 +110,9 @@ async fn listen(
         }
     });
     let session = async {
-        client.batch_execute(&sql.listen).await?;
+        client.batch_execute(&format!("{}; {}", sql.listen, sql.groups_listen)).await?;
+        // Whatever happened to the groups while no one listened.
+        wakeups.wake_all();
         // Whatever committed while no one listened.
         let read_head = client.prepare(&sql.read_head).await?;
         let mut tick = tokio::time::interval(poll);
@@ -107,7 +121,8 @@ async fn listen(
         loop {
             tokio::select! {
                 note = notes.recv() => match note {
-                    Some(Some(position)) => { head.send_if_modified(|h| advance(h, position)); }
+                    Some(Some(Note::Head(position))) => { head.send_if_modified(|h| advance(h, position)); }
+                    Some(Some(Note::Group(group))) => wakeups.wake(group),
                     Some(None) => {}
                     None => return Ok(()), // the connection ended
                 },
@@ -134,4 +149,10 @@ async fn listen(
     .await;
     driver.abort();
     session
+}
+
+/// A notification: the head moved, or a consumer group's fetchers should look again.
+enum Note {
+    Head(Position),
+    Group(i64),
 }

@@ -24,6 +24,10 @@ pub(crate) struct Sql {
     /// The notification channel's name, as `pg_notify` takes it.
     pub(crate) channel: String,
     pub(crate) listen: String,
+    /// The consumer groups' channel: a payload is the id of a group whose fetchers should
+    /// look again.
+    pub(crate) groups_channel: String,
+    pub(crate) groups_listen: String,
     pub(crate) lock_head: String,
     /// `lock_head` for an outbox transaction, which also says whether the transaction is
     /// still the one marked with `$1` and `READ COMMITTED`.
@@ -67,6 +71,8 @@ impl Sql {
             schema: schema.to_owned(),
             channel: format!("bifrost_head_{schema}"),
             listen: format!("LISTEN \"bifrost_head_{schema}\""),
+            groups_channel: format!("bifrost_groups_{schema}"),
+            groups_listen: format!("LISTEN \"bifrost_groups_{schema}\""),
             lock_head: format!("SELECT position, recorded_at FROM {s}.head WHERE id = 1 FOR UPDATE"),
             lock_head_outbox: format!(
                 "SELECT position, recorded_at, coalesce(current_setting('{OUTBOX_SETTING}', true) = $1, false) \

@@ -161,8 +161,9 @@ pub async fn retries_follow_the_backoff_and_stop_at_max_attempts(f: Fixture) {
             gaps.push(at.elapsed());
         }
         attempts.push(lease.attempt);
-        nack(&f, "g", &[lease], NackAction::Retry(None), Some("flaky")).await;
+        // The backoff counts from when the nack is made, so from before it is sent.
         last_nack = Some(Instant::now());
+        nack(&f, "g", &[lease], NackAction::Retry(None), Some("flaky")).await;
     }
     assert_eq!(attempts, [1, 2, 3, 4]);
     // 100, 200, 400 ms between attempts: never earlier.
@@ -610,8 +611,8 @@ async fn a_restart_keeps_acks_retries_and_attempts(mut f: Fixture, crash: bool) 
     assert_eq!(leases.len(), 10);
     ack(&f, "g", &leases[..5]).await;
     let mut acked: HashSet<_> = leases[..5].iter().map(|l| l.event.id).collect();
-    nack(&f, "g", &leases[5..7], NackAction::Retry(Some(Duration::from_millis(1500))), Some("later")).await;
     let nacked_at = Instant::now();
+    nack(&f, "g", &leases[5..7], NackAction::Retry(Some(Duration::from_millis(1500))), Some("later")).await;
     f.restart(crash).await;
 
     let mut attempts = HashMap::new();

@@ -1,0 +1,84 @@
+//! Every node's sweeper: expires overdue leases of every group of the store — a failed
+//! attempt each, retried after the backoff or parked at the last one — whichever node
+//! handed them out, dead or alive. Nodes share the work: each takes the overdue rows no
+//! other node has locked (`FOR UPDATE SKIP LOCKED`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bifrost_core::group::{GroupConfig, timeout_reason};
+use bifrost_core::{Error, Result};
+use tokio::sync::watch;
+
+use super::{GroupTables, decode_config, fail_rows};
+use crate::codec::{pg, pool as pool_error};
+
+/// Rows one sweep takes at most; a full sweep is followed by another at once.
+const BATCH: i64 = 500;
+
+pub(super) async fn run(tables: Arc<GroupTables>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let wait = match sweep(&tables).await {
+            Ok((true, _)) => Duration::ZERO,
+            Ok((false, next)) => next.map_or(tables.poll, |n| n.min(tables.poll)),
+            Err(e) => {
+                tracing::warn!(error = %e, "expiring the consumer groups' leases failed; retrying");
+                tables.poll
+            }
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = tables.sweep.notified() => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// One sweep: returns whether there may be more overdue leases, and when the next lease
+/// this node knows of is due.
+async fn sweep(tables: &GroupTables) -> Result<(bool, Option<Duration>)> {
+    let sql = &tables.sql;
+    let mut client = tables.pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    let expired = tx.prepare_cached(&sql.expired).await.map_err(pg)?;
+    let rows = tx.query(&expired, &[&BATCH]).await.map_err(pg)?;
+    let full = rows.len() as i64 == BATCH;
+    // Per group: its settings and its overdue rows (position, failures counting this one).
+    let mut groups: BTreeMap<i64, (GroupConfig, Vec<(i64, u32)>)> = BTreeMap::new();
+    for row in &rows {
+        let group: i64 = row.try_get(0).map_err(pg)?;
+        let position: i64 = row.try_get(1).map_err(pg)?;
+        let failures: i32 = row.try_get(2).map_err(pg)?;
+        let failed = match groups.entry(group) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                let config = decode_config(&format!("#{group}"), row.try_get(3).map_err(pg)?)?;
+                entry.insert((config, Vec::new()))
+            }
+        };
+        failed.1.push((position, u32::try_from(failures).unwrap_or(0) + 1));
+    }
+    let count = tx.prepare_cached(&sql.count_timeouts).await.map_err(pg)?;
+    for (group, (config, failed)) in &groups {
+        let most = failed.iter().map(|f| f.1).max().unwrap_or(1);
+        let delay = config.backoff.delay(most);
+        let reason = timeout_reason(config.ack_timeout);
+        fail_rows(&tx, sql, *group, config, failed, false, delay, &reason).await?;
+        let n = i64::try_from(failed.len()).map_err(|e| Error::Internal(e.to_string()))?;
+        tx.execute(&count, &[group, &n]).await.map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)?;
+    for group in groups.keys() {
+        tables.wakeups.wake(*group);
+    }
+    let next = client.prepare_cached(&sql.next_deadline).await.map_err(pg)?;
+    let next: Option<i64> = client.query_one(&next, &[]).await.map_err(pg)?.try_get(0).map_err(pg)?;
+    Ok((full, next.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0)))))
+}
