@@ -9,40 +9,8 @@
 
 mod common;
 
-use bifrost_core::testkit::service_unavailable;
+use common::pg::{Schema, url};
 use common::{Server, bifrost, run, stderr, stdout};
-
-fn url() -> String {
-    std::env::var("BIFROST_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
-}
-
-/// A schema no other test run uses, dropped when the test ends (also when it panicked).
-struct Schema {
-    name: String,
-}
-
-impl Schema {
-    /// `None` (skip) when PostgreSQL is unreachable. Dropping a schema that does not exist
-    /// yet is the cheapest question the database can answer.
-    fn fresh() -> Option<Schema> {
-        let name = format!("bifrost_test_{}", uuid::Uuid::new_v4().simple());
-        match block_on(bifrost_postgres::drop_schema(&url(), &name)) {
-            Ok(()) => Some(Schema { name }),
-            Err(e) => service_unavailable("PostgreSQL", e),
-        }
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let _ = block_on(bifrost_postgres::drop_schema(&url(), &self.name));
-    }
-}
 
 fn append(server: &str, stream: &str, event_type: &str, data: &str) -> serde_json::Value {
     let out = run(bifrost().args(["append", stream, event_type, data, "--server", server]), None);

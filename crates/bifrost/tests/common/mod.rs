@@ -4,6 +4,9 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 #![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
+pub mod consumers;
+pub mod pg;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
