@@ -250,7 +250,7 @@ impl ConsumerGroup {
         config.validate()?;
         let filter = config.filter.to_log_filter()?;
         let cursor = match state.read_state(&scopes.cursor, "cursor").await? {
-            Some(bytes) => serde_json::from_slice::<Cursor>(&bytes).map_err(|e| Error::Storage {
+            Some(bytes) => serde_json::from_slice::<Cursor>(&bytes).map_err(|e| Error::Corrupt {
                 message: format!("group {name}: unreadable cursor: {e}"),
                 source: None,
             })?,
@@ -755,7 +755,7 @@ impl Shared {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(group: &GroupName, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Storage {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
         message: format!("group {group}: unreadable dead letter: {e}"),
         source: None,
     })

@@ -51,7 +51,7 @@ impl Groups {
             for entry in page {
                 let name = GroupName::new(&entry.key)?;
                 let record: GroupRecord =
-                    serde_json::from_slice(&entry.value).map_err(|e| Error::Storage {
+                    serde_json::from_slice(&entry.value).map_err(|e| Error::Corrupt {
                         message: format!("group {name}: unreadable settings: {e}"),
                         source: None,
                     })?;

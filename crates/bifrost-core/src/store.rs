@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::codec::corrupt;
 use crate::error::{Error, Result, VersionConflict};
 use crate::event::{EventId, NewEvent, RecordedEvent, validate_new_event};
 use crate::name::{Category, EventType, StreamName};
@@ -236,9 +237,7 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         let mut results = self.append_many(vec![StreamAppend::new(stream, expected, events)]).await?;
-        results
-            .pop()
-            .ok_or_else(|| Error::Storage { message: "append returned no result".into(), source: None })
+        results.pop().ok_or_else(|| Error::Internal("append returned no result".into()))
     }
 
     /// Reads up to `limit` events of a stream starting at version `from` (inclusive), in
@@ -391,7 +390,7 @@ impl StreamState {
             0 => Ok(Self::Live),
             1 => Ok(Self::SoftDeleted),
             2 => Ok(Self::Tombstoned),
-            other => Err(Error::Storage { message: format!("unknown stream state {other}"), source: None }),
+            other => Err(corrupt("stream state", other)),
         }
     }
 }
