@@ -69,7 +69,12 @@ impl Error {
         match self {
             Self::Transport { .. } | Self::Timeout { .. } => true,
             Self::Problem(p) => p.status >= 500,
-            _ => false,
+            Self::Config(_)
+            | Self::InvalidArgument(_)
+            | Self::GroupNotFound(_)
+            | Self::DeadLetterNotFound { .. }
+            | Self::Decode(_)
+            | Self::Closed => false,
         }
     }
 
@@ -90,7 +95,8 @@ impl Error {
             Self::Config(message) | Self::InvalidArgument(message) => CoreError::InvalidArgument(message),
             Self::GroupNotFound(group) => CoreError::GroupNotFound(group),
             e @ Self::DeadLetterNotFound { .. } => CoreError::InvalidArgument(e.to_string()),
-            Self::Decode(message) => CoreError::Storage {
+            // The answer does not decode: asking again gets the same answer.
+            Self::Decode(message) => CoreError::Corrupt {
                 message: format!("unexpected answer from the server: {message}"),
                 source: None,
             },
@@ -194,6 +200,12 @@ impl Problem {
             "bifrost:group-not-found" => match self.member_str("group") {
                 Some(group) => CoreError::GroupNotFound(group.to_owned()),
                 None => CoreError::InvalidArgument(detail()),
+            },
+            "bifrost:state-conflict" => match (self.member_str("scope"), self.member_str("key")) {
+                (Some(scope), Some(key)) => {
+                    CoreError::StateConflict { scope: scope.to_owned(), key: key.to_owned() }
+                }
+                _ => CoreError::InvalidArgument(detail()),
             },
             "bifrost:unavailable" => CoreError::Unavailable(detail()),
             _ if self.status == 410 => match self.stream(stream) {
@@ -325,6 +337,14 @@ mod tests {
             matches!(problem("bifrost:payload-too-large", 413, ""), CoreError::InvalidArgument(d) if d == "why")
         );
         assert!(matches!(problem("bifrost:unavailable", 503, ""), CoreError::Unavailable(_)));
+        assert!(matches!(
+            problem("bifrost:state-conflict", 409, r#","scope":"groups","key":"g""#),
+            CoreError::StateConflict { scope, key } if scope == "groups" && key == "g"
+        ));
+        assert!(matches!(
+            problem("bifrost:group-not-found", 404, r#","group":"g""#),
+            CoreError::GroupNotFound(g) if g == "g"
+        ));
         assert!(matches!(problem("bifrost:internal", 500, ""), CoreError::Storage { .. }));
     }
 
@@ -336,5 +356,14 @@ mod tests {
             ("about:blank", "Bad gateway upstream down")
         );
         assert!(matches!(p.into_store_error(None), CoreError::Storage { .. }));
+    }
+
+    #[test]
+    fn an_answer_that_does_not_decode_is_corrupt_not_a_storage_failure() {
+        let err = CoreError::from(Error::decode("missing field `stream`"));
+        assert!(
+            matches!(&err, CoreError::Corrupt { message, .. } if message.contains("missing field")),
+            "{err:?}"
+        );
     }
 }

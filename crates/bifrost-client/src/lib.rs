@@ -24,9 +24,11 @@
 //! [`bifrost_core::Error`]: `409 bifrost:wrong-expected-version` becomes
 //! `WrongExpectedVersion` (with every conflict), `bifrost:duplicate-event-id`
 //! `DuplicateEventId`, `bifrost:stream-not-found` `StreamNotFound`, `410` `StreamDeleted`,
-//! `bifrost:out-of-range` `OutOfRange`, any other 4xx `InvalidArgument` with the server's
-//! detail, no answer or `503` `Unavailable`, another 5xx `Storage`. The client's own
-//! calls answer [`Error`], which keeps the whole [`Problem`].
+//! `bifrost:out-of-range` `OutOfRange`, `bifrost:group-not-found` `GroupNotFound`,
+//! `bifrost:state-conflict` `StateConflict`, any other 4xx `InvalidArgument` with the
+//! server's detail, no answer or `503` `Unavailable`, another 5xx `Storage` (the server
+//! keeps the cause of a 500 to its log), and an answer that does not decode `Corrupt`. The
+//! client's own calls answer [`Error`], which keeps the whole [`Problem`].
 //!
 //! # Payloads
 //! An event's `data` is sent as the caller's bytes and read back as a slice of the

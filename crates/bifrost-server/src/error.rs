@@ -21,6 +21,7 @@ pub enum ProblemType {
     OutOfRange,
     WrongExpectedVersion,
     DuplicateEventId,
+    StateConflict,
     StreamNotFound,
     StreamDeleted,
     EventNotFound,
@@ -44,6 +45,7 @@ impl ProblemType {
             Self::OutOfRange => "bifrost:out-of-range",
             Self::WrongExpectedVersion => "bifrost:wrong-expected-version",
             Self::DuplicateEventId => "bifrost:duplicate-event-id",
+            Self::StateConflict => "bifrost:state-conflict",
             Self::StreamNotFound => "bifrost:stream-not-found",
             Self::StreamDeleted => "bifrost:stream-deleted",
             Self::EventNotFound => "bifrost:event-not-found",
@@ -65,7 +67,7 @@ impl ProblemType {
             | Self::InvalidArgument
             | Self::OutOfRange => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::WrongExpectedVersion | Self::DuplicateEventId => StatusCode::CONFLICT,
+            Self::WrongExpectedVersion | Self::DuplicateEventId | Self::StateConflict => StatusCode::CONFLICT,
             Self::StreamNotFound
             | Self::EventNotFound
             | Self::GroupNotFound
@@ -89,6 +91,7 @@ impl ProblemType {
             Self::OutOfRange => "Out of range",
             Self::WrongExpectedVersion => "Wrong expected version",
             Self::DuplicateEventId => "Duplicate event id",
+            Self::StateConflict => "State conflict",
             Self::StreamNotFound => "Stream not found",
             Self::StreamDeleted => "Stream deleted",
             Self::EventNotFound => "Event not found",
@@ -199,6 +202,18 @@ fn conflict_to_wire(c: &VersionConflict) -> Value {
     json!({ "stream": c.stream.as_str(), "expected": expected_to_wire(c.expected), "actual": c.actual })
 }
 
+/// `error: cause: cause`, for the log.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 impl From<CoreError> for ApiError {
     fn from(err: CoreError) -> Self {
         let detail = err.to_string();
@@ -236,15 +251,109 @@ impl From<CoreError> for ApiError {
                     .with("group", group.into())
             }
             CoreError::OutOfRange(_) => Self::new(ProblemType::OutOfRange, detail),
+            // Another writer changed the same state first: the client may read and try again.
+            CoreError::StateConflict { scope, key } => Self::new(ProblemType::StateConflict, detail)
+                .with("scope", scope.into())
+                .with("key", key.into()),
             CoreError::Unavailable(_) => Self::new(ProblemType::Unavailable, detail),
-            // Storage failures keep driver detail out of the answer; it goes to the log.
+            // Failures inside the server keep their detail (driver messages, stored bytes) out
+            // of the answer; it goes to the log.
             CoreError::Storage { .. } => {
-                tracing::error!(error = %detail, "storage failure");
+                tracing::error!(error = %error_chain(&err), "storage failure");
                 Self::internal("the store failed; see the server log")
             }
-            other => {
-                tracing::error!(error = %other, "unexpected store error");
-                Self::internal("unexpected store error")
+            CoreError::Corrupt { .. } => {
+                tracing::error!(error = %error_chain(&err), "stored data does not decode");
+                Self::internal("the store holds data this server cannot read; see the server log")
+            }
+            CoreError::Internal(_) => {
+                tracing::error!(error = %error_chain(&err), "internal error");
+                Self::internal("the server failed; see the server log")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bifrost_core::StreamName;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn answer(err: CoreError) -> (u16, &'static str, Value) {
+        let problem = ApiError::from(err);
+        (problem.kind.status().as_u16(), problem.kind.uri(), problem.into_body())
+    }
+
+    #[test]
+    fn every_store_error_has_its_status_and_problem_type() {
+        let stream = || StreamName::new("order-1").unwrap_or_else(|e| panic!("{e}"));
+        let conflict =
+            VersionConflict { stream: stream(), expected: ExpectedVersion::NoStream, actual: Some(2) };
+        let cases = [
+            (
+                CoreError::InvalidStreamName { name: "a b".into(), reason: "r".into() },
+                400,
+                "bifrost:invalid-stream-name",
+            ),
+            (
+                CoreError::InvalidEventType { name: "a..b".into(), reason: "r".into() },
+                400,
+                "bifrost:invalid-event-type",
+            ),
+            (CoreError::InvalidArgument("bad".into()), 400, "bifrost:invalid-argument"),
+            (CoreError::WrongExpectedVersion(vec![conflict]), 409, "bifrost:wrong-expected-version"),
+            (CoreError::DuplicateEventId { id: Uuid::nil() }, 409, "bifrost:duplicate-event-id"),
+            (CoreError::StreamNotFound(stream()), 404, "bifrost:stream-not-found"),
+            (CoreError::StreamDeleted(stream()), 410, "bifrost:stream-deleted"),
+            (CoreError::GroupNotFound("billing".into()), 404, "bifrost:group-not-found"),
+            (CoreError::OutOfRange("past the end".into()), 400, "bifrost:out-of-range"),
+            (
+                CoreError::StateConflict { scope: "groups".into(), key: "billing".into() },
+                409,
+                "bifrost:state-conflict",
+            ),
+            (CoreError::Unavailable("closed".into()), 503, "bifrost:unavailable"),
+            (CoreError::Storage { message: "disk full".into(), source: None }, 500, "bifrost:internal"),
+            (
+                CoreError::Corrupt { message: "stored event id is invalid".into(), source: None },
+                500,
+                "bifrost:internal",
+            ),
+            (CoreError::Internal("append was not planned".into()), 500, "bifrost:internal"),
+        ];
+        for (err, status, problem_type) in cases {
+            let what = format!("{err:?}");
+            let (got_status, got_type, body) = answer(err);
+            assert_eq!((got_status, got_type), (status, problem_type), "{what}");
+            assert_eq!(
+                (body["status"].as_u64(), body["type"].as_str()),
+                (Some(u64::from(status)), Some(problem_type))
+            );
+        }
+    }
+
+    #[test]
+    fn conflicts_and_missing_groups_name_what_they_are_about() {
+        let (_, _, body) = answer(CoreError::StateConflict { scope: "groups".into(), key: "billing".into() });
+        assert_eq!((body["scope"].as_str(), body["key"].as_str()), (Some("groups"), Some("billing")));
+        let (_, _, body) = answer(CoreError::GroupNotFound("billing".into()));
+        assert_eq!(body["group"], "billing");
+    }
+
+    #[test]
+    fn failures_inside_the_server_keep_their_detail_out_of_the_answer() {
+        let source = std::io::Error::other("sector 7 unreadable");
+        for err in [
+            CoreError::storage("disk on fire", source),
+            CoreError::corrupt("stored metadata is invalid: byte 0x9f", std::io::Error::other("utf-8")),
+            CoreError::Internal("append was not planned".into()),
+        ] {
+            let (_, _, body) = answer(err);
+            let detail = body["detail"].as_str().unwrap_or_default();
+            for secret in ["fire", "sector", "0x9f", "planned"] {
+                assert!(!detail.contains(secret), "{detail}");
             }
         }
     }

@@ -33,7 +33,7 @@ async fn healthz_and_readyz_answer_ok() {
     assert_eq!((resp.status, resp.json()), (StatusCode::OK, json!({"status": "ready"})));
 }
 
-/// A store that is down.
+/// A store that is down, or failing in one way per method.
 struct DownStore(watch::Sender<Position>);
 
 #[async_trait]
@@ -57,13 +57,13 @@ impl EventStore for DownStore {
         Err(Error::Unavailable("down".into()))
     }
     async fn stream_info(&self, _: &StreamName) -> bifrost_core::Result<StreamInfo> {
-        Err(Error::Unavailable("down".into()))
+        Err(Error::Corrupt { message: "stored stream state is invalid: 7".into(), source: None })
     }
     async fn list_streams(&self, _: &StreamListQuery) -> bifrost_core::Result<StreamListing> {
         Err(Error::Unavailable("down".into()))
     }
     async fn delete_stream(&self, _: &StreamName, _: DeleteMode) -> bifrost_core::Result<()> {
-        Err(Error::Unavailable("down".into()))
+        Err(Error::StateConflict { scope: "streams".into(), key: "a".into() })
     }
     fn head(&self) -> watch::Receiver<Position> {
         self.0.subscribe()
@@ -120,6 +120,12 @@ async fn readyz_answers_503_when_the_store_is_down_and_store_failures_map_to_pro
     let (status, _, ty, detail) = call(Request::get("/v1/events").body(Body::empty()).unwrap()).await;
     assert_eq!((status, ty.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "bifrost:internal"));
     assert!(!detail.contains("fire"), "driver detail stays in the log: {detail}");
+    let (status, _, ty, detail) = call(Request::get("/v1/streams/a").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, ty.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "bifrost:internal"));
+    assert!(!detail.contains("state"), "what does not decode stays in the log: {detail}");
+    // Another writer got there first: the client may try again, so not a 500.
+    let (status, _, ty, _) = call(Request::delete("/v1/streams/a").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, ty.as_str()), (StatusCode::CONFLICT, "bifrost:state-conflict"));
 }
 
 #[tokio::test]
