@@ -251,9 +251,19 @@ async fn openapi_json_describes_every_route() {
     for schema in [
         "EventBody",
         "Problem",
+        "ConflictBody",
         "AppendResultBody",
-        "AppendRequestDoc",
-        "NewEventDoc",
+        "AppendRequest",
+        "MultiAppendRequest",
+        "StreamAppendRequest",
+        "NewEventRequest",
+        "MetadataRequest",
+        "ExpectedVersion",
+        "StreamEventsBody",
+        "LogEventsBody",
+        "StreamListBody",
+        "HeadBody",
+        "StatusBody",
         "StreamInfoBody",
         "GroupBody",
         "GroupConfigBody",
@@ -267,6 +277,26 @@ async fn openapi_json_describes_every_route() {
         "ReplayRequest",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
+    }
+    // Every reference resolves: no schema is named without being described.
+    fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(found.len() > 50, "{}", found.len());
+    for r in found {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}"));
+        assert!(schemas.contains_key(name), "{r} does not resolve");
     }
     assert_eq!(bifrost_server::openapi_json(), std::str::from_utf8(&resp.body).unwrap());
 }

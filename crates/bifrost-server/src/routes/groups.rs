@@ -8,6 +8,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use bifrost_api::{
+    AckBody, AckRequest, DeadLettersBody, FetchBody, GroupBody, GroupConfigRequest, GroupListBody, NackBody,
+    NackRequest, Problem, ReplayBody, ReplayRequest,
+};
 use bifrost_bus::config::MAX_GROUP_NAME_LEN;
 use bifrost_bus::{ConsumerGroup, GroupName, Lease, Put};
 
@@ -15,10 +19,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::extract::{JsonBytes, OptionalJsonBytes, PathParams, QueryParams};
 use crate::routes::json_bytes;
-use crate::wire::{
-    self, AckBody, AckRequest, DeadLettersBody, FetchBody, GroupBody, GroupConfigRequest, GroupListBody,
-    NackBody, NackRequest, Problem, ReplayBody, ReplayRequest,
-};
+use crate::wire;
 
 /// Events handed out by one fetch, when `max` is not given.
 const DEFAULT_FETCH_MAX: usize = 10;
@@ -41,7 +42,7 @@ async fn find(state: &AppState, name: &GroupName) -> ApiResult<ConsumerGroup> {
 async fn group_body(state: &AppState, group: &ConsumerGroup) -> ApiResult<GroupBody> {
     let status = group.status().await?;
     let created_at = state.groups.created_at(group.name()).await;
-    Ok(GroupBody::new(status, created_at))
+    Ok(wire::group_body(status, created_at))
 }
 
 /// Creates a consumer group, or changes its settings.
@@ -66,7 +67,7 @@ pub(crate) async fn put_group(
     body: OptionalJsonBytes,
 ) -> ApiResult<(StatusCode, Json<GroupBody>)> {
     let name = path.group()?;
-    let config = body.parse_or_default::<GroupConfigRequest>()?.into_config()?;
+    let config = wire::group_config(body.parse_or_default::<GroupConfigRequest>()?)?;
     let (group, put) = state.groups.put(name, config).await?;
     let status = match put {
         Put::Created => StatusCode::CREATED,
@@ -224,7 +225,7 @@ pub(crate) async fn ack(
     wire::check_leases(&request.leases)?;
     let group = find(&state, &name).await?;
     let settled = group.ack(&request.leases).await?;
-    Ok(Json(AckBody { acked: settled.count, expired: settled.expired }))
+    Ok(Json(wire::ack_body(settled)))
 }
 
 /// Nacks leases: retry later, or park in the dead-letter queue. Durable when answered.
@@ -249,11 +250,11 @@ pub(crate) async fn nack(
     let name = path.group()?;
     let request: NackRequest = wire::parse_body(&body)?;
     wire::check_leases(&request.leases)?;
-    let action = request.action()?;
-    let reason = request.reason()?;
+    let action = wire::nack_action(&request)?;
+    let reason = wire::nack_reason(&request)?;
     let group = find(&state, &name).await?;
     let settled = group.nack(&request.leases, action, reason).await?;
-    Ok(Json(NackBody { nacked: settled.count, expired: settled.expired }))
+    Ok(Json(wire::nack_body(settled)))
 }
 
 /// The group's dead letters, in log order.
@@ -307,10 +308,10 @@ pub(crate) async fn replay(
     body: OptionalJsonBytes,
 ) -> ApiResult<Json<ReplayBody>> {
     let name = path.group()?;
-    let selection = body.parse_or_default::<ReplayRequest>()?.selection()?;
+    let selection = wire::replay_selection(body.parse_or_default::<ReplayRequest>()?)?;
     let group = find(&state, &name).await?;
     let replayed = group.replay(selection).await?;
-    Ok(Json(ReplayBody { replayed }))
+    Ok(Json(ReplayBody { replayed: u64::try_from(replayed).unwrap_or(u64::MAX) }))
 }
 
 /// Discards one dead letter: its event is not delivered again.
