@@ -95,9 +95,10 @@ impl Client {
         self.group_call(Method::DELETE, group, &[], &[], None).await.map(drop)
     }
 
-    /// Leases up to `max` events (capped at 1000 by the server), waiting up to `wait` for
-    /// the first (a long poll, capped at 30 s by the server; zero answers at once).
-    /// `consumer` names who fetches in the group's `consumers` (default `anonymous`).
+    /// Leases up to `max` events (at least 1; capped at 1000 by the server), waiting up to
+    /// `wait` for the first (a long poll, capped at 30 s by the server; zero answers at
+    /// once). `consumer` names who fetches in the group's `consumers` (default
+    /// `anonymous`).
     pub async fn fetch(
         &self,
         group: &str,
@@ -105,7 +106,7 @@ impl Client {
         wait: Duration,
         consumer: Option<&str>,
     ) -> Result<Vec<Message>> {
-        let mut query: Query = vec![("max", max.max(1).to_string()), ("wait", millis(wait).to_string())];
+        let mut query: Query = vec![("max", max.to_string()), ("wait", millis(wait).to_string())];
         if let Some(consumer) = consumer {
             query.push(("consumer", consumer.to_owned()));
         }

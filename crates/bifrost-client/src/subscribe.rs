@@ -105,9 +105,13 @@ impl Subscription {
                 match self.transport.open_sse(&self.query, Resume::LastEventId(self.after)).await {
                     Ok(connection) => self.connection = Some(connection),
                     Err(e) if e.is_transient() => {
-                        tracing::debug!(error = %e, "cannot resume the subscription; trying again");
                         self.failed_again(e.to_string())?;
-                        tokio::time::sleep(self.backoff.next_delay()).await;
+                        let delay = self.backoff.next_delay();
+                        tracing::warn!(
+                            "cannot resume the subscription ({e}); trying again after position {} in {delay:?}",
+                            self.after
+                        );
+                        tokio::time::sleep(delay).await;
                     }
                     Err(e) => return Err(e),
                 }
@@ -132,8 +136,13 @@ impl Subscription {
                     }
                     let reason = connection.ended.take().unwrap_or_else(|| "the connection ended".into());
                     self.connection = None;
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(
+                        "connection lost ({reason}); resuming after position {} in {delay:?}",
+                        self.after
+                    );
                     self.failed_again(reason)?;
-                    tokio::time::sleep(self.backoff.next_delay()).await;
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
