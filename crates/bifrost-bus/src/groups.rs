@@ -57,7 +57,7 @@ impl LocalGroups {
             after = Some(last.key.clone());
             for entry in page {
                 let name = GroupName::new(&entry.key)
-                    .map_err(|e| Error::Corrupt { message: format!("a stored group name: {e}") })?;
+                    .map_err(|e| Error::corrupt("a stored group name is invalid", e))?;
                 let record: GroupRecord = decode(&name, "settings", &entry.value)?;
                 let group = Self::start(&name, record, &store, &state).await?;
                 groups.insert(name, group);

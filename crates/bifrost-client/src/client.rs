@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bifrost_api::HeadBody;
 use bifrost_core::{LogFilter, Position};
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Problem, Result};
+use crate::error::{Error, Result, problem_from_answer};
 use crate::head;
 use crate::sse::{SseEvent, SseParser};
 use crate::wire;
@@ -161,6 +162,7 @@ pub struct ClientBuilder {
     idle_timeout: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    max_reconnects: Option<u32>,
     headers: HeaderMap,
     http: Option<reqwest::Client>,
     problems: Vec<String>,
@@ -175,6 +177,7 @@ impl ClientBuilder {
             idle_timeout: Duration::from_secs(45),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            max_reconnects: None,
             headers: HeaderMap::new(),
             http: None,
             problems: Vec::new(),
@@ -208,6 +211,15 @@ impl ClientBuilder {
     pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = min;
         self.reconnect_max = max.max(min);
+        self
+    }
+
+    /// A live subscription gives up after this many failed reconnections in a row (a
+    /// connection that could not be opened, or that ended before anything came on it): its
+    /// stream then yields [`Error::Disconnected`] (as `Unavailable`) and ends. Default:
+    /// it never gives up.
+    pub fn max_reconnects(mut self, attempts: u32) -> Self {
+        self.max_reconnects = Some(attempts);
         self
     }
 
@@ -284,6 +296,7 @@ impl ClientBuilder {
             timeout: self.timeout,
             idle_timeout: self.idle_timeout,
             reconnect: (self.reconnect_min, self.reconnect_max),
+            max_reconnects: self.max_reconnects,
         };
         let (sender, _) = watch::channel(0);
         Ok(Client {
@@ -304,6 +317,7 @@ pub(crate) struct Transport {
     pub(crate) timeout: Duration,
     idle_timeout: Duration,
     reconnect: (Duration, Duration),
+    pub(crate) max_reconnects: Option<u32>,
 }
 
 /// A request's query: name and value pairs, names repeated for lists.
@@ -322,7 +336,7 @@ impl Transport {
         url
     }
 
-    fn server(&self) -> String {
+    pub(crate) fn server(&self) -> String {
         self.base.as_str().trim_end_matches('/').to_owned()
     }
 
@@ -353,7 +367,7 @@ impl Transport {
         if status.is_success() {
             Ok((status, body))
         } else {
-            Err(Error::Problem(Box::new(Problem::from_answer(status.as_u16(), &body))))
+            Err(Error::Problem(Box::new(problem_from_answer(status.as_u16(), &body))))
         }
     }
 
@@ -364,7 +378,7 @@ impl Transport {
     /// The position of the last committed event (`GET /v1/head`).
     pub(crate) async fn log_head(&self) -> Result<Position> {
         let body = self.get(self.url(&["v1", "head"], &[])).await?;
-        let head: wire::HeadWire = wire::parse(&body)?;
+        let head: HeadBody = wire::parse(&body)?;
         Ok(head.position)
     }
 
@@ -399,13 +413,26 @@ impl Transport {
                 .await
                 .map_err(|_| Error::Timeout { server: self.server(), after: self.timeout })?
                 .map_err(|e| self.transport_error(e))?;
-            return Err(Error::Problem(Box::new(Problem::from_answer(status.as_u16(), &body))));
+            return Err(Error::Problem(Box::new(problem_from_answer(status.as_u16(), &body))));
+        }
+        let is_sse = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            return Err(Error::Decode(format!(
+                "{} did not answer with an event stream; is it a Bifrost server?",
+                self.server()
+            )));
         }
         Ok(SseConnection {
             response,
             parser: SseParser::default(),
             ready: Default::default(),
             idle_timeout: self.idle_timeout,
+            received: false,
+            ended: None,
         })
     }
 
@@ -429,6 +456,10 @@ pub(crate) struct SseConnection {
     parser: SseParser,
     ready: std::collections::VecDeque<SseEvent>,
     idle_timeout: Duration,
+    /// Whether anything (an event, a heartbeat) came on this connection.
+    pub(crate) received: bool,
+    /// Why it ended, once it has.
+    pub(crate) ended: Option<String>,
 }
 
 impl SseConnection {
@@ -441,19 +472,23 @@ impl SseConnection {
             }
             match tokio::time::timeout(self.idle_timeout, self.response.chunk()).await {
                 Ok(Ok(Some(bytes))) => {
+                    self.received = true;
                     let ready = &mut self.ready;
                     self.parser.feed(&bytes, |event| ready.push_back(event));
                 }
                 Ok(Ok(None)) => {
                     tracing::debug!("the server ended the event stream");
+                    self.ended = Some("the server closed the stream".into());
                     return None;
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "the event stream broke");
+                    self.ended = Some(format!("the connection broke: {e}"));
                     return None;
                 }
                 Err(_) => {
                     tracing::debug!("the event stream stayed silent past the idle timeout");
+                    self.ended = Some("the stream stayed silent past the idle timeout".into());
                     return None;
                 }
             }

@@ -5,7 +5,9 @@
 //! server; it passes the same conformance suite as the embedded backends. On top of that
 //! it has live subscriptions over Server-Sent Events ([`Client::subscribe`]) and typed
 //! consumer-group calls ([`Client::put_group`], [`Client::fetch`], [`Client::ack`],
-//! [`Client::nack`], the dead-letter queue).
+//! [`Client::nack`], the dead-letter queue). Requests and answers go through the API's
+//! own types ([`api`], the `bifrost-api` crate the server uses too), so the client cannot
+//! drift from the server's JSON.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,9 +26,13 @@
 //! [`bifrost_core::Error`]: `409 bifrost:wrong-expected-version` becomes
 //! `WrongExpectedVersion` (with every conflict), `bifrost:duplicate-event-id`
 //! `DuplicateEventId`, `bifrost:stream-not-found` `StreamNotFound`, `410` `StreamDeleted`,
-//! `bifrost:out-of-range` `OutOfRange`, any other 4xx `InvalidArgument` with the server's
-//! detail, no answer or `503` `Unavailable`, another 5xx `Storage`. The client's own
-//! calls answer [`Error`], which keeps the whole [`Problem`].
+//! `bifrost:out-of-range` `OutOfRange`, `bifrost:group-not-found` `GroupNotFound`,
+//! `bifrost:state-conflict` `StateConflict`, any other 4xx `InvalidArgument` with the
+//! server's detail, no answer or `503` `Unavailable`, another 5xx `Storage` (the server
+//! keeps the cause of a 500 to its log), and an answer that does not decode `Corrupt`. The
+//! client's own calls ([`Client::append_streams`], [`Client::stream_events`],
+//! [`Client::log_events`], the group calls) answer [`Error`], which keeps the whole
+//! [`Problem`].
 //!
 //! # Payloads
 //! An event's `data` is sent as the caller's bytes and read back as a slice of the
@@ -62,10 +68,10 @@ mod store;
 mod subscribe;
 mod wire;
 
+/// The API's JSON types, which the group calls take and answer.
+pub use bifrost_api as api;
+pub use bifrost_api::Problem;
 pub use client::{Client, ClientBuilder};
-pub use error::{Error, Problem, Result};
-pub use groups::{
-    Backoff, BackoffKind, BackoffSettings, DeadLetter, DeadLetterPage, Group, GroupConfig, GroupConsumer,
-    GroupFilter, GroupSettings, GroupStart, Message, NackAction, PutOutcome, Replay, Settled,
-};
+pub use error::{Error, Result};
+pub use groups::{DeadLetter, DeadLetterPage, Message, PutOutcome};
 pub use store::MAX_PAGE;

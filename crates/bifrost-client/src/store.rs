@@ -6,11 +6,14 @@
 //! paging, not the API's cap.
 
 use async_trait::async_trait;
+use bifrost_api::{
+    LogEventsBody, MultiAppendResultBody, ProblemType, StreamEventsBody, StreamInfoBody, StreamListBody,
+};
 use bifrost_core::store::validate_appends;
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, EventId, EventStore, LogFilter, LogSlice, Position, RecordedEvent,
     Result as StoreResult, StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamName, StreamSlice,
-    StreamSummary, Version,
+    Version,
 };
 use reqwest::Method;
 use tokio::sync::watch;
@@ -44,13 +47,11 @@ impl EventStore for Client {
         direction: Direction,
         limit: usize,
     ) -> StoreResult<StreamSlice> {
-        self.read_stream_pages(stream, from, direction, limit.max(1))
-            .await
-            .map_err(|e| e.into_store_error(Some(stream)))
+        self.stream_events(stream, from, direction, limit).await.map_err(|e| e.into_store_error(Some(stream)))
     }
 
     async fn read_all(&self, after: Position, filter: &LogFilter, limit: usize) -> StoreResult<LogSlice> {
-        Ok(self.read_log_pages(after, filter, limit.max(1)).await?)
+        Ok(self.log_events(after, filter, limit).await?)
     }
 
     async fn event(&self, id: EventId) -> StoreResult<Option<RecordedEvent>> {
@@ -58,11 +59,11 @@ impl EventStore for Client {
         let url = self.transport().url(&["v1", "events", &id.to_string()], &[]);
         match self.transport().get(url).await {
             Ok(body) => {
-                let event = wire::event(&body)?;
+                let event = wire::one_event(&body)?;
                 self.advance_head(event.position);
                 Ok(Some(event))
             }
-            Err(Error::Problem(p)) if p.problem_type == "bifrost:event-not-found" => Ok(None),
+            Err(Error::Problem(p)) if p.kind() == Some(ProblemType::EventNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -101,21 +102,51 @@ impl EventStore for Client {
     }
 }
 
+/// The store's calls with the client's own [`Error`], which keeps the server's whole
+/// problem (its title and detail, say, for a command-line tool to show).
 impl Client {
+    /// Appends in one request: one stream's append, or an atomic append to several, as
+    /// [`EventStore::append_many`] does.
+    pub async fn append_streams(&self, appends: &[StreamAppend]) -> Result<Vec<AppendResult>> {
+        validate_appends(appends).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let results = self.post_appends(appends).await?;
+        if let Some(last) = results.iter().map(|r| r.last_position).max() {
+            self.advance_head(last);
+        }
+        Ok(results)
+    }
+
+    /// Up to `limit` events of a stream from version `from`, as
+    /// [`EventStore::read_stream`] reads them (pages past the server's cap).
+    pub async fn stream_events(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice> {
+        self.read_stream_pages(stream, from, direction, limit.max(1)).await
+    }
+
+    /// Up to `limit` events of the global log after `after`, as [`EventStore::read_all`]
+    /// reads them.
+    pub async fn log_events(&self, after: Position, filter: &LogFilter, limit: usize) -> Result<LogSlice> {
+        self.read_log_pages(after, filter, limit.max(1)).await
+    }
+
     async fn post_appends(&self, appends: &[StreamAppend]) -> Result<Vec<AppendResult>> {
         self.check_open()?;
         let transport = self.transport();
         if let [append] = appends {
-            let body = wire::to_json(&wire::AppendRequest::new(append)?)?;
+            let body = wire::to_json(&wire::append_request(append)?)?;
             let url = transport.url(&["v1", "streams", append.stream.as_str(), "events"], &[]);
             let (_, answer) = transport.exchange(Method::POST, url, Some(body), transport.timeout).await?;
-            let result: wire::AppendResultWire = wire::parse(&answer)?;
-            return Ok(vec![result.into_result()?]);
+            return Ok(vec![wire::append_result(wire::parse(&answer)?)?]);
         }
-        let body = wire::to_json(&wire::MultiAppendRequest::new(appends)?)?;
+        let body = wire::to_json(&wire::multi_append_request(appends)?)?;
         let url = transport.url(&["v1", "append"], &[]);
         let (_, answer) = transport.exchange(Method::POST, url, Some(body), transport.timeout).await?;
-        let results: wire::MultiAppendResultWire = wire::parse(&answer)?;
+        let results: MultiAppendResultBody = wire::parse(&answer)?;
         if results.results.len() != appends.len() {
             return Err(Error::decode(format!(
                 "{} results for an append to {} streams",
@@ -123,7 +154,7 @@ impl Client {
                 appends.len()
             )));
         }
-        results.results.into_iter().map(wire::AppendResultWire::into_result).collect()
+        results.results.into_iter().map(wire::append_result).collect()
     }
 
     async fn read_stream_pages(
@@ -148,7 +179,7 @@ impl Client {
             ];
             let url = self.transport().url(&["v1", "streams", stream.as_str(), "events"], &query);
             let body = self.transport().get(url).await?;
-            let page: wire::StreamPageWire<'_> = wire::parse(&body)?;
+            let page: StreamEventsBody<'_> = wire::parse(&body)?;
             let next = page.next;
             let got = wire::events(&body, page.events)?;
             if let Some(last) = got.iter().map(|e| e.position).max() {
@@ -175,7 +206,7 @@ impl Client {
             query.push(("limit", ask.to_string()));
             let url = self.transport().url(&["v1", "events"], &query);
             let body = self.transport().get(url).await?;
-            let page: wire::LogPageWire<'_> = wire::parse(&body)?;
+            let page: LogEventsBody<'_> = wire::parse(&body)?;
             let got = wire::events(&body, page.events)?;
             next_position = page.next_position;
             // Every position the server names is at or below its head.
@@ -193,15 +224,7 @@ impl Client {
         self.check_open()?;
         let url = self.transport().url(&["v1", "streams", stream.as_str()], &[]);
         let body = self.transport().get(url).await?;
-        let info: wire::StreamInfoWire = wire::parse(&body)?;
-        Ok(StreamInfo {
-            stream: info.stream.parse().map_err(Error::decode)?,
-            version: info.version,
-            aggregate_type: info.aggregate_type,
-            created_at: info.created_at,
-            updated_at: info.updated_at,
-            deleted: info.deleted,
-        })
+        wire::stream_info(wire::parse::<StreamInfoBody>(&body)?)
     }
 
     async fn list_stream_pages(&self, list: &StreamListQuery) -> Result<StreamListing> {
@@ -222,15 +245,10 @@ impl Client {
                 query.push(("after", after.clone()));
             }
             let body = self.transport().get(self.transport().url(&["v1", "streams"], &query)).await?;
-            let page: wire::StreamListWire = wire::parse(&body)?;
+            let page: StreamListBody = wire::parse(&body)?;
             let empty = page.streams.is_empty();
             for s in page.streams {
-                streams.push(StreamSummary {
-                    stream: s.stream.parse().map_err(Error::decode)?,
-                    version: s.version,
-                    aggregate_type: s.aggregate_type,
-                    updated_at: s.updated_at,
-                });
+                streams.push(wire::stream_summary(s)?);
             }
             match page.next {
                 Some(next) if streams.len() < limit && !empty => after = Some(next),

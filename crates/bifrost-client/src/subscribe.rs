@@ -11,7 +11,7 @@ use futures::stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Backoff, Client, Query, Resume, SseConnection, Transport, filter_query};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wire;
 
 struct Subscription {
@@ -22,6 +22,8 @@ struct Subscription {
     after: Position,
     connection: Option<SseConnection>,
     backoff: Backoff,
+    /// Failed reconnections in a row.
+    failures: u32,
     failed: bool,
 }
 
@@ -63,6 +65,7 @@ impl Client {
             query,
             after,
             connection: Some(connection),
+            failures: 0,
             failed: false,
         };
         Ok(stream::unfold(subscription, next_event).boxed())
@@ -85,14 +88,30 @@ async fn next_event(mut sub: Subscription) -> Option<(bifrost_core::Result<Recor
 }
 
 impl Subscription {
+    /// Counts a failed reconnection; past the limit, the subscription gives up.
+    fn failed_again(&mut self, reason: String) -> Result<()> {
+        self.failures += 1;
+        match self.transport.max_reconnects {
+            Some(max) if self.failures > max => {
+                Err(Error::Disconnected { server: self.transport.server(), attempts: self.failures, reason })
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn step(&mut self) -> Result<RecordedEvent> {
         loop {
             let Some(connection) = &mut self.connection else {
                 match self.transport.open_sse(&self.query, Resume::LastEventId(self.after)).await {
                     Ok(connection) => self.connection = Some(connection),
                     Err(e) if e.is_transient() => {
-                        tracing::debug!(error = %e, "cannot resume the subscription; trying again");
-                        tokio::time::sleep(self.backoff.next_delay()).await;
+                        self.failed_again(e.to_string())?;
+                        let delay = self.backoff.next_delay();
+                        tracing::warn!(
+                            "cannot resume the subscription ({e}); trying again after position {} in {delay:?}",
+                            self.after
+                        );
+                        tokio::time::sleep(delay).await;
                     }
                     Err(e) => return Err(e),
                 }
@@ -100,7 +119,7 @@ impl Subscription {
             };
             match connection.next().await {
                 Some(frame) => {
-                    let event = wire::event(&Bytes::from(frame.data))?;
+                    let event = wire::one_event(&Bytes::from(frame.data))?;
                     // Resuming strictly after the last position delivered already rules
                     // out repeats; this guards against a server that repeats one anyway.
                     if event.position <= self.after {
@@ -111,8 +130,19 @@ impl Subscription {
                     return Ok(event);
                 }
                 None => {
+                    // A connection that carried anything was healthy: only its end counts.
+                    if connection.received {
+                        self.failures = 0;
+                    }
+                    let reason = connection.ended.take().unwrap_or_else(|| "the connection ended".into());
                     self.connection = None;
-                    tokio::time::sleep(self.backoff.next_delay()).await;
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(
+                        "connection lost ({reason}); resuming after position {} in {delay:?}",
+                        self.after
+                    );
+                    self.failed_again(reason)?;
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

@@ -1,17 +1,21 @@
-//! The API's JSON as this client reads and writes it. Kept private: the server owns the
-//! wire contract, and these shapes follow it field by field.
+//! Between the store contract's types (`bifrost_core`) and the API's JSON (`bifrost_api`,
+//! the one definition both the server and this client use).
 //!
 //! Payloads are never re-serialised: an event's `data` is sent as the caller's bytes
-//! (through [`RawValue`]) and comes back as a slice of the response body.
+//! (through a [`RawValue`]) and comes back as a slice of the answer's body.
 
 use std::borrow::Cow;
 
+use bifrost_api::{
+    AppendRequest, AppendResultBody, EventBody, ExpectedVersion as WireExpected, Lenient, MetadataRequest,
+    MultiAppendRequest, NewEventRequest, StreamAppendRequest, StreamInfoBody, StreamSummaryBody,
+};
 use bifrost_core::{
-    AppendResult, EventId, ExpectedVersion, Metadata, NameCache, NewEvent, RecordedEvent, StreamAppend,
-    Timestamp,
+    AppendResult, ExpectedVersion, Metadata, NameCache, NewEvent, RecordedEvent, StreamAppend, StreamInfo,
+    StreamSummary, Timestamp,
 };
 use bytes::Bytes;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
@@ -19,99 +23,78 @@ use crate::error::{Error, Result};
 // ---------------------------------------------------------------------------------------
 // Requests
 
-/// `"any" | "no_stream" | "exists" | <integer>`.
-pub(crate) struct WireExpected(pub(crate) ExpectedVersion);
-
-impl Serialize for WireExpected {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self.0 {
-            ExpectedVersion::Any => s.serialize_str("any"),
-            ExpectedVersion::NoStream => s.serialize_str("no_stream"),
-            ExpectedVersion::StreamExists => s.serialize_str("exists"),
-            ExpectedVersion::Exact(v) => s.serialize_u64(v),
-        }
+pub(crate) fn expected_version(expected: ExpectedVersion) -> WireExpected {
+    match expected {
+        ExpectedVersion::Any => WireExpected::Any,
+        ExpectedVersion::NoStream => WireExpected::NoStream,
+        ExpectedVersion::StreamExists => WireExpected::Exists,
+        ExpectedVersion::Exact(v) => WireExpected::Exact(v),
     }
 }
 
-#[derive(Serialize)]
-pub(crate) struct NewEventWire<'a> {
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    data: &'a RawValue,
-    id: EventId,
-    #[serde(skip_serializing_if = "Metadata::is_empty")]
-    metadata: &'a Metadata,
-    schema_version: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    occurred_at: Option<Timestamp>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aggregate_type: Option<&'a str>,
-}
-
-impl<'a> NewEventWire<'a> {
-    /// The event as the API takes it. `data` must be one JSON value: it is checked here and
-    /// sent as it is. JSON carries no whitespace around a value embedded in a document, so
-    /// leading or trailing whitespace of `data` is not sent (the server would drop it too).
-    pub(crate) fn new(event: &'a NewEvent) -> Result<Self> {
-        let data: &RawValue = serde_json::from_slice(&event.data).map_err(|e| {
-            Error::InvalidArgument(format!("the data of event {} is not one JSON value: {e}", event.id))
-        })?;
-        Ok(Self {
-            event_type: event.event_type.as_str(),
-            data,
-            id: event.id,
-            metadata: &event.metadata,
-            schema_version: event.schema_version,
-            occurred_at: event.occurred_at,
-            aggregate_type: event.aggregate_type.as_deref(),
-        })
+pub(crate) fn engine_expected(expected: WireExpected) -> ExpectedVersion {
+    match expected {
+        WireExpected::Any => ExpectedVersion::Any,
+        WireExpected::NoStream => ExpectedVersion::NoStream,
+        WireExpected::Exists => ExpectedVersion::StreamExists,
+        WireExpected::Exact(v) => ExpectedVersion::Exact(v),
     }
 }
 
-fn events_wire(events: &[NewEvent]) -> Result<Vec<NewEventWire<'_>>> {
-    events.iter().map(NewEventWire::new).collect()
+fn metadata(m: &Metadata) -> Option<MetadataRequest> {
+    (!m.is_empty()).then(|| MetadataRequest {
+        correlation_id: m.correlation_id.clone(),
+        causation_id: m.causation_id.clone(),
+        source: m.source.clone(),
+        user_id: m.user_id.clone(),
+        tenant_id: m.tenant_id.clone(),
+        extra: m.extra.clone(),
+    })
+}
+
+/// The event as the API takes it. `data` must be one JSON value: it is checked here and
+/// sent as it is. JSON carries no whitespace around a value embedded in a document, so
+/// leading or trailing whitespace of `data` is not sent (the server would drop it too).
+pub(crate) fn new_event(event: &NewEvent) -> Result<NewEventRequest<'_>> {
+    let data: &RawValue = serde_json::from_slice(&event.data).map_err(|e| {
+        Error::InvalidArgument(format!("the data of event {} is not one JSON value: {e}", event.id))
+    })?;
+    Ok(NewEventRequest {
+        event_type: Cow::Borrowed(event.event_type.as_str()),
+        data,
+        id: Some(Lenient::Valid(event.id)),
+        metadata: metadata(&event.metadata),
+        schema_version: Some(event.schema_version),
+        occurred_at: event.occurred_at.map(|t| Lenient::Valid(t.to_string())),
+        aggregate_type: event.aggregate_type.clone(),
+    })
+}
+
+fn new_events(events: &[NewEvent]) -> Result<Vec<NewEventRequest<'_>>> {
+    events.iter().map(new_event).collect()
 }
 
 /// `POST /v1/streams/{stream}/events`.
-#[derive(Serialize)]
-pub(crate) struct AppendRequest<'a> {
-    expected_version: WireExpected,
-    events: Vec<NewEventWire<'a>>,
-}
-
-impl<'a> AppendRequest<'a> {
-    pub(crate) fn new(append: &'a StreamAppend) -> Result<Self> {
-        Ok(Self { expected_version: WireExpected(append.expected), events: events_wire(&append.events)? })
-    }
-}
-
-#[derive(Serialize)]
-struct StreamAppendWire<'a> {
-    stream: &'a str,
-    expected_version: WireExpected,
-    events: Vec<NewEventWire<'a>>,
+pub(crate) fn append_request(append: &StreamAppend) -> Result<AppendRequest<'_>> {
+    Ok(AppendRequest {
+        expected_version: Some(Lenient::Valid(expected_version(append.expected))),
+        events: new_events(&append.events)?,
+    })
 }
 
 /// `POST /v1/append`.
-#[derive(Serialize)]
-pub(crate) struct MultiAppendRequest<'a> {
-    appends: Vec<StreamAppendWire<'a>>,
-}
-
-impl<'a> MultiAppendRequest<'a> {
-    pub(crate) fn new(appends: &'a [StreamAppend]) -> Result<Self> {
-        let appends = appends
-            .iter()
-            .map(|a| {
-                Ok(StreamAppendWire {
-                    stream: a.stream.as_str(),
-                    expected_version: WireExpected(a.expected),
-                    events: events_wire(&a.events)?,
-                })
+pub(crate) fn multi_append_request(appends: &[StreamAppend]) -> Result<MultiAppendRequest<'_>> {
+    let appends = appends
+        .iter()
+        .map(|a| {
+            Ok(StreamAppendRequest {
+                stream: Cow::Borrowed(a.stream.as_str()),
+                expected_version: Some(Lenient::Valid(expected_version(a.expected))),
+                events: new_events(&a.events)?,
             })
-            .collect::<Result<_>>()?;
-        Ok(Self { appends })
-    }
+        })
+        .collect::<Result<_>>()?;
+    Ok(MultiAppendRequest { appends })
 }
 
 /// A request body as JSON bytes.
@@ -122,71 +105,61 @@ pub(crate) fn to_json(body: &impl Serialize) -> Result<Vec<u8>> {
 // ---------------------------------------------------------------------------------------
 // Answers
 
-#[derive(Deserialize)]
-pub(crate) struct AppendResultWire {
-    stream: String,
-    first_version: u64,
-    last_version: u64,
-    first_position: u64,
-    last_position: u64,
+/// Parses an answer, turning a shape error into [`Error::Decode`].
+pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(Error::decode)
 }
 
-impl AppendResultWire {
-    pub(crate) fn into_result(self) -> Result<AppendResult> {
-        Ok(AppendResult {
-            stream: self.stream.parse().map_err(Error::decode)?,
-            first_version: self.first_version,
-            last_version: self.last_version,
-            first_position: self.first_position,
-            last_position: self.last_position,
-        })
-    }
+pub(crate) fn timestamp(text: &str) -> Result<Timestamp> {
+    text.parse().map_err(|e| Error::decode(format!("{text:?} is not a timestamp: {e}")))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct MultiAppendResultWire {
-    pub(crate) results: Vec<AppendResultWire>,
+pub(crate) fn append_result(r: AppendResultBody) -> Result<AppendResult> {
+    Ok(AppendResult {
+        stream: r.stream.parse().map_err(Error::decode)?,
+        first_version: r.first_version,
+        last_version: r.last_version,
+        first_position: r.first_position,
+        last_position: r.last_position,
+    })
 }
 
-/// An event as the API shows it, borrowing from the answer's bytes.
-#[derive(Deserialize)]
-pub(crate) struct EventWire<'a> {
-    id: EventId,
-    #[serde(borrow)]
-    stream: Cow<'a, str>,
-    #[serde(borrow)]
-    aggregate_type: Cow<'a, str>,
-    #[serde(rename = "type", borrow)]
-    event_type: Cow<'a, str>,
-    schema_version: u32,
-    version: u64,
-    position: u64,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    #[serde(borrow)]
-    metadata: &'a RawValue,
-    occurred_at: Timestamp,
-    recorded_at: Timestamp,
+pub(crate) fn stream_info(info: StreamInfoBody) -> Result<StreamInfo> {
+    Ok(StreamInfo {
+        stream: info.stream.parse().map_err(Error::decode)?,
+        version: info.version,
+        aggregate_type: info.aggregate_type,
+        created_at: timestamp(&info.created_at)?,
+        updated_at: timestamp(&info.updated_at)?,
+        deleted: info.deleted,
+    })
 }
 
-impl EventWire<'_> {
-    /// The event, its `data` and `metadata` sharing `body`'s buffer (the bytes this was
-    /// parsed from) instead of being copied.
-    pub(crate) fn into_event(self, body: &Bytes, names: &mut NameCache) -> Result<RecordedEvent> {
-        Ok(RecordedEvent {
-            id: self.id,
-            stream: names.stream(&self.stream).map_err(Error::decode)?,
-            aggregate_type: self.aggregate_type.into_owned(),
-            event_type: names.event_type(&self.event_type).map_err(Error::decode)?,
-            schema_version: self.schema_version,
-            version: self.version,
-            position: self.position,
-            data: share(body, self.data.get().as_bytes()),
-            metadata: share(body, self.metadata.get().as_bytes()),
-            occurred_at: self.occurred_at,
-            recorded_at: self.recorded_at,
-        })
-    }
+pub(crate) fn stream_summary(s: StreamSummaryBody) -> Result<StreamSummary> {
+    Ok(StreamSummary {
+        stream: s.stream.parse().map_err(Error::decode)?,
+        version: s.version,
+        aggregate_type: s.aggregate_type,
+        updated_at: timestamp(&s.updated_at)?,
+    })
+}
+
+/// The event, its `data` and `metadata` sharing `body`'s buffer (the bytes it was parsed
+/// from) instead of being copied.
+pub(crate) fn event(body: &Bytes, e: EventBody<'_>, names: &mut NameCache) -> Result<RecordedEvent> {
+    Ok(RecordedEvent {
+        id: e.id,
+        stream: names.stream(&e.stream).map_err(Error::decode)?,
+        aggregate_type: e.aggregate_type.into_owned(),
+        event_type: names.event_type(&e.event_type).map_err(Error::decode)?,
+        schema_version: e.schema_version,
+        version: e.version,
+        position: e.position,
+        data: share(body, e.data.get().as_bytes()),
+        metadata: share(body, e.metadata.get().as_bytes()),
+        occurred_at: timestamp(&e.occurred_at)?,
+        recorded_at: timestamp(&e.recorded_at)?,
+    })
 }
 
 /// `part` as a `Bytes` sharing `body`'s buffer when it lies inside it (as a borrowed
@@ -199,69 +172,16 @@ fn share(body: &Bytes, part: &[u8]) -> Bytes {
     }
 }
 
-/// Parses an answer, turning a shape error into [`Error::Decode`].
-pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(Error::decode)
-}
-
 /// Events of an answer, in order.
-pub(crate) fn events(body: &Bytes, wire: Vec<EventWire<'_>>) -> Result<Vec<RecordedEvent>> {
+pub(crate) fn events(body: &Bytes, events: Vec<EventBody<'_>>) -> Result<Vec<RecordedEvent>> {
     let mut names = NameCache::default();
-    wire.into_iter().map(|e| e.into_event(body, &mut names)).collect()
+    events.into_iter().map(|e| event(body, e, &mut names)).collect()
 }
 
 /// One event (`GET /v1/events/{id}`, an SSE `data:` line).
-pub(crate) fn event(body: &Bytes) -> Result<RecordedEvent> {
-    let wire: EventWire<'_> = parse(body)?;
-    wire.into_event(body, &mut NameCache::default())
-}
-
-/// `GET /v1/streams/{stream}/events`.
-#[derive(Deserialize)]
-pub(crate) struct StreamPageWire<'a> {
-    #[serde(borrow)]
-    pub(crate) events: Vec<EventWire<'a>>,
-    pub(crate) next: Option<u64>,
-}
-
-/// `GET /v1/head`.
-#[derive(Deserialize)]
-pub(crate) struct HeadWire {
-    pub(crate) position: u64,
-}
-
-/// `GET /v1/events`.
-#[derive(Deserialize)]
-pub(crate) struct LogPageWire<'a> {
-    #[serde(borrow)]
-    pub(crate) events: Vec<EventWire<'a>>,
-    pub(crate) next_position: u64,
-}
-
-/// `GET /v1/streams/{stream}`.
-#[derive(Deserialize)]
-pub(crate) struct StreamInfoWire {
-    pub(crate) stream: String,
-    pub(crate) version: u64,
-    pub(crate) aggregate_type: String,
-    pub(crate) created_at: Timestamp,
-    pub(crate) updated_at: Timestamp,
-    pub(crate) deleted: bool,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct StreamSummaryWire {
-    pub(crate) stream: String,
-    pub(crate) version: u64,
-    pub(crate) aggregate_type: String,
-    pub(crate) updated_at: Timestamp,
-}
-
-/// `GET /v1/streams`.
-#[derive(Deserialize)]
-pub(crate) struct StreamListWire {
-    pub(crate) streams: Vec<StreamSummaryWire>,
-    pub(crate) next: Option<String>,
+pub(crate) fn one_event(body: &Bytes) -> Result<RecordedEvent> {
+    let wire: EventBody<'_> = parse(body)?;
+    event(body, wire, &mut NameCache::default())
 }
 
 #[cfg(test)]
@@ -279,7 +199,7 @@ mod tests {
             .with_metadata(Metadata { user_id: Some("u".into()), ..Metadata::default() });
         let append =
             StreamAppend::new("cart-1".parse().unwrap(), ExpectedVersion::Exact(0), vec![event.clone()]);
-        let body = String::from_utf8(to_json(&AppendRequest::new(&append).unwrap()).unwrap()).unwrap();
+        let body = String::from_utf8(to_json(&append_request(&append).unwrap()).unwrap()).unwrap();
         assert!(
             body.starts_with(r#"{"expected_version":0,"events":[{"type":"a.b","data":{ "x" :1.50 },"#),
             "{body}"
@@ -291,7 +211,7 @@ mod tests {
         assert!(body.contains(r#""user_id":"u""#), "{body}");
         let bare = NewEvent::new(EventType::new("a.b").unwrap(), &b"1"[..]);
         let append = StreamAppend::new("c-1".parse().unwrap(), ExpectedVersion::Any, vec![bare]);
-        let body = String::from_utf8(to_json(&AppendRequest::new(&append).unwrap()).unwrap()).unwrap();
+        let body = String::from_utf8(to_json(&append_request(&append).unwrap()).unwrap()).unwrap();
         assert!(!body.contains("metadata") && !body.contains("occurred_at"), "{body}");
         assert!(body.starts_with(r#"{"expected_version":"any","#));
     }
@@ -299,7 +219,7 @@ mod tests {
     #[test]
     fn data_that_is_not_json_is_refused_before_sending() {
         let bad = NewEvent::new(EventType::new("a.b").unwrap(), &b"not json"[..]);
-        assert!(matches!(NewEventWire::new(&bad), Err(Error::InvalidArgument(_))));
+        assert!(matches!(new_event(&bad), Err(Error::InvalidArgument(_))));
     }
 
     #[test]
@@ -310,7 +230,7 @@ mod tests {
             "metadata":{"correlation_id":"c-1"},"occurred_at":"2026-11-22T10:00:00.123456Z",
             "recorded_at":"2026-11-22T10:00:00.124001Z"}"#,
         );
-        let e = event(&body).unwrap();
+        let e = one_event(&body).unwrap();
         assert_eq!(e.data, Bytes::from_static(br#"{ "total" : 42.50 }"#));
         assert!(body.as_ptr_range().contains(&e.data.as_ptr()), "copied instead of shared");
         assert_eq!(e.metadata().unwrap().correlation_id.as_deref(), Some("c-1"));

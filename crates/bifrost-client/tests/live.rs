@@ -157,6 +157,45 @@ async fn a_position_the_log_never_had_is_refused_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_with_a_reconnect_limit_gives_up_when_the_server_stays_away() {
+    let server = TestServer::memory(ServerConfig::default()).await;
+    let writer = server.client();
+    writer.append(stream("a-1"), ExpectedVersion::Any, events(1)).await.unwrap();
+    let reader = Client::builder(server.url())
+        .reconnect_delay(Duration::from_millis(10), Duration::from_millis(20))
+        .max_reconnects(3)
+        .build()
+        .unwrap();
+    let mut sub = reader.subscribe(SubscribeFrom::Start, LogFilter::default()).await.unwrap();
+    next(&mut sub).await;
+    server.stop().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+    let Ok(Some(Err(bifrost_core::Error::Unavailable(why)))) = end else { panic!("{end:?}") };
+    assert!(why.contains("could not resume after 4 attempts"), "{why}");
+    let after = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+    assert!(matches!(after, Ok(None)), "the stream ends after the error: {after:?}");
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_an_event_stream_is_refused() {
+    // Something else listens on the address: it answers every request with a web page.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 2\r\n\r\nhi";
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    let client = Client::new(&format!("http://{addr}")).unwrap();
+    let err = client.subscribe(SubscribeFrom::Start, LogFilter::default()).await.err().unwrap();
+    assert!(err.to_string().contains("did not answer with an event stream"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn closing_the_client_ends_its_subscriptions() {
     let server = TestServer::memory(ServerConfig::default()).await;
     let client = server.client();

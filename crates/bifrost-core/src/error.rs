@@ -27,8 +27,10 @@ impl fmt::Display for VersionConflict {
     }
 }
 
+/// Every failure of the store contract. Deliberately exhaustive: code in this workspace that
+/// turns these into something else (HTTP answers, retry decisions) matches every variant,
+/// so a new one cannot slip through a catch-all arm.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     #[error("invalid stream name {name:?}: {reason}")]
     InvalidStreamName { name: String, reason: String },
@@ -71,21 +73,28 @@ pub enum Error {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
 
-    /// Stored data that cannot be read back: retrying will not help.
-    #[error("corrupt stored data: {message}")]
-    Corrupt { message: String },
-
-    /// A broken invariant inside Bifrost (a bug), not a fault of the input or the store.
-    #[error("internal error: {0}")]
-    Internal(String),
-
-    /// A failure inside the backend (I/O, driver, corruption).
+    /// A failure of the backend's I/O or driver (a full disk, a failed query, a commit that
+    /// did not go through). Trying again may succeed.
     #[error("storage error: {message}")]
     Storage {
         message: String,
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+
+    /// Stored data that does not decode: the store holds something this version of Bifrost
+    /// never writes (or, through a client, the server answered what the API does not
+    /// describe). Trying again reads the same bytes and fails the same way.
+    #[error("{message}")]
+    Corrupt {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// A broken internal invariant: a bug, not bad input or a failing disk.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -94,6 +103,14 @@ impl Error {
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         Self::Storage { message: message.into(), source: Some(Box::new(source)) }
+    }
+
+    /// Stored data that does not decode, with the decoder's complaint as the source.
+    pub fn corrupt(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Corrupt { message: message.into(), source: Some(Box::new(source)) }
     }
 }
 

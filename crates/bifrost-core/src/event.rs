@@ -164,7 +164,7 @@ impl RecordedEvent {
     /// Decodes the metadata object.
     pub fn metadata(&self) -> Result<Metadata> {
         serde_json::from_slice(&self.metadata)
-            .map_err(|e| Error::storage(format!("metadata of event {} is not valid", self.id), e))
+            .map_err(|e| Error::corrupt(format!("metadata of event {} is not valid", self.id), e))
     }
 
     /// Decodes the payload as `T`.

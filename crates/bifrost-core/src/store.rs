@@ -235,9 +235,7 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         let mut results = self.append_many(vec![StreamAppend::new(stream, expected, events)]).await?;
-        results
-            .pop()
-            .ok_or_else(|| Error::Storage { message: "append returned no result".into(), source: None })
+        results.pop().ok_or_else(|| Error::Internal("append returned no result".into()))
     }
 
     /// Reads up to `limit` events of a stream starting at version `from` (inclusive), in

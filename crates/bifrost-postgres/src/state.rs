@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bifrost_core::backend::codec::corrupt;
 use bifrost_core::{Error, Result, StateChange, StateEntry};
 use bytes::Bytes;
 use deadpool_postgres::{Object, Pool};
@@ -155,7 +156,7 @@ pub(crate) async fn read(pool: &Pool, sql: &Sql, scope: &str, key: &str) -> Resu
     let client = pool.get().await.map_err(pool_error)?;
     let stmt = client.prepare_cached(&sql.read_state).await.map_err(pg)?;
     let row = client.query_opt(&stmt, &[&scope, &key]).await.map_err(pg)?;
-    row.map(|r| r.try_get::<_, Vec<u8>>(0).map(Bytes::from).map_err(pg)).transpose()
+    row.map(|r| r.try_get::<_, Vec<u8>>(0).map(Bytes::from).map_err(|e| corrupt("state", e))).transpose()
 }
 
 /// Keys sort with `COLLATE "C"`: byte order. Keys are never empty, so a scan from the start
@@ -174,8 +175,8 @@ pub(crate) async fn scan(
     rows.iter()
         .map(|r| {
             Ok(StateEntry {
-                key: r.try_get(0).map_err(pg)?,
-                value: Bytes::from(r.try_get::<_, Vec<u8>>(1).map_err(pg)?),
+                key: r.try_get(0).map_err(|e| corrupt("state key", e))?,
+                value: Bytes::from(r.try_get::<_, Vec<u8>>(1).map_err(|e| corrupt("state value", e))?),
             })
         })
         .collect()

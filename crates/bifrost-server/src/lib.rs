@@ -1,16 +1,18 @@
 //! Bifrost's HTTP service: the v1 JSON API over an [`EventStore`], live Server-Sent Events,
 //! health, Prometheus metrics and the OpenAPI document.
 //!
-//! Invariants: this crate is the only one that knows the wire JSON ([`wire`]); every error
-//! answer is `application/problem+json` made by [`error::ApiError`]; bad input never
-//! touches the store; a panicking handler answers 500 and the process lives on.
+//! The JSON shapes are `bifrost_api`'s; this crate reads requests into the engine's types,
+//! maps the engine's answers onto the wire types, and writes the events of the read paths
+//! by hand (a stored payload is never re-serialised). Invariants: every error answer is
+//! `application/problem+json` made by [`error::ApiError`]; bad input never touches the
+//! store; a panicking handler answers 500 and the process lives on.
 
 pub mod error;
 mod extract;
 mod metrics;
 mod openapi;
 mod routes;
-pub mod wire;
+mod wire;
 
 use std::any::Any;
 use std::future::Future;
@@ -147,7 +149,7 @@ async fn problems_only(response: Response) -> Response {
     if is_problem {
         return response;
     }
-    let kind = ProblemType::for_status(status);
+    let kind = ProblemType::for_status(status.as_u16());
     let allow = response.headers().get(ALLOW).cloned();
     let detail = match kind {
         ProblemType::MethodNotAllowed => "this route does not support this method".to_owned(),

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use utoipa::OpenApi;
 
-use crate::wire::{EventBody, Problem, StreamSummaryBody};
+use bifrost_api::{ConflictBody, EventBody, Problem, StreamSummaryBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,7 +14,7 @@ use crate::wire::{EventBody, Problem, StreamSummaryBody};
         description = "Bifrost's HTTP API v1: an event store, global log, live subscriptions, consumer groups. \
             Every error is application/problem+json with a stable `type` such as `bifrost:wrong-expected-version`."
     ),
-    components(schemas(EventBody, Problem, StreamSummaryBody)),
+    components(schemas(EventBody, Problem, ConflictBody, StreamSummaryBody)),
     tags(
         (name = "streams", description = "Append to and read streams"),
         (name = "log", description = "The global log of every event"),

@@ -32,7 +32,7 @@ async fn healthz_and_readyz_answer_ok() {
     assert_eq!((resp.status, resp.json()), (StatusCode::OK, json!({"status": "ready"})));
 }
 
-/// A store that is down.
+/// A store that is down, or failing in one way per method.
 struct DownStore(watch::Sender<Position>);
 
 #[async_trait]
@@ -56,13 +56,13 @@ impl EventStore for DownStore {
         Err(Error::Unavailable("down".into()))
     }
     async fn stream_info(&self, _: &StreamName) -> bifrost_core::Result<StreamInfo> {
-        Err(Error::Unavailable("down".into()))
+        Err(Error::Corrupt { message: "stored stream state is invalid: 7".into(), source: None })
     }
     async fn list_streams(&self, _: &StreamListQuery) -> bifrost_core::Result<StreamListing> {
         Err(Error::Unavailable("down".into()))
     }
     async fn delete_stream(&self, _: &StreamName, _: DeleteMode) -> bifrost_core::Result<()> {
-        Err(Error::Unavailable("down".into()))
+        Err(Error::StateConflict { scope: "streams".into(), key: "a".into() })
     }
     fn head(&self) -> watch::Receiver<Position> {
         self.0.subscribe()
@@ -121,6 +121,12 @@ async fn readyz_answers_503_when_the_store_is_down_and_store_failures_map_to_pro
     let (status, _, ty, detail) = call(Request::get("/v1/events").body(Body::empty()).unwrap()).await;
     assert_eq!((status, ty.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "bifrost:internal"));
     assert!(!detail.contains("fire"), "driver detail stays in the log: {detail}");
+    let (status, _, ty, detail) = call(Request::get("/v1/streams/a").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, ty.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "bifrost:internal"));
+    assert!(!detail.contains("state"), "what does not decode stays in the log: {detail}");
+    // Another writer got there first: the client may try again, so not a 500.
+    let (status, _, ty, _) = call(Request::delete("/v1/streams/a").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, ty.as_str()), (StatusCode::CONFLICT, "bifrost:state-conflict"));
 }
 
 #[tokio::test]
@@ -246,9 +252,19 @@ async fn openapi_json_describes_every_route() {
     for schema in [
         "EventBody",
         "Problem",
+        "ConflictBody",
         "AppendResultBody",
-        "AppendRequestDoc",
-        "NewEventDoc",
+        "AppendRequest",
+        "MultiAppendRequest",
+        "StreamAppendRequest",
+        "NewEventRequest",
+        "MetadataRequest",
+        "ExpectedVersion",
+        "StreamEventsBody",
+        "LogEventsBody",
+        "StreamListBody",
+        "HeadBody",
+        "StatusBody",
         "StreamInfoBody",
         "GroupBody",
         "GroupConfigBody",
@@ -262,6 +278,26 @@ async fn openapi_json_describes_every_route() {
         "ReplayRequest",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
+    }
+    // Every reference resolves: no schema is named without being described.
+    fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(found.len() > 50, "{}", found.len());
+    for r in found {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}"));
+        assert!(schemas.contains_key(name), "{r} does not resolve");
     }
     assert_eq!(bifrost_server::openapi_json(), std::str::from_utf8(&resp.body).unwrap());
 }

@@ -1,6 +1,6 @@
 //! The toolkit's one error type.
 
-use bifrost_core::{EventId, StreamName};
+use bifrost_core::{Error as CoreError, EventId, StreamName};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -70,19 +70,45 @@ impl Error {
         }
     }
 
-    /// Whether trying again later may succeed (the store was unavailable or a writer kept
-    /// winning), as opposed to a refusal or bad input that will fail the same way again.
+    /// Whether trying again later may succeed (the store was unavailable or failed, or a
+    /// writer kept winning), as opposed to a refusal, bad input, stored data that does not
+    /// decode or a broken invariant, which fail the same way again.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Store(e) => matches!(
-                e,
-                bifrost_core::Error::Unavailable(_)
-                    | bifrost_core::Error::Storage { .. }
-                    | bifrost_core::Error::WrongExpectedVersion(_)
-            ),
+            Self::Store(e) => match e {
+                CoreError::Unavailable(_)
+                | CoreError::Storage { .. }
+                | CoreError::WrongExpectedVersion(_) => true,
+                CoreError::InvalidStreamName { .. }
+                | CoreError::InvalidEventType { .. }
+                | CoreError::InvalidArgument(_)
+                | CoreError::DuplicateEventId { .. }
+                | CoreError::StreamNotFound(_)
+                | CoreError::StreamDeleted(_)
+                | CoreError::GroupNotFound(_)
+                | CoreError::OutOfRange(_)
+                | CoreError::StateConflict { .. }
+                | CoreError::Corrupt { .. }
+                | CoreError::Internal(_) => false,
+            },
             Self::Conflict { .. } => true,
-            _ => false,
+            Self::Rejected(_)
+            | Self::Invalid { .. }
+            | Self::UnknownCommand(_)
+            | Self::DuplicateHandler(_)
+            | Self::Decode { .. }
+            | Self::Upcast { .. }
+            | Self::Encode { .. }
+            | Self::Corrupt { .. }
+            | Self::Handler(_) => false,
         }
+    }
+
+    /// Whether this is a fault that no retry and no deploy of the reader's code can get
+    /// past: stored data that does not decode, or a broken invariant of the store. A loop
+    /// that meets one stops and reports it instead of retrying forever.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, Self::Corrupt { .. } | Self::Store(CoreError::Corrupt { .. } | CoreError::Internal(_)))
     }
 
     /// Whether the command was refused (by its aggregate, its validation, or for want of a
@@ -97,5 +123,38 @@ impl Error {
 
     pub(crate) fn corrupt(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         Self::Corrupt { what: what.into(), reason: reason.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(e: CoreError) -> Error {
+        Error::Store(e)
+    }
+
+    #[test]
+    fn only_failures_a_retry_can_get_past_are_transient_and_faults_are_not() {
+        let stream = || StreamName::new("s-1").unwrap_or_else(|e| panic!("{e}"));
+        // (error, transient, fault)
+        let cases = [
+            (store(CoreError::Unavailable("down".into())), true, false),
+            (store(CoreError::Storage { message: "disk full".into(), source: None }), true, false),
+            (store(CoreError::WrongExpectedVersion(Vec::new())), true, false),
+            (Error::Conflict { stream: stream(), attempts: 3 }, true, false),
+            (store(CoreError::Corrupt { message: "bad row".into(), source: None }), false, true),
+            (store(CoreError::Internal("no result".into())), false, true),
+            (Error::corrupt("checkpoint c", "not 8 bytes"), false, true),
+            (store(CoreError::StateConflict { scope: "s".into(), key: "k".into() }), false, false),
+            (store(CoreError::InvalidArgument("bad".into())), false, false),
+            (store(CoreError::StreamNotFound(stream())), false, false),
+            (store(CoreError::GroupNotFound("g".into())), false, false),
+            (Error::Handler("down".into()), false, false),
+            (Error::UnknownCommand("c".into()), false, false),
+        ];
+        for (error, transient, fault) in cases {
+            assert_eq!((error.is_transient(), error.is_fault()), (transient, fault), "{error:?}");
+        }
     }
 }

@@ -54,8 +54,13 @@ pub struct ProjectionStatus {
     /// The head of the log when last looked at.
     pub head: Position,
     /// The last failure, cleared by the next successful batch (or once nothing is left to
-    /// apply). The runner keeps retrying from its checkpoint with a growing delay.
+    /// apply). The runner keeps retrying from its checkpoint with a growing delay, unless
+    /// the failure is a fault (see `halted`).
     pub error: Option<String>,
+    /// The runner stopped for good on a fault no retry can get past — stored data that does
+    /// not decode (a checkpoint, a view, an event row) or a broken invariant — named in
+    /// `error`. Repair the data, then start the projection again.
+    pub halted: bool,
 }
 
 impl ProjectionStatus {
@@ -197,7 +202,12 @@ impl<P: Projection> ProjectionRunner<P> {
                     conflicted = None;
                     backoff = Duration::from_millis(50);
                     lag.set(target.saturating_sub(position) as f64);
-                    status.send_replace(ProjectionStatus { checkpoint: position, head: target, error: None });
+                    status.send_replace(ProjectionStatus {
+                        checkpoint: position,
+                        head: target,
+                        error: None,
+                        halted: false,
+                    });
                 }
                 Ok(None) => {
                     backoff = Duration::from_millis(50);
@@ -214,6 +224,15 @@ impl<P: Projection> ProjectionRunner<P> {
                     tracing::debug!(projection = %name, "the checkpoint moved under this runner; reloading it");
                     conflicted = at;
                     at = None;
+                }
+                Err(e) if e.is_fault() => {
+                    // Retrying would read the same bytes (or meet the same bug) again, forever.
+                    tracing::error!(projection = %name, error = %e, "projection halted: a fault no retry can get past");
+                    status.send_modify(|s| {
+                        s.error = Some(e.to_string());
+                        s.halted = true;
+                    });
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(projection = %name, error = %e, "projection failed; retrying from its checkpoint");
@@ -252,7 +271,7 @@ impl RunningProjection {
         self.status.borrow().clone()
     }
 
-    /// Waits until the checkpoint reaches `position` (or the runner stops).
+    /// Waits until the checkpoint reaches `position` (or the runner stops or halts).
     pub async fn wait_for(&self, position: Position) -> ProjectionStatus {
         let mut status = self.status.clone();
         let reached = status.wait_for(|s| s.checkpoint >= position).await;

@@ -17,7 +17,7 @@
 //!   before a restart still fires after it. A timeout that was cancelled, or whose instance
 //!   has finished, is dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,6 +175,10 @@ pub struct SagaStatus {
     /// Items set aside since the start because the saga's own code failed on them (see
     /// [`RunningSaga::parked`]).
     pub parked: u64,
+    /// A loop stopped for good on a fault no retry can get past (stored data that does not
+    /// decode, a broken invariant), named in `error`; see
+    /// [`ProjectionStatus::halted`](crate::projection::ProjectionStatus::halted).
+    pub halted: bool,
 }
 
 /// An event, step or timeout the saga's code failed on, set aside so that the others go on.
@@ -209,6 +213,8 @@ struct Counters {
     /// The timer's last failure, cleared when it gets through again (the reactor's and the
     /// dispatcher's are in their runners' status).
     timer_error: Mutex<Option<String>>,
+    /// The timer stopped on a fault.
+    timer_halted: AtomicBool,
 }
 
 /// Runs a saga.
@@ -306,6 +312,7 @@ impl RunningSaga {
                 .or(dispatcher.error)
                 .or_else(|| self.counters.timer_error.lock().ok()?.clone()),
             parked: self.counters.parked.load(Ordering::Relaxed),
+            halted: reactor.halted || dispatcher.halted || self.counters.timer_halted.load(Ordering::Relaxed),
         }
     }
 
@@ -775,6 +782,12 @@ async fn timer<G: Saga>(shared: Arc<Shared<G>>, mut stop: watch::Receiver<bool>)
                 // Nothing pending: the dispatcher wakes the timer when it records a timeout;
                 // a slow look now and then covers records written by another process.
                 (due, Duration::from_secs(60))
+            }
+            Err(e) if e.is_fault() => {
+                tracing::error!(saga = G::NAME, error = %e, "saga timer halted: a fault no retry can get past");
+                shared.set_timer_error(Some(e.to_string()));
+                shared.counters.timer_halted.store(true, Ordering::Relaxed);
+                return;
             }
             Err(e) => {
                 tracing::warn!(saga = G::NAME, error = %e, "saga timer failed; retrying");

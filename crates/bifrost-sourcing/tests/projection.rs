@@ -494,3 +494,24 @@ async fn two_runners_of_one_projection_at_once_apply_every_event_exactly_once() 
         }
     }
 }
+
+#[tokio::test]
+async fn a_corrupt_checkpoint_halts_the_runner_and_is_reported_instead_of_retried_forever() {
+    let store = TestStore::sqlite().await;
+    fill(&store, 2, 3, 1).await;
+    let end = head(&store.events);
+    let garbage = StateChange::put("sourcing/checkpoints", "projection/balances", &b"not a position"[..]);
+    store.state.write_state(vec![garbage]).await.unwrap();
+
+    let projection = balances(&store, "balances");
+    let running = ProjectionRunner::new(store.events.clone(), projection.clone()).start();
+    // The runner ends on the fault, so the wait ends without reaching the head.
+    let status = within("the runner to halt", running.wait_for(end)).await;
+    assert!(status.halted, "{status:?}");
+    let error = status.error.clone().unwrap_or_default();
+    assert!(error.contains("checkpoint projection/balances"), "names what is corrupt: {error}");
+    assert_eq!(status.checkpoint, 0);
+    assert!(all_views(&projection).await.is_empty(), "nothing was applied past the fault");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(running.status(), status, "the runner stays halted");
+}

@@ -10,8 +10,17 @@ use uuid::Uuid;
 pub(crate) const EVENT_COLUMNS: &str = "position, id, stream, version, aggregate_type, type, \
      schema_version, data, metadata, occurred_at, recorded_at";
 
+/// A driver error as a store error: a column that does not hold what the schema says
+/// (wrong type, invalid UTF-8, out of range) is corrupt data; anything else is a storage
+/// failure.
 pub(crate) fn sql(e: rusqlite::Error) -> Error {
-    Error::storage("query failed", e)
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..) => Error::corrupt("a stored column does not decode", e),
+        e => Error::storage("query failed", e),
+    }
 }
 
 pub(crate) fn uuid_from_blob(blob: &[u8]) -> Result<Uuid> {

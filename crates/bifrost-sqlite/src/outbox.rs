@@ -111,10 +111,9 @@ where
             Some(Err(e)) => Err(e),
             Some(Ok(value)) => appended.map(|results| (results, value)).map_err(OutboxError::Store),
             // The group failed before the work ran.
-            None => Err(OutboxError::Store(appended.err().unwrap_or_else(|| Error::Storage {
-                message: "the outbox work was never run".into(),
-                source: None,
-            }))),
+            None => Err(OutboxError::Store(
+                appended.err().unwrap_or_else(|| Error::Internal("the outbox work was never run".into())),
+            )),
         };
         // A caller that went away (cancelled) no longer needs it.
         let _ = reply.send(answer);

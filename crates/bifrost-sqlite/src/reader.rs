@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bifrost_core::backend::codec::{i64_from, u64_from};
+use bifrost_core::backend::codec::{corrupt, i64_from, u64_from};
 use bifrost_core::backend::rules::{StreamState, check_log_start, stream_window};
 use bifrost_core::{
     Direction, Error, LogFilter, LogSlice, NameCache, Position, RecordedEvent, Result, StreamInfo,
@@ -224,7 +224,7 @@ pub(crate) fn read_all(
         let position = u64_from(row.get(0).map_err(sql)?, "position")?;
         last_seen = position;
         let type_ok = filter.types.is_empty() || {
-            let t = row.get_ref(5).map_err(sql)?.as_str().map_err(|e| Error::storage("bad type", e))?;
+            let t = row.get_ref(5).map_err(sql)?.as_str().map_err(|e| corrupt("event type", e))?;
             filter.matches_type(t)
         };
         if type_ok {

@@ -152,7 +152,7 @@ impl Writer {
             tokio::task::spawn_blocking(move || thread.join())
                 .await
                 .map_err(|e| Error::storage("joining the writer failed", e))?
-                .map_err(|_| Error::Storage { message: "the writer thread panicked".into(), source: None })?;
+                .map_err(|_| Error::Internal("the writer thread panicked".into()))?;
         }
         Ok(())
     }
@@ -705,7 +705,7 @@ fn finish(
         .map(|((status, plans), appends)| match (std::mem::replace(status, Status::Optimistic), plans) {
             (Status::Failed(e), _) => Err(e),
             (_, Some(plans)) => Ok(appends.iter().zip(&plans).map(|(a, p)| p.result(a)).collect()),
-            (_, None) => Err(Error::Storage { message: "append was not planned".into(), source: None }),
+            (_, None) => Err(Error::Internal("append was not planned".into())),
         })
         .collect()
 }

@@ -175,3 +175,37 @@ async fn state_writes_and_appends_committed_together_all_survive_a_reopen() {
         assert_eq!(cursor.as_deref(), Some(&b"24"[..]));
     }
 }
+
+#[tokio::test]
+async fn rows_that_do_not_decode_are_reported_as_corrupt_not_as_a_failing_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append(stream("order-1"), ExpectedVersion::Any, events(1)).await.unwrap();
+        store.append(stream("order-2"), ExpectedVersion::Any, events(1)).await.unwrap();
+        store.write_state(vec![StateChange::put("s", "k", "v")]).await.unwrap();
+        store.close().await.unwrap();
+    }
+    // What no version of Bifrost writes: a 3-byte event id, an event type that is not
+    // text, a state value that is not a blob.
+    let conn = rusqlite::Connection::open(dir.path().join("bifrost.db")).unwrap();
+    conn.execute_batch(
+        "UPDATE events SET id = x'010203' WHERE stream = 'order-1';
+         UPDATE events SET type = x'ff' WHERE stream = 'order-2';
+         UPDATE state SET value = 7 WHERE scope = 's';",
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = open(dir.path());
+    let corrupt = |what: &str, result: Result<(), Error>| match result {
+        Err(Error::Corrupt { .. }) => {}
+        other => panic!("{what}: expected a corrupt-data error, got {other:?}"),
+    };
+    corrupt("id", store.read_stream(&stream("order-1"), 1, Direction::Forward, 10).await.map(drop));
+    corrupt("type", store.read_stream(&stream("order-2"), 1, Direction::Forward, 10).await.map(drop));
+    let typed = LogFilter::default().with_types(["order.#"]).unwrap();
+    corrupt("filtered type", store.read_all(0, &typed, 10).await.map(drop));
+    corrupt("state", store.read_state("s", "k").await.map(drop));
+    corrupt("state scan", store.scan_state("s", None, 10).await.map(drop));
+}

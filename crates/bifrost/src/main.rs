@@ -2,10 +2,10 @@
 //! any failure into one `error: …` line and a non-zero exit code.
 
 mod cli;
-mod client;
 mod commands;
 mod config;
 mod output;
+mod remote;
 mod store;
 
 use std::io::{self, IsTerminal};
@@ -17,9 +17,9 @@ use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
-use crate::client::one_line;
 use crate::commands::{append, bench, dlq, groups, read, serve, tail};
 use crate::config::Settings;
+use crate::output::one_line;
 
 /// Exit code of a failed command; usage errors exit with 2, as clap does.
 const FAILURE: u8 = 1;

@@ -78,8 +78,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     what: &str,
     bytes: &[u8],
 ) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::Corrupt { message: format!("group {group}: unreadable {what}: {e}") })
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("group {group}: unreadable {what}"), e))
 }
 
 struct Inner {

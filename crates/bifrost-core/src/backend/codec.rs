@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 /// A stored value that does not decode: the database holds something this version of
 /// Bifrost never writes.
 pub fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Storage { message: format!("stored {what} is invalid: {detail}"), source: None }
+    Error::Corrupt { message: format!("stored {what} is invalid: {detail}"), source: None }
 }
 
 /// A stored signed integer column (SQL has no unsigned one) as the model's `u64`.

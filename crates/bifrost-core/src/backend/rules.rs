@@ -112,7 +112,7 @@ impl StreamState {
             0 => Ok(Self::Live),
             1 => Ok(Self::SoftDeleted),
             2 => Ok(Self::Tombstoned),
-            other => Err(Error::Storage { message: format!("unknown stream state {other}"), source: None }),
+            other => Err(super::codec::corrupt("stream state", other)),
         }
     }
 }

@@ -9,16 +9,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use bifrost_api::{
+    AckBody, AckRequest, DeadLettersBody, FetchBody, GroupBody, GroupConfigRequest, GroupListBody, NackBody,
+    NackRequest, Problem, ReplayBody, ReplayRequest,
+};
 use bifrost_core::group::{Fetch, GroupName, LeaseToken, MAX_GROUP_NAME_LEN, Put, Verdict};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::extract::{JsonBytes, OptionalJsonBytes, PathParams, QueryParams};
 use crate::routes::json_bytes;
-use crate::wire::{
-    self, AckBody, AckRequest, DeadLettersBody, FetchBody, GroupBody, GroupConfigRequest, GroupListBody,
-    NackBody, NackRequest, Problem, ReplayBody, ReplayRequest,
-};
+use crate::wire;
 
 /// Events handed out by one fetch, when `max` is not given.
 const DEFAULT_FETCH_MAX: usize = 10;
@@ -30,7 +31,7 @@ const MAX_WAIT_MS: u64 = 30_000;
 const DEFAULT_CONSUMER: &str = "anonymous";
 
 async fn group_body(state: &AppState, name: &GroupName) -> ApiResult<GroupBody> {
-    Ok(GroupBody::new(state.groups.status(name).await?))
+    Ok(wire::group_body(state.groups.status(name).await?))
 }
 
 /// Creates a consumer group, or changes its settings.
@@ -55,7 +56,7 @@ pub(crate) async fn put_group(
     body: OptionalJsonBytes,
 ) -> ApiResult<(StatusCode, Json<GroupBody>)> {
     let name = path.group()?;
-    let config = body.parse_or_default::<GroupConfigRequest>()?.into_config()?;
+    let config = wire::group_config(body.parse_or_default::<GroupConfigRequest>()?)?;
     let status = match state.groups.put(&name, config).await? {
         Put::Created => StatusCode::CREATED,
         Put::Updated => StatusCode::OK,
@@ -107,7 +108,7 @@ pub(crate) async fn list_groups(State(state): State<AppState>) -> ApiResult<Json
     let mut groups = Vec::new();
     for name in state.groups.list().await? {
         match state.groups.status(&name).await {
-            Ok(status) => groups.push(GroupBody::new(status)),
+            Ok(status) => groups.push(wire::group_body(status)),
             // Deleted (through any node) since it was listed.
             Err(bifrost_core::Error::GroupNotFound(_)) => {}
             Err(e) => return Err(e.into()),
@@ -187,7 +188,7 @@ pub(crate) async fn ack(
     let request: AckRequest = wire::parse_body(&body)?;
     wire::check_leases(&request.leases)?;
     let (acked, expired) = settle(&state, &name, &request.leases, Verdict::Ack).await?;
-    Ok(Json(AckBody { acked, expired }))
+    Ok(Json(wire::ack_body(acked, expired)))
 }
 
 /// Nacks leases: retry later, or park in the dead-letter queue. Durable when answered.
@@ -212,10 +213,10 @@ pub(crate) async fn nack(
     let name = path.group()?;
     let request: NackRequest = wire::parse_body(&body)?;
     wire::check_leases(&request.leases)?;
-    let action = request.action()?;
-    let reason = request.reason()?;
+    let action = wire::nack_action(&request)?;
+    let reason = wire::nack_reason(&request)?;
     let (nacked, expired) = settle(&state, &name, &request.leases, Verdict::Nack(action, reason)).await?;
-    Ok(Json(NackBody { nacked, expired }))
+    Ok(Json(wire::nack_body(nacked, expired)))
 }
 
 /// Settles the leases named by `tokens`, durably. Returns how many were held and, in
@@ -289,9 +290,9 @@ pub(crate) async fn replay(
     body: OptionalJsonBytes,
 ) -> ApiResult<Json<ReplayBody>> {
     let name = path.group()?;
-    let selection = body.parse_or_default::<ReplayRequest>()?.selection()?;
+    let selection = wire::replay_selection(body.parse_or_default::<ReplayRequest>()?)?;
     let replayed = state.groups.replay(&name, selection).await?;
-    Ok(Json(ReplayBody { replayed }))
+    Ok(Json(ReplayBody { replayed: u64::try_from(replayed).unwrap_or(u64::MAX) }))
 }
 
 /// Discards one dead letter: its event is not delivered again.

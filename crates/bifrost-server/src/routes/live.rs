@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bifrost_api::Problem;
 use bifrost_core::subscription::subscribe as subscribe_log;
 use bifrost_core::{LogFilter, RecordedEvent, SubscribeFrom};
 use futures::StreamExt;
@@ -16,7 +17,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
 use crate::metrics::{self, SseClientGuard};
-use crate::wire::{self, Problem};
+use crate::wire;
 
 /// Subscribes to the global log as Server-Sent Events.
 #[utoipa::path(

@@ -3,15 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use serde::Serialize;
-use utoipa::ToSchema;
+use bifrost_api::{EventBody, HeadBody, LogEventsBody, Problem};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::extract::{PathParams, QueryParams};
 use crate::metrics;
 use crate::routes::json_bytes;
-use crate::wire::{self, EventBody, LogEventsBody, Problem};
+use crate::wire;
 
 /// Reads a page of the global log after a position, filtered.
 #[utoipa::path(
@@ -39,13 +38,6 @@ pub(crate) async fn read_log(State(state): State<AppState>, query: QueryParams) 
     let slice = state.store.read_all(after, &filter, limit).await?;
     metrics::events_read(slice.events.len());
     Ok(json_bytes(wire::log_events_json(&slice.events, slice.next_position)))
-}
-
-/// `{"position": <the last committed position>}`.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct HeadBody {
-    /// The position of the last committed event; 0 while the log is empty.
-    position: u64,
 }
 
 /// The head of the global log: where a reader that wants only new events starts.

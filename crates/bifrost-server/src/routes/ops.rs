@@ -7,28 +7,20 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use bifrost_core::StreamListQuery;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::routes::json_bytes;
-use crate::wire::Problem;
+use bifrost_api::{Problem, StatusBody};
 
 /// How long the readiness probe waits for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `{"status": "..."}`.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct StatusBody {
-    status: &'static str,
-}
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Up", body = StatusBody)))]
 pub(crate) async fn healthz() -> Json<StatusBody> {
-    Json(StatusBody { status: "ok" })
+    Json(StatusBody { status: "ok".into() })
 }
 
 /// The store answers.
@@ -40,7 +32,7 @@ pub(crate) async fn healthz() -> Json<StatusBody> {
 pub(crate) async fn readyz(State(state): State<AppState>) -> ApiResult<Json<StatusBody>> {
     let query = StreamListQuery { limit: 1, ..StreamListQuery::default() };
     match tokio::time::timeout(READY_TIMEOUT, state.store.list_streams(&query)).await {
-        Ok(Ok(_)) => Ok(Json(StatusBody { status: "ready" })),
+        Ok(Ok(_)) => Ok(Json(StatusBody { status: "ready".into() })),
         Ok(Err(e)) => Err(ApiError::unavailable(format!("the store is not reachable: {e}"))),
         Err(_) => Err(ApiError::unavailable("the store did not answer in time")),
     }

@@ -4,6 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use bifrost_api::{
+    AppendRequest, AppendResultBody, MultiAppendRequest, MultiAppendResultBody, Problem, StreamEventsBody,
+    StreamInfoBody, StreamListBody,
+};
 use bifrost_core::{DeleteMode, Direction, StreamAppend, StreamListQuery, StreamName};
 
 use crate::AppState;
@@ -11,10 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBytes, QueryParams, StreamPath};
 use crate::metrics;
 use crate::routes::json_bytes;
-use crate::wire::{
-    self, AppendRequest, AppendRequestDoc, AppendResultBody, MultiAppendRequest, MultiAppendRequestDoc,
-    MultiAppendResultBody, Problem, StreamEventsBody, StreamInfoBody, StreamListBody,
-};
+use crate::wire;
 
 /// Appends events to one stream, atomically, with an optional expected version.
 #[utoipa::path(
@@ -22,7 +23,7 @@ use crate::wire::{
     path = "/v1/streams/{stream}/events",
     tag = "streams",
     params(("stream" = String, Path, description = "1-256 characters of A-Z a-z 0-9 _ . : @ -")),
-    request_body(content = AppendRequestDoc, content_type = "application/json"),
+    request_body(content = AppendRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Stored (or an idempotent re-send of stored events)", body = AppendResultBody),
         (status = 400, description = "Malformed body, bad name, type or argument", body = Problem, content_type = "application/problem+json"),
@@ -43,7 +44,7 @@ pub(crate) async fn append(
     let expected = wire::parse_expected_version(request.expected_version)?;
     let events = wire::to_new_events(&body, request.events, &state.config)?;
     let result = metrics::timed_append(count, state.store.append(stream, expected, events)).await?;
-    Ok((StatusCode::CREATED, Json(result.into())))
+    Ok((StatusCode::CREATED, Json(wire::append_result(result))))
 }
 
 /// Appends to several streams atomically, each with its own expected version.
@@ -51,7 +52,7 @@ pub(crate) async fn append(
     post,
     path = "/v1/append",
     tag = "streams",
-    request_body(content = MultiAppendRequestDoc, content_type = "application/json"),
+    request_body(content = MultiAppendRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Stored, results in request order", body = MultiAppendResultBody),
         (status = 400, description = "Malformed body, bad name, type or argument", body = Problem, content_type = "application/problem+json"),
@@ -79,7 +80,7 @@ pub(crate) async fn append_many(
         appends.push(StreamAppend::new(stream, expected, events));
     }
     let results = metrics::timed_append(count, state.store.append_many(appends)).await?;
-    let results = results.into_iter().map(AppendResultBody::from).collect();
+    let results = results.into_iter().map(wire::append_result).collect();
     Ok((StatusCode::CREATED, Json(MultiAppendResultBody { results })))
 }
 
@@ -150,7 +151,7 @@ pub(crate) async fn info(
     State(state): State<AppState>,
     StreamPath(stream): StreamPath,
 ) -> ApiResult<Json<StreamInfoBody>> {
-    Ok(Json(state.store.stream_info(&stream).await?.into()))
+    Ok(Json(wire::stream_info(state.store.stream_info(&stream).await?)))
 }
 
 /// Deletes a stream: soft by default (a later append continues after the last version),
@@ -208,7 +209,7 @@ pub(crate) async fn list(
     };
     let listing = state.store.list_streams(&listing_query).await?;
     Ok(Json(StreamListBody {
-        streams: listing.streams.into_iter().map(Into::into).collect(),
+        streams: listing.streams.into_iter().map(wire::stream_summary).collect(),
         next: listing.next.map(|s| s.to_string()),
     }))
 }

@@ -5,15 +5,14 @@ use std::io::Read;
 use std::str::FromStr;
 
 use anyhow::{Context, anyhow, bail};
-use bifrost_core::{EventType, StreamName};
+use bifrost_core::{EventType, ExpectedVersion, Metadata, NewEvent, StreamAppend, StreamName};
 use clap::Args;
-use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::cli::ServerArg;
-use crate::client::ApiClient;
-use crate::output::JsonLines;
+use crate::output::{JsonLines, append_result_body};
+use crate::remote;
 
 #[derive(Debug, Args)]
 pub(crate) struct AppendArgs {
@@ -80,31 +79,15 @@ impl fmt::Display for ExpectedVersionArg {
     }
 }
 
-impl ExpectedVersionArg {
-    fn to_json(self) -> serde_json::Value {
-        match self {
-            Self::Exact(n) => serde_json::Value::from(n),
-            other => serde_json::Value::from(other.to_string()),
+impl From<ExpectedVersionArg> for ExpectedVersion {
+    fn from(arg: ExpectedVersionArg) -> Self {
+        match arg {
+            ExpectedVersionArg::Any => ExpectedVersion::Any,
+            ExpectedVersionArg::NoStream => ExpectedVersion::NoStream,
+            ExpectedVersionArg::Exists => ExpectedVersion::StreamExists,
+            ExpectedVersionArg::Exact(n) => ExpectedVersion::Exact(n),
         }
     }
-}
-
-#[derive(Serialize)]
-struct AppendBody<'a> {
-    expected_version: serde_json::Value,
-    events: [NewEventBody<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct NewEventBody<'a> {
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    /// Sent exactly as given.
-    data: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<&'a RawValue>,
 }
 
 pub(crate) async fn run(args: AppendArgs) -> anyhow::Result<()> {
@@ -114,12 +97,14 @@ pub(crate) async fn run(args: AppendArgs) -> anyhow::Result<()> {
         Some(data) if data != "-" => data.to_owned(),
         _ => read_stdin()?,
     };
-    let body = request_body(&args, &data)?;
-    let client = ApiClient::new(&args.server.server)?;
-    let url = client.url(&["v1", "streams", stream.as_str(), "events"], &[]);
-    let response = client.post_json(url, body).await?;
+    let event = new_event(&args, &data)?;
+    let client = remote::connect(&args.server.server)?;
+    let append = StreamAppend::new(stream, args.expected_version.into(), vec![event]);
+    let results = client.append_streams(&[append]).await.map_err(remote::describe)?;
     let mut out = JsonLines::stdout();
-    out.answer(&response)?;
+    for result in &results {
+        out.value(&append_result_body(result))?;
+    }
     out.flush()?;
     Ok(())
 }
@@ -133,26 +118,27 @@ fn read_stdin() -> anyhow::Result<String> {
     Ok(data)
 }
 
-/// Checks DATA and --metadata locally, then builds the request JSON.
-fn request_body(args: &AppendArgs, data: &str) -> anyhow::Result<Vec<u8>> {
-    let data: &RawValue = serde_json::from_str(data.trim())
+/// Checks TYPE, DATA and --metadata locally and builds the event. DATA is sent as it is
+/// given (without the whitespace around it).
+fn new_event(args: &AppendArgs, data: &str) -> anyhow::Result<NewEvent> {
+    let event_type = EventType::new(&args.event_type)?;
+    let data = data.trim();
+    serde_json::from_str::<&RawValue>(data)
         .map_err(|e| anyhow!("DATA is not valid JSON ({e}); quote strings, e.g. '\"text\"'"))?;
-    let metadata: Option<&RawValue> = match &args.metadata {
-        None => None,
-        Some(m) => {
-            let raw: &RawValue =
-                serde_json::from_str(m.trim()).map_err(|e| anyhow!("--metadata is not valid JSON ({e})"))?;
-            if !raw.get().starts_with('{') {
-                bail!("--metadata must be a JSON object, e.g. '{{\"correlation_id\":\"c-1\"}}'");
-            }
-            Some(raw)
+    let mut event = NewEvent::new(event_type, data.to_owned().into_bytes());
+    if let Some(id) = args.id {
+        event.id = id;
+    }
+    if let Some(m) = &args.metadata {
+        let raw: &RawValue =
+            serde_json::from_str(m.trim()).map_err(|e| anyhow!("--metadata is not valid JSON ({e})"))?;
+        if !raw.get().starts_with('{') {
+            bail!("--metadata must be a JSON object, e.g. '{{\"correlation_id\":\"c-1\"}}'");
         }
-    };
-    let body = AppendBody {
-        expected_version: args.expected_version.to_json(),
-        events: [NewEventBody { event_type: &args.event_type, data, id: args.id, metadata }],
-    };
-    serde_json::to_vec(&body).context("cannot encode the request")
+        event.metadata = serde_json::from_str::<Metadata>(raw.get())
+            .map_err(|e| anyhow!("--metadata is not valid ({e})"))?;
+    }
+    Ok(event)
 }
 
 #[cfg(test)]
@@ -173,26 +159,28 @@ mod tests {
     }
 
     #[test]
-    fn the_body_keeps_data_bytes_and_spells_expected_versions_like_the_api() {
-        let body = request_body(&args("no_stream", None), " {\"b\": 1, \"a\": 2.50}\n").unwrap();
+    fn the_event_keeps_the_data_bytes_and_expected_versions_read_like_the_api() {
+        let event = new_event(&args("no_stream", None), " {\"b\": 1, \"a\": 2.50}\n").unwrap();
+        assert_eq!(event.data.as_ref(), br#"{"b": 1, "a": 2.50}"#);
+        assert_eq!(event.event_type.as_str(), "order.placed");
+        assert!(event.metadata.is_empty());
+        let event = new_event(&args("7", Some(r#"{"source":"cli","shard":3}"#)), "\"x\"").unwrap();
+        assert_eq!(event.data.as_ref(), br#""x""#);
+        assert_eq!(event.metadata.source.as_deref(), Some("cli"));
+        assert_eq!(event.metadata.extra["shard"], 3);
+        assert_eq!(ExpectedVersion::from(args("7", None).expected_version), ExpectedVersion::Exact(7));
         assert_eq!(
-            String::from_utf8(body).unwrap(),
-            r#"{"expected_version":"no_stream","events":[{"type":"order.placed","data":{"b": 1, "a": 2.50}}]}"#
-        );
-        let body = request_body(&args("7", Some(r#"{"source":"cli"}"#)), "\"x\"").unwrap();
-        assert_eq!(
-            String::from_utf8(body).unwrap(),
-            r#"{"expected_version":7,"events":[{"type":"order.placed","data":"x","metadata":{"source":"cli"}}]}"#
+            ExpectedVersion::from(args("exists", None).expected_version),
+            ExpectedVersion::StreamExists
         );
     }
 
     #[test]
     fn invalid_json_is_refused_before_sending() {
-        assert!(
-            request_body(&args("any", None), "{nope").unwrap_err().to_string().contains("not valid JSON")
-        );
-        assert!(request_body(&args("any", None), "plain words").is_err());
-        assert!(request_body(&args("any", Some("[1]")), "1").is_err());
+        assert!(new_event(&args("any", None), "{nope").unwrap_err().to_string().contains("not valid JSON"));
+        assert!(new_event(&args("any", None), "plain words").is_err());
+        assert!(new_event(&args("any", Some("[1]")), "1").is_err());
+        assert!(new_event(&args("any", Some(r#"{"source": 5}"#)), "1").is_err());
         assert!("maybe".parse::<ExpectedVersionArg>().is_err());
     }
 }

@@ -1,17 +1,17 @@
 //! `bifrost dlq …`: a consumer group's dead letters — the events it parked after their last
 //! attempt or on a nack with `--park` — listed, replayed or discarded.
 
+use bifrost_api::ReplayRequest;
 use bifrost_bus::GroupName;
+use bifrost_client::Client;
 use bifrost_core::EventId;
 use clap::{Args, Subcommand};
-use serde::Deserialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use crate::cli::GlobalServerArg;
-use crate::client::{ApiClient, parse_answer};
 use crate::commands::groups::group_name;
-use crate::output::JsonLines;
+use crate::output::{JsonLines, dead_letter_body};
+use crate::remote;
 
 #[derive(Debug, Args)]
 pub(crate) struct DlqArgs {
@@ -56,40 +56,42 @@ pub(crate) enum DlqCommand {
 /// The most dead letters the server returns in one page.
 const MAX_PAGE: usize = 1000;
 
-#[derive(Deserialize)]
-struct DeadLetters<'a> {
-    #[serde(borrow)]
-    dead_letters: Vec<&'a RawValue>,
-    next: Option<u64>,
+pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
+    let client = remote::connect(&args.server.server)?;
+    let mut out = JsonLines::stdout();
+    let outcome = run_command(&client, &args.command, &mut out).await;
+    // What was printed before a failure still reaches the terminal.
+    out.flush()?;
+    outcome
 }
 
-pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.server.server)?;
-    let mut out = JsonLines::stdout();
-    match &args.command {
-        DlqCommand::List { group, limit } => list(&client, &group_name(group)?, *limit, &mut out).await?,
+async fn run_command(client: &Client, command: &DlqCommand, out: &mut JsonLines) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { group, limit } => list(client, &group_name(group)?, *limit, out).await,
         DlqCommand::Replay { group, event_ids } => {
             let group = group_name(group)?;
-            let body = if event_ids.is_empty() { json!({}) } else { json!({ "event_ids": event_ids }) };
-            let url = client.url(&["v1", "groups", group.as_str(), "dead-letters", "replay"], &[]);
-            let answer = client.post_json(url, body.to_string().into_bytes()).await?;
-            out.answer(&answer)?;
+            let request = if event_ids.is_empty() {
+                ReplayRequest::all()
+            } else {
+                ReplayRequest::events(event_ids.iter().copied())
+            };
+            let answer =
+                client.replay_dead_letters(group.as_str(), &request).await.map_err(remote::describe)?;
+            out.value(&answer)
         }
         DlqCommand::Discard { group, event_id } => {
             let group = group_name(group)?;
-            let id = event_id.to_string();
-            let url = client.url(&["v1", "groups", group.as_str(), "dead-letters", &id], &[]);
-            client.delete(url).await?;
-            out.line(&json!({ "group": group.as_str(), "event_id": id, "discarded": true }).to_string())?;
+            client.discard_dead_letter(group.as_str(), *event_id).await.map_err(remote::describe)?;
+            out.value(
+                &json!({ "group": group.as_str(), "event_id": event_id.to_string(), "discarded": true }),
+            )
         }
     }
-    out.flush()?;
-    Ok(())
 }
 
 /// Follows the pages of dead letters until `limit` are printed or there are no more.
 async fn list(
-    client: &ApiClient,
+    client: &Client,
     group: &GroupName,
     limit: Option<usize>,
     out: &mut JsonLines,
@@ -97,14 +99,12 @@ async fn list(
     let mut remaining = limit.unwrap_or(usize::MAX);
     let mut after: Option<u64> = None;
     while remaining > 0 {
-        let mut query = vec![("limit", remaining.min(MAX_PAGE).to_string())];
-        if let Some(after) = after {
-            query.push(("after", after.to_string()));
-        }
-        let body = client.get(client.url(&["v1", "groups", group.as_str(), "dead-letters"], &query)).await?;
-        let page: DeadLetters<'_> = parse_answer(&body)?;
+        let page = client
+            .dead_letters(group.as_str(), after, remaining.min(MAX_PAGE))
+            .await
+            .map_err(remote::describe)?;
         for dead_letter in page.dead_letters.iter().take(remaining) {
-            out.line(dead_letter.get())?;
+            out.value(&dead_letter_body(dead_letter)?)?;
         }
         remaining = remaining.saturating_sub(page.dead_letters.len());
         match page.next {

@@ -3,17 +3,20 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
+use bifrost_api::{
+    BackoffKindBody, BackoffRequest, GroupConfigRequest, GroupFilterRequest, NackRequest, StartBody,
+};
 use bifrost_bus::GroupName;
+use bifrost_client::Client;
 use clap::{Args, Subcommand, ValueEnum};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use crate::cli::GlobalServerArg;
-use crate::client::{ApiClient, parse_answer};
-use crate::output::JsonLines;
+use crate::output::{JsonLines, message_body};
+use crate::remote;
 
 #[derive(Debug, Args)]
 pub(crate) struct GroupsArgs {
@@ -184,11 +187,12 @@ impl fmt::Display for StartArg {
     }
 }
 
-impl StartArg {
-    fn to_json(self) -> Value {
-        match self {
-            Self::After(position) => json!({ "position": position }),
-            other => Value::from(other.to_string()),
+impl From<StartArg> for StartBody {
+    fn from(start: StartArg) -> Self {
+        match start {
+            StartArg::Beginning => StartBody::Beginning,
+            StartArg::End => StartBody::End,
+            StartArg::After(position) => StartBody::Position(position),
         }
     }
 }
@@ -199,165 +203,116 @@ pub(crate) enum BackoffArg {
     Exponential,
 }
 
+impl From<BackoffArg> for BackoffKindBody {
+    fn from(kind: BackoffArg) -> Self {
+        match kind {
+            BackoffArg::Fixed => BackoffKindBody::Fixed,
+            BackoffArg::Exponential => BackoffKindBody::Exponential,
+        }
+    }
+}
+
 pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.server.server)?;
+    let client = remote::connect(&args.server.server)?;
     let mut out = JsonLines::stdout();
-    let outcome = match &args.command {
-        GroupsCommand::List => list(&client, &mut out).await,
-        GroupsCommand::Show { name } => {
-            let name = group_name(name)?;
-            let body = client.get(client.url(&["v1", "groups", name.as_str()], &[])).await?;
-            out.answer(&body)
-        }
-        GroupsCommand::Create(create) => {
-            let name = group_name(&create.name)?;
-            let body = serde_json::to_vec(&create_body(create)).context("cannot encode the request")?;
-            let answer = client.put_json(client.url(&["v1", "groups", name.as_str()], &[]), body).await?;
-            out.answer(&answer)
-        }
-        GroupsCommand::Delete { name } => {
-            let name = group_name(name)?;
-            client.delete(client.url(&["v1", "groups", name.as_str()], &[])).await?;
-            out.line(&json!({ "group": name.as_str(), "deleted": true }).to_string()).map_err(Into::into)
-        }
-        GroupsCommand::Fetch(fetch) => fetch_leases(&client, fetch, &mut out).await,
-        GroupsCommand::Ack(ack) => {
-            let name = group_name(&ack.name)?;
-            let body =
-                serde_json::to_vec(&json!({ "leases": ack.leases })).context("cannot encode the request")?;
-            let answer =
-                client.post_json(client.url(&["v1", "groups", name.as_str(), "ack"], &[]), body).await?;
-            settled(&mut out, &answer, ack.leases.len(), "acked")
-        }
-        GroupsCommand::Nack(nack) => {
-            let name = group_name(&nack.name)?;
-            let body = serde_json::to_vec(&nack_body(nack)).context("cannot encode the request")?;
-            let answer =
-                client.post_json(client.url(&["v1", "groups", name.as_str(), "nack"], &[]), body).await?;
-            settled(&mut out, &answer, nack.leases.len(), "nacked")
-        }
-    };
+    let outcome = run_command(&client, &args.command, &mut out).await;
     // What was printed before a failure still reaches the terminal.
     out.flush()?;
     outcome
+}
+
+async fn run_command(client: &Client, command: &GroupsCommand, out: &mut JsonLines) -> anyhow::Result<()> {
+    match command {
+        GroupsCommand::List => {
+            for group in client.list_groups().await.map_err(remote::describe)? {
+                out.value(&group)?;
+            }
+            Ok(())
+        }
+        GroupsCommand::Show { name } => {
+            let name = group_name(name)?;
+            out.value(&client.get_group(name.as_str()).await.map_err(remote::describe)?)
+        }
+        GroupsCommand::Create(create) => {
+            let name = group_name(&create.name)?;
+            let (_, group) =
+                client.put_group(name.as_str(), &create_request(create)).await.map_err(remote::describe)?;
+            out.value(&group)
+        }
+        GroupsCommand::Delete { name } => {
+            let name = group_name(name)?;
+            client.delete_group(name.as_str()).await.map_err(remote::describe)?;
+            out.value(&json!({ "group": name.as_str(), "deleted": true }))
+        }
+        GroupsCommand::Fetch(fetch) => {
+            let name = group_name(&fetch.name)?;
+            let max = usize::try_from(fetch.max).unwrap_or(usize::MAX);
+            let wait = Duration::from_millis(fetch.wait_ms);
+            let messages = client
+                .fetch(name.as_str(), max, wait, fetch.consumer.as_deref())
+                .await
+                .map_err(remote::describe)?;
+            for message in &messages {
+                out.value(&message_body(message)?)?;
+            }
+            Ok(())
+        }
+        GroupsCommand::Ack(ack) => {
+            let name = group_name(&ack.name)?;
+            let answer = client.ack(name.as_str(), &ack.leases).await.map_err(remote::describe)?;
+            out.value(&answer)?;
+            all_settled(&answer.expired, ack.leases.len(), "acked")
+        }
+        GroupsCommand::Nack(nack) => {
+            let name = group_name(&nack.name)?;
+            let answer = client.nack(name.as_str(), &nack_request(nack)).await.map_err(remote::describe)?;
+            out.value(&answer)?;
+            all_settled(&answer.expired, nack.leases.len(), "nacked")
+        }
+    }
 }
 
 pub(crate) fn group_name(name: &str) -> anyhow::Result<GroupName> {
     Ok(GroupName::new(name)?)
 }
 
-#[derive(Deserialize)]
-struct GroupList<'a> {
-    #[serde(borrow)]
-    groups: Vec<&'a RawValue>,
+/// The settings `create` sends: only what was given, so the server's defaults apply to the
+/// rest.
+fn create_request(args: &CreateArgs) -> GroupConfigRequest {
+    let filter = (!args.types.is_empty() || args.category.is_some()).then(|| GroupFilterRequest {
+        types: (!args.types.is_empty()).then(|| args.types.clone()),
+        category: args.category.clone(),
+    });
+    let backoff = BackoffRequest {
+        kind: args.backoff.map(BackoffKindBody::from),
+        initial_ms: args.backoff_initial_ms,
+        max_ms: args.backoff_max_ms,
+        jitter: args.no_jitter.then_some(false),
+    };
+    GroupConfigRequest {
+        filter,
+        start: args.start.map(StartBody::from),
+        ack_timeout_ms: args.ack_timeout_ms,
+        max_attempts: args.max_attempts,
+        backoff: (backoff != BackoffRequest::default()).then_some(backoff),
+        max_in_flight: args.max_in_flight,
+    }
 }
 
-async fn list(client: &ApiClient, out: &mut JsonLines) -> anyhow::Result<()> {
-    let body = client.get(client.url(&["v1", "groups"], &[])).await?;
-    let list: GroupList<'_> = parse_answer(&body)?;
-    for group in list.groups {
-        out.line(group.get())?;
-    }
-    Ok(())
+fn nack_request(args: &NackArgs) -> NackRequest {
+    let mut request = if args.park {
+        NackRequest::park(args.leases.clone())
+    } else {
+        NackRequest::retry(args.leases.clone())
+    };
+    request.delay_ms = args.delay_ms;
+    request.reason = args.reason.clone();
+    request
 }
 
-#[derive(Deserialize)]
-struct Fetched<'a> {
-    #[serde(borrow)]
-    messages: Vec<&'a RawValue>,
-}
-
-async fn fetch_leases(client: &ApiClient, args: &FetchArgs, out: &mut JsonLines) -> anyhow::Result<()> {
-    let name = group_name(&args.name)?;
-    let mut query = vec![("max", args.max.to_string()), ("wait", args.wait_ms.to_string())];
-    if let Some(consumer) = &args.consumer {
-        query.push(("consumer", consumer.clone()));
-    }
-    let body = client.post_empty(client.url(&["v1", "groups", name.as_str(), "fetch"], &query)).await?;
-    let fetched: Fetched<'_> = parse_answer(&body)?;
-    for message in fetched.messages {
-        out.line(message.get())?;
-    }
-    Ok(())
-}
-
-/// The request body of `create`: only what was given, so the server's defaults apply to
-/// the rest.
-fn create_body(args: &CreateArgs) -> Value {
-    let mut body = Map::new();
-    if !args.types.is_empty() || args.category.is_some() {
-        let mut filter = Map::new();
-        if !args.types.is_empty() {
-            filter.insert("types".into(), json!(args.types));
-        }
-        if let Some(category) = &args.category {
-            filter.insert("category".into(), json!(category));
-        }
-        body.insert("filter".into(), Value::Object(filter));
-    }
-    if let Some(start) = args.start {
-        body.insert("start".into(), start.to_json());
-    }
-    if let Some(ms) = args.ack_timeout_ms {
-        body.insert("ack_timeout_ms".into(), json!(ms));
-    }
-    if let Some(n) = args.max_attempts {
-        body.insert("max_attempts".into(), json!(n));
-    }
-    let mut backoff = Map::new();
-    if let Some(kind) = args.backoff {
-        let kind = match kind {
-            BackoffArg::Fixed => "fixed",
-            BackoffArg::Exponential => "exponential",
-        };
-        backoff.insert("kind".into(), json!(kind));
-    }
-    if let Some(ms) = args.backoff_initial_ms {
-        backoff.insert("initial_ms".into(), json!(ms));
-    }
-    if let Some(ms) = args.backoff_max_ms {
-        backoff.insert("max_ms".into(), json!(ms));
-    }
-    if args.no_jitter {
-        backoff.insert("jitter".into(), json!(false));
-    }
-    if !backoff.is_empty() {
-        body.insert("backoff".into(), Value::Object(backoff));
-    }
-    if let Some(n) = args.max_in_flight {
-        body.insert("max_in_flight".into(), json!(n));
-    }
-    Value::Object(body)
-}
-
-fn nack_body(args: &NackArgs) -> Value {
-    let mut body = Map::new();
-    body.insert("leases".into(), json!(args.leases));
-    body.insert("action".into(), json!(if args.park { "park" } else { "retry" }));
-    if let Some(ms) = args.delay_ms {
-        body.insert("delay_ms".into(), json!(ms));
-    }
-    if let Some(reason) = &args.reason {
-        body.insert("reason".into(), json!(reason));
-    }
-    Value::Object(body)
-}
-
-#[derive(Deserialize)]
-struct SettledAnswer {
-    #[serde(default)]
-    expired: Vec<String>,
-}
-
-/// Prints the answer to an ack or nack; leases the group no longer held make the command
-/// fail, after the answer is printed.
-fn settled(out: &mut JsonLines, answer: &[u8], sent: usize, verb: &str) -> anyhow::Result<()> {
-    out.answer(answer)?;
-    if answer.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    let answer: SettledAnswer = parse_answer(answer)?;
-    match answer.expired.len() {
+/// Leases the group no longer held make the command fail, after the answer is printed.
+fn all_settled(expired: &[String], sent: usize, verb: &str) -> anyhow::Result<()> {
+    match expired.len() {
         0 => Ok(()),
         n => bail!(
             "{n} of {sent} leases were not {verb}: no longer held (timed out, already settled, or from \
@@ -379,6 +334,14 @@ mod tests {
         }
         let argv = std::iter::once("create").chain(std::iter::once("g")).chain(extra.iter().copied());
         Wrap::try_parse_from(argv).unwrap().create
+    }
+
+    fn create_body(args: &CreateArgs) -> serde_json::Value {
+        serde_json::to_value(create_request(args)).unwrap()
+    }
+
+    fn nack_body(args: &NackArgs) -> serde_json::Value {
+        serde_json::to_value(nack_request(args)).unwrap()
     }
 
     #[test]

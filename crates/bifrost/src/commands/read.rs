@@ -1,18 +1,14 @@
 //! `bifrost read STREAM` and `bifrost read --all`: events as JSON lines, following the
 //! API's page cursors.
 
-use anyhow::Context;
-use bifrost_core::StreamName;
+use bifrost_client::{Client, MAX_PAGE};
+use bifrost_core::{Category, Direction, LogFilter, StreamName};
 use clap::Args;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::cli::ServerArg;
-use crate::client::{ApiClient, parse_answer};
-use crate::output::JsonLines;
+use crate::output::{JsonLines, event_body};
+use crate::remote;
 
-/// The most the server returns in one page.
-const MAX_PAGE: usize = 1000;
 /// What one page holds when no --limit is given.
 const DEFAULT_PAGE: usize = 100;
 
@@ -60,54 +56,42 @@ pub(crate) struct ReadArgs {
     pub(crate) server: ServerArg,
 }
 
-#[derive(Deserialize)]
-struct StreamPage<'a> {
-    #[serde(borrow)]
-    events: Vec<&'a RawValue>,
-    next: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct LogPage<'a> {
-    #[serde(borrow)]
-    events: Vec<&'a RawValue>,
-    next_position: u64,
-}
-
 pub(crate) async fn run(args: ReadArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.server.server)?;
+    let client = remote::connect(&args.server.server)?;
     let mut out = JsonLines::stdout();
-    match &args.stream {
-        Some(stream) => read_stream(&client, &args, &StreamName::new(stream)?, &mut out).await?,
-        None => read_log(&client, &args, &mut out).await?,
-    }
+    let outcome = match &args.stream {
+        Some(stream) => read_stream(&client, &args, &StreamName::new(stream)?, &mut out).await,
+        None => read_log(&client, &args, &mut out).await,
+    };
+    // What was printed before a failure still reaches the terminal.
     out.flush()?;
-    Ok(())
+    outcome
 }
 
 async fn read_stream(
-    client: &ApiClient,
+    client: &Client,
     args: &ReadArgs,
     stream: &StreamName,
     out: &mut JsonLines,
 ) -> anyhow::Result<()> {
     let mut remaining = args.limit.unwrap_or(if args.all_pages { usize::MAX } else { DEFAULT_PAGE });
-    let mut from = args.from;
-    let direction = if args.backward { "backward" } else { "forward" };
+    let direction = if args.backward { Direction::Backward } else { Direction::Forward };
+    // No --from: the first version forward, the last one backward (as the API defaults).
+    let mut from = args.from.unwrap_or(match direction {
+        Direction::Forward => 1,
+        Direction::Backward => u64::MAX,
+    });
     while remaining > 0 {
-        let mut query =
-            vec![("direction", direction.to_owned()), ("limit", remaining.min(MAX_PAGE).to_string())];
-        if let Some(from) = from {
-            query.push(("from", from.to_string()));
-        }
-        let body = client.get(client.url(&["v1", "streams", stream.as_str(), "events"], &query)).await?;
-        let page: StreamPage<'_> = parse_answer(&body).context("reading a page of events")?;
+        let page = client
+            .stream_events(stream, from, direction, remaining.min(MAX_PAGE))
+            .await
+            .map_err(remote::describe)?;
         for event in page.events.iter().take(remaining) {
-            out.line(event.get())?;
+            out.value(&event_body(event)?)?;
         }
         remaining = remaining.saturating_sub(page.events.len());
         match page.next {
-            Some(next) if args.all_pages || args.limit.is_some() => from = Some(next),
+            Some(next) if args.all_pages || args.limit.is_some() => from = next,
             _ => break,
         }
         if page.events.is_empty() {
@@ -117,20 +101,18 @@ async fn read_stream(
     Ok(())
 }
 
-async fn read_log(client: &ApiClient, args: &ReadArgs, out: &mut JsonLines) -> anyhow::Result<()> {
+async fn read_log(client: &Client, args: &ReadArgs, out: &mut JsonLines) -> anyhow::Result<()> {
+    let mut filter = LogFilter::default().with_types(&args.types).map_err(remote::invalid_argument)?;
+    if let Some(category) = &args.category {
+        filter.category = Some(Category::new(category).map_err(remote::invalid_argument)?);
+    }
     let mut remaining = args.limit.unwrap_or(usize::MAX);
     let mut after = args.from_position.unwrap_or(0);
     while remaining > 0 {
-        let mut query =
-            vec![("from_position", after.to_string()), ("limit", remaining.min(MAX_PAGE).to_string())];
-        query.extend(args.types.iter().map(|t| ("type", t.clone())));
-        if let Some(category) = &args.category {
-            query.push(("category", category.clone()));
-        }
-        let body = client.get(client.url(&["v1", "events"], &query)).await?;
-        let page: LogPage<'_> = parse_answer(&body).context("reading a page of events")?;
+        let page =
+            client.log_events(after, &filter, remaining.min(MAX_PAGE)).await.map_err(remote::describe)?;
         for event in page.events.iter().take(remaining) {
-            out.line(event.get())?;
+            out.value(&event_body(event)?)?;
         }
         remaining = remaining.saturating_sub(page.events.len());
         // An empty page that does not move the cursor is the end of the log.

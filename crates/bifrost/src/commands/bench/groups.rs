@@ -8,18 +8,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
+use bifrost_api::{
+    AckBody, AckRequest, FetchBody, GroupBody, GroupConfigRequest, GroupFilterRequest, MultiAppendResultBody,
+    StartBody,
+};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
-use serde::Deserialize;
-use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::http::{DELIVERY_GRACE, SendTimes, exchange, paced_appends, write_append};
+use super::http::{DELIVERY_GRACE, Payload, SendTimes, paced_appends, write_append};
+use super::raw::{RawClient, parse};
 use super::report::{self, Report};
 use super::workloads::shares;
-use crate::client::ApiClient;
 
 /// Events a consumer asks for in one fetch.
 const FETCH_MAX: u64 = 100;
@@ -48,104 +50,78 @@ impl GroupSpec<'_> {
     }
 }
 
-#[derive(Deserialize)]
-struct Fetched {
-    messages: Vec<Message>,
-}
-
-#[derive(Deserialize)]
-struct Message {
+/// What the workloads keep of a leased event.
+struct Leased {
     lease: String,
-    event: MessageEvent,
-}
-
-#[derive(Deserialize)]
-struct MessageEvent {
     position: u64,
-    data: MessageData,
-}
-
-#[derive(Deserialize)]
-struct MessageData {
+    /// The `seq` of the bench payload.
     seq: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct Settled {
-    acked: u64,
-    #[serde(default)]
-    expired: Vec<String>,
-}
-
 /// Creates (or replaces) a group that starts at the end of the log and reads `event_type`.
-async fn create_group(client: &ApiClient, group: &str, event_type: &str) -> anyhow::Result<()> {
-    let body = json!({"filter": {"types": [event_type]}, "start": "end"});
+async fn create_group(client: &RawClient, group: &str, event_type: &str) -> anyhow::Result<()> {
+    let settings = GroupConfigRequest {
+        filter: Some(GroupFilterRequest { types: Some(vec![event_type.to_owned()]), category: None }),
+        start: Some(StartBody::End),
+        ..GroupConfigRequest::default()
+    };
+    let body = serde_json::to_vec(&settings).context("cannot encode the group's settings")?;
     let url = client.url(&["v1", "groups", group], &[]);
-    client
-        .put_json(url, body.to_string().into_bytes())
-        .await
-        .with_context(|| format!("cannot create the consumer group {group}"))?;
+    let request = client.http().put(url).header(CONTENT_TYPE, "application/json").body(body);
+    let answer = client.exchange_success(request).await;
+    answer.with_context(|| format!("cannot create the consumer group {group}"))?;
     Ok(())
 }
 
-async fn delete_group(client: &ApiClient, group: &str) -> anyhow::Result<()> {
-    client
-        .delete(client.url(&["v1", "groups", group], &[]))
-        .await
-        .with_context(|| format!("cannot delete the consumer group {group}"))?;
+async fn delete_group(client: &RawClient, group: &str) -> anyhow::Result<()> {
+    let request = client.http().delete(client.url(&["v1", "groups", group], &[]));
+    let answer = client.exchange(request, StatusCode::NO_CONTENT).await;
+    answer.with_context(|| format!("cannot delete the consumer group {group}"))?;
     Ok(())
 }
 
 /// Leases up to [`FETCH_MAX`] events, waiting up to `wait_ms` for the first.
-async fn fetch(client: &ApiClient, group: &str, consumer: &str, wait_ms: u64) -> anyhow::Result<Fetched> {
+async fn fetch(client: &RawClient, group: &str, consumer: &str, wait_ms: u64) -> anyhow::Result<Vec<Leased>> {
     let query =
         [("max", FETCH_MAX.to_string()), ("wait", wait_ms.to_string()), ("consumer", consumer.to_owned())];
     let url = client.url(&["v1", "groups", group, "fetch"], &query);
-    let body = exchange(client, client.http().post(url), StatusCode::OK)
+    let body = client
+        .exchange(client.http().post(url), StatusCode::OK)
         .await
         .with_context(|| format!("fetch from {group}"))?;
-    serde_json::from_slice(&body).map_err(|e| anyhow!("unexpected answer to a fetch from {group}: {e}"))
+    let fetched: FetchBody<'_> = parse(&body, &format!("a fetch from {group}"))?;
+    Ok(fetched
+        .messages
+        .into_iter()
+        .map(|m| Leased { seq: Payload::seq_of(&m.event), position: m.event.position, lease: m.lease })
+        .collect())
 }
 
 /// Acks every lease of `messages`; each must still be held.
-async fn ack(client: &ApiClient, group: &str, messages: &[Message]) -> anyhow::Result<()> {
-    let leases: Vec<&str> = messages.iter().map(|m| m.lease.as_str()).collect();
-    let body = serde_json::to_vec(&json!({ "leases": leases })).context("cannot encode an ack")?;
+async fn ack(client: &RawClient, group: &str, messages: &[Leased]) -> anyhow::Result<()> {
+    let leases: Vec<String> = messages.iter().map(|m| m.lease.clone()).collect();
+    let sent = leases.len() as u64;
+    let body = serde_json::to_vec(&AckRequest { leases }).context("cannot encode an ack")?;
     let url = client.url(&["v1", "groups", group, "ack"], &[]);
     let request = client.http().post(url).header(CONTENT_TYPE, "application/json").body(body);
-    let answer =
-        exchange(client, request, StatusCode::OK).await.with_context(|| format!("ack to {group}"))?;
-    let settled: Settled = serde_json::from_slice(&answer)
-        .map_err(|e| anyhow!("unexpected answer to an ack to {group}: {e}"))?;
-    if settled.acked != leases.len() as u64 || !settled.expired.is_empty() {
+    let answer = client.exchange(request, StatusCode::OK).await.with_context(|| format!("ack to {group}"))?;
+    let settled: AckBody = parse(&answer, &format!("an ack to {group}"))?;
+    if settled.acked != sent || !settled.expired.is_empty() {
         bail!(
             "{group}: {} of {} leases were acked, {} had expired",
             settled.acked,
-            leases.len(),
+            sent,
             settled.expired.len()
         );
     }
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct AppendedMany {
-    results: Vec<AppendedOne>,
-}
-
-#[derive(Deserialize)]
-struct AppendedOne {
-    first_version: u64,
-    last_version: u64,
-    first_position: u64,
-    last_position: u64,
-}
-
 /// Appends `total` events over `streams` streams through `POST /v1/append`, each request
 /// carrying a few events of many streams, so that the streams interleave in the log as
 /// independent writers would leave them. Returns the lowest and highest position written.
 async fn prefill(
-    client: &ApiClient,
+    client: &RawClient,
     spec: &GroupSpec<'_>,
     workload: &str,
     event_type: &str,
@@ -186,9 +162,8 @@ async fn prefill(
                 let request =
                     client.http().post(url).header(CONTENT_TYPE, "application/json").body(body.into_bytes());
                 let answer =
-                    exchange(&client, request, StatusCode::CREATED).await.context("multi-stream append")?;
-                let answer: AppendedMany = serde_json::from_slice(&answer)
-                    .map_err(|e| anyhow!("unexpected answer to a multi-stream append: {e}"))?;
+                    client.exchange(request, StatusCode::CREATED).await.context("multi-stream append")?;
+                let answer: MultiAppendResultBody = parse(&answer, "a multi-stream append")?;
                 if answer.results.len() != planned.len() {
                     bail!("{} appends were answered with {} results", planned.len(), answer.results.len());
                 }
@@ -217,7 +192,7 @@ async fn prefill(
 /// `spec.consumers` consumers drain them, each looping fetch (up to 100) → ack. Every
 /// event must be acked exactly once; latency is one fetch → ack round.
 pub(super) async fn throughput(
-    client: &ApiClient,
+    client: &RawClient,
     spec: &GroupSpec<'_>,
     total: u64,
 ) -> anyhow::Result<Report> {
@@ -246,26 +221,25 @@ pub(super) async fn throughput(
             while done.load(Ordering::Acquire) < total {
                 let sent = Instant::now();
                 let fetched = fetch(&client, &group, &name, FETCH_WAIT_MS).await?;
-                if fetched.messages.is_empty() {
+                if fetched.is_empty() {
                     continue;
                 }
-                ack(&client, &group, &fetched.messages).await?;
+                ack(&client, &group, &fetched).await?;
                 report::record(&mut latency, sent.elapsed());
-                for m in &fetched.messages {
+                for m in &fetched {
                     let flag = m
-                        .event
                         .position
                         .checked_sub(low)
                         .and_then(|i| usize::try_from(i).ok())
                         .and_then(|i| acked.get(i));
                     let Some(flag) = flag else {
-                        bail!("{NAME}: position {} is outside the prefill {low}..={high}", m.event.position)
+                        bail!("{NAME}: position {} is outside the prefill {low}..={high}", m.position)
                     };
                     if flag.swap(true, Ordering::AcqRel) {
-                        bail!("{NAME}: position {} was delivered after it was acked", m.event.position);
+                        bail!("{NAME}: position {} was delivered after it was acked", m.position);
                     }
                 }
-                let n = fetched.messages.len() as u64;
+                let n = fetched.len() as u64;
                 done.fetch_add(n, Ordering::AcqRel);
                 bar.inc(n);
             }
@@ -291,16 +265,9 @@ pub(super) async fn throughput(
 }
 
 /// The group has nothing left: no lag, nothing leased, nothing parked.
-async fn check_drained(client: &ApiClient, group: &str) -> anyhow::Result<()> {
-    #[derive(Deserialize)]
-    struct Status {
-        lag: u64,
-        in_flight: u64,
-        parked: u64,
-    }
+async fn check_drained(client: &RawClient, group: &str) -> anyhow::Result<()> {
     let body = client.get(client.url(&["v1", "groups", group], &[])).await?;
-    let status: Status =
-        serde_json::from_slice(&body).map_err(|e| anyhow!("unexpected status of the group {group}: {e}"))?;
+    let status: GroupBody = parse(&body, &format!("a look at the group {group}"))?;
     if (status.lag, status.in_flight, status.parked) != (0, 0, 0) {
         bail!(
             "{group}: after the run the group shows lag {}, {} in flight, {} parked",
@@ -317,7 +284,7 @@ async fn check_drained(client: &ApiClient, group: &str) -> anyhow::Result<()> {
 /// group and ack. Latency is the arrival of the fetch answer minus the instant the append
 /// request was sent, matched by the `seq` in the payload.
 pub(super) async fn latency(
-    client: &ApiClient,
+    client: &RawClient,
     spec: &GroupSpec<'_>,
     rate: u64,
     duration: f64,
@@ -342,18 +309,15 @@ pub(super) async fn latency(
             while !stop.load(Ordering::Acquire) {
                 let fetched = fetch(&client, &group, &name, 1000).await?;
                 let now = times.now();
-                for m in &fetched.messages {
-                    let Some(seq) = m.event.data.seq else {
-                        bail!(
-                            "{NAME}: delivered an event with an unknown seq at position {}",
-                            m.event.position
-                        )
+                for m in &fetched {
+                    let Some(seq) = m.seq else {
+                        bail!("{NAME}: delivered an event with an unknown seq at position {}", m.position)
                     };
                     report::record(&mut latency, times.delivered(NAME, seq, now)?);
                 }
-                if !fetched.messages.is_empty() {
-                    ack(&client, &group, &fetched.messages).await?;
-                    let n = fetched.messages.len() as u64;
+                if !fetched.is_empty() {
+                    ack(&client, &group, &fetched).await?;
+                    let n = fetched.len() as u64;
                     delivered.fetch_add(n, Ordering::AcqRel);
                     bar.inc(n);
                 }
@@ -426,7 +390,7 @@ mod tests {
 
     #[test]
     fn a_payload_names_its_seq() {
-        let m: MessageData = serde_json::from_slice(&payload(0, 41)).unwrap();
+        let m: Payload = serde_json::from_slice(&payload(0, 41)).unwrap();
         assert_eq!(m.seq, Some(41));
     }
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use bifrost_api::{AppendResultBody, EventBody, StreamInfoBody};
 use bifrost_core::DurableStore;
-use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,9 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 
+use super::raw::{RawClient, parse, problem_message};
 use super::report::{self, Report};
 use super::workloads::{WriteSpec, shares, write_payload};
-use crate::client::{ApiClient, problem_message};
 use crate::commands::serve::open_groups;
 use bifrost_client::sse::SseParser;
 
@@ -101,7 +101,7 @@ impl InProcessServer {
 }
 
 /// Waits (bounded) until the server answers `/healthz`.
-pub(super) async fn wait_ready(client: &ApiClient) -> anyhow::Result<()> {
+pub(super) async fn wait_ready(client: &RawClient) -> anyhow::Result<()> {
     let url = client.url(&["healthz"], &[]);
     let mut last = String::new();
     for _ in 0..100 {
@@ -113,13 +113,6 @@ pub(super) async fn wait_ready(client: &ApiClient) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the server at {} is not ready: {last}", client.base())
-}
-
-#[derive(Debug, Deserialize)]
-pub(super) struct Appended {
-    first_version: u64,
-    last_version: u64,
-    last_position: u64,
 }
 
 /// The request body of an append of `n` bench events starting at `seq`.
@@ -160,34 +153,21 @@ pub(super) fn write_append(
 }
 
 /// POSTs an append and insists on `201 Created`.
-pub(super) async fn append(client: &ApiClient, stream: &str, body: Vec<u8>) -> anyhow::Result<Appended> {
+pub(super) async fn append(
+    client: &RawClient,
+    stream: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<AppendResultBody> {
     let url = client.url(&["v1", "streams", stream, "events"], &[]);
     let request = client.http().post(url).header(CONTENT_TYPE, "application/json").body(body);
-    let bytes = exchange(client, request, StatusCode::CREATED)
-        .await
-        .with_context(|| format!("append to {stream}"))?;
-    serde_json::from_slice(&bytes).map_err(|e| anyhow!("unexpected answer to an append to {stream}: {e}"))
-}
-
-/// Sends `request` and returns the body of an answer with status `expected`; any other
-/// answer is an error with the server's problem. Callers add which request it was.
-pub(super) async fn exchange(
-    client: &ApiClient,
-    request: reqwest::RequestBuilder,
-    expected: StatusCode,
-) -> anyhow::Result<Bytes> {
-    let response = request.send().await.map_err(|e| client.transport_error(e))?;
-    let status = response.status();
-    let body = response.bytes().await.with_context(|| format!("reading a {status} answer"))?;
-    if status != expected {
-        bail!("answered {status}: {}", problem_message(status, &body));
-    }
-    Ok(body)
+    let bytes =
+        client.exchange(request, StatusCode::CREATED).await.with_context(|| format!("append to {stream}"))?;
+    parse(&bytes, &format!("an append to {stream}"))
 }
 
 /// W4: appends through HTTP, each checked (201, the expected versions), then each
 /// stream's version checked through `GET /v1/streams/{stream}`.
-pub(super) async fn write(client: &ApiClient, spec: &WriteSpec<'_>) -> anyhow::Result<Report> {
+pub(super) async fn write(client: &RawClient, spec: &WriteSpec<'_>) -> anyhow::Result<Report> {
     let event_type = format!("bench.{}", spec.name.replace('-', "_"));
     let bar = report::progress(spec.name, spec.total, "events");
     let started = Instant::now();
@@ -218,14 +198,9 @@ pub(super) async fn write(client: &ApiClient, spec: &WriteSpec<'_>) -> anyhow::R
     let elapsed = started.elapsed();
     bar.finish_and_clear();
 
-    #[derive(Deserialize)]
-    struct StreamState {
-        version: u64,
-    }
     for (stream, count) in streams {
         let body = client.get(client.url(&["v1", "streams", &stream], &[])).await?;
-        let state: StreamState =
-            serde_json::from_slice(&body).map_err(|e| anyhow!("unexpected stream state of {stream}: {e}"))?;
+        let state: StreamInfoBody = parse(&body, &format!("a read of the stream {stream}"))?;
         if state.version != count {
             bail!("{}: stream {stream} is at version {} after {count} events", spec.name, state.version);
         }
@@ -234,23 +209,24 @@ pub(super) async fn write(client: &ApiClient, spec: &WriteSpec<'_>) -> anyhow::R
     Ok(Report::new(spec.name, description, spec.total, elapsed, "request", &latency))
 }
 
+/// What the bench's payloads say about themselves (see `workloads::write_payload`).
 #[derive(Deserialize)]
-struct Delivered {
-    stream: String,
-    position: u64,
-    data: DeliveredData,
+pub(super) struct Payload {
+    pub(super) seq: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct DeliveredData {
-    seq: Option<u64>,
+impl Payload {
+    /// The `seq` of a bench event's payload.
+    pub(super) fn seq_of(event: &EventBody<'_>) -> Option<u64> {
+        serde_json::from_str::<Payload>(event.data.get()).ok()?.seq
+    }
 }
 
 /// W5: one SSE subscriber from the end of the log; appends paced at `rate` per second by
 /// absolute deadlines, fired from their own tasks; latency is the SSE arrival time minus
 /// the instant the append's request was sent, matched by the `seq` in the payload.
 pub(super) async fn delivery(
-    client: &ApiClient,
+    client: &RawClient,
     rate: u64,
     duration: f64,
     run_id: &str,
@@ -371,7 +347,7 @@ pub(super) struct Paced {
 /// once. `stream_of(seq)` names the stream; `check` runs after each append is sent and
 /// ends the run when it fails.
 pub(super) async fn paced_appends(
-    client: &ApiClient,
+    client: &RawClient,
     rate: u64,
     event_type: &'static str,
     times: &Arc<SendTimes>,
@@ -436,9 +412,9 @@ async fn receive(
         let now = times.now();
         parser.feed(&chunk, |event| events.push(event));
         for event in events.drain(..) {
-            let d: Delivered = serde_json::from_slice(&event.data)
+            let d: EventBody<'_> = serde_json::from_slice(&event.data)
                 .map_err(|e| anyhow!("w5: an SSE event is not an event: {e}"))?;
-            let Some(seq) = d.data.seq.filter(|_| d.stream == stream) else { continue };
+            let Some(seq) = Payload::seq_of(&d).filter(|_| d.stream == stream) else { continue };
             if d.position <= last_position {
                 bail!("w5: position {} was delivered after position {last_position}", d.position);
             }

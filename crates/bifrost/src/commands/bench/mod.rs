@@ -9,6 +9,7 @@
 mod bus;
 mod groups;
 mod http;
+mod raw;
 mod report;
 mod sourcing;
 mod workloads;
@@ -22,11 +23,11 @@ use bifrost_postgres::PostgresOptions;
 use bifrost_sqlite::Durability;
 use clap::{Args, ValueEnum};
 
-use crate::client::ApiClient;
 use crate::store::StoreSpec;
 
 use self::groups::GroupSpec;
 use self::http::InProcessServer;
+use self::raw::RawClient;
 use self::report::Summary;
 use self::workloads::{LogExpectation, WriteSpec};
 
@@ -385,7 +386,7 @@ async fn run_http(
         .tcp_nodelay(true)
         .build()
         .context("cannot create the HTTP client")?;
-    let client = ApiClient::with_http(url, http)?;
+    let client = RawClient::new(url, http)?;
     http::wait_ready(&client).await?;
     if selection.has(WorkloadArg::W4) {
         let total = args.count.unwrap_or(200_000);

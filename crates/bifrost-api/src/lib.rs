@@ -1,0 +1,46 @@
+//! The wire contract of Bifrost's HTTP API (`/v1`): every request and answer body, and the
+//! problem types of its error answers.
+//!
+//! This crate is the one definition of the API's JSON. The server (`bifrost-server`) reads
+//! requests and writes answers through these types, the Rust client (`bifrost-client`)
+//! writes requests and reads answers through the same ones, and the server's
+//! `/openapi.json` is generated from them (feature `openapi`: utoipa's `ToSchema` on every
+//! type). Serde only: no I/O, no HTTP stack, no dependency on the store's model — the
+//! mapping between these shapes and the engine's types belongs to the server and the
+//! client.
+//!
+//! # Compatibility
+//! The serde shape of every type here is a promise to clients in any language: a field is
+//! never renamed, retyped or removed, and a problem `type` is never reused. Answers may
+//! grow fields, so readers ignore the ones they do not know; requests refuse unknown
+//! fields, so a typo is an error rather than a silently ignored setting.
+//!
+//! # Payloads
+//! An event's `data` (and its stored `metadata`) is a borrowed [`RawValue`]: the server
+//! takes `data` out of the request body without re-serialising it, and a reader takes it
+//! out of the answer the same way, so JSON travels byte for byte.
+//!
+//! [`RawValue`]: serde_json::value::RawValue
+
+mod event;
+mod groups;
+mod lenient;
+mod ops;
+mod problem;
+mod streams;
+
+pub use event::{EventBody, MetadataRequest, NewEventRequest};
+pub use groups::{
+    AckBody, AckRequest, BackoffBody, BackoffKindBody, BackoffRequest, ConsumerBody, DeadLetterBody,
+    DeadLettersBody, FetchBody, GroupBody, GroupConfigBody, GroupConfigRequest, GroupFilterBody,
+    GroupFilterRequest, GroupListBody, MAX_LEASES_PER_REQUEST, MAX_REASON_CHARS, MessageBody, NackActionBody,
+    NackBody, NackRequest, ReplayBody, ReplayRequest, StartBody,
+};
+pub use lenient::Lenient;
+pub use ops::StatusBody;
+pub use problem::{ConflictBody, Problem, ProblemType, UnknownProblemType};
+pub use streams::{
+    AppendRequest, AppendResultBody, ExpectedVersion, HeadBody, LogEventsBody, MultiAppendRequest,
+    MultiAppendResultBody, StreamAppendRequest, StreamEventsBody, StreamInfoBody, StreamListBody,
+    StreamSummaryBody,
+};
