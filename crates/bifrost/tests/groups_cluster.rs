@@ -69,8 +69,7 @@ fn three_nodes_share_a_group_and_lose_nothing_when_one_is_killed() {
     let mut consumers = Vec::new();
     for n in 0..3 {
         for k in 0..2 {
-            // Acks go through the next node; node 1's consumers ack through node 0 once
-            // node 2 is gone (a dead target is skipped in turn).
+            // Acks go through the other nodes in turn; a dead one is skipped.
             let me = Consumer {
                 name: format!("n{n}c{k}"),
                 fetch_from: urls[n].clone(),

@@ -144,17 +144,36 @@ pub async fn consume(shared: Arc<Shared>, client: reqwest::Client, me: Consumer)
         let body = json!({ "leases": leases.iter().map(|l| &l.0).collect::<Vec<_>>() });
         let sent = shared.stamp();
         turn += 1;
-        let ack_url = format!("{}/v1/groups/{group}/ack", me.ack_to[turn % me.ack_to.len()]);
-        let answer = match client.post(&ack_url).json(&body).send().await {
-            Ok(r) if r.status().as_u16() == 200 => r.json::<Value>().await.ok(),
-            _ => None,
-        };
+        // The ack goes to the next target in turn; one that does not answer is skipped (a
+        // dead node). An earlier target may have recorded the ack before failing to answer:
+        // then the later one reports the leases expired, and they count as unsure.
+        let mut answer = None;
+        let mut tried_before = false;
+        for k in 0..me.ack_to.len() {
+            let ack_url = format!("{}/v1/groups/{group}/ack", me.ack_to[(turn + k) % me.ack_to.len()]);
+            match client.post(&ack_url).json(&body).send().await {
+                Ok(r) if r.status().as_u16() == 200 => {
+                    answer = r.json::<Value>().await.ok();
+                    break;
+                }
+                _ => tried_before = true,
+            }
+        }
         let answered = shared.stamp();
         let mut journal = shared.journal.lock().unwrap();
         let Some(answer) = answer else {
             journal.unsure.extend(leases.iter().map(|l| (l.1, sent)));
             continue;
         };
+        if tried_before {
+            let expired = answer["expired"].as_array().unwrap();
+            journal.unsure.extend(
+                leases
+                    .iter()
+                    .filter(|l| expired.iter().any(|e| e.as_str() == Some(&l.0)))
+                    .map(|l| (l.1, sent)),
+            );
+        }
         let expired: HashSet<&str> =
             answer["expired"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
         let mut acked = shared.acked.lock().unwrap();
