@@ -251,11 +251,14 @@ mod nodes {
         let acked: Arc<Mutex<Acked>> = Arc::default();
         let delivered: Arc<Mutex<Vec<Delivered>>> = Arc::default();
         let stop_dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Node 2's consumers holding leases right now.
+        let holding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut consumers = Vec::new();
         for node in 0..3 {
             for k in 0..2 {
                 let engine = c.groups(node);
                 let (acked, delivered, stop_dead) = (acked.clone(), delivered.clone(), stop_dead.clone());
+                let holding = holding.clone();
                 let clock = clock.clone();
                 let stamp = move || clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 consumers.push(tokio::spawn(async move {
@@ -281,8 +284,15 @@ mod nodes {
                             let d = (l.event.stream.to_string(), l.event.version, l.attempt, received);
                             delivered.lock().unwrap().push(d);
                         }
-                        if node == 2 && stop_dead.load(std::sync::atomic::Ordering::SeqCst) {
-                            return;
+                        if node == 2 {
+                            // At work on them for a while; if the node dies meanwhile, so does
+                            // this consumer, holding them.
+                            holding.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            if stop_dead.load(std::sync::atomic::Ordering::SeqCst) {
+                                return;
+                            }
+                            holding.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                         }
                         let tokens: Vec<_> = leases.iter().map(|l| l.token).collect();
                         let sent = stamp();
@@ -299,7 +309,9 @@ mod nodes {
         }
         // Node 2 dies a third of the way through, while its consumers are at work.
         let started = Instant::now();
-        while acked.lock().unwrap().len() < STREAMS * PER_STREAM as usize / 3 {
+        while acked.lock().unwrap().len() < STREAMS * PER_STREAM as usize / 3
+            || holding.load(std::sync::atomic::Ordering::SeqCst) == 0
+        {
             assert!(started.elapsed() < Duration::from_secs(60), "no progress");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -9,7 +9,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Server;
@@ -66,6 +66,7 @@ fn three_nodes_share_a_group_and_lose_nothing_when_one_is_killed() {
 
     let shared = Shared::new("cluster");
     let dies: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let holding: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
     let mut consumers = Vec::new();
     for n in 0..3 {
         for k in 0..2 {
@@ -76,11 +77,14 @@ fn three_nodes_share_a_group_and_lose_nothing_when_one_is_killed() {
                 ack_to: vec![urls[(n + 1) % 3].clone(), urls[(n + 2) % 3].clone()],
                 dies: dies[n].clone(),
                 work: Duration::from_millis(40),
+                holding: holding[n].clone(),
             };
             consumers.push(runtime.spawn(consume(shared.clone(), client.clone(), me)));
         }
     }
-    while shared.acked_count() < (STREAMS * PER_STREAM) as usize / 3 {
+    // A third of the way, at a moment node 2's consumers hold leases.
+    while shared.acked_count() < (STREAMS * PER_STREAM) as usize / 3 || holding[2].load(Ordering::SeqCst) == 0
+    {
         assert!(started.elapsed() < DEADLINE, "only {} acked", shared.acked_count());
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -115,6 +119,7 @@ fn three_nodes_share_a_group_and_lose_nothing_when_one_is_killed() {
         ack_to: vec![rejoined.url()],
         dies: Arc::new(AtomicBool::new(false)),
         work: Duration::from_millis(40),
+        holding: Arc::default(),
     };
     consumers.push(runtime.spawn(consume(shared.clone(), client.clone(), newcomer)));
     runtime.block_on(append_accounts(&client, &urls[0], STREAMS, PER_STREAM..PER_STREAM + 2));

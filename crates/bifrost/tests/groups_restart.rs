@@ -59,6 +59,7 @@ fn acked_events_are_never_delivered_again_across_sigterm_and_sigkill() {
                 ack_to: vec![url.clone()],
                 dies: Arc::new(AtomicBool::new(false)),
                 work: WORK,
+                holding: Arc::default(),
             };
             runtime.spawn(consume(Arc::clone(&shared), client.clone(), me))
         })

@@ -43,10 +43,22 @@ pub(crate) use sql::GroupSql;
 /// Positions one feed reads at most, so a selective filter over a long log never scans it
 /// all in one statement.
 const FEED_BUDGET: i64 = 10_000;
-/// Least number of unsettled rows a group keeps ahead of its consumers.
-const MIN_BUFFER: usize = 4096;
+/// Events one feed takes in at most: feeding holds the group's lock, so it comes in small
+/// steps, each fetch taking a share.
+const FEED_ROWS: i64 = 512;
+/// Least number of unsettled rows a group keeps ahead of its consumers: enough for many
+/// streams to have their first event there, few enough that a fetch's pass over them is short.
+const MIN_BUFFER: usize = 2048;
 /// Positions counted per query when the lag is counted beyond `read_to`.
 const COUNT_CHUNK: u64 = 100_000;
+/// A fetch's transaction: its statements keep one plan per connection (their shape does not
+/// depend on the arguments, and planning them costs more than running them), and its commit
+/// does not wait for the WAL flush. What a fetch writes (leases, the feed) is visible to
+/// every node at commit, so a node that dies loses none of it; only a crash of PostgreSQL
+/// itself could lose the last few milliseconds of leases, whose events are then delivered
+/// again with the attempt uncounted. Acks, nacks and changes still wait for the flush.
+const FETCH_SETTINGS: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL synchronous_commit = off";
 /// How often a consumer's `last_seen` is written, at most.
 const SEEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -269,12 +281,14 @@ impl PgGroups {
         let ack_timeout = micros(config.ack_timeout);
         let nonce_param = nonce as i64;
         let buffer = buffer_limit(config);
-        let feed_params: [&(dyn ToSql + Sync); 5] = [&group.id, &FEED_BUDGET, &buffer, &category, &types];
+        let feed_params: [&(dyn ToSql + Sync); 6] =
+            [&group.id, &FEED_BUDGET, &buffer, &category, &types, &FEED_ROWS];
         let lease_params: [&(dyn ToSql + Sync); 5] =
             [&group.id, &max, &max_in_flight, &ack_timeout, &nonce_param];
         let lock_params: [&(dyn ToSql + Sync); 1] = [&group.id];
         // Pipelined: one round trip for the lock, the feed, the lease and the consumer.
-        let (_, _, rows, _) = futures::try_join!(
+        let (_, _, _, rows, _) = futures::try_join!(
+            tx.batch_execute(FETCH_SETTINGS),
             tx.execute(&lock, &lock_params),
             tx.query(&feed, &feed_params),
             tx.query(&lease, &lease_params),
@@ -666,13 +680,22 @@ impl GroupEngine for PgGroups {
     }
 
     async fn delete(&self, name: &GroupName) -> Result<()> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(&self.sql().delete).await.map_err(pg)?;
-        let row = client.query_opt(&stmt, &[&self.kind.as_str(), &name.as_str()]).await.map_err(pg)?;
+        let sql = self.sql();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let (find, lock, delete) = futures::try_join!(
+            tx.prepare_cached(&sql.find_for_update),
+            tx.prepare_cached(&sql.lock),
+            tx.prepare_cached(&sql.delete),
+        )
+        .map_err(pg)?;
+        let row = tx.query_opt(&find, &[&self.kind.as_str(), &name.as_str()]).await.map_err(pg)?;
         let id: i64 = row.ok_or_else(|| Error::GroupNotFound(name.to_string()))?.try_get(0).map_err(pg)?;
+        // After any fetch of it in progress: nothing of the group is fed or leased again.
+        tx.execute(&lock, &[&id]).await.map_err(pg)?;
         // Fetchers of the group, here and on other nodes, find it gone.
-        let notify = client.prepare_cached(&self.sql().notify).await.map_err(pg)?;
-        let _ = client.execute(&notify, &[&self.sql().channel, &id.to_string()]).await;
+        tx.query(&delete, &[&id, &sql.channel]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
         self.wake(id);
         Ok(())
     }

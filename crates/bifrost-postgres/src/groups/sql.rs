@@ -11,8 +11,10 @@ use crate::schema::{EVENT_COLUMNS, Sql};
 const NOW: &str = "(extract(epoch from statement_timestamp()) * 1000000)::bigint";
 
 /// The advisory-lock class of a group's feed and lease (see `lock`); apart from the state
-/// keys' class and the migrations' single-key lock.
+/// keys' class and the migrations' single-key lock. Key 0 of the vacuum class says which
+/// node vacuums.
 const LOCK_CLASS: i32 = 1_650_877_012;
+const VACUUM_CLASS: i32 = 1_650_877_013;
 
 pub(crate) struct GroupSql {
     pub(crate) channel: String,
@@ -22,6 +24,7 @@ pub(crate) struct GroupSql {
     pub(crate) head: String,
     pub(crate) lock_row: String,
     pub(crate) set_config: String,
+    pub(crate) find_for_update: String,
     pub(crate) delete: String,
     pub(crate) lock: String,
     pub(crate) feed: String,
@@ -46,6 +49,10 @@ pub(crate) struct GroupSql {
     pub(crate) replay: String,
     pub(crate) discard: String,
     pub(crate) drop_unmatched: String,
+    pub(crate) dead_rows: String,
+    pub(crate) vacuum_turn: String,
+    pub(crate) vacuum_done: String,
+    pub(crate) vacuum: String,
     pub(crate) add_matched: String,
 }
 
@@ -74,37 +81,52 @@ impl GroupSql {
                 "SELECT id, config, read_to FROM {s}.groups WHERE kind = $1 AND name = $2 FOR UPDATE"
             ),
             set_config: format!("UPDATE {s}.groups SET config = $2 WHERE id = $1"),
-            delete: format!("DELETE FROM {s}.groups WHERE kind = $1 AND name = $2 RETURNING id"),
+            find_for_update: format!("SELECT id FROM {s}.groups WHERE kind = $1 AND name = $2 FOR UPDATE"),
+            delete: format!(
+                "WITH g AS (DELETE FROM {s}.groups WHERE id = $1), \
+                 m AS (DELETE FROM {s}.group_messages WHERE group_id = $1), \
+                 d AS (DELETE FROM {s}.group_dead_letters WHERE group_id = $1), \
+                 c AS (DELETE FROM {s}.group_consumers WHERE group_id = $1) \
+                 SELECT pg_notify($2, $1::text)"
+            ),
             // Feeding and leasing of one group take turns: a feed never re-inserts what a
             // concurrent ack just deleted, and the in-flight limit holds exactly.
             lock: format!("SELECT pg_advisory_xact_lock({LOCK_CLASS}, ($1::bigint % 2147483647)::int)"),
-            // Reads the log after read_to (at most $2 positions, up to the committed head)
-            // into the group's rows, while it holds fewer than $3.
+            // Reads the log after read_to into the group's rows, while it holds fewer than $3:
+            // the first $6 matching events within $2 positions (up to the committed head),
+            // read_to moving past what was read. A deleted group reads nothing. (The bounds are
+            // subqueries, not a join, so that they bound the scan of the log's key.)
             feed: format!(
                 "WITH g AS (SELECT read_to FROM {s}.groups WHERE id = $1), \
                  top AS (SELECT g.read_to AS after, least(h.position, g.read_to + $2) AS upto \
                     FROM {s}.head h, g WHERE h.id = 1 AND h.position > g.read_to \
                     AND (SELECT count(*) FROM (SELECT 1 FROM {s}.group_messages \
                          WHERE group_id = $1 LIMIT $3) b) < $3), \
+                 picked AS (SELECT e.position, e.stream FROM {s}.events e \
+                    WHERE e.position > (SELECT after FROM top) AND e.position <= (SELECT upto FROM top) \
+                    AND {m} ORDER BY e.position LIMIT $6), \
                  ins AS (INSERT INTO {s}.group_messages (group_id, position, stream) \
-                    SELECT $1, e.position, e.stream FROM {s}.events e, top \
-                    WHERE e.position > top.after AND e.position <= top.upto AND {m} \
-                    ON CONFLICT DO NOTHING) \
-                 UPDATE {s}.groups SET read_to = top.upto FROM top WHERE groups.id = $1 RETURNING read_to",
+                    SELECT $1, position, stream FROM picked ON CONFLICT DO NOTHING) \
+                 UPDATE {s}.groups SET read_to = CASE WHEN (SELECT count(*) FROM picked) < $6 THEN top.upto \
+                    ELSE (SELECT max(position) FROM picked) END \
+                 FROM top WHERE groups.id = $1 RETURNING read_to",
                 m = matches(4, 5)
             ),
-            // The first row of each stream that has nothing out, in log order, within the
-            // in-flight limit $3; leased with the nonce $5 until now + $4.
+            // The first row of each stream that has nothing out and is due, in log order,
+            // within the in-flight limit $3; leased with the nonce $5 until now + $4. One pass
+            // over the group's rows finds, per stream, its first row, whether any row is out
+            // and when it is due (only a stream's first rows can wait for a retry: the latest
+            // due time is the first row's). The result is an array, not a join, so that
+            // whatever the statistics (a plan made while the table was empty) no plan can
+            // compare every row with every other.
             lease: format!(
-                "WITH room AS (SELECT $3::bigint - count(*) AS n FROM {s}.group_messages \
-                    WHERE group_id = $1 AND leased), \
+                "WITH room AS (SELECT $3::bigint - count(*) FILTER (WHERE leased) AS n \
+                    FROM {s}.group_messages WHERE group_id = $1), \
+                 heads AS (SELECT ARRAY(SELECT min(position) FROM {s}.group_messages WHERE group_id = $1 \
+                    GROUP BY stream HAVING NOT bool_or(leased) AND max(due) <= {NOW} \
+                    ORDER BY 1 LIMIT greatest(0, least($2, (SELECT n FROM room)))) AS a), \
                  pick AS (SELECT m.position FROM {s}.group_messages m \
-                    WHERE m.group_id = $1 AND NOT m.leased AND m.due <= {NOW} \
-                    AND NOT EXISTS (SELECT 1 FROM {s}.group_messages x WHERE x.group_id = $1 \
-                        AND x.stream = m.stream AND x.position < m.position) \
-                    AND NOT EXISTS (SELECT 1 FROM {s}.group_messages x WHERE x.group_id = $1 \
-                        AND x.stream = m.stream AND x.leased) \
-                    ORDER BY m.position LIMIT greatest(0, least($2, (SELECT n FROM room))) \
+                    WHERE m.group_id = $1 AND m.position = ANY ((SELECT a FROM heads)::bigint[]) \
                     FOR UPDATE OF m SKIP LOCKED), \
                  upd AS (UPDATE {s}.group_messages m SET leased = true, due = {NOW} + $4, lease = $5, \
                     leased_at = {NOW} FROM pick WHERE m.group_id = $1 AND m.position = pick.position \
@@ -217,6 +239,14 @@ impl GroupSql {
                  ON CONFLICT (group_id, position) DO NOTHING RETURNING position"
             ),
             discard: format!("DELETE FROM {s}.group_dead_letters WHERE group_id = $1 AND event_id = $2"),
+            dead_rows: format!(
+                "SELECT n_dead_tup, n_live_tup FROM pg_stat_user_tables \
+                 WHERE schemaname = '{schema}' AND relname = 'group_messages'",
+                schema = store.schema()
+            ),
+            vacuum_turn: format!("SELECT pg_try_advisory_lock({VACUUM_CLASS}, 0)"),
+            vacuum_done: format!("SELECT pg_advisory_unlock({VACUUM_CLASS}, 0)"),
+            vacuum: format!("VACUUM (ANALYZE) {s}.group_messages"),
             drop_unmatched: format!(
                 "DELETE FROM {s}.group_messages m WHERE m.group_id = $1 AND NOT EXISTS \
                  (SELECT 1 FROM {s}.events e WHERE e.position = m.position AND {m})",

@@ -5,7 +5,7 @@
 //! The events live in streams `acct-<n>` (n < `STREAMS`), versions 1..=`PER_STREAM`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +66,8 @@ pub struct Consumer {
     pub dies: Arc<AtomicBool>,
     /// The consumer's "work" on each batch, so that leases are held when a server goes down.
     pub work: Duration,
+    /// Counts the consumers of a node at work on leases, so a test can stop the node then.
+    pub holding: Arc<AtomicUsize>,
 }
 
 pub fn key_of(event: &Value) -> Key {
@@ -137,8 +139,14 @@ pub async fn consume(shared: Arc<Shared>, client: reqwest::Client, me: Consumer)
                 }
             }
         }
+        me.holding.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(me.work).await;
-        if leases.is_empty() || me.dies.load(Ordering::SeqCst) {
+        if me.dies.load(Ordering::SeqCst) {
+            // Gone with its node, holding its leases.
+            return;
+        }
+        me.holding.fetch_sub(1, Ordering::SeqCst);
+        if leases.is_empty() {
             continue;
         }
         let body = json!({ "leases": leases.iter().map(|l| &l.0).collect::<Vec<_>>() });

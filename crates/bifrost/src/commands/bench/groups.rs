@@ -58,6 +58,13 @@ struct Leased {
     seq: Option<u64>,
 }
 
+/// The nodes consumer `n` fetches through and acks through: consumers are spread over the
+/// nodes, and each acks through the next one (a load balancer keeps no consumer on one node).
+fn spread(nodes: &[RawClient], n: u64) -> (RawClient, RawClient) {
+    let at = |k: u64| nodes[usize::try_from(k % nodes.len() as u64).unwrap_or(0)].clone();
+    (at(n), at(n + 1))
+}
+
 /// Creates (or replaces) a group that starts at the end of the log and reads `event_type`.
 async fn create_group(client: &RawClient, group: &str, event_type: &str) -> anyhow::Result<()> {
     let settings = GroupConfigRequest {
@@ -192,10 +199,11 @@ async fn prefill(
 /// `spec.consumers` consumers drain them, each looping fetch (up to 100) → ack. Every
 /// event must be acked exactly once; latency is one fetch → ack round.
 pub(super) async fn throughput(
-    client: &RawClient,
+    nodes: &[RawClient],
     spec: &GroupSpec<'_>,
     total: u64,
 ) -> anyhow::Result<Report> {
+    let client = &nodes[0];
     const NAME: &str = "groups";
     let event_type = "bench.groups";
     let group = spec.group(NAME);
@@ -213,18 +221,19 @@ pub(super) async fn throughput(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for consumer in 0..spec.consumers {
-        let (client, group, bar) = (client.clone(), group.clone(), bar.clone());
+        let (fetch_node, ack_node) = spread(nodes, consumer);
+        let (group, bar) = (group.clone(), bar.clone());
         let (acked, done) = (Arc::clone(&acked), Arc::clone(&done));
         tasks.spawn(async move {
             let name = format!("bench-{consumer}");
             let mut latency = report::histogram()?;
             while done.load(Ordering::Acquire) < total {
                 let sent = Instant::now();
-                let fetched = fetch(&client, &group, &name, FETCH_WAIT_MS).await?;
+                let fetched = fetch(&fetch_node, &group, &name, FETCH_WAIT_MS).await?;
                 if fetched.is_empty() {
                     continue;
                 }
-                ack(&client, &group, &fetched).await?;
+                ack(&ack_node, &group, &fetched).await?;
                 report::record(&mut latency, sent.elapsed());
                 for m in &fetched {
                     let flag = m
@@ -284,11 +293,12 @@ async fn check_drained(client: &RawClient, group: &str) -> anyhow::Result<()> {
 /// group and ack. Latency is the arrival of the fetch answer minus the instant the append
 /// request was sent, matched by the `seq` in the payload.
 pub(super) async fn latency(
-    client: &RawClient,
+    nodes: &[RawClient],
     spec: &GroupSpec<'_>,
     rate: u64,
     duration: f64,
 ) -> anyhow::Result<Report> {
+    let client = &nodes[0];
     const NAME: &str = "group-latency";
     let event_type = "bench.group_latency";
     let total = ((rate as f64 * duration).round() as u64).max(1);
@@ -301,13 +311,14 @@ pub(super) async fn latency(
     let bar = report::progress(NAME, total, "delivered");
     let mut consumers = JoinSet::new();
     for consumer in 0..spec.consumers {
-        let (client, group, bar) = (client.clone(), group.clone(), bar.clone());
+        let (fetch_node, ack_node) = spread(nodes, consumer);
+        let (group, bar) = (group.clone(), bar.clone());
         let (times, delivered, stop) = (Arc::clone(&times), Arc::clone(&delivered), Arc::clone(&stop));
         consumers.spawn(async move {
             let name = format!("bench-{consumer}");
             let mut latency = report::histogram()?;
             while !stop.load(Ordering::Acquire) {
-                let fetched = fetch(&client, &group, &name, 1000).await?;
+                let fetched = fetch(&fetch_node, &group, &name, 1000).await?;
                 let now = times.now();
                 for m in &fetched {
                     let Some(seq) = m.seq else {
@@ -316,7 +327,7 @@ pub(super) async fn latency(
                     report::record(&mut latency, times.delivered(NAME, seq, now)?);
                 }
                 if !fetched.is_empty() {
-                    ack(&client, &group, &fetched).await?;
+                    ack(&ack_node, &group, &fetched).await?;
                     let n = fetched.len() as u64;
                     delivered.fetch_add(n, Ordering::AcqRel);
                     bar.inc(n);

@@ -68,9 +68,11 @@ pub(crate) struct BenchArgs {
     pub(crate) keep: bool,
 
     /// Run the HTTP workloads (w4, w5, groups, group-latency) against this running server
-    /// instead of one started in process.
-    #[arg(long, value_name = "URL")]
-    pub(crate) url: Option<String>,
+    /// instead of one started in process. Several (comma-separated or repeated): nodes of one
+    /// cluster; w4 and w5 use the first, and the group workloads spread their consumers over
+    /// them, each consumer fetching through one node and acking through the next.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub(crate) url: Vec<String>,
 
     /// Concurrent writers (w1, w2) or connections (w4) instead of each workload's default.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -184,7 +186,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Only a store this run made starts empty, so only then must the log hold exactly what
     // the workloads wrote.
     let fresh = temp_dir.is_some() || spec == StoreSpec::Memory || schema.as_ref().is_some_and(|s| s.fresh);
-    let in_process_server = selection.needs_http() && args.url.is_none();
+    let in_process_server = selection.needs_http() && args.url.is_empty();
     let opens_store = selection.needs_store() || in_process_server;
     let store = if opens_store {
         let postgres = PostgresOptions {
@@ -203,8 +205,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // The server runs with its metrics recorder; so does the bench, for comparable numbers.
     let metrics = bifrost_server::install_metrics_recorder().ok();
 
-    let (store_label, durability_label) = match (&args.url, selection.needs_store()) {
-        (Some(url), false) => (format!("server at {url}"), "as the server is configured".to_owned()),
+    let (store_label, durability_label) = match (args.url.as_slice(), selection.needs_store()) {
+        ([url], false) => (format!("server at {url}"), "as the server is configured".to_owned()),
+        ([_, ..], false) => (
+            format!("{} servers at {}", args.url.len(), args.url.join(", ")),
+            "as the servers are configured".to_owned(),
+        ),
         _ if temp_dir.is_some() => {
             ("embedded SQLite in a temporary directory".to_owned(), durability.to_string())
         }
@@ -354,17 +360,16 @@ async fn run_workloads(
         return Ok(false);
     }
 
-    let server = match (&args.url, store) {
-        (Some(_), _) => None,
-        (None, Some(store)) => Some(InProcessServer::start(store, metrics).await?),
-        (None, None) => bail!("no store for the in-process server"),
+    let server = match (args.url.is_empty(), store) {
+        (false, _) => None,
+        (true, Some(store)) => Some(InProcessServer::start(store, metrics).await?),
+        (true, None) => bail!("no store for the in-process server"),
     };
-    let url = match (&server, &args.url) {
-        (Some(server), _) => format!("http://{}", server.addr()),
-        (None, Some(url)) => url.clone(),
-        (None, None) => bail!("no server to benchmark"),
+    let urls = match &server {
+        Some(server) => vec![format!("http://{}", server.addr())],
+        None => args.url.clone(),
     };
-    let result = run_http(args, selection, &url, run_id, summary).await;
+    let result = run_http(args, selection, &urls, run_id, summary).await;
     let stopped = match server {
         Some(server) => server.stop().await.map(|()| true),
         None => Ok(false),
@@ -376,7 +381,7 @@ async fn run_workloads(
 async fn run_http(
     args: &BenchArgs,
     selection: Selection<'_>,
-    url: &str,
+    urls: &[String],
     run_id: &str,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
@@ -386,8 +391,12 @@ async fn run_http(
         .tcp_nodelay(true)
         .build()
         .context("cannot create the HTTP client")?;
-    let client = RawClient::new(url, http)?;
-    http::wait_ready(&client).await?;
+    let nodes =
+        urls.iter().map(|url| RawClient::new(url, http.clone())).collect::<anyhow::Result<Vec<_>>>()?;
+    for node in &nodes {
+        http::wait_ready(node).await?;
+    }
+    let Some(client) = nodes.first().cloned() else { bail!("no server to benchmark") };
     if selection.has(WorkloadArg::W4) {
         let total = args.count.unwrap_or(200_000);
         summary.push(
@@ -409,10 +418,10 @@ async fn run_http(
     }
     let spec = GroupSpec { consumers: args.consumers, streams: args.streams, run_id };
     if selection.has(WorkloadArg::Groups) {
-        summary.push(groups::throughput(&client, &spec, args.count.unwrap_or(200_000)).await?);
+        summary.push(groups::throughput(&nodes, &spec, args.count.unwrap_or(200_000)).await?);
     }
     if selection.has(WorkloadArg::GroupLatency) {
-        summary.push(groups::latency(&client, &spec, args.rate, args.duration).await?);
+        summary.push(groups::latency(&nodes, &spec, args.rate, args.duration).await?);
     }
     Ok(())
 }
