@@ -78,6 +78,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// Applies every change, in order, atomically: all of them or none. Durable on return.
     async fn write_state(&self, changes: Vec<StateChange>) -> Result<()>;
 
+    /// [`write_state`](Self::write_state), but it may return before the write is flushed to
+    /// stable storage: once it returns it survives a crash of the process, not necessarily
+    /// one of the machine. For bookkeeping whose loss in a power cut costs little (a lease
+    /// recorded so that its attempt counts). By default, a flushed write.
+    async fn write_state_unflushed(&self, changes: Vec<StateChange>) -> Result<()> {
+        self.write_state(changes).await
+    }
+
     /// The value at `scope`/`key`, `None` when there is none.
     async fn read_state(&self, scope: &str, key: &str) -> Result<Option<Bytes>>;
 

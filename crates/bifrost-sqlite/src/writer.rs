@@ -27,10 +27,23 @@ use crate::reader::stored_stream;
 use crate::state;
 
 enum Command {
-    Append { appends: Vec<StreamAppend>, reply: oneshot::Sender<Result<Vec<AppendResult>>> },
-    State { changes: Vec<StateChange>, reply: oneshot::Sender<Result<()>> },
+    Append {
+        appends: Vec<StreamAppend>,
+        reply: oneshot::Sender<Result<Vec<AppendResult>>>,
+    },
+    /// `flush`: committed with an fsync (when the store's durability is full); else it may
+    /// ride in a commit that is not flushed.
+    State {
+        changes: Vec<StateChange>,
+        flush: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Transact(Box<dyn Job>),
-    Delete { stream: StreamName, mode: DeleteMode, reply: oneshot::Sender<Result<()>> },
+    Delete {
+        stream: StreamName,
+        mode: DeleteMode,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// An append request's answer (also an outbox job's appends').
@@ -44,13 +57,20 @@ fn event_count(appends: &[StreamAppend]) -> usize {
 
 /// What one transaction commits: appends, and state writes and outbox work riding along
 /// in the same fsync.
-#[derive(Default)]
 struct Batch {
     appends: Vec<AppendRequest>,
     states: Vec<StateRequest>,
     jobs: Vec<Box<dyn Job>>,
     /// Events and state changes gathered, which bound the size of one transaction.
     weight: usize,
+    /// Every write of the batch may go out without an fsync.
+    unflushed: bool,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self { appends: Vec::new(), states: Vec::new(), jobs: Vec::new(), weight: 0, unflushed: true }
+    }
 }
 
 impl Batch {
@@ -66,16 +86,19 @@ impl Batch {
     fn push(&mut self, command: Command) -> Option<Command> {
         match command {
             Command::Append { appends, reply } => {
+                self.unflushed = false;
                 self.weight += event_count(&appends);
                 self.appends.push((appends, reply));
                 None
             }
-            Command::State { changes, reply } => {
+            Command::State { changes, flush, reply } => {
+                self.unflushed &= !flush;
                 self.weight += changes.len();
                 self.states.push((changes, reply));
                 None
             }
             Command::Transact(job) => {
+                self.unflushed = false;
                 self.weight += 1;
                 self.jobs.push(job);
                 None
@@ -132,10 +155,11 @@ impl Writer {
         answer.await.map_err(|_| closed())?
     }
 
-    /// Applies validated state changes, all or none, committed with the next group.
-    pub(crate) async fn write_state(&self, changes: Vec<StateChange>) -> Result<()> {
+    /// Applies validated state changes, all or none, committed with the next group (see
+    /// [`Command::State`] for `flush`).
+    pub(crate) async fn write_state(&self, changes: Vec<StateChange>, flush: bool) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::State { changes, reply })?;
+        self.send(Command::State { changes, flush, reply })?;
         answer.await.map_err(|_| closed())?
     }
 
@@ -336,6 +360,11 @@ enum Status {
 
 struct WriterState {
     conn: Connection,
+    /// Commits are fsynced (`synchronous=FULL`): then a group of unflushed state writes only
+    /// commits with `synchronous=NORMAL`.
+    flushes: bool,
+    /// The connection is set to `synchronous=NORMAL` now (for a group of unflushed writes).
+    relaxed: bool,
     checkpointer: Checkpointer,
     /// Events committed since the checkpoint thread was last asked to run.
     since_checkpoint: u64,
@@ -346,6 +375,7 @@ struct WriterState {
 
 impl WriterState {
     fn load(conn: Connection, checkpointer: Checkpointer) -> Result<Self> {
+        let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).map_err(sql)?;
         let stored: i64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'last_position'", [], |r| r.get(0))
             .map_err(sql)?;
@@ -360,6 +390,8 @@ impl WriterState {
             .map_err(sql)?;
         Ok(Self {
             conn,
+            flushes: synchronous >= 2,
+            relaxed: false,
             checkpointer,
             since_checkpoint: 0,
             streams: HashMap::new(),
@@ -395,7 +427,7 @@ impl WriterState {
                     let (requests, replies): (Vec<_>, Vec<_>) = batch.appends.into_iter().unzip();
                     let (states, state_replies): (Vec<_>, Vec<_>) = batch.states.into_iter().unzip();
                     let mut jobs = batch.jobs;
-                    let answers = self.commit_group(&requests, &states, &mut jobs);
+                    let answers = self.commit_group(&requests, &states, &mut jobs, batch.unflushed);
                     group.committed(size, started.elapsed());
                     head.send_if_modified(|h| std::mem::replace(h, self.last_position) != self.last_position);
                     for (reply, result) in replies.into_iter().zip(answers.appends) {
@@ -427,12 +459,13 @@ impl WriterState {
         requests: &[Vec<StreamAppend>],
         states: &[Vec<StateChange>],
         jobs: &mut [Box<dyn Job>],
+        unflushed: bool,
     ) -> Answers {
         let mut status: Vec<Status> = requests.iter().map(|_| Status::Optimistic).collect();
         // A state write's own failure, once it has one.
         let mut state_status: Vec<Option<Error>> = states.iter().map(|_| None).collect();
         loop {
-            match self.try_commit_group(requests, &mut status, states, &mut state_status, jobs) {
+            match self.try_commit_group(requests, &mut status, states, &mut state_status, jobs, unflushed) {
                 Ok((appends, jobs)) => {
                     let states = state_status.into_iter().map(|s| s.map_or(Ok(()), Err)).collect();
                     return Answers { appends, states, jobs };
@@ -471,7 +504,9 @@ impl WriterState {
         states: &[Vec<StateChange>],
         state_status: &mut [Option<Error>],
         jobs: &mut [Box<dyn Job>],
+        unflushed: bool,
     ) -> Result<(Vec<Appended>, Vec<Appended>), WriteError> {
+        self.relax(unflushed).map_err(sql)?;
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
         let written = self.write_group(requests, status).and_then(|mut written| {
             let state_changes = self.write_states(states, state_status)?;
@@ -506,6 +541,22 @@ impl WriterState {
         }
         self.streams.extend(written.streams);
         Ok((written.results, job_results))
+    }
+
+    /// Sets whether the next commit skips the fsync (`synchronous=NORMAL`: the WAL frames
+    /// reach the OS, so the commit survives the process, and the next flushed commit flushes
+    /// them too). Only ever relaxed for a group of unflushed state writes.
+    fn relax(&mut self, relaxed: bool) -> rusqlite::Result<()> {
+        let relaxed = relaxed && self.flushes;
+        if relaxed != self.relaxed {
+            self.conn.execute_batch(if relaxed {
+                "PRAGMA synchronous = NORMAL"
+            } else {
+                "PRAGMA synchronous = FULL"
+            })?;
+            self.relaxed = relaxed;
+        }
+        Ok(())
     }
 
     /// Plans and writes the group inside the open transaction.
@@ -674,6 +725,7 @@ impl WriterState {
             _ => {}
         }
         let now = Timestamp::now().max(self.last_recorded);
+        self.relax(false).map_err(sql)?;
         let tx = self.conn.transaction().map_err(sql)?;
         let state = match mode {
             DeleteMode::Soft => StreamState::SoftDeleted,
@@ -816,7 +868,7 @@ mod tests {
             vec![StateChange::put("s", "undone", "1"), StateChange::put("s", "refused", "1")],
             vec![StateChange::put("s", "after", "1")],
         ];
-        let answers = writer.commit_group(&appends, &states, &mut []);
+        let answers = writer.commit_group(&appends, &states, &mut [], false);
 
         assert_eq!(answers.appends[0].as_ref().unwrap()[0].last_version, 2);
         assert!(answers.states[0].is_ok());
@@ -865,7 +917,7 @@ mod tests {
         let mut jobs = vec![failing, conflicting, kept];
         let appends = vec![vec![StreamAppend::new(stream("order-1"), ExpectedVersion::Any, events(1))]];
         let states = vec![vec![StateChange::put("s", "k", "1")]];
-        let answers = writer.commit_group(&appends, &states, &mut jobs);
+        let answers = writer.commit_group(&appends, &states, &mut jobs, false);
         for (job, result) in jobs.into_iter().zip(answers.jobs) {
             job.answer(result);
         }

@@ -129,7 +129,7 @@ impl ConsumerGroup {
             inner.ledger.parked = inner.ledger.parked.saturating_sub(selected.len() as u64);
             (inner.ledger.cursor(), inner.ledger.take_parked(), inner.ledger.generation)
         };
-        self.shared.write(cursor, parked, self.deletes(&selected), generation).await?;
+        self.shared.write(cursor, parked, self.deletes(&selected), generation, true).await?;
         self.shared.fetchers.notify_waiters();
         Ok(replayed)
     }

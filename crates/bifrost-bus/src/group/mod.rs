@@ -90,11 +90,25 @@ struct Inner {
     consumers: HashMap<String, Timestamp>,
 }
 
+/// How far the group's state is written.
 #[derive(Clone, Debug, Default)]
 struct Flushed {
+    /// Written: survives a crash of the process.
     generation: u64,
+    /// Written and flushed to stable storage: survives a crash of the machine too.
+    flushed: u64,
     /// The newest generation whose write failed, and why.
     failed: Option<(u64, String)>,
+}
+
+/// How durable a change must be before a caller is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Surviving the process: a recorded lease (whose loss in a power cut only leaves an
+    /// attempt uncounted).
+    Process,
+    /// Surviving the machine: an ack, a nack, a park.
+    Machine,
 }
 
 /// The group's metric handles, resolved once instead of per call.
@@ -132,6 +146,8 @@ struct Shared {
     persist_now: Notify,
     persist_later: Notify,
     flushed: watch::Sender<Flushed>,
+    /// The newest generation a caller waits to see flushed.
+    flush_wanted: std::sync::atomic::AtomicU64,
     closed: watch::Sender<bool>,
     unread: tokio::sync::Mutex<UnreadCount>,
 }
@@ -221,6 +237,7 @@ impl ConsumerGroup {
             persist_now: Notify::new(),
             persist_later: Notify::new(),
             flushed,
+            flush_wanted: std::sync::atomic::AtomicU64::new(0),
             closed,
             unread: tokio::sync::Mutex::new(UnreadCount::default()),
         });
@@ -279,10 +296,10 @@ impl ConsumerGroup {
                 let mut inner = shared.lock();
                 let inner = &mut *inner;
                 remember_consumer(&mut inner.consumers, fetch.consumer);
-                let now = Moment::now();
+                let now = Instant::now();
                 let leased =
                     inner.ledger.lease(fetch.max, fetch.per_stream, now, &inner.config, fetch.deferred);
-                let expires = now.instant + inner.config.ack_timeout;
+                let expires = now + inner.config.ack_timeout;
                 let room = inner.ledger.buffered() < buffer_limit(&inner.config);
                 let behind = room && inner.ledger.read_to() < head_at_call;
                 (leased, inner.ledger.generation, inner.timer_at.is_none_or(|at| expires < at), behind)
@@ -292,7 +309,7 @@ impl ConsumerGroup {
                     shared.timer.notify_one();
                 }
                 if leased.record {
-                    if let Err(e) = shared.durable(generation).await {
+                    if let Err(e) = shared.durable(generation, Durability::Process).await {
                         // Not handed out: put them back as they were, their attempt uncounted.
                         let tokens: Vec<LeaseToken> = leased.leases.iter().map(|l| l.token).collect();
                         shared.lock().ledger.unlease(&tokens);
@@ -355,7 +372,7 @@ impl ConsumerGroup {
             if deferred {
                 shared.persist_later.notify_one();
             } else {
-                shared.durable(generation).await?;
+                shared.durable(generation, Durability::Machine).await?;
             }
         }
         Ok(Settled { count, expired })
@@ -447,14 +464,21 @@ impl Shared {
         *self.closed.borrow()
     }
 
-    /// Waits until the changes up to `generation` are written.
-    async fn durable(&self, generation: u64) -> Result<()> {
+    /// Waits until the changes up to `generation` are written as durably as asked.
+    async fn durable(&self, generation: u64, durability: Durability) -> Result<()> {
+        if durability == Durability::Machine {
+            self.flush_wanted.fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
+        }
         let mut flushed = self.flushed.subscribe();
         self.persist_now.notify_one();
         loop {
             {
                 let f = flushed.borrow_and_update();
-                if f.generation >= generation {
+                let written = match durability {
+                    Durability::Process => f.generation,
+                    Durability::Machine => f.flushed,
+                };
+                if written >= generation {
                     return Ok(());
                 }
                 if let Some((failed, why)) = &f.failed
@@ -473,18 +497,22 @@ impl Shared {
         }
     }
 
-    /// Writes the cursor and new dead letters if anything changed since the last write.
+    /// Writes the cursor and new dead letters if anything changed since the last write,
+    /// flushed when a caller waits for that (and when closing); otherwise not.
     async fn persist(&self, closing: bool) -> Result<()> {
         let _guard = self.persist_lock.lock().await;
-        let (cursor, parked, generation) = {
+        let (cursor, parked, generation, flush) = {
             let mut inner = self.lock();
-            if !closing && inner.ledger.generation <= self.flushed.borrow().generation {
+            let written = self.flushed.borrow().clone();
+            let flush =
+                closing || self.flush_wanted.load(std::sync::atomic::Ordering::Acquire) > written.flushed;
+            if !flush && inner.ledger.generation <= written.generation {
                 return Ok(());
             }
             let cursor = if closing { inner.ledger.closing_cursor() } else { inner.ledger.cursor() };
-            (cursor, inner.ledger.take_parked(), inner.ledger.generation)
+            (cursor, inner.ledger.take_parked(), inner.ledger.generation, flush)
         };
-        self.write(cursor, parked, Vec::new(), generation).await
+        self.write(cursor, parked, Vec::new(), generation, flush).await
     }
 
     /// One atomic state write; on failure the dead letters go back for the next attempt.
@@ -494,6 +522,7 @@ impl Shared {
         parked: Vec<DeadLetter>,
         mut extra: Vec<StateChange>,
         generation: u64,
+        flush: bool,
     ) -> Result<()> {
         let mut changes = Vec::with_capacity(parked.len() + extra.len() + 1);
         changes.append(&mut extra);
@@ -502,10 +531,20 @@ impl Shared {
             let key = dead_letters::key(dl.position);
             changes.push(StateChange::put(self.scopes.dead_letters.clone(), key, encode(dl)?));
         }
-        match self.state.write_state(changes).await {
+        let written = if flush {
+            self.state.write_state(changes).await
+        } else {
+            self.state.write_state_unflushed(changes).await
+        };
+        match written {
             Ok(()) => {
                 self.lock().ledger.recorded(&cursor);
-                self.flushed.send_modify(|f| f.generation = f.generation.max(generation));
+                self.flushed.send_modify(|f| {
+                    f.generation = f.generation.max(generation);
+                    if flush {
+                        f.flushed = f.flushed.max(generation);
+                    }
+                });
                 Ok(())
             }
             Err(e) => {

@@ -41,22 +41,25 @@ pub(super) async fn read_loop(shared: Arc<Shared>) {
         }
         match shared.store.read_all(after, &shared.filter, room.min(READ_PAGE)).await {
             Ok(page) => {
-                let (moved, wake_timer) = {
+                let (moved, wake_timer, horizon) = {
                     let mut inner = shared.lock();
                     let inner = &mut *inner;
                     let before = inner.ledger.generation;
                     inner.ledger.admit(page.events, page.next_position, Moment::now(), &inner.config);
+                    let horizon = inner.ledger.advance_horizon();
                     // An earlier run's retries (and its leases, now failed attempts) are
                     // due at their own times: the timer must know.
                     let next = inner.ledger.next_deadline();
                     let wake = next.is_some_and(|at| inner.timer_at.is_none_or(|t| at < t));
-                    (inner.ledger.generation != before, wake)
+                    (inner.ledger.generation != before, wake, horizon)
                 };
                 if wake_timer {
                     shared.timer.notify_one();
                 }
                 shared.fetchers.notify_waiters();
-                if moved {
+                if horizon {
+                    shared.persist_now.notify_one();
+                } else if moved {
                     shared.persist_later.notify_one();
                 }
             }

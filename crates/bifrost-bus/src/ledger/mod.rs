@@ -27,9 +27,10 @@ use serde::{Deserialize, Serialize};
 /// The reason given to an event whose lease was out when its process stopped.
 pub(crate) const STOPPED: &str = "the lease was still out when the process stopped";
 
-/// How far beyond the log's end a deferred-lease horizon is declared when it has to move,
-/// so that consumers following the log live do not wait for a write per event.
-const HORIZON_STEP: u64 = 16_384;
+/// How far beyond what the reader has taken in a deferred-lease horizon is declared, so
+/// that consumers following the log live do not wait for a write per event. It moves on
+/// again (a write nobody waits for) once the reader is half way there.
+const HORIZON_STEP: u64 = 65_536;
 
 /// A moment as the ledger sees it: a monotonic instant for deadlines, the wall clock for
 /// what is written down (retry times, when an event was parked).
@@ -137,10 +138,16 @@ pub(crate) struct Ledger {
     entries: BTreeMap<Position, Entry>,
     streams: HashMap<StreamName, StreamQueue>,
     ready: BTreeSet<Position>,
-    leases: HashMap<LeaseToken, Position>,
+    /// Leases held, by the low half of their token (the high half is `run` for every one).
+    leases: HashMap<u64, Position>,
     expiries: BTreeSet<(Instant, Position)>,
     retries: BTreeSet<(Instant, Position)>,
     settled: BTreeSet<Position>,
+    /// Entries that failed before (not replays): what the cursor lists with their failures,
+    /// kept here so that a write does not walk every entry.
+    failed: BTreeSet<Position>,
+    /// Entries replayed from the dead-letter queue.
+    replays: BTreeSet<Position>,
     restored: Restored,
     next_lease: u64,
     parked_out: Vec<DeadLetter>,
@@ -148,6 +155,8 @@ pub(crate) struct Ledger {
     horizon: Position,
     /// The horizon the next write declares.
     horizon_wanted: Position,
+    /// This run has handed out deferred leases: the horizon must keep ahead of the reader.
+    deferring: bool,
     /// Declared by an earlier run that may have stopped with unrecorded deferred leases:
     /// every event up to here is leased recorded.
     careful_to: Position,
@@ -214,11 +223,14 @@ impl Ledger {
             expiries: BTreeSet::new(),
             retries: BTreeSet::new(),
             settled: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            replays: BTreeSet::new(),
             restored: Restored { settled, failed, leased, horizon },
             next_lease: 1,
             parked_out: Vec::new(),
             horizon: 0,
             horizon_wanted: 0,
+            deferring: false,
             careful_to,
             generation: 0,
             redeliveries: 0,
@@ -318,6 +330,19 @@ impl Ledger {
         self.advance_checkpoint();
     }
 
+    /// Moves the deferred-lease horizon on ahead of the reader when it is half way there (for
+    /// a run that hands out deferred leases). `true`: a write should declare it soon, before
+    /// consumers reach it.
+    pub(crate) fn advance_horizon(&mut self) -> bool {
+        let declared = self.horizon.max(self.horizon_wanted);
+        if !self.deferring || self.read_to.saturating_add(HORIZON_STEP / 2) <= declared {
+            return false;
+        }
+        self.horizon_wanted = self.read_to.saturating_add(HORIZON_STEP);
+        self.generation += 1;
+        true
+    }
+
     /// Takes back an event replayed from the dead-letter queue, or remembered as replayed
     /// by an earlier run, with `failures` failed deliveries behind it.
     pub(crate) fn admit_replay(&mut self, event: RecordedEvent, failures: u32) {
@@ -335,6 +360,11 @@ impl Ledger {
 
     fn insert(&mut self, entry: Entry) {
         let position = entry.event.position;
+        if entry.replay {
+            self.replays.insert(position);
+        } else if entry.failures > 0 {
+            self.failed.insert(position);
+        }
         let stream = entry.event.stream.clone();
         let queue = self.streams.entry(stream.clone()).or_default();
         queue.pending.insert(position);
@@ -369,7 +399,7 @@ impl Ledger {
         &mut self,
         max: usize,
         per_stream: usize,
-        now: Moment,
+        now: Instant,
         config: &GroupConfig,
         deferred: bool,
     ) -> Leased {
@@ -402,6 +432,7 @@ impl Ledger {
     /// Whether a deferred lease of `position` at `attempt` must be recorded before it is
     /// handed out; moves the horizon the next write declares when needed.
     fn must_record(&mut self, position: Position, attempt: u32) -> bool {
+        self.deferring = true;
         if attempt > 1 || position <= self.careful_to {
             return true;
         }
@@ -413,12 +444,12 @@ impl Ledger {
         true
     }
 
-    fn lease_one(&mut self, position: Position, now: Moment, ack_timeout: Duration) -> Lease {
+    fn lease_one(&mut self, position: Position, now: Instant, ack_timeout: Duration) -> Lease {
         let lease = LeaseToken::new(self.run, self.next_lease);
         self.next_lease += 1;
-        let deadline = now.instant + ack_timeout;
+        let deadline = now + ack_timeout;
         let entry = self.entries.get_mut(&position).expect("a ready position has an entry");
-        entry.state = EntryState::Leased { lease, deadline, since: now.instant };
+        entry.state = EntryState::Leased { lease, deadline, since: now };
         let attempt = entry.failures + 1;
         let event = entry.event.clone();
         if attempt > 1 {
@@ -427,7 +458,7 @@ impl Ledger {
         if let Some(queue) = self.streams.get_mut(&event.stream) {
             queue.busy += 1;
         }
-        self.leases.insert(lease, position);
+        self.leases.insert(lease.low(), position);
         self.expiries.insert((deadline, position));
         Lease { token: lease, attempt, event }
     }
@@ -436,7 +467,10 @@ impl Ledger {
     /// the caller's next step). Returns the position and when it was leased; `None` when
     /// the lease is not held.
     fn release(&mut self, lease: LeaseToken) -> Option<(Position, Instant)> {
-        let position = self.leases.remove(&lease)?;
+        if lease.high() != self.run {
+            return None;
+        }
+        let position = self.leases.remove(&lease.low())?;
         let entry = self.entries.get_mut(&position)?;
         let EntryState::Leased { deadline, since, .. } = entry.state else { return None };
         self.expiries.remove(&(deadline, position));
@@ -463,7 +497,7 @@ impl Ledger {
 
     /// [`unlease`](Self::unlease) of every lease out.
     pub(crate) fn unlease_all(&mut self) {
-        let leases: Vec<LeaseToken> = self.leases.keys().copied().collect();
+        let leases: Vec<LeaseToken> = self.leases.keys().map(|&low| LeaseToken::new(self.run, low)).collect();
         self.unlease(&leases);
     }
 
@@ -525,6 +559,9 @@ impl Ledger {
     ) {
         let Some(entry) = self.entries.get_mut(&position) else { return };
         entry.failures += 1;
+        if !entry.replay {
+            self.failed.insert(position);
+        }
         let park = action == NackAction::Park || entry.failures >= config.max_attempts;
         if park {
             self.parked_out.push(DeadLetter {
@@ -558,6 +595,8 @@ impl Ledger {
     /// Removes a settled entry and lets its stream move on.
     fn settle(&mut self, position: Position) {
         let Some(entry) = self.entries.remove(&position) else { return };
+        self.failed.remove(&position);
+        self.replays.remove(&position);
         if let EntryState::Waiting { due, .. } = entry.state {
             self.retries.remove(&(due, position));
             if let Some(queue) = self.streams.get_mut(&entry.event.stream) {
@@ -649,24 +688,25 @@ impl Ledger {
         let mut leased: BTreeSet<Position> = self.restored.leased.clone();
         let mut failed: Vec<_> =
             self.restored.failed.iter().map(|(&p, (n, due, reason))| (p, *n, *due, reason.clone())).collect();
-        let mut replays = Vec::new();
-        for (&p, e) in &self.entries {
-            let out = matches!(e.state, EntryState::Leased { .. });
-            if e.replay {
-                replays.push((p, e.event.id, e.failures + u32::from(out)));
-                continue;
-            }
-            if out {
+        let is_out = |e: &Entry| matches!(e.state, EntryState::Leased { .. });
+        for &p in self.leases.values() {
+            if !self.entries.get(&p).is_some_and(|e| e.replay) {
                 leased.insert(p);
             }
-            if e.failures > 0 {
-                let due = match e.state {
-                    EntryState::Waiting { due_at, .. } => Some(due_at),
-                    _ => None,
-                };
-                failed.push((p, e.failures, due, e.last_reason.clone()));
-            }
         }
+        for (&p, e) in self.failed.iter().filter_map(|p| self.entries.get_key_value(p)) {
+            let due = match e.state {
+                EntryState::Waiting { due_at, .. } => Some(due_at),
+                _ => None,
+            };
+            failed.push((p, e.failures, due, e.last_reason.clone()));
+        }
+        let replays = self
+            .replays
+            .iter()
+            .filter_map(|p| self.entries.get_key_value(p))
+            .map(|(&p, e)| (p, e.event.id, e.failures + u32::from(is_out(e))))
+            .collect();
         failed.sort_by_key(|f| f.0);
         let deferred_to = self.careful_to.max(self.horizon).max(self.horizon_wanted);
         Cursor {

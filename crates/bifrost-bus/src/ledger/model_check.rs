@@ -232,7 +232,7 @@ impl Run {
             }
             Op::Lease { max, deferred } => {
                 let want = self.model.ready(max);
-                let leased = self.ledger.lease(max, 1, self.moment(), &config, deferred);
+                let leased = self.ledger.lease(max, 1, self.moment().instant, &config, deferred);
                 let got: Vec<usize> = leased.leases.iter().map(|l| l.event.position as usize - 1).collect();
                 prop_assert_eq!(&got, &want, "leased events");
                 for lease in &leased.leases {
