@@ -30,7 +30,7 @@ use bifrost_core::group::{
 };
 use bifrost_core::{Error, EventId, NameCache, Position, Result, Timestamp};
 use deadpool_postgres::{Object, Pool};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -57,8 +57,8 @@ const COUNT_CHUNK: u64 = 100_000;
 /// every node at commit, so a node that dies loses none of it; only a crash of PostgreSQL
 /// itself could lose the last few milliseconds of leases, whose events are then delivered
 /// again with the attempt uncounted. Acks, nacks and changes still wait for the flush.
-const FETCH_SETTINGS: &str =
-    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL synchronous_commit = off";
+const BEGIN_FETCH: &str =
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL synchronous_commit = off";
 /// How often a consumer's `last_seen` is written, at most.
 const SEEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -130,6 +130,8 @@ pub(crate) struct GroupTables {
     sql: Arc<GroupSql>,
     head: watch::Receiver<Position>,
     wakeups: Arc<Wakeups>,
+    /// Groups whose fetchers on other nodes should look again, for the notifier task.
+    notify: mpsc::UnboundedSender<i64>,
     /// Wakes this node's sweeper early (a lease shorter than its poll went out).
     sweep: Notify,
     poll: Duration,
@@ -137,11 +139,12 @@ pub(crate) struct GroupTables {
     seen: Mutex<HashMap<(i64, String), Instant>>,
 }
 
-/// The engines of one store, one per kind, and the sweeper they share.
+/// The engines of one store, one per kind, and the tasks they share (the sweeper, the
+/// notifier).
 pub(crate) struct StoreGroups {
     engines: [Arc<PgGroups>; 2],
     stop: watch::Sender<bool>,
-    sweeper: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl StoreGroups {
@@ -153,17 +156,21 @@ impl StoreGroups {
         poll: Duration,
     ) -> Self {
         let sql = Arc::new(GroupSql::new(store_sql));
+        let (notify, notes) = mpsc::unbounded_channel();
         let tables = Arc::new(GroupTables {
             pool,
             sql,
             head,
             wakeups,
+            notify,
             sweep: Notify::new(),
             poll,
             unread: tokio::sync::Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
+        let notifier =
+            tokio::spawn(notifier(tables.pool.clone(), tables.sql.clone(), notes, stopped.clone()));
         let sweeper = tokio::spawn(sweep::run(tables.clone(), stopped));
         let engine = |kind| {
             let (closed, _) = watch::channel(false);
@@ -172,7 +179,7 @@ impl StoreGroups {
         Self {
             engines: [engine(GroupKind::Group), engine(GroupKind::Consumer)],
             stop,
-            sweeper: tokio::sync::Mutex::new(Some(sweeper)),
+            tasks: tokio::sync::Mutex::new(vec![sweeper, notifier]),
         }
     }
 
@@ -189,7 +196,7 @@ impl StoreGroups {
         for engine in &self.engines {
             engine.closed.send_replace(true);
         }
-        if let Some(task) = self.sweeper.lock().await.take() {
+        for task in std::mem::take(&mut *self.tasks.lock().await) {
             let _ = task.await;
         }
     }
@@ -198,10 +205,10 @@ impl StoreGroups {
 impl Drop for StoreGroups {
     fn drop(&mut self) {
         self.stop.send_replace(true);
-        if let Ok(mut sweeper) = self.sweeper.try_lock()
-            && let Some(task) = sweeper.take()
-        {
-            task.abort();
+        if let Ok(mut tasks) = self.tasks.try_lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
         }
     }
 }
@@ -247,10 +254,10 @@ impl PgGroups {
         Error::Unavailable("the consumer groups are closed".into())
     }
 
-    /// Wakes this node's fetchers of `group` at once and, through `NOTIFY` (sent with the
-    /// transaction that changed it), every other node's.
+    /// Wakes this node's fetchers of `group` at once and, through `NOTIFY` right after (the
+    /// change is committed), every other node's.
     fn wake(&self, group: i64) {
-        self.tables.wakeups.wake(group);
+        self.tables.wake(group);
     }
 
     /// One attempt at leasing: feeds the group from the log if it needs it, leases what is
@@ -265,15 +272,14 @@ impl PgGroups {
         let sql = self.sql();
         let config = &group.config;
         let (category, types) = filter_params(&config.filter)?;
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         let note_seen = self.note_seen(group.id, fetch.consumer);
         let nonce = random::next_u64();
-        let tx = client.transaction().await.map_err(pg)?;
         let (lock, feed, lease, seen) = futures::try_join!(
-            tx.prepare_cached(&sql.lock),
-            tx.prepare_cached(&sql.feed),
-            tx.prepare_cached(&sql.lease),
-            tx.prepare_cached(&sql.seen),
+            client.prepare_cached(&sql.lock),
+            client.prepare_cached(&sql.feed),
+            client.prepare_cached(&sql.lease),
+            client.prepare_cached(&sql.seen),
         )
         .map_err(pg)?;
         let max = i64::try_from(fetch.max).unwrap_or(i64::MAX);
@@ -286,23 +292,37 @@ impl PgGroups {
         let lease_params: [&(dyn ToSql + Sync); 5] =
             [&group.id, &max, &max_in_flight, &ack_timeout, &nonce_param];
         let lock_params: [&(dyn ToSql + Sync); 1] = [&group.id];
-        // Pipelined: one round trip for the lock, the feed, the lease and the consumer.
-        let (_, _, _, rows, _) = futures::try_join!(
-            tx.batch_execute(FETCH_SETTINGS),
-            tx.execute(&lock, &lock_params),
-            tx.query(&feed, &feed_params),
-            tx.query(&lease, &lease_params),
-            async { if note_seen { tx.execute(&seen, &[&group.id, &fetch.consumer]).await } else { Ok(0) } },
-        )
-        .map_err(pg)?;
-        let mut rows = rows;
+        // One round trip, the commit included: the group's lock is held only while the
+        // database works, never while this node waits for the answer.
+        let pipeline = async {
+            futures::try_join!(
+                client.batch_execute(BEGIN_FETCH),
+                client.execute(&lock, &lock_params),
+                client.query(&feed, &feed_params),
+                client.query(&lease, &lease_params),
+                async {
+                    if note_seen { client.execute(&seen, &[&group.id, &fetch.consumer]).await } else { Ok(0) }
+                },
+                client.batch_execute("COMMIT"),
+            )
+        };
+        let mut rows = match pipeline.await {
+            Ok((_, _, _, rows, _, _)) => rows,
+            Err(e) => {
+                // The session may be left inside the failed transaction: it is not pooled again.
+                drop(Object::take(client));
+                return Err(pg(e));
+            }
+        };
         if fetch.per_stream > 1 && !rows.is_empty() && rows.len() < fetch.max {
+            // The first rows are leased (their streams are busy to every other fetch): the
+            // rows right after them go out with them.
             let streams: Vec<String> =
                 rows.iter().map(|r| r.try_get::<_, String>(13)).collect::<Result<_, _>>().map_err(pg)?;
             let per_stream = i64::try_from(fetch.per_stream - 1).unwrap_or(i64::MAX);
             let room = i64::try_from(fetch.max - rows.len()).unwrap_or(i64::MAX);
-            let followers = tx.prepare_cached(&sql.lease_followers).await.map_err(pg)?;
-            let more = tx
+            let followers = client.prepare_cached(&sql.lease_followers).await.map_err(pg)?;
+            let more = client
                 .query(&followers, &[&group.id, &streams, &per_stream, &ack_timeout, &nonce_param, &room])
                 .await
                 .map_err(pg)?;
@@ -312,19 +332,18 @@ impl PgGroups {
         let (leases, gone) = leases_of(&rows, nonce)?;
         if !gone.is_empty() {
             // Their events were deleted since: nothing to deliver, nothing to wait for.
-            let drop = tx.prepare_cached(&sql.drop_messages).await.map_err(pg)?;
-            tx.execute(&drop, &[&group.id, &gone]).await.map_err(pg)?;
+            let drop = client.prepare_cached(&sql.drop_messages).await.map_err(pg)?;
+            client.execute(&drop, &[&group.id, &gone]).await.map_err(pg)?;
         }
         let next_due = if leases.is_empty() {
-            let next = tx.prepare_cached(&sql.next_due).await.map_err(pg)?;
-            let row = tx.query_one(&next, &[&group.id]).await.map_err(pg)?;
+            let next = client.prepare_cached(&sql.next_due).await.map_err(pg)?;
+            let row = client.query_one(&next, &[&group.id]).await.map_err(pg)?;
             row.try_get::<_, Option<i64>>(0)
                 .map_err(pg)?
                 .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0)))
         } else {
             None
         };
-        tx.commit().await.map_err(pg)?;
         if !leases.is_empty() {
             delivered(name).increment(leases.len() as u64);
             if config.ack_timeout < self.tables.poll {
@@ -360,8 +379,7 @@ impl PgGroups {
         let group = self.find(&client, name).await?;
         let (positions, nonces) = token_params(leases);
         let stmt = client.prepare_cached(&self.sql().ack).await.map_err(pg)?;
-        let rows =
-            client.query(&stmt, &[&group.id, &positions, &nonces, &self.sql().channel]).await.map_err(pg)?;
+        let rows = client.query(&stmt, &[&group.id, &positions, &nonces]).await.map_err(pg)?;
         let histogram = metrics::histogram!("bifrost_group_ack_seconds", "group" => name.to_string());
         let mut acked = std::collections::HashSet::with_capacity(rows.len());
         for row in &rows {
@@ -478,6 +496,48 @@ impl PgGroups {
     }
 }
 
+impl GroupTables {
+    /// Wakes this node's fetchers of `group`, and has the notifier tell the other nodes.
+    pub(crate) fn wake(&self, group: i64) {
+        self.wakeups.wake(group);
+        let _ = self.notify.send(group);
+    }
+}
+
+/// Sends the other nodes their wake-ups: whatever groups were changed while the previous
+/// `NOTIFY` went out, each once, in one statement outside any writing transaction. A lost
+/// one only delays a fetch until the fallback poll.
+async fn notifier(
+    pool: Pool,
+    sql: Arc<GroupSql>,
+    mut notes: mpsc::UnboundedReceiver<i64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            note = notes.recv() => match note {
+                Some(group) => group,
+                None => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let mut groups = vec![first];
+        while let Ok(group) = notes.try_recv() {
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
+        }
+        let sent = async {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client.prepare_cached(&sql.notify).await.map_err(pg)?;
+            client.query(&stmt, &[&sql.channel, &groups]).await.map_err(pg)
+        };
+        if let Err(e) = sent.await {
+            tracing::debug!(error = %e, "could not notify the other nodes of a group change");
+        }
+    }
+}
+
 /// Fails rows of one group: see [`PgGroups::fail`]; the sweeper uses it for timeouts.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn fail_rows(
@@ -515,10 +575,6 @@ pub(crate) async fn fail_rows(
     if !park_pos.is_empty() {
         let stmt = tx.prepare_cached(&sql.park).await.map_err(pg)?;
         tx.execute(&stmt, &[&group, &park_pos, &park_attempts, &park_reasons]).await.map_err(pg)?;
-    }
-    if !failed.is_empty() {
-        let stmt = tx.prepare_cached(&sql.notify).await.map_err(pg)?;
-        tx.execute(&stmt, &[&sql.channel, &group.to_string()]).await.map_err(pg)?;
     }
     Ok(())
 }
@@ -614,11 +670,8 @@ impl GroupEngine for PgGroups {
                 [&id, &checkpoint, &read_to, &new_category, &new_types, &old_category, &old_types];
             tx.execute(&add_matched, &params).await.map_err(pg)?;
         }
-        let (set_config, notify) =
-            futures::try_join!(tx.prepare_cached(&sql.set_config), tx.prepare_cached(&sql.notify))
-                .map_err(pg)?;
+        let set_config = tx.prepare_cached(&sql.set_config).await.map_err(pg)?;
         tx.execute(&set_config, &[&id, &encode_config(&config)?]).await.map_err(pg)?;
-        tx.execute(&notify, &[&sql.channel, &id.to_string()]).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         self.wake(id);
         Ok(Put::Updated)
@@ -694,7 +747,7 @@ impl GroupEngine for PgGroups {
         // After any fetch of it in progress: nothing of the group is fed or leased again.
         tx.execute(&lock, &[&id]).await.map_err(pg)?;
         // Fetchers of the group, here and on other nodes, find it gone.
-        tx.query(&delete, &[&id, &sql.channel]).await.map_err(pg)?;
+        tx.query(&delete, &[&id]).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         self.wake(id);
         Ok(())
@@ -798,20 +851,16 @@ impl GroupEngine for PgGroups {
             ReplaySelection::UpTo(p) => (None, Some(i64::try_from(p).unwrap_or(i64::MAX))),
         };
         let tx = client.transaction().await.map_err(pg)?;
-        let (lock, checkpoint, replay, notify) = futures::try_join!(
+        let (lock, checkpoint, replay) = futures::try_join!(
             tx.prepare_cached(&sql.lock),
             tx.prepare_cached(&sql.checkpoint),
             tx.prepare_cached(&sql.replay),
-            tx.prepare_cached(&sql.notify),
         )
         .map_err(pg)?;
         tx.execute(&lock, &[&group.id]).await.map_err(pg)?;
         let checkpoint: i64 =
             tx.query_one(&checkpoint, &[&group.id]).await.map_err(pg)?.try_get(0).map_err(pg)?;
         let replayed = tx.query(&replay, &[&group.id, &checkpoint, &ids, &up_to]).await.map_err(pg)?.len();
-        if replayed > 0 {
-            tx.execute(&notify, &[&sql.channel, &group.id.to_string()]).await.map_err(pg)?;
-        }
         tx.commit().await.map_err(pg)?;
         self.wake(group.id);
         Ok(replayed)

@@ -87,7 +87,7 @@ impl GroupSql {
                  m AS (DELETE FROM {s}.group_messages WHERE group_id = $1), \
                  d AS (DELETE FROM {s}.group_dead_letters WHERE group_id = $1), \
                  c AS (DELETE FROM {s}.group_consumers WHERE group_id = $1) \
-                 SELECT pg_notify($2, $1::text)"
+                 SELECT 1"
             ),
             // Feeding and leasing of one group take turns: a feed never re-inserts what a
             // concurrent ack just deleted, and the in-flight limit holds exactly.
@@ -159,15 +159,13 @@ impl GroupSql {
                 "INSERT INTO {s}.group_consumers (group_id, name, last_seen) VALUES ($1, $2, {NOW}) \
                  ON CONFLICT (group_id, name) DO UPDATE SET last_seen = excluded.last_seen"
             ),
-            // Deletes the rows still leased under the tokens ($2 positions, $3 nonces) and
-            // wakes every node's fetchers of the group: a stream may have its next event free.
+            // Deletes the rows still leased under the tokens ($2 positions, $3 nonces).
             ack: format!(
                 "WITH d AS (DELETE FROM {s}.group_messages m \
                     USING unnest($2::bigint[], $3::bigint[]) AS t (position, lease) \
                     WHERE m.group_id = $1 AND m.position = t.position AND m.leased AND m.lease = t.lease \
-                    RETURNING m.position, m.leased_at), \
-                 n AS (SELECT pg_notify($4, $1::text) FROM (SELECT 1 FROM d LIMIT 1) one) \
-                 SELECT d.position, {NOW} - d.leased_at, (SELECT count(*) FROM n) FROM d"
+                    RETURNING m.position, m.leased_at) \
+                 SELECT d.position, {NOW} - d.leased_at FROM d"
             ),
             held: format!(
                 "SELECT m.position, m.failures FROM {s}.group_messages m \
@@ -192,7 +190,10 @@ impl GroupSql {
                  ON CONFLICT (group_id, position) DO UPDATE SET attempts = excluded.attempts, \
                     reason = excluded.reason, parked_at = excluded.parked_at"
             ),
-            notify: "SELECT pg_notify($1, $2)".to_owned(),
+            // Outside any transaction that writes: a notifying transaction commits while
+            // holding PostgreSQL's notification lock, so writes that notified would commit (and
+            // flush) one at a time.
+            notify: "SELECT pg_notify($1, id::text) FROM unnest($2::bigint[]) AS id".to_owned(),
             expired: format!(
                 "SELECT m.group_id, m.position, m.failures, g.config FROM {s}.group_messages m \
                  JOIN {s}.groups g ON g.id = m.group_id WHERE m.leased AND m.due <= {NOW} \

@@ -94,7 +94,7 @@ async fn sweep(tables: &GroupTables) -> Result<(bool, Option<Duration>)> {
     }
     tx.commit().await.map_err(pg)?;
     for group in groups.keys() {
-        tables.wakeups.wake(*group);
+        tables.wake(*group);
     }
     let next = client.prepare_cached(&sql.next_deadline).await.map_err(pg)?;
     let next: Option<i64> = client.query_one(&next, &[]).await.map_err(pg)?.try_get(0).map_err(pg)?;
