@@ -511,27 +511,27 @@ impl Run {
         *self.stop.borrow()
     }
 
-    /// What a worker asks for: up to `room` events, `per_stream` of one stream together,
-    /// leased deferred (see [`Fetch::deferred`]).
-    fn fetch(&self, room: usize, per_stream: usize, wait: Duration) -> Fetch<'_> {
-        Fetch { consumer: &self.id, max: room, per_stream, wait, deferred: true }
+    /// Up to `room` events, `per_stream` of one stream together, leased deferred (see
+    /// [`Fetch::deferred`]). A failed fetch is logged and waited out: `Some(empty)`; `None`
+    /// once the subscription stops.
+    async fn fetch(&self, room: usize, per_stream: usize, wait: Duration) -> Option<Vec<Lease>> {
+        let fetch = Fetch { consumer: &self.id, max: room, per_stream, wait, deferred: true };
+        match self.group.fetch(fetch).await {
+            Ok(leases) => Some(leases),
+            Err(_) if self.stopped() => None,
+            Err(e) => {
+                tracing::warn!(consumer = %self.group.name(), error = %e, "fetching failed; retrying");
+                tokio::time::sleep(IDLE_POLL).await;
+                Some(Vec::new())
+            }
+        }
     }
 
     async fn single(self, handler: Arc<dyn Handler>) {
         let handled =
             metrics::histogram!("bifrost_handler_seconds", "consumer" => self.group.name().to_string());
         while !self.stopped() {
-            let leases = match self.group.fetch(self.fetch(1, 1, IDLE_POLL)).await {
-                Ok(leases) => leases,
-                Err(e) => {
-                    if self.stopped() {
-                        return;
-                    }
-                    tracing::warn!(consumer = %self.group.name(), error = %e, "fetching failed; retrying");
-                    tokio::time::sleep(IDLE_POLL).await;
-                    continue;
-                }
-            };
+            let Some(leases) = self.fetch(1, 1, IDLE_POLL).await else { return };
             for lease in leases {
                 let started = Instant::now();
                 let outcome = guarded(handler.handle(lease.event)).await;
@@ -554,17 +554,7 @@ impl Run {
                     break;
                 }
                 let room = options.max_size - batch.len();
-                let leases = match self.group.fetch(self.fetch(room, room, wait)).await {
-                    Ok(leases) => leases,
-                    Err(e) => {
-                        if self.stopped() {
-                            return;
-                        }
-                        tracing::warn!(consumer = %self.group.name(), error = %e, "fetching failed; retrying");
-                        tokio::time::sleep(IDLE_POLL).await;
-                        continue;
-                    }
-                };
+                let Some(leases) = self.fetch(room, room, wait).await else { return };
                 if deadline.is_none() && !leases.is_empty() {
                     deadline = Some(tokio::time::Instant::now() + options.max_wait);
                 }

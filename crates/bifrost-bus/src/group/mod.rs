@@ -13,10 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bifrost_core::group::{
-    DeadLetter, Fetch, GroupConfig, GroupName, GroupStatus, Lease, LeaseToken, Settled, StartFrom, Verdict,
-    random,
+    DeadLetter, Fetch, GroupConfig, GroupName, GroupStatus, Lease, LeaseToken, Settled, Verdict, random,
 };
-use bifrost_core::{Error, EventStore, LogFilter, Position, Result, StateChange, StateStore, Timestamp};
+use bifrost_core::{Error, EventStore, LogFilter, Result, StateChange, StateStore, Timestamp};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -63,7 +62,8 @@ impl Scopes {
     /// The write that fixes a new group's start point, so a restart before the group's
     /// first own write does not move it.
     pub(crate) async fn start(&self, store: &dyn EventStore, config: &GroupConfig) -> Result<StateChange> {
-        let cursor = Cursor { checkpoint: start_position(store, config).await?, ..Cursor::default() };
+        let cursor =
+            Cursor { checkpoint: config.start_position(*store.head().borrow())?, ..Cursor::default() };
         Ok(StateChange::put(self.cursor.clone(), "cursor", encode(&cursor)?))
     }
 }
@@ -209,7 +209,7 @@ impl ConsumerGroup {
         let cursor = match state.read_state(&scopes.cursor, "cursor").await? {
             Some(bytes) => decode::<Cursor>(&name, "cursor", &bytes)?,
             None => {
-                Cursor { checkpoint: start_position(store.as_ref(), &config).await?, ..Cursor::default() }
+                Cursor { checkpoint: config.start_position(*store.head().borrow())?, ..Cursor::default() }
             }
         };
         let replays = cursor.replays.clone();
@@ -553,19 +553,6 @@ impl Shared {
                 self.flushed.send_modify(|f| f.failed = Some((generation, e.to_string())));
                 Err(e)
             }
-        }
-    }
-}
-
-/// The checkpoint a new group starts from.
-pub(crate) async fn start_position(store: &dyn EventStore, config: &GroupConfig) -> Result<Position> {
-    let head = *store.head().borrow();
-    match config.start {
-        StartFrom::Beginning => Ok(0),
-        StartFrom::End => Ok(head),
-        StartFrom::Position(p) if p <= head => Ok(p),
-        StartFrom::Position(p) => {
-            Err(Error::InvalidArgument(format!("start position {p} is beyond the head of the log ({head})")))
         }
     }
 }

@@ -231,6 +231,18 @@ impl Default for GroupConfig {
 pub const MAX_IN_FLIGHT: usize = 100_000;
 
 impl GroupConfig {
+    /// The checkpoint a new group starts from, given the log's head now.
+    pub fn start_position(&self, head: Position) -> Result<Position> {
+        match self.start {
+            StartFrom::Beginning => Ok(0),
+            StartFrom::End => Ok(head),
+            StartFrom::Position(p) if p <= head => Ok(p),
+            StartFrom::Position(p) => Err(Error::InvalidArgument(format!(
+                "start position {p} is beyond the head of the log ({head})"
+            ))),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.filter.to_log_filter()?;
         self.backoff.validate()?;

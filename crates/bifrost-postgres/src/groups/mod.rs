@@ -25,8 +25,7 @@ use async_trait::async_trait;
 use bifrost_core::backend::codec::{corrupt, u64_from};
 use bifrost_core::group::{
     DeadLetter, DeadLetterEntry, Fetch, GroupConfig, GroupEngine, GroupFilter, GroupKind, GroupName,
-    GroupStatus, Lease, LeaseToken, NACKED, NackAction, Put, ReplaySelection, Settled, StartFrom, Verdict,
-    random,
+    GroupStatus, Lease, LeaseToken, NACKED, NackAction, Put, ReplaySelection, Settled, Verdict, random,
 };
 use bifrost_core::{Error, EventId, NameCache, Position, Result, Timestamp};
 use deadpool_postgres::{Object, Pool};
@@ -482,18 +481,6 @@ impl PgGroups {
         }
         Ok(unread.chunks.iter().map(|c| c.2).sum())
     }
-
-    /// Start position of a new group, on the database's committed head.
-    fn start_position(config: &GroupConfig, head: Position) -> Result<Position> {
-        match config.start {
-            StartFrom::Beginning => Ok(0),
-            StartFrom::End => Ok(head),
-            StartFrom::Position(p) if p <= head => Ok(p),
-            StartFrom::Position(p) => Err(Error::InvalidArgument(format!(
-                "start position {p} is beyond the head of the log ({head})"
-            ))),
-        }
-    }
 }
 
 impl GroupTables {
@@ -633,7 +620,7 @@ impl GroupEngine for PgGroups {
             let head_stmt = tx.prepare_cached(&sql.head).await.map_err(pg)?;
             let head =
                 u64_from(tx.query_one(&head_stmt, &[]).await.map_err(pg)?.try_get(0).map_err(pg)?, "head")?;
-            let start = i64::try_from(Self::start_position(&config, head)?).unwrap_or(i64::MAX);
+            let start = i64::try_from(config.start_position(head)?).unwrap_or(i64::MAX);
             let create = tx.prepare_cached(&sql.create).await.map_err(pg)?;
             let created = tx
                 .query_opt(&create, &[&self.kind.as_str(), &name.as_str(), &encode_config(&config)?, &start])
