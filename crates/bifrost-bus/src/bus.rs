@@ -469,7 +469,9 @@ fn consumer_config(
         ack_timeout,
         max_attempts: options.retry.max_attempts.max(1),
         backoff: options.retry.backoff,
-        max_in_flight: options.concurrency.saturating_mul(per_worker),
+        // Twice what the handlers hold, so that a shared group's next fetch overlaps the acks
+        // of the last one (workers of a group run here never hold more than one each).
+        max_in_flight: options.concurrency.saturating_mul(per_worker).saturating_mul(2),
     })
 }
 
@@ -481,6 +483,18 @@ enum Worker {
 fn start_workers(group: SubscriptionGroup, options: ConsumerOptions, worker: Worker) -> Subscription {
     let (stop, _) = watch::channel(false);
     let options = Arc::new(options);
+    // A group kept in a database: one task fetches for every handler and acks are sent in
+    // batches, so that each event does not cost two round trips of its own.
+    if let (Backing::Shared { .. }, Worker::Single(handler)) = (&group.0, &worker) {
+        let run = Run {
+            group: group.clone(),
+            id: format!("{}#pump", options.handler_name),
+            options: options.clone(),
+            stop: stop.subscribe(),
+        };
+        let pump = tokio::spawn(run.pump(handler.clone()));
+        return Subscription { group, stop, workers: vec![pump] };
+    }
     let workers = (0..options.concurrency)
         .map(|n| {
             let run = Run {
@@ -586,24 +600,92 @@ impl Run {
 
     /// Acks on success; on failure retries with the policy's backoff or parks.
     async fn settle(&self, leases: &[LeaseToken], attempt: u32, outcome: Result<(), HandlerError>) {
-        let result = match outcome {
-            Ok(()) => self.group.settle(leases, Verdict::Ack).await,
-            Err(error) => {
-                let reason = format!("{}: {}", self.options.handler_name, error.message());
-                let retry = self.options.retry.should_retry(&error, attempt);
-                let action = if retry {
-                    NackAction::Retry(Some(self.options.retry.backoff.delay(attempt)))
-                } else {
-                    NackAction::Park
-                };
-                if !retry {
-                    tracing::warn!(consumer = %self.group.name(), %reason, attempt, "parking an event");
-                }
-                self.group.settle(leases, Verdict::Nack(action, Some(&reason))).await
-            }
+        let result = match self.verdict(attempt, outcome) {
+            None => self.group.settle(leases, Verdict::Ack).await,
+            Some((action, reason)) => self.group.settle(leases, Verdict::Nack(action, Some(&reason))).await,
         };
         if let Err(e) = result {
             tracing::warn!(consumer = %self.group.name(), error = %e, "could not settle a delivery");
+        }
+    }
+
+    /// What a handler's outcome at `attempt` means: `None` an ack, else a nack — retried
+    /// with the policy's backoff, or parked — and its reason.
+    fn verdict(&self, attempt: u32, outcome: Result<(), HandlerError>) -> Option<(NackAction, String)> {
+        let error = outcome.err()?;
+        let reason = format!("{}: {}", self.options.handler_name, error.message());
+        if self.options.retry.should_retry(&error, attempt) {
+            return Some((NackAction::Retry(Some(self.options.retry.backoff.delay(attempt))), reason));
+        }
+        tracing::warn!(consumer = %self.group.name(), %reason, attempt, "parking an event");
+        Some((NackAction::Park, reason))
+    }
+
+    /// The subscription of a group kept in a database: fetches as many events as there are
+    /// idle handlers (one round trip for all of them), runs each on its own task, and acks
+    /// what succeeded in batches. Nacks go one by one (each has its delay and reason).
+    async fn pump(self, handler: Arc<dyn Handler>) {
+        let this = Arc::new(self);
+        let idle = Arc::new(tokio::sync::Semaphore::new(this.options.concurrency));
+        let (acks, settled) = tokio::sync::mpsc::unbounded_channel::<LeaseToken>();
+        let acker = tokio::spawn(Arc::clone(&this).ack_batches(settled));
+        let mut running = tokio::task::JoinSet::new();
+        let handled =
+            metrics::histogram!("bifrost_handler_seconds", "consumer" => this.group.name().to_string());
+        while !this.stopped() {
+            // At least one handler idle before asking for anything.
+            let Ok(first) = Arc::clone(&idle).acquire_owned().await else { break };
+            let room = idle.available_permits() + 1;
+            let Some(leases) = this.fetch(room, 1, IDLE_POLL).await else { break };
+            let mut first = Some(first);
+            for lease in leases {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match Arc::clone(&idle).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
+                let (this, handler, acks, handled) =
+                    (Arc::clone(&this), handler.clone(), acks.clone(), handled.clone());
+                running.spawn(async move {
+                    let started = Instant::now();
+                    let outcome = guarded(handler.handle(lease.event)).await;
+                    handled.record(started.elapsed().as_secs_f64());
+                    match this.verdict(lease.attempt, outcome) {
+                        None => {
+                            let _ = acks.send(lease.token);
+                        }
+                        Some((action, reason)) => {
+                            let nack = Verdict::Nack(action, Some(&reason));
+                            if let Err(e) = this.group.settle(&[lease.token], nack).await {
+                                tracing::warn!(consumer = %this.group.name(), error = %e, "could not settle a delivery");
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+            // Reap finished handlers as we go.
+            while running.try_join_next().is_some() {}
+        }
+        while running.join_next().await.is_some() {}
+        drop(acks);
+        let _ = acker.await;
+    }
+
+    /// Acks leases in batches: whatever succeeded while the previous batch was being acked.
+    async fn ack_batches(self: Arc<Self>, mut settled: tokio::sync::mpsc::UnboundedReceiver<LeaseToken>) {
+        let mut batch = Vec::new();
+        while let Some(first) = settled.recv().await {
+            batch.push(first);
+            while let Ok(more) = settled.try_recv() {
+                batch.push(more);
+            }
+            if let Err(e) = self.group.settle(&batch, Verdict::Ack).await {
+                tracing::warn!(consumer = %self.group.name(), error = %e, "could not ack a batch of deliveries");
+            }
+            batch.clear();
         }
     }
 }
