@@ -21,16 +21,27 @@ use tokio::sync::RwLock;
 
 use crate::group::{ConsumerGroup, Scopes, decode, encode};
 
-/// Where the group list lives in the state space: one key per group.
-const GROUPS_SCOPE: &str = "groups";
+/// Where the group list of `kind` lives in the state space: one key per group.
+fn list_scope(kind: GroupKind) -> &'static str {
+    match kind {
+        GroupKind::Group => "groups",
+        GroupKind::Consumer => "consumers",
+        GroupKind::Webhook => "webhook-groups",
+    }
+}
 
 /// The consumer groups of the HTTP API in `store`: the store's shared engine when it has
 /// one, else [`LocalGroups`] (every stored group started).
 pub async fn open(store: Arc<dyn DurableStore>) -> Result<Arc<dyn GroupEngine>> {
-    if let Some(shared) = store.shared_groups(GroupKind::Group) {
+    open_kind(store, GroupKind::Group).await
+}
+
+/// The groups of `kind` in `store`, as [`open`] picks them.
+pub async fn open_kind(store: Arc<dyn DurableStore>, kind: GroupKind) -> Result<Arc<dyn GroupEngine>> {
+    if let Some(shared) = store.shared_groups(kind) {
         return Ok(shared);
     }
-    Ok(Arc::new(LocalGroups::open(store.clone(), store).await?))
+    Ok(Arc::new(LocalGroups::open_kind(kind, store.clone(), store).await?))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -43,36 +54,48 @@ struct GroupRecord {
 pub struct LocalGroups {
     store: Arc<dyn EventStore>,
     state: Arc<dyn StateStore>,
+    kind: GroupKind,
     groups: RwLock<BTreeMap<GroupName, ConsumerGroup>>,
 }
 
 impl LocalGroups {
-    /// Starts every group stored in `state`, reading events from `store`.
+    /// Starts every consumer group of the HTTP API stored in `state`, reading events from
+    /// `store`.
     pub async fn open(store: Arc<dyn EventStore>, state: Arc<dyn StateStore>) -> Result<Self> {
+        Self::open_kind(GroupKind::Group, store, state).await
+    }
+
+    /// Starts every group of `kind` stored in `state`, reading events from `store`.
+    pub async fn open_kind(
+        kind: GroupKind,
+        store: Arc<dyn EventStore>,
+        state: Arc<dyn StateStore>,
+    ) -> Result<Self> {
         let mut groups = BTreeMap::new();
         let mut after: Option<String> = None;
         loop {
-            let page = state.scan_state(GROUPS_SCOPE, after.as_deref(), 100).await?;
+            let page = state.scan_state(list_scope(kind), after.as_deref(), 100).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.key.clone());
             for entry in page {
                 let name = GroupName::new(&entry.key)
                     .map_err(|e| Error::corrupt("a stored group name is invalid", e))?;
                 let record: GroupRecord = decode(&name, "settings", &entry.value)?;
-                let group = Self::start(&name, record, &store, &state).await?;
+                let group = Self::start(kind, &name, record, &store, &state).await?;
                 groups.insert(name, group);
             }
         }
-        Ok(Self { store, state, groups: RwLock::new(groups) })
+        Ok(Self { store, state, kind, groups: RwLock::new(groups) })
     }
 
     async fn start(
+        kind: GroupKind,
         name: &GroupName,
         record: GroupRecord,
         store: &Arc<dyn EventStore>,
         state: &Arc<dyn StateStore>,
     ) -> Result<ConsumerGroup> {
-        let scopes = Scopes::group(name);
+        let scopes = Scopes::of(kind, name);
         ConsumerGroup::open_in(
             name.clone(),
             scopes,
@@ -90,7 +113,7 @@ impl LocalGroups {
     }
 
     async fn save(&self, name: &GroupName, record: &GroupRecord, mut extra: Vec<StateChange>) -> Result<()> {
-        extra.push(StateChange::put(GROUPS_SCOPE, name.as_str(), encode(record)?));
+        extra.push(StateChange::put(list_scope(self.kind), name.as_str(), encode(record)?));
         self.state.write_state(extra).await
     }
 }
@@ -115,15 +138,15 @@ impl GroupEngine for LocalGroups {
                 return Ok(Put::Updated);
             }
             group.close_releasing().await?;
-            let group = Self::start(name, record, &self.store, &self.state).await?;
+            let group = Self::start(self.kind, name, record, &self.store, &self.state).await?;
             groups.insert(name.clone(), group);
             return Ok(Put::Updated);
         }
         // The start point is fixed now, in the same write as the group itself.
-        let start = Scopes::group(name).start(self.store.as_ref(), &config).await?;
+        let start = Scopes::of(self.kind, name).start(self.store.as_ref(), &config).await?;
         let record = GroupRecord { config, created_at: Timestamp::now() };
         self.save(name, &record, vec![start]).await?;
-        let group = Self::start(name, record, &self.store, &self.state).await?;
+        let group = Self::start(self.kind, name, record, &self.store, &self.state).await?;
         groups.insert(name.clone(), group);
         Ok(Put::Created)
     }
@@ -140,10 +163,10 @@ impl GroupEngine for LocalGroups {
         let mut groups = self.groups.write().await;
         let group = groups.remove(name).ok_or_else(|| Error::GroupNotFound(name.to_string()))?;
         group.close().await?;
-        let scopes = Scopes::group(name);
+        let scopes = Scopes::of(self.kind, name);
         self.state
             .write_state(vec![
-                StateChange::delete(GROUPS_SCOPE, name.as_str()),
+                StateChange::delete(list_scope(self.kind), name.as_str()),
                 StateChange::delete_scope(scopes.cursor),
                 StateChange::delete_scope(scopes.dead_letters),
             ])

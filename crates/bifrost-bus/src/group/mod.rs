@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bifrost_core::group::{
-    DeadLetter, Fetch, GroupConfig, GroupName, GroupStatus, Lease, LeaseToken, Settled, Verdict, random,
+    DeadLetter, Fetch, GroupConfig, GroupKind, GroupName, GroupStatus, Lease, LeaseToken, Settled, Verdict,
+    random,
 };
 use bifrost_core::{Error, EventStore, LogFilter, Result, StateChange, StateStore, Timestamp};
 use tokio::sync::{Notify, watch};
@@ -57,6 +58,20 @@ impl Scopes {
     /// A durable consumer of the in-process bus, apart from the server's groups.
     pub(crate) fn consumer(name: &GroupName) -> Self {
         Self { cursor: format!("consumer/{name}"), dead_letters: format!("consumer-dlq/{name}") }
+    }
+
+    /// A webhook endpoint's delivery.
+    pub(crate) fn webhook(name: &GroupName) -> Self {
+        Self { cursor: format!("webhook/{name}"), dead_letters: format!("webhook-dlq/{name}") }
+    }
+
+    /// The groups of `kind` named `name`.
+    pub(crate) fn of(kind: GroupKind, name: &GroupName) -> Self {
+        match kind {
+            GroupKind::Group => Self::group(name),
+            GroupKind::Consumer => Self::consumer(name),
+            GroupKind::Webhook => Self::webhook(name),
+        }
     }
 
     /// The write that fixes a new group's start point, so a restart before the group's

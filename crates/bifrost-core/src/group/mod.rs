@@ -35,14 +35,16 @@ pub use config::{
 };
 pub use lease::LeaseToken;
 
-/// The two name spaces of groups in one store: the HTTP API's consumer groups, and the
-/// in-process bus's durable consumers. A name means different groups in each.
+/// The name spaces of groups in one store: the HTTP API's consumer groups, the in-process
+/// bus's durable consumers and the webhook endpoints. A name means different groups in each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GroupKind {
     /// A consumer group of the HTTP API (`/v1/groups/{group}`).
     Group,
     /// A durable consumer of the in-process bus (`Bus::consumer(name, …)`).
     Consumer,
+    /// A webhook endpoint's delivery (`/v1/webhooks/{id}`), named by the endpoint's id.
+    Webhook,
 }
 
 impl GroupKind {
@@ -50,6 +52,7 @@ impl GroupKind {
         match self {
             Self::Group => "group",
             Self::Consumer => "consumer",
+            Self::Webhook => "webhook",
         }
     }
 }

@@ -141,7 +141,7 @@ pub(crate) struct GroupTables {
 /// The engines of one store, one per kind, and the tasks they share (the sweeper, the
 /// notifier).
 pub(crate) struct StoreGroups {
-    engines: [Arc<PgGroups>; 2],
+    engines: [Arc<PgGroups>; 3],
     stop: watch::Sender<bool>,
     tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -176,7 +176,7 @@ impl StoreGroups {
             Arc::new(PgGroups { tables: tables.clone(), kind, closed })
         };
         Self {
-            engines: [engine(GroupKind::Group), engine(GroupKind::Consumer)],
+            engines: [engine(GroupKind::Group), engine(GroupKind::Consumer), engine(GroupKind::Webhook)],
             stop,
             tasks: tokio::sync::Mutex::new(vec![sweeper, notifier]),
         }
@@ -186,6 +186,7 @@ impl StoreGroups {
         match kind {
             GroupKind::Group => self.engines[0].clone(),
             GroupKind::Consumer => self.engines[1].clone(),
+            GroupKind::Webhook => self.engines[2].clone(),
         }
     }
 
