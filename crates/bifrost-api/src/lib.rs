@@ -28,6 +28,7 @@ mod lenient;
 mod ops;
 mod problem;
 mod streams;
+mod webhooks;
 
 pub use event::{EventBody, MetadataRequest, NewEventRequest};
 pub use groups::{
@@ -43,4 +44,12 @@ pub use streams::{
     AppendRequest, AppendResultBody, ExpectedVersion, HeadBody, LogEventsBody, MultiAppendRequest,
     MultiAppendResultBody, StreamAppendRequest, StreamEventsBody, StreamInfoBody, StreamListBody,
     StreamSummaryBody,
+};
+pub use webhooks::{
+    AttemptBody, AttemptStatusBody, AttemptTriggerBody, AttemptsBody, ContentModeBody,
+    DEFAULT_DISABLE_AFTER_S, DEFAULT_RETRY_SCHEDULE_MS, DEFAULT_ROTATION_GRACE_S, DEFAULT_TIMEOUT_MS,
+    DisabledReasonBody, MAX_RETRY_SCHEDULE, MAX_TIMEOUT_MS, MessageStatusBody, RecoverRequest,
+    RecoveringBody, RotateSecretBody, RotateSecretRequest, TestBody, TestRequest, WebhookBody,
+    WebhookCreatedBody, WebhookFilterBody, WebhookFilterRequest, WebhookListBody, WebhookMessageBody,
+    WebhookMessagesBody, WebhookRequest,
 };

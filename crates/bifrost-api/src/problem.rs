@@ -32,11 +32,15 @@ pub enum ProblemType {
     MethodNotAllowed,
     Unavailable,
     Internal,
+    WebhookNotFound,
+    MessageNotFound,
+    WebhookDisabled,
+    WebhookUrlForbidden,
 }
 
 impl ProblemType {
     /// Every problem type, in the order above.
-    pub const ALL: [ProblemType; 19] = [
+    pub const ALL: [ProblemType; 23] = [
         Self::InvalidRequest,
         Self::UnsupportedMediaType,
         Self::InvalidStreamName,
@@ -56,6 +60,10 @@ impl ProblemType {
         Self::MethodNotAllowed,
         Self::Unavailable,
         Self::Internal,
+        Self::WebhookNotFound,
+        Self::MessageNotFound,
+        Self::WebhookDisabled,
+        Self::WebhookUrlForbidden,
     ];
 
     /// The `type` member, e.g. `bifrost:wrong-expected-version`.
@@ -80,6 +88,10 @@ impl ProblemType {
             Self::MethodNotAllowed => "bifrost:method-not-allowed",
             Self::Unavailable => "bifrost:unavailable",
             Self::Internal => "bifrost:internal",
+            Self::WebhookNotFound => "bifrost:webhook-not-found",
+            Self::MessageNotFound => "bifrost:message-not-found",
+            Self::WebhookDisabled => "bifrost:webhook-disabled",
+            Self::WebhookUrlForbidden => "bifrost:webhook-url-forbidden",
         }
     }
 
@@ -95,12 +107,18 @@ impl ProblemType {
             | Self::EventNotFound
             | Self::GroupNotFound
             | Self::DeadLetterNotFound
+            | Self::WebhookNotFound
+            | Self::MessageNotFound
             | Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::WrongExpectedVersion | Self::DuplicateEventId | Self::StateConflict => 409,
+            Self::WrongExpectedVersion
+            | Self::DuplicateEventId
+            | Self::StateConflict
+            | Self::WebhookDisabled => 409,
             Self::StreamDeleted => 410,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
+            Self::WebhookUrlForbidden => 422,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
@@ -128,6 +146,10 @@ impl ProblemType {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable => "Service unavailable",
             Self::Internal => "Internal server error",
+            Self::WebhookNotFound => "Webhook endpoint not found",
+            Self::MessageNotFound => "Webhook message not found",
+            Self::WebhookDisabled => "Webhook endpoint disabled",
+            Self::WebhookUrlForbidden => "Webhook URL forbidden",
         }
     }
 

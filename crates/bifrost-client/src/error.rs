@@ -217,6 +217,10 @@ fn problem_into_store_error(problem: Problem, stream: Option<&StreamName>) -> Co
         | ProblemType::EventNotFound
         | ProblemType::DeadLetterNotFound
         | ProblemType::NotFound
+        | ProblemType::WebhookNotFound
+        | ProblemType::MessageNotFound
+        | ProblemType::WebhookDisabled
+        | ProblemType::WebhookUrlForbidden
         | ProblemType::MethodNotAllowed => CoreError::InvalidArgument(detail()),
     }
 }
