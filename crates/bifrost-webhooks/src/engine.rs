@@ -1,0 +1,747 @@
+//! Delivery on one node: a dispatcher that follows the stored endpoints, a worker per
+//! active endpoint that leases messages from the endpoint's group and attempts them, a
+//! runner for manual sends (resend, recover) and the pruning of the attempt log.
+//!
+//! A worker never waits on another endpoint: each has its own client, its own task and
+//! at most [`CONCURRENCY`] attempts out; its backlog stays in the log (the group reads it
+//! page by page), never in memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bifrost_core::group::{Fetch, GroupName, Lease, NackAction, Verdict, random};
+use bifrost_core::{Error, NewEvent, RecordedEvent, StateChange, StreamName, Timestamp};
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::deliver::{self, Outcome, OutcomeKind};
+use crate::endpoint::{DisabledReason, Endpoint};
+use crate::error::Result;
+use crate::records::{
+    AttemptRecord, ENDPOINTS, MessageRecord, MessageStatus, RESENDS, ResendEntry, Trigger, attempt_key,
+    attempt_key_before, attempts_scope, decode, encode, message_key, messages_scope,
+};
+use crate::render::{self, Source};
+use crate::{Inner, OPERATIONS_STREAM};
+
+/// Attempts one endpoint has out at once on one node.
+const CONCURRENCY: usize = 64;
+/// Consecutive events of one stream an unordered endpoint takes at once.
+const UNORDERED_PER_STREAM: usize = 16;
+/// How long a fetch waits for a message.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// Time a manual send may take beyond its timeout before another node takes it over.
+const CLAIM_MARGIN: Duration = Duration::from_secs(10);
+/// How often the backlog gauges and the attempt log's pruning run.
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// What to do with a message after an attempt.
+enum Decision {
+    Ack,
+    Retry(Duration),
+    Park(String),
+}
+
+/// A running worker: its endpoint's latest settings, and how to stop it.
+struct Worker {
+    endpoint: watch::Sender<Arc<Endpoint>>,
+    stop: CancellationToken,
+}
+
+/// Follows the stored endpoints until `shutdown`: starts, updates and stops workers.
+pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let resends = tokio::spawn(run_resends(Arc::clone(&inner), shutdown.clone()));
+    let mut last_gauges = Instant::now() - GAUGE_EVERY;
+    let mut last_prune = Instant::now();
+    loop {
+        let changed = inner.changed.notified();
+        match load_endpoints(&inner).await {
+            Ok(endpoints) => {
+                let disabled = endpoints.values().filter(|e| !e.active()).count();
+                metrics::gauge!("bifrost_webhook_endpoints_disabled").set(disabled as f64);
+                workers.retain(|id, worker| {
+                    let keep = endpoints.get(id).is_some_and(|e| e.active());
+                    if !keep {
+                        worker.stop.cancel();
+                    }
+                    keep
+                });
+                for (id, endpoint) in &endpoints {
+                    if !endpoint.active() {
+                        continue;
+                    }
+                    match workers.get(id) {
+                        Some(worker) => {
+                            if **worker.endpoint.borrow() != **endpoint {
+                                worker.endpoint.send_replace(Arc::clone(endpoint));
+                            }
+                        }
+                        None => {
+                            let (tx, rx) = watch::channel(Arc::clone(endpoint));
+                            let stop = shutdown.child_token();
+                            tokio::spawn(run_worker(Arc::clone(&inner), rx, stop.clone()));
+                            workers.insert(id.clone(), Worker { endpoint: tx, stop });
+                        }
+                    }
+                }
+                if last_gauges.elapsed() >= GAUGE_EVERY {
+                    last_gauges = Instant::now();
+                    for id in endpoints.keys() {
+                        let backlog = inner.backlog(id).await;
+                        metrics::gauge!("bifrost_webhook_backlog", "endpoint" => id.clone())
+                            .set(backlog as f64);
+                    }
+                }
+                if last_prune.elapsed() >= PRUNE_EVERY {
+                    last_prune = Instant::now();
+                    for id in endpoints.keys() {
+                        if let Err(e) = prune_attempts(&inner, id).await {
+                            tracing::warn!(endpoint = %id, error = %e, "cannot prune the attempt log");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the webhook endpoints"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = changed => {}
+            () = tokio::time::sleep(inner.settings.refresh) => {}
+        }
+    }
+    for worker in workers.values() {
+        worker.stop.cancel();
+    }
+    let _ = resends.await;
+}
+
+async fn load_endpoints(inner: &Inner) -> Result<HashMap<String, Arc<Endpoint>>> {
+    let mut endpoints = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let entries = inner.store.scan_state(ENDPOINTS, after.as_deref(), 500).await?;
+        let Some(last) = entries.last() else { break };
+        after = Some(last.key.clone());
+        for entry in entries {
+            let endpoint: Endpoint = decode("endpoint", &entry.value)?;
+            endpoints.insert(entry.key, Arc::new(endpoint));
+        }
+    }
+    Ok(endpoints)
+}
+
+/// Spaces attempts out to the endpoint's rate limit: a start no sooner than `1/rate` after
+/// the previous one. Waiting is not a failure.
+struct Pacer {
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    async fn wait(&self, rate_per_s: Option<u32>) {
+        let Some(rate) = rate_per_s.filter(|&r| r > 0) else { return };
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let at = {
+            let mut next = self.next.lock().await;
+            let at = (*next).max(Instant::now());
+            *next = at + interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Leases and attempts one endpoint's messages until stopped.
+async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>, stop: CancellationToken) {
+    let id = endpoint.borrow().id.clone();
+    let Ok(name) = GroupName::new(&id) else { return };
+    let client = match deliver::client(&inner.policy) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(endpoint = %id, error = %e, "cannot start webhook delivery");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let pacer = Arc::new(Pacer { next: Mutex::new(Instant::now()) });
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            permit = Arc::clone(&slots).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
+            permits.push(p);
+        }
+        let per_stream = if endpoint.borrow().spec.ordered { 1 } else { UNORDERED_PER_STREAM };
+        // Deferred leases: not written before the attempt; one that a crash cuts short is
+        // still counted at its next attempt (the engine's careful restart).
+        let fetch = Fetch {
+            consumer: &inner.settings.node,
+            max: permits.len(),
+            per_stream,
+            wait: FETCH_WAIT,
+            deferred: true,
+        };
+        let leases = tokio::select! {
+            () = stop.cancelled() => return,
+            leases = inner.groups.fetch(&name, fetch) => leases,
+        };
+        let leases = match leases {
+            Ok(leases) => leases,
+            Err(Error::GroupNotFound(_)) => return,
+            Err(e) => {
+                tracing::warn!(endpoint = %id, error = %e, "cannot fetch webhook messages");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for (lease, permit) in leases.into_iter().zip(permits) {
+            let inner = Arc::clone(&inner);
+            let endpoint = Arc::clone(&endpoint.borrow());
+            let client = client.clone();
+            let pacer = Arc::clone(&pacer);
+            let name = name.clone();
+            tokio::spawn(async move {
+                let token = lease.token;
+                let decision = handle_lease(&inner, &endpoint, &client, &pacer, lease).await;
+                let verdict = match &decision {
+                    Ok(Decision::Ack) => Verdict::Ack,
+                    Ok(Decision::Retry(delay)) => Verdict::Nack(NackAction::Retry(Some(*delay)), None),
+                    Ok(Decision::Park(reason)) => Verdict::Nack(NackAction::Park, Some(reason.as_str())),
+                    // The store failed: leave the lease to time out, the attempt counted.
+                    Err(e) => {
+                        tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot record a webhook attempt");
+                        drop(permit);
+                        return;
+                    }
+                };
+                // An ack lost in a crash only sends the message again (at-least-once, the same
+                // webhook-id); a retry's schedule and count are written before going on.
+                let deferred = matches!(verdict, Verdict::Ack);
+                match inner.groups.settle(&name, std::slice::from_ref(&token), verdict, deferred).await {
+                    // Deleted meanwhile: nothing left to settle.
+                    Ok(_) | Err(Error::GroupNotFound(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot settle a webhook message")
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// One leased message: filter by routing key, make the attempt, record it.
+async fn handle_lease(
+    inner: &Inner,
+    endpoint: &Endpoint,
+    client: &reqwest::Client,
+    pacer: &Pacer,
+    lease: Lease,
+) -> Result<Decision> {
+    let event = &lease.event;
+    let src = Source::from_event(event);
+    let transform = endpoint.spec.transform.as_ref();
+    match render::routing_key(&src, transform) {
+        Ok(key) if !endpoint.spec.matches_routing_key(&key) => return Ok(Decision::Ack),
+        Ok(_) => {}
+        Err(e) => return fail_unrenderable(inner, endpoint, event, e.to_string()).await,
+    }
+    let record = inner.message_record(&endpoint.id, event.position).await?;
+    let (body, content_type) = match stored_body(record.as_ref()) {
+        Some(found) => found,
+        None => match render::render(&src, endpoint.spec.content_mode, transform) {
+            Ok(rendered) => (rendered.body, rendered.content_type.to_owned()),
+            Err(e) => return fail_unrenderable(inner, endpoint, event, e.to_string()).await,
+        },
+    };
+    pacer.wait(endpoint.spec.rate_limit_per_s).await;
+    let attempt = Attempt { event, attempt: lease.attempt, trigger: Trigger::Scheduled, body, content_type };
+    let outcome = make_attempt(inner, endpoint, client, &attempt).await?;
+    Ok(match outcome {
+        AfterAttempt::Delivered => Decision::Ack,
+        AfterAttempt::Retry(delay) => Decision::Retry(delay),
+        AfterAttempt::Failed(reason) => Decision::Park(reason),
+    })
+}
+
+fn stored_body(record: Option<&MessageRecord>) -> Option<(Bytes, String)> {
+    let record = record?;
+    let body = record.body.as_ref()?;
+    let content_type = record.content_type.clone()?;
+    Some((Bytes::copy_from_slice(body.get().as_bytes()), content_type))
+}
+
+/// A message whose body cannot be made fails with no attempt.
+async fn fail_unrenderable(
+    inner: &Inner,
+    endpoint: &Endpoint,
+    event: &RecordedEvent,
+    error: String,
+) -> Result<Decision> {
+    let now = Timestamp::now();
+    let record = MessageRecord {
+        event_id: event.id,
+        position: event.position,
+        status: MessageStatus::Failed,
+        attempts: 0,
+        next_attempt_at: None,
+        last_error: Some(error.clone()),
+        failed_at: Some(now),
+        content_type: None,
+        body: None,
+    };
+    inner
+        .store
+        .write_state(vec![StateChange::put(
+            messages_scope(&endpoint.id),
+            message_key(event.position),
+            encode(&record)?,
+        )])
+        .await?;
+    metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => "failed")
+        .increment(1);
+    Ok(Decision::Park(error))
+}
+
+/// What an attempt sends, and which one it is.
+struct Attempt<'a> {
+    event: &'a RecordedEvent,
+    attempt: u32,
+    trigger: Trigger,
+    body: Bytes,
+    content_type: String,
+}
+
+/// Where a message stands after an attempt.
+enum AfterAttempt {
+    Delivered,
+    Retry(Duration),
+    Failed(String),
+}
+
+/// Makes an attempt, records it and the message's new state, and updates the endpoint's
+/// failure state (disabling it when it has failed for too long, or answered 410).
+async fn make_attempt(
+    inner: &Inner,
+    endpoint: &Endpoint,
+    client: &reqwest::Client,
+    attempt: &Attempt<'_>,
+) -> Result<AfterAttempt> {
+    let webhook_id = format!("{}:{}", attempt.event.id, endpoint.id);
+    let at = Timestamp::now();
+    let request = deliver::Request {
+        webhook_id: &webhook_id,
+        body: &attempt.body,
+        content_type: &attempt.content_type,
+    };
+    let outcome = deliver::attempt(client, &inner.policy, endpoint, request).await;
+    count(endpoint, &outcome);
+
+    let max_attempts = endpoint.spec.max_attempts();
+    let now = Timestamp::now();
+    let (status, after) = if outcome.succeeded() {
+        (MessageStatus::Succeeded, AfterAttempt::Delivered)
+    } else if outcome.gone() {
+        // The endpoint is disabled; the message waits for it to be enabled again.
+        (MessageStatus::Pending, AfterAttempt::Retry(Duration::from_secs(1)))
+    } else if attempt.attempt >= max_attempts {
+        let reason = outcome.error.clone().unwrap_or_else(|| "failed".into());
+        (MessageStatus::Failed, AfterAttempt::Failed(reason))
+    } else {
+        (MessageStatus::Pending, AfterAttempt::Retry(retry_delay(inner, endpoint, attempt.attempt, &outcome)))
+    };
+    let next_attempt_at = match &after {
+        AfterAttempt::Retry(delay) if !outcome.gone() => Some(after_delay(now, *delay)),
+        _ => None,
+    };
+    let body = RawValue::from_string(String::from_utf8_lossy(&attempt.body).into_owned()).ok();
+    let record = MessageRecord {
+        event_id: attempt.event.id,
+        position: attempt.event.position,
+        status,
+        attempts: attempt.attempt,
+        next_attempt_at,
+        last_error: outcome.error.clone(),
+        failed_at: (status == MessageStatus::Failed).then_some(now),
+        content_type: Some(attempt.content_type.clone()),
+        body,
+    };
+    let key = attempt_key(at);
+    let log = AttemptRecord {
+        id: key.clone(),
+        at,
+        event_id: attempt.event.id,
+        attempt: attempt.attempt,
+        trigger: attempt.trigger,
+        succeeded: outcome.succeeded(),
+        response_status: outcome.status,
+        response_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
+        response_body: outcome.response_body.clone(),
+        error: outcome.error.clone(),
+    };
+    // Bookkeeping for people (the delivery's truth is the group): it survives the process
+    // at once and the machine with the next flush.
+    inner
+        .store
+        .write_state_unflushed(vec![
+            StateChange::put(
+                messages_scope(&endpoint.id),
+                message_key(attempt.event.position),
+                encode(&record)?,
+            ),
+            StateChange::put(attempts_scope(&endpoint.id), key, encode(&log)?),
+        ])
+        .await?;
+    match status {
+        MessageStatus::Succeeded => {
+            metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => "delivered")
+                .increment(1);
+        }
+        MessageStatus::Failed => {
+            metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => "failed")
+                .increment(1);
+        }
+        MessageStatus::Pending => {}
+    }
+    note_outcome(inner, endpoint, &outcome).await?;
+    Ok(after)
+}
+
+fn count(endpoint: &Endpoint, outcome: &Outcome) {
+    metrics::counter!(
+        "bifrost_webhook_attempts_total",
+        "endpoint" => endpoint.id.clone(),
+        "outcome" => outcome.kind.as_str()
+    )
+    .increment(1);
+    metrics::histogram!("bifrost_webhook_attempt_duration_seconds", "endpoint" => endpoint.id.clone())
+        .record(outcome.elapsed.as_secs_f64());
+}
+
+/// The delay before the attempt after `attempt`: the schedule's entry ±20 %, and at least
+/// a `Retry-After` (capped).
+fn retry_delay(inner: &Inner, endpoint: &Endpoint, attempt: u32, outcome: &Outcome) -> Duration {
+    let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+    let base = endpoint.spec.retry_schedule_ms.get(index).copied().unwrap_or(0);
+    let jittered = Duration::from_millis(base).mul_f64(0.8 + 0.4 * random::unit());
+    match outcome.retry_after {
+        Some(wait) => jittered.max(wait.min(inner.settings.retry_after_max)),
+        None => jittered,
+    }
+}
+
+fn after_delay(now: Timestamp, delay: Duration) -> Timestamp {
+    let micros = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
+    Timestamp::from_micros(now.as_micros().saturating_add(micros))
+}
+
+/// Keeps `failing_since` and disables the endpoint when it answered 410 or has failed for
+/// `disable_after_s`. Only the node whose write disables it appends the operational event.
+async fn note_outcome(inner: &Inner, endpoint: &Endpoint, outcome: &Outcome) -> Result<()> {
+    let now = Timestamp::now();
+    if outcome.succeeded() {
+        if endpoint.failing_since.is_some() {
+            inner
+                .update_endpoint(&endpoint.id, |e| {
+                    let changed = e.failing_since.is_some();
+                    e.failing_since = None;
+                    changed
+                })
+                .await?;
+        }
+        return Ok(());
+    }
+    let disable_after =
+        i64::try_from(endpoint.spec.disable_after_s).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+    let failing_long_enough =
+        |since: Timestamp| now.as_micros().saturating_sub(since.as_micros()) >= disable_after;
+    let might_change = endpoint.failing_since.is_none_or(failing_long_enough) || outcome.gone();
+    if !might_change {
+        return Ok(());
+    }
+    let mut disabled = None;
+    let updated = inner
+        .update_endpoint(&endpoint.id, |e| {
+            disabled = None;
+            if e.disabled_reason.is_some() {
+                return false;
+            }
+            let since = *e.failing_since.get_or_insert(now);
+            e.last_status = outcome.status;
+            e.last_error = outcome.error.clone();
+            if outcome.gone() {
+                disabled = Some(DisabledReason::Gone);
+            } else if failing_long_enough(since) {
+                disabled = Some(DisabledReason::Failing);
+            }
+            e.disabled_reason = disabled;
+            if disabled.is_some() {
+                e.updated_at = now;
+            }
+            true
+        })
+        .await?;
+    if let (Some(reason), Some(endpoint)) = (disabled, updated) {
+        announce_disabled(inner, &endpoint, reason).await?;
+    }
+    Ok(())
+}
+
+/// Appends `bifrost.webhook.endpoint_disabled` to the operations stream.
+async fn announce_disabled(inner: &Inner, endpoint: &Endpoint, reason: DisabledReason) -> Result<()> {
+    tracing::warn!(endpoint = %endpoint.id, url = %endpoint.spec.url, reason = reason.as_str(), "webhook endpoint disabled");
+    let data = serde_json::json!({
+        "endpoint_id": endpoint.id,
+        "url": endpoint.spec.url,
+        "reason": reason.as_str(),
+        "failing_since": endpoint.failing_since.map(|t| t.to_string()),
+        "last_status": endpoint.last_status,
+        "last_error": endpoint.last_error,
+    });
+    let event = NewEvent::json("bifrost.webhook.endpoint_disabled", &data)?;
+    let stream = StreamName::new(OPERATIONS_STREAM)?;
+    inner.store.append(stream, bifrost_core::ExpectedVersion::Any, vec![event]).await?;
+    Ok(())
+}
+
+/// The one attempt of a test send, logged with trigger `test`.
+pub(crate) async fn test_attempt(
+    inner: &Inner,
+    endpoint: &Endpoint,
+    src: &Source<'_>,
+) -> Result<AttemptRecord> {
+    let at = Timestamp::now();
+    let webhook_id = format!("{}:{}", src.id, endpoint.id);
+    let outcome = match render::render(src, endpoint.spec.content_mode, endpoint.spec.transform.as_ref()) {
+        Ok(rendered) => {
+            let client = deliver::client(&inner.policy).map_err(Error::Internal)?;
+            let request = deliver::Request {
+                webhook_id: &webhook_id,
+                body: &rendered.body,
+                content_type: rendered.content_type,
+            };
+            deliver::attempt(&client, &inner.policy, endpoint, request).await
+        }
+        Err(e) => Outcome {
+            kind: OutcomeKind::HttpError,
+            status: None,
+            elapsed: Duration::ZERO,
+            response_body: None,
+            error: Some(e.to_string()),
+            retry_after: None,
+        },
+    };
+    count(endpoint, &outcome);
+    let key = attempt_key(at);
+    let record = AttemptRecord {
+        id: key.clone(),
+        at,
+        event_id: src.id,
+        attempt: 1,
+        trigger: Trigger::Test,
+        succeeded: outcome.succeeded(),
+        response_status: outcome.status,
+        response_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
+        response_body: outcome.response_body.clone(),
+        error: outcome.error.clone(),
+    };
+    inner
+        .store
+        .write_state(vec![StateChange::put(attempts_scope(&endpoint.id), key, encode(&record)?)])
+        .await?;
+    Ok(record)
+}
+
+/// Deletes attempts older than the retention, a page at a time.
+async fn prune_attempts(inner: &Inner, id: &str) -> Result<()> {
+    let cutoff = Timestamp::from_micros(
+        Timestamp::now()
+            .as_micros()
+            .saturating_sub(i64::try_from(inner.settings.attempt_retention.as_micros()).unwrap_or(i64::MAX)),
+    );
+    let scope = attempts_scope(id);
+    let from = attempt_key_before(cutoff);
+    loop {
+        let old = inner.store.scan_state(&scope, Some(&from), 500).await?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let changes = old.iter().map(|e| StateChange::delete(&scope, &e.key)).collect();
+        inner.store.write_state(changes).await?;
+    }
+}
+
+/// Runs the manual sends of every endpoint until `shutdown`: claims what is due, attempts
+/// it, reschedules or finishes it. Each endpoint's sends go in position order, one at a
+/// time, in a task of their own.
+async fn run_resends(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let busy: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let mut clients: HashMap<String, reqwest::Client> = HashMap::new();
+    loop {
+        let changed = inner.changed.notified();
+        match due_resends(&inner).await {
+            Ok(due) => {
+                for (endpoint_id, entries) in due {
+                    let claimed = busy.lock().map(|mut b| b.insert(endpoint_id.clone())).unwrap_or(false);
+                    if !claimed {
+                        continue;
+                    }
+                    let client = match clients.get(&endpoint_id) {
+                        Some(c) => c.clone(),
+                        None => match deliver::client(&inner.policy) {
+                            Ok(c) => {
+                                clients.insert(endpoint_id.clone(), c.clone());
+                                c
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot make a webhook client");
+                                continue;
+                            }
+                        },
+                    };
+                    let inner = Arc::clone(&inner);
+                    let busy = Arc::clone(&busy);
+                    tokio::spawn(async move {
+                        for (key, entry, stored) in entries {
+                            if let Err(e) =
+                                run_resend(&inner, &client, &endpoint_id, &key, entry, stored).await
+                            {
+                                tracing::warn!(endpoint = %endpoint_id, error = %e, "a webhook resend failed");
+                            }
+                        }
+                        if let Ok(mut b) = busy.lock() {
+                            b.remove(&endpoint_id);
+                        }
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the webhook resends"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = changed => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// A claimable resend: its key, its entry and the stored bytes a claim expects.
+type Claimable = (String, ResendEntry, Bytes);
+/// Claimable resends by endpoint, in key (position) order.
+type DueResends = Vec<(String, Vec<Claimable>)>;
+
+/// The due, unclaimed (or abandoned) resends, by endpoint, in key (position) order.
+async fn due_resends(inner: &Inner) -> Result<DueResends> {
+    let now = Timestamp::now();
+    let mut by_endpoint: DueResends = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let entries = inner.store.scan_state(RESENDS, after.as_deref(), 500).await?;
+        let Some(last) = entries.last() else { break };
+        after = Some(last.key.clone());
+        for e in entries {
+            let entry: ResendEntry = decode("resend", &e.value)?;
+            if entry.due > now || entry.claimed_until.is_some_and(|c| c > now) {
+                continue;
+            }
+            let Some((endpoint, _)) = e.key.split_once('/') else { continue };
+            match by_endpoint.last_mut() {
+                Some((id, list)) if id == endpoint => list.push((e.key.clone(), entry, e.value)),
+                _ => by_endpoint.push((endpoint.to_owned(), vec![(e.key.clone(), entry, e.value)])),
+            }
+        }
+    }
+    Ok(by_endpoint)
+}
+
+/// Claims one manual send and makes its attempt.
+async fn run_resend(
+    inner: &Inner,
+    client: &reqwest::Client,
+    endpoint_id: &str,
+    key: &str,
+    mut entry: ResendEntry,
+    stored: Bytes,
+) -> Result<()> {
+    let endpoint = match inner.endpoint(endpoint_id).await {
+        Ok((endpoint, _)) => endpoint,
+        Err(crate::WebhookError::NotFound(_)) => {
+            inner.store.write_state(vec![StateChange::delete(RESENDS, key)]).await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if !endpoint.active() {
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    entry.attempts += 1;
+    entry.claimed_until = Some(after_delay(now, endpoint.spec.timeout() + CLAIM_MARGIN));
+    let claimed = encode(&entry)?;
+    let claim = inner
+        .store
+        .write_state(vec![
+            StateChange::expect(RESENDS, key, Some(stored)),
+            StateChange::put(RESENDS, key, claimed.clone()),
+        ])
+        .await;
+    match claim {
+        Ok(()) => {}
+        Err(Error::StateConflict { .. }) => return Ok(()), // another node has it
+        Err(e) => return Err(e.into()),
+    }
+    let Some(event) = inner.store.event(entry.event_id).await? else {
+        inner.store.write_state(vec![StateChange::delete(RESENDS, key)]).await?;
+        return Ok(());
+    };
+    let src = Source::from_event(&event);
+    let rendered = match inner
+        .message_record(endpoint_id, event.position)
+        .await?
+        .as_ref()
+        .and_then(|r| stored_body(Some(r)))
+    {
+        Some(found) => Ok(found),
+        None => render::render(&src, endpoint.spec.content_mode, endpoint.spec.transform.as_ref())
+            .map(|r| (r.body, r.content_type.to_owned())),
+    };
+    let (body, content_type) = match rendered {
+        Ok(found) => found,
+        Err(e) => {
+            fail_unrenderable(inner, &endpoint, &event, e.to_string()).await?;
+            inner.store.write_state(vec![StateChange::delete(RESENDS, key)]).await?;
+            return Ok(());
+        }
+    };
+    let attempt =
+        Attempt { event: &event, attempt: entry.attempts, trigger: entry.trigger, body, content_type };
+    let after = make_attempt(inner, &endpoint, client, &attempt).await?;
+    let next = match after {
+        AfterAttempt::Delivered | AfterAttempt::Failed(_) => vec![StateChange::delete(RESENDS, key)],
+        AfterAttempt::Retry(delay) => {
+            entry.due = after_delay(Timestamp::now(), delay);
+            entry.claimed_until = None;
+            vec![StateChange::put(RESENDS, key, encode(&entry)?)]
+        }
+    };
+    let mut changes = vec![StateChange::expect(RESENDS, key, Some(claimed))];
+    changes.extend(next);
+    match inner.store.write_state(changes).await {
+        Ok(()) | Err(Error::StateConflict { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if matches!(after, AfterAttempt::Delivered) {
+        // A message that had failed for good leaves the delivery group's dead letters.
+        if let Ok(name) = GroupName::new(endpoint_id) {
+            let _ = inner.groups.discard(&name, event.id).await;
+        }
+    }
+    Ok(())
+}
