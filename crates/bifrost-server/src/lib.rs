@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use bifrost_core::group::GroupEngine;
 use bifrost_core::{DurableStore, EventStore};
+use bifrost_webhooks::Webhooks;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -67,6 +68,8 @@ pub(crate) struct AppState {
     pub(crate) groups: Arc<dyn GroupEngine>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// The webhooks of `store`; `None` in a router made without them (the routes answer 503).
+    pub(crate) webhooks: Option<Webhooks>,
     /// Cancelled when the server shuts down: ends the infinite responses (SSE).
     pub(crate) shutdown: CancellationToken,
 }
@@ -79,7 +82,7 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { store, groups, config: Arc::new(config), metrics, shutdown }
+        Self { store, groups, config: Arc::new(config), metrics, webhooks: None, shutdown }
     }
 }
 
@@ -93,6 +96,20 @@ pub fn router(
     metrics: Option<PrometheusHandle>,
 ) -> Router {
     build(AppState::new(store, groups, config, metrics, CancellationToken::new()), None)
+}
+
+/// [`router`] with webhooks (`bifrost_webhooks::Webhooks::open` over the same store); their
+/// delivery runs only where [`serve`] (or `Webhooks::start`) runs it.
+pub fn router_with_webhooks(
+    store: Arc<dyn DurableStore>,
+    groups: Arc<dyn GroupEngine>,
+    webhooks: Webhooks,
+    config: ServerConfig,
+    metrics: Option<PrometheusHandle>,
+) -> Router {
+    let mut state = AppState::new(store, groups, config, metrics, CancellationToken::new());
+    state.webhooks = Some(webhooks);
+    build(state, None)
 }
 
 /// [`router`] with extra routes behind the same layers (error mapping, panic catching,
@@ -163,19 +180,23 @@ async fn problems_only(response: Response) -> Response {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then shuts down gracefully:
-/// stops accepting, ends every SSE stream, lets in-flight requests finish, closes the
-/// consumer groups (writing their last acks) and then the store.
+/// stops accepting, ends every SSE stream, lets in-flight requests finish, stops webhook
+/// delivery, closes the consumer groups (writing their last acks) and then the store.
+/// With `webhooks`, this node delivers webhooks too.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn DurableStore>,
     groups: Arc<dyn GroupEngine>,
+    webhooks: Option<Webhooks>,
     config: ServerConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = CancellationToken::new();
-    let state =
+    let mut state =
         AppState::new(Arc::clone(&store), Arc::clone(&groups), config, metrics.clone(), token.clone());
+    state.webhooks = webhooks.clone();
+    let delivery = webhooks.as_ref().map(|w| w.start(token.clone()));
     let app = build(state, None);
     let upkeep = metrics.map(|handle| tokio::spawn(metrics_upkeep(handle, token.clone())));
     let signal = {
@@ -197,10 +218,18 @@ pub async fn serve(
     if let Some(task) = upkeep {
         let _ = task.await;
     }
+    if let Some(task) = delivery {
+        let _ = task.await;
+    }
     // Groups write their state into the store, so they stop first.
+    let webhooks_closed = match &webhooks {
+        Some(w) => w.close().await.map_err(|e| std::io::Error::other(e.to_string())),
+        None => Ok(()),
+    };
     let groups_closed = groups.close().await;
     let closed = store.close().await;
     served?;
+    webhooks_closed?;
     groups_closed.map_err(std::io::Error::other)?;
     closed.map_err(std::io::Error::other)
 }

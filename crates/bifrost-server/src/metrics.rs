@@ -27,6 +27,12 @@ pub(crate) const GROUP_REDELIVERIES: &str = "bifrost_group_redeliveries";
 const APPEND_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
+/// Webhook attempt buckets, in seconds: a local receiver answers in a millisecond, a slow
+/// one up to its timeout.
+const WEBHOOK_ATTEMPT_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+const WEBHOOK_ATTEMPT_DURATION_SECONDS: &str = "bifrost_webhook_attempt_duration_seconds";
+
 /// Installs the global Prometheus recorder, once per process; later calls return the same
 /// handle (or the same error).
 pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
@@ -35,6 +41,11 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(APPEND_DURATION_SECONDS.into()), APPEND_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .set_buckets_for_metric(
+                    Matcher::Full(WEBHOOK_ATTEMPT_DURATION_SECONDS.into()),
+                    WEBHOOK_ATTEMPT_BUCKETS,
+                )
                 .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
@@ -46,6 +57,21 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
 
 fn describe() {
     metrics::describe_counter!(APPENDS_TOTAL, "Successful append requests");
+    metrics::describe_counter!("bifrost_webhook_attempts_total", "Webhook attempts, by endpoint and outcome");
+    metrics::describe_counter!(
+        "bifrost_webhook_deliveries_total",
+        "Webhook messages delivered or failed for good, by endpoint"
+    );
+    metrics::describe_histogram!(
+        WEBHOOK_ATTEMPT_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of a webhook attempt, from sending to the end of the answer"
+    );
+    metrics::describe_gauge!(
+        "bifrost_webhook_backlog",
+        "Webhook messages not yet delivered or failed, by endpoint"
+    );
+    metrics::describe_gauge!("bifrost_webhook_endpoints_disabled", "Webhook endpoints that are disabled");
     metrics::describe_counter!(EVENTS_APPENDED_TOTAL, "Events stored by append requests");
     metrics::describe_histogram!(
         APPEND_DURATION_SECONDS,

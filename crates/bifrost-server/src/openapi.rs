@@ -20,6 +20,7 @@ use bifrost_api::{ConflictBody, EventBody, Problem, StreamSummaryBody};
         (name = "log", description = "The global log of every event"),
         (name = "live", description = "Server-Sent Events"),
         (name = "groups", description = "Consumer groups: competing consumers with leases, acks, retries and dead letters (at-least-once)"),
+        (name = "webhooks", description = "Webhooks: integration events delivered to HTTP endpoints with Standard Webhooks signing, retries, an attempt log and replay"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -691,6 +691,7 @@ async fn shutdown_ends_long_polls_at_once_and_closes_the_groups() {
         listener,
         store.clone(),
         groups.clone(),
+        None,
         ServerConfig::default(),
         None,
         async {

@@ -33,7 +33,7 @@ async fn start(heartbeat: Duration) -> Server {
     let groups = bifrost_bus::groups::open(store.clone()).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let config = ServerConfig { sse_heartbeat: heartbeat, ..ServerConfig::default() };
-    let task = tokio::spawn(serve(listener, store.clone(), groups, config, None, async {
+    let task = tokio::spawn(serve(listener, store.clone(), groups, None, config, None, async {
         let _ = stopped.await;
     }));
     Server { addr, store, stop: Some(stop), task }

@@ -21,7 +21,7 @@ async fn serve() -> (String, tokio::sync::oneshot::Sender<()>) {
     let shutdown = async move {
         let _ = stopped.await;
     };
-    tokio::spawn(bifrost_server::serve(listener, store, groups, Default::default(), None, shutdown));
+    tokio::spawn(bifrost_server::serve(listener, store, groups, None, Default::default(), None, shutdown));
     (url, stop)
 }
 

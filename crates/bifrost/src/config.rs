@@ -86,6 +86,36 @@ pub(crate) struct ConfigLayer {
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info,bifrost_server=debug`) [default: info].
     #[arg(long, env = "BIFROST_LOG", value_name = "FILTER")]
     pub(crate) log: Option<String>,
+
+    /// Webhooks may reach addresses in this CIDR although the SSRF guard refuses its class
+    /// (loopback, private, link-local, ...); repeatable. The environment twin is
+    /// comma-separated. TOML: `webhooks.allow_cidrs`.
+    #[arg(
+        long = "webhook-allow-cidr",
+        env = "BIFROST_WEBHOOK_ALLOW_CIDRS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    #[serde(skip)]
+    pub(crate) webhook_allow_cidrs: Option<Vec<String>>,
+
+    /// The longest `Retry-After` of a receiver that webhooks honour, in seconds [default:
+    /// 3600]. TOML: `webhooks.retry_after_max_s`.
+    #[arg(long = "webhook-retry-after-max-s", env = "BIFROST_WEBHOOK_RETRY_AFTER_MAX_S", value_name = "S")]
+    #[serde(skip)]
+    pub(crate) webhook_retry_after_max_s: Option<u64>,
+
+    /// The `[webhooks]` table of the TOML file.
+    #[arg(skip)]
+    pub(crate) webhooks: Option<WebhooksTable>,
+}
+
+/// `[webhooks]` in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct WebhooksTable {
+    pub(crate) allow_cidrs: Option<Vec<String>>,
+    pub(crate) retry_after_max_s: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -125,6 +155,9 @@ impl ConfigLayer {
             pg_idle_timeout_ms: self.pg_idle_timeout_ms.or(lower.pg_idle_timeout_ms),
             pg_wait_timeout_ms: self.pg_wait_timeout_ms.or(lower.pg_wait_timeout_ms),
             log: self.log.or(lower.log),
+            webhook_allow_cidrs: self.webhook_allow_cidrs.or(lower.webhook_allow_cidrs),
+            webhook_retry_after_max_s: self.webhook_retry_after_max_s.or(lower.webhook_retry_after_max_s),
+            webhooks: self.webhooks.or(lower.webhooks),
         }
     }
 }
@@ -146,6 +179,9 @@ pub(crate) struct Settings {
     pub(crate) pg_idle_timeout: Duration,
     pub(crate) pg_wait_timeout: Duration,
     pub(crate) log: String,
+    /// Checked CIDRs, as given.
+    pub(crate) webhook_allow_cidrs: Vec<String>,
+    pub(crate) webhook_retry_after_max: Duration,
 }
 
 impl Settings {
@@ -179,6 +215,20 @@ impl Settings {
             pg_idle_timeout: millis(layer.pg_idle_timeout_ms, pg.idle_timeout),
             pg_wait_timeout: millis(layer.pg_wait_timeout_ms, pg.wait_timeout),
             log: layer.log.unwrap_or_else(|| DEFAULT_LOG.to_owned()),
+            webhook_allow_cidrs: layer
+                .webhook_allow_cidrs
+                .or_else(|| layer.webhooks.as_ref().and_then(|w| w.allow_cidrs.clone()))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            webhook_retry_after_max: Duration::from_secs(
+                layer
+                    .webhook_retry_after_max_s
+                    .or_else(|| layer.webhooks.as_ref().and_then(|w| w.retry_after_max_s))
+                    .unwrap_or(3600),
+            ),
         };
         settings.check()?;
         Ok(settings)
@@ -221,6 +271,8 @@ impl Settings {
         if self.pg_schema.trim().is_empty() {
             bail!("pg_schema must name a schema, such as \"bifrost\"");
         }
+        bifrost_webhooks::ssrf::AddressPolicy::parse_cidrs(&self.webhook_allow_cidrs)
+            .map_err(|e| anyhow::anyhow!("webhook allow CIDR: {e}"))?;
         Ok(())
     }
 
@@ -231,6 +283,16 @@ impl Settings {
             max_events_per_append: self.max_events_per_append,
             sse_heartbeat: self.sse_heartbeat,
         }
+    }
+
+    pub(crate) fn webhook_settings(&self) -> anyhow::Result<bifrost_webhooks::WebhookSettings> {
+        let allow_cidrs = bifrost_webhooks::ssrf::AddressPolicy::parse_cidrs(&self.webhook_allow_cidrs)
+            .map_err(|e| anyhow::anyhow!("webhook allow CIDR: {e}"))?;
+        Ok(bifrost_webhooks::WebhookSettings {
+            allow_cidrs,
+            retry_after_max: self.webhook_retry_after_max,
+            ..bifrost_webhooks::WebhookSettings::default()
+        })
     }
 
     pub(crate) fn postgres_options(&self) -> PostgresOptions {
@@ -265,7 +327,11 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "pg_connect_timeout_ms = {}", self.pg_connect_timeout.as_millis());
         let _ = writeln!(out, "pg_idle_timeout_ms = {}", self.pg_idle_timeout.as_millis());
         let _ = writeln!(out, "pg_wait_timeout_ms = {}", self.pg_wait_timeout.as_millis());
-        let _ = write!(out, "log = {}", quote(&self.log));
+        let _ = writeln!(out, "log = {}", quote(&self.log));
+        let _ = writeln!(out, "\n[webhooks]");
+        let cidrs: Vec<String> = self.webhook_allow_cidrs.iter().map(|c| quote(c)).collect();
+        let _ = writeln!(out, "allow_cidrs = [{}]", cidrs.join(", "));
+        let _ = write!(out, "retry_after_max_s = {}", self.webhook_retry_after_max.as_secs());
         f.write_str(&out)
     }
 }

@@ -31,7 +31,7 @@ impl TestServer {
             // A dropped sender stops the server too.
             let _ = stopped.await;
         };
-        let task = tokio::spawn(bifrost_server::serve(listener, store, groups, config, None, shutdown));
+        let task = tokio::spawn(bifrost_server::serve(listener, store, groups, None, config, None, shutdown));
         Self { addr, stop: Some(stop), task: Some(task) }
     }
 

@@ -5,6 +5,7 @@ pub(crate) mod live;
 pub(crate) mod log;
 pub(crate) mod ops;
 pub(crate) mod streams;
+pub(crate) mod webhooks;
 
 use axum::body::Body;
 use axum::http::header::CONTENT_TYPE;
@@ -36,6 +37,15 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::dead_letters))
         .routes(routes!(groups::replay))
         .routes(routes!(groups::discard))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::patch, webhooks::delete))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::messages))
+        .routes(routes!(webhooks::message))
+        .routes(routes!(webhooks::resend))
+        .routes(routes!(webhooks::recover))
+        .routes(routes!(webhooks::attempts))
+        .routes(routes!(webhooks::test))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

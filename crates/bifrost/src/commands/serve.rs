@@ -28,6 +28,15 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     // The groups start from their stored cursors before the first request can reach them.
     let groups = open_groups(&store).await?;
+    let webhooks =
+        match bifrost_webhooks::Webhooks::open(Arc::clone(&store), settings.webhook_settings()?).await {
+            Ok(webhooks) => webhooks,
+            Err(e) => {
+                let _ = groups.close().await;
+                let _ = store.close().await;
+                return Err(anyhow::Error::from(e).context("cannot start webhooks"));
+            }
+        };
 
     let metrics = match bifrost_server::install_metrics_recorder() {
         Ok(handle) => Some(handle),
@@ -42,6 +51,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         listener,
         store,
         groups,
+        Some(webhooks),
         settings.server_config(),
         metrics,
         bifrost_server::shutdown_signal(),
