@@ -66,6 +66,7 @@ mod head;
 pub mod sse;
 mod store;
 mod subscribe;
+mod webhooks;
 mod wire;
 
 /// The API's JSON types, which the group calls take and answer.

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
     append::AppendArgs, bench::BenchArgs, dlq::DlqArgs, groups::GroupsArgs, read::ReadArgs, tail::TailArgs,
+    webhooks::WebhooksArgs,
 };
 use crate::config::ConfigLayer;
 
@@ -33,6 +34,9 @@ pub(crate) enum Command {
     Groups(GroupsArgs),
     /// A consumer group's dead letters: list, replay or discard them.
     Dlq(DlqArgs),
+    /// Webhooks: endpoints that receive matching events as signed HTTP POSTs, retried until
+    /// delivered; their messages, attempts, resends and test sends.
+    Webhooks(WebhooksArgs),
     /// Measure write, read and delivery throughput and latency.
     Bench(BenchArgs),
 }

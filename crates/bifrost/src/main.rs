@@ -17,7 +17,7 @@ use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{append, bench, dlq, groups, read, serve, tail};
+use crate::commands::{append, bench, dlq, groups, read, serve, tail, webhooks};
 use crate::config::Settings;
 use crate::output::one_line;
 
@@ -74,6 +74,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(args) => {
             init_tracing(&client_log())?;
             current_thread()?.block_on(dlq::run(args))
+        }
+        Command::Webhooks(args) => {
+            init_tracing(&client_log())?;
+            current_thread()?.block_on(webhooks::run(args))
         }
         Command::Bench(args) => {
             init_tracing(&client_log())?;

@@ -7,3 +7,4 @@ pub(crate) mod groups;
 pub(crate) mod read;
 pub(crate) mod serve;
 pub(crate) mod tail;
+pub(crate) mod webhooks;
