@@ -44,9 +44,11 @@ pub(super) struct InProcessServer {
 }
 
 impl InProcessServer {
+    /// With `webhooks`, the server delivers webhooks too, and may reach loopback receivers.
     pub(super) async fn start(
         store: Arc<dyn DurableStore>,
         metrics: Option<PrometheusHandle>,
+        webhooks: bool,
     ) -> anyhow::Result<Self> {
         let (addr_tx, addr_rx) = oneshot::channel();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -61,6 +63,16 @@ impl InProcessServer {
                 runtime.block_on(async move {
                     // The groups' tasks run on this runtime, next to the server.
                     let groups = open_groups(&store).await?;
+                    let webhooks = if webhooks {
+                        let settings = bifrost_webhooks::WebhookSettings {
+                            allow_cidrs: bifrost_webhooks::ssrf::AddressPolicy::parse_cidrs(&["127.0.0.0/8"])
+                                .map_err(anyhow::Error::msg)?,
+                            ..bifrost_webhooks::WebhookSettings::default()
+                        };
+                        Some(bifrost_webhooks::Webhooks::open(Arc::clone(&store), settings).await?)
+                    } else {
+                        None
+                    };
                     let listener =
                         TcpListener::bind("127.0.0.1:0").await.context("cannot bind 127.0.0.1:0")?;
                     let _ = addr_tx.send(listener.local_addr()?);
@@ -68,7 +80,8 @@ impl InProcessServer {
                         let _ = stopped.await;
                     };
                     let config = bifrost_server::ServerConfig::default();
-                    bifrost_server::serve(listener, store, groups, config, metrics, shutdown).await?;
+                    bifrost_server::serve(listener, store, groups, webhooks, config, metrics, shutdown)
+                        .await?;
                     anyhow::Ok(())
                 })
             })

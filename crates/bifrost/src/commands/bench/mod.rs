@@ -12,6 +12,7 @@ mod http;
 mod raw;
 mod report;
 mod sourcing;
+mod webhooks;
 mod workloads;
 
 use std::path::PathBuf;
@@ -42,7 +43,9 @@ pub(crate) struct BenchArgs {
     /// (append → group fetch latency), bus (an in-process durable consumer with a no-op
     /// handler), bus-latency (append → in-process handler latency), aggregate-load (load a
     /// 10,000-event aggregate with and without a snapshot), commands (commands through the
-    /// repository on 16 concurrent aggregates), or all.
+    /// repository on 16 concurrent aggregates), webhooks (deliveries/s from a backlog to one
+    /// and to ten endpoints, to a receiver in the bench), webhook-latency (append → receiver
+    /// latency at --webhook-rate), or all.
     /// Comma-separated or repeated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub(crate) workload: Vec<WorkloadArg>,
@@ -104,6 +107,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) rate: u64,
 
+    /// webhook-latency: appends per second.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) webhook_rate: u64,
+
     /// w3: events per page.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub(crate) page_size: usize,
@@ -126,6 +133,8 @@ pub(crate) enum WorkloadArg {
     BusLatency,
     AggregateLoad,
     Commands,
+    Webhooks,
+    WebhookLatency,
     All,
 }
 
@@ -145,7 +154,11 @@ impl Selection<'_> {
 
     fn needs_http(self) -> bool {
         use WorkloadArg::*;
-        [W4, W5, Groups, GroupLatency].into_iter().any(|w| self.has(w))
+        [W4, W5, Groups, GroupLatency, Webhooks, WebhookLatency].into_iter().any(|w| self.has(w))
+    }
+
+    fn needs_webhooks(self) -> bool {
+        self.has(WorkloadArg::Webhooks) || self.has(WorkloadArg::WebhookLatency)
     }
 }
 
@@ -360,16 +373,21 @@ async fn run_workloads(
         return Ok(false);
     }
 
-    let server = match (args.url.is_empty(), store) {
+    if selection.needs_webhooks() && !args.url.is_empty() {
+        bail!("the webhook workloads run against the in-process server; leave out --url");
+    }
+    let server = match (args.url.is_empty(), store.clone()) {
         (false, _) => None,
-        (true, Some(store)) => Some(InProcessServer::start(store, metrics).await?),
+        (true, Some(store)) => {
+            Some(InProcessServer::start(store, metrics, selection.needs_webhooks()).await?)
+        }
         (true, None) => bail!("no store for the in-process server"),
     };
     let urls = match &server {
         Some(server) => vec![format!("http://{}", server.addr())],
         None => args.url.clone(),
     };
-    let result = run_http(args, selection, &urls, run_id, summary).await;
+    let result = run_http(args, selection, &urls, store.as_ref(), run_id, summary).await;
     let stopped = match server {
         Some(server) => server.stop().await.map(|()| true),
         None => Ok(false),
@@ -382,6 +400,7 @@ async fn run_http(
     args: &BenchArgs,
     selection: Selection<'_>,
     urls: &[String],
+    store: Option<&Arc<dyn DurableStore>>,
     run_id: &str,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
@@ -422,6 +441,17 @@ async fn run_http(
     }
     if selection.has(WorkloadArg::GroupLatency) {
         summary.push(groups::latency(&nodes, &spec, args.rate, args.duration).await?);
+    }
+    if let Some(store) = store.filter(|_| selection.needs_webhooks()) {
+        if selection.has(WorkloadArg::Webhooks) {
+            let total = args.count.unwrap_or(20_000);
+            for report in webhooks::throughput(&client, store, total, args.streams, run_id).await? {
+                summary.push(report);
+            }
+        }
+        if selection.has(WorkloadArg::WebhookLatency) {
+            summary.push(webhooks::latency(&client, store, args.webhook_rate, args.duration, run_id).await?);
+        }
     }
     Ok(())
 }
