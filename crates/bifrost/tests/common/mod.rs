@@ -6,6 +6,7 @@
 
 pub mod consumers;
 pub mod pg;
+pub mod receiver;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
