@@ -472,6 +472,7 @@ fn consumer_config(
         // Twice what the handlers hold, so that a shared group's next fetch overlaps the acks
         // of the last one (workers of a group run here never hold more than one each).
         max_in_flight: options.concurrency.saturating_mul(per_worker).saturating_mul(2),
+        ordered: true,
     })
 }
 

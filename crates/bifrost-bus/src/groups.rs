@@ -133,7 +133,8 @@ impl GroupEngine for LocalGroups {
                 created_at: group.created_at(),
             };
             self.save(name, &record, Vec::new()).await?;
-            if old.filter == record.config.filter {
+            // A new filter or order needs a new run (the ledger is built on both).
+            if old.filter == record.config.filter && old.ordered == record.config.ordered {
                 group.set_config(record.config);
                 return Ok(Put::Updated);
             }

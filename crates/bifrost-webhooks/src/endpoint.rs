@@ -215,6 +215,7 @@ impl Spec {
                 jitter: true,
             },
             max_in_flight: MAX_IN_FLIGHT,
+            ordered: self.ordered,
         }
     }
 

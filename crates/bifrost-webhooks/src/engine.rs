@@ -30,8 +30,6 @@ use crate::{Inner, OPERATIONS_STREAM};
 
 /// Attempts one endpoint has out at once on one node.
 const CONCURRENCY: usize = 64;
-/// Consecutive events of one stream an unordered endpoint takes at once.
-const UNORDERED_PER_STREAM: usize = 16;
 /// How long a fetch waits for a message.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// Time a manual send may take beyond its timeout before another node takes it over.
@@ -178,13 +176,12 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
         while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
             permits.push(p);
         }
-        let per_stream = if endpoint.borrow().spec.ordered { 1 } else { UNORDERED_PER_STREAM };
         // Deferred leases: not written before the attempt; one that a crash cuts short is
         // still counted at its next attempt (the engine's careful restart).
         let fetch = Fetch {
             consumer: &inner.settings.node,
             max: permits.len(),
-            per_stream,
+            per_stream: 1,
             wait: FETCH_WAIT,
             deferred: true,
         };

@@ -114,6 +114,7 @@ on_each_store! {
         failed_attempts_are_retried_per_schedule_then_the_message_fails,
         nothing_is_lost_while_the_receiver_is_down,
         ordered_endpoints_deliver_each_stream_in_order_under_retries,
+        unordered_endpoints_do_not_hold_a_stream_behind_a_failing_message,
         gone_disables_the_endpoint_and_reenabling_resumes_where_it_stopped,
         retry_after_on_429_delays_the_next_attempt,
         an_endpoint_failing_for_longer_than_disable_after_is_disabled,
@@ -1062,6 +1063,40 @@ fn ordered_endpoints_deliver_each_stream_in_order_under_retries(b: &Backend) {
     }
     let b1_first = for_event(&requests, &b1)[0];
     assert!(b1_first.at < a1_success.at, "seq-b waited for seq-a");
+}
+
+fn unordered_endpoints_do_not_hold_a_stream_behind_a_failing_message(b: &Backend) {
+    let server = b.server();
+    let api = b.api(&server);
+    let receiver = Receiver::start();
+    let (a1, a2) = (new_id(), new_id());
+    {
+        // a1 fails until a2, the later event of its stream, got through.
+        let (a1, a2) = (a1.clone(), a2.clone());
+        receiver.respond_with(move |request, before| {
+            if request.event_id() == a1 && !before.iter().any(|r| r.event_id() == a2 && r.status == 200) {
+                return Reply::status(500);
+            }
+            Reply::ok()
+        });
+    }
+    let (ep, _) = create(
+        &api,
+        &endpoint(
+            &receiver.url("/unordered"),
+            json!({"filter": {"types": ["loose.#"]}, "retry_schedule_ms": vec![300; 10]}),
+        ),
+    );
+    append(&api, "loose-a", &[(&a1, "loose.step", json!({"n": 1})), (&a2, "loose.step", json!({"n": 2}))]);
+    wait_message(&api, &ep, &a2, "succeeded");
+    let settled = wait_settled(&api, &ep, &a1);
+    assert_eq!(settled["status"], "succeeded", "{settled}");
+    let requests = receiver.requests();
+    let a1_tries = for_event(&requests, &a1);
+    assert!(a1_tries.len() >= 2, "a1 failed first, then succeeded: {} tries", a1_tries.len());
+    let a2_success = for_event(&requests, &a2).into_iter().find(|r| r.status == 200).expect("a2's success");
+    let a1_success = a1_tries.iter().find(|r| r.status == 200).expect("a1's success");
+    assert!(a2_success.at < a1_success.at, "a2 waited for a1 on an unordered endpoint");
 }
 
 fn gone_disables_the_endpoint_and_reenabling_resumes_where_it_stopped(b: &Backend) {

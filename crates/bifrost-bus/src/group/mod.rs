@@ -240,7 +240,7 @@ impl ConsumerGroup {
             state,
             filter,
             inner: Mutex::new(Inner {
-                ledger: Ledger::new(cursor, parked, random::next_u64()),
+                ledger: Ledger::new(cursor, parked, random::next_u64(), config.ordered),
                 config,
                 timer_at: None,
                 consumers: HashMap::new(),

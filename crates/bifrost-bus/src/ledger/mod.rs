@@ -68,6 +68,8 @@ enum EntryState {
 #[derive(Debug)]
 struct Entry {
     event: RecordedEvent,
+    /// The queue the entry waits in: its stream (per-stream order) or its own (unordered).
+    queue: StreamName,
     /// Deliveries that failed (nacked, timed out, or out when the process stopped).
     failures: u32,
     state: EntryState,
@@ -133,6 +135,8 @@ pub(crate) struct Leased {
 pub(crate) struct Ledger {
     /// The high half of this run's lease tokens: no token of an earlier run matches.
     run: u64,
+    /// Per-stream order; `false`: every event is a queue of its own.
+    ordered: bool,
     checkpoint: Position,
     read_to: Position,
     entries: BTreeMap<Position, Entry>,
@@ -201,7 +205,7 @@ fn delta(from: Position, positions: impl IntoIterator<Item = Position>) -> Vec<u
 impl Ledger {
     /// A ledger resuming from `cursor`, with `parked` dead letters already stored. `run`
     /// makes this run's lease tokens its own.
-    pub(crate) fn new(cursor: Cursor, parked: u64, run: u64) -> Self {
+    pub(crate) fn new(cursor: Cursor, parked: u64, run: u64, ordered: bool) -> Self {
         let settled: BTreeSet<Position> = undelta(cursor.checkpoint, &cursor.settled).collect();
         let leased: BTreeSet<Position> = undelta(cursor.checkpoint, &cursor.leased).collect();
         let failed: HashMap<_, _> =
@@ -214,6 +218,7 @@ impl Ledger {
         let careful_to = cursor.deferred_to.unwrap_or(0);
         Self {
             run,
+            ordered,
             checkpoint: cursor.checkpoint,
             read_to: cursor.checkpoint,
             entries: BTreeMap::new(),
@@ -298,8 +303,15 @@ impl Ledger {
                 self.settled.insert(position);
                 continue;
             }
-            let mut entry =
-                Entry { event, failures: 0, state: EntryState::Idle, replay: false, last_reason: None };
+            let queue = self.queue_of(&event);
+            let mut entry = Entry {
+                event,
+                queue,
+                failures: 0,
+                state: EntryState::Idle,
+                replay: false,
+                last_reason: None,
+            };
             if let Some((failures, due_at, reason)) = self.restored.failed.remove(&position) {
                 entry.failures = failures;
                 entry.last_reason = reason;
@@ -354,8 +366,18 @@ impl Ledger {
         if !replay {
             self.settled.remove(&position);
         }
-        self.insert(Entry { event, failures, state: EntryState::Idle, replay, last_reason: None });
+        let queue = self.queue_of(&event);
+        self.insert(Entry { event, queue, failures, state: EntryState::Idle, replay, last_reason: None });
         self.generation += 1;
+    }
+
+    /// The queue of `event`: its stream, or (unordered) a name of its own — `@<position>`,
+    /// which no stream of the same ledger can share, since then every queue is one.
+    fn queue_of(&self, event: &RecordedEvent) -> StreamName {
+        if self.ordered {
+            return event.stream.clone();
+        }
+        StreamName::new(&format!("@{}", event.position)).unwrap_or_else(|_| event.stream.clone())
     }
 
     fn insert(&mut self, entry: Entry) {
@@ -365,7 +387,7 @@ impl Ledger {
         } else if entry.failures > 0 {
             self.failed.insert(position);
         }
-        let stream = entry.event.stream.clone();
+        let stream = entry.queue.clone();
         let queue = self.streams.entry(stream.clone()).or_default();
         queue.pending.insert(position);
         if !matches!(entry.state, EntryState::Idle) {
@@ -408,7 +430,7 @@ impl Ledger {
         let mut out = Leased::default();
         while out.leases.len() < max {
             let Some(first) = self.ready.pop_first() else { break };
-            let stream = self.entries[&first].event.stream.clone();
+            let stream = self.entries[&first].queue.clone();
             if let Some(queue) = self.streams.get_mut(&stream) {
                 queue.ready_at = None;
             }
@@ -452,10 +474,11 @@ impl Ledger {
         entry.state = EntryState::Leased { lease, deadline, since: now };
         let attempt = entry.failures + 1;
         let event = entry.event.clone();
+        let entry_queue = entry.queue.clone();
         if attempt > 1 {
             self.redeliveries += 1;
         }
-        if let Some(queue) = self.streams.get_mut(&event.stream) {
+        if let Some(queue) = self.streams.get_mut(&entry_queue) {
             queue.busy += 1;
         }
         self.leases.insert(lease.low(), position);
@@ -475,7 +498,7 @@ impl Ledger {
         let EntryState::Leased { deadline, since, .. } = entry.state else { return None };
         self.expiries.remove(&(deadline, position));
         entry.state = EntryState::Idle;
-        if let Some(queue) = self.streams.get_mut(&entry.event.stream) {
+        if let Some(queue) = self.streams.get_mut(&entry.queue) {
             queue.busy -= 1;
         }
         Some((position, since))
@@ -488,7 +511,7 @@ impl Ledger {
             if let Some((position, _)) = self.release(lease)
                 && let Some(entry) = self.entries.get(&position)
             {
-                let stream = entry.event.stream.clone();
+                let stream = entry.queue.clone();
                 self.refresh(&stream);
             }
         }
@@ -585,7 +608,7 @@ impl Ledger {
         entry.state = EntryState::Waiting { due, due_at: now.wall_after(delay) };
         entry.last_reason = Some(reason);
         self.retries.insert((due, position));
-        let stream = entry.event.stream.clone();
+        let stream = entry.queue.clone();
         if let Some(queue) = self.streams.get_mut(&stream) {
             queue.busy += 1;
         }
@@ -599,11 +622,11 @@ impl Ledger {
         self.replays.remove(&position);
         if let EntryState::Waiting { due, .. } = entry.state {
             self.retries.remove(&(due, position));
-            if let Some(queue) = self.streams.get_mut(&entry.event.stream) {
+            if let Some(queue) = self.streams.get_mut(&entry.queue) {
                 queue.busy -= 1;
             }
         }
-        if let Some(queue) = self.streams.get_mut(&entry.event.stream) {
+        if let Some(queue) = self.streams.get_mut(&entry.queue) {
             queue.pending.remove(&position);
             if queue.ready_at == Some(position) {
                 self.ready.remove(&position);
@@ -613,7 +636,7 @@ impl Ledger {
         if !entry.replay {
             self.settled.insert(position);
         }
-        self.refresh(&entry.event.stream);
+        self.refresh(&entry.queue);
     }
 
     fn advance_checkpoint(&mut self) {
@@ -655,7 +678,7 @@ impl Ledger {
             self.retries.pop_first();
             if let Some(entry) = self.entries.get_mut(&position) {
                 entry.state = EntryState::Idle;
-                let stream = entry.event.stream.clone();
+                let stream = entry.queue.clone();
                 if let Some(queue) = self.streams.get_mut(&stream) {
                     queue.busy -= 1;
                 }

@@ -216,7 +216,7 @@ impl Run {
     /// Restarts the ledger from a cursor and re-reads the log up to where it was.
     fn reopen(&mut self, cursor: Cursor, read: usize) {
         self.run += 1;
-        self.ledger = Ledger::new(cursor, 0, self.run);
+        self.ledger = Ledger::new(cursor, 0, self.run, true);
         let from = self.ledger.checkpoint() as usize;
         self.ledger.admit(self.events[from..read].to_vec(), read as Position, self.moment(), &config());
     }
@@ -345,7 +345,7 @@ fn the_ledger_behaves_as_the_model_under_any_sequence_of_operations() {
     runner
         .run(&strategy, |(stream_of, ops)| {
             let events = log(&stream_of);
-            let ledger = Ledger::new(Cursor::default(), 0, 1);
+            let ledger = Ledger::new(Cursor::default(), 0, 1, true);
             let model = Model::new(stream_of);
             let mut run = Run {
                 events,

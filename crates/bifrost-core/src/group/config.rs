@@ -212,6 +212,16 @@ pub struct GroupConfig {
     pub backoff: Backoff,
     /// Events leased out at once, over all consumers.
     pub max_in_flight: usize,
+    /// `true` (the default): per-stream order — while an event of a stream is leased or
+    /// waiting for a retry, no later event of that stream is handed out. `false`: every
+    /// event on its own, so a failing event holds back nothing (webhook endpoints that are
+    /// not `ordered`).
+    #[serde(default = "ordered_by_default")]
+    pub ordered: bool,
+}
+
+fn ordered_by_default() -> bool {
+    true
 }
 
 impl Default for GroupConfig {
@@ -223,6 +233,7 @@ impl Default for GroupConfig {
             max_attempts: 5,
             backoff: Backoff::default(),
             max_in_flight: 1000,
+            ordered: true,
         }
     }
 }

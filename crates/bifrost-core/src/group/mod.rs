@@ -5,7 +5,8 @@
 //! or parked) or times out (a failed attempt, retried after the backoff); after
 //! `max_attempts` failed deliveries an event is parked in the group's dead-letter queue.
 //! While an event of a stream is leased or waiting for a retry, no later event of that
-//! stream is handed out. Everything a group knows (checkpoint, leases, attempts, retries,
+//! stream is handed out (unless the group is not `ordered`: then each event stands on its
+//! own). Everything a group knows (checkpoint, leases, attempts, retries,
 //! dead letters) is durable: an acked event is never delivered again, an unacked one always
 //! is.
 //!

@@ -120,6 +120,38 @@ pub async fn events_of_one_stream_are_leased_one_at_a_time_in_order(f: Fixture) 
     f.finish().await;
 }
 
+pub async fn an_unordered_group_hands_out_each_event_on_its_own(f: Fixture) {
+    append(&f, "order-1", 3).await;
+    create(&f, "g", GroupConfig { ordered: false, ..quick(5) }).await;
+    let first = fetch(&f, "g", "a", 10, WAIT).await;
+    let versions: Vec<u64> = first.iter().map(|l| l.event.version).collect();
+    assert_eq!(versions, [1, 2, 3], "a stream's events are out at once, in log order");
+    // The first waits for a long retry; the others are settled meanwhile and the
+    // checkpoint stays below the one that waits.
+    let engine = f.engine();
+    let retry = Verdict::Nack(NackAction::Retry(Some(Duration::from_secs(60))), None);
+    engine.settle(&name("g"), &tokens(&first[..1]), retry, false).await.unwrap();
+    assert_eq!(ack(&f, "g", &first[1..]).await.count, 2);
+    append(&f, "order-1", 1).await;
+    let later = fetch(&f, "g", "b", 10, WAIT).await;
+    assert_eq!(later.len(), 1, "a later event is not held back by the one waiting");
+    assert_eq!(later[0].event.version, 4);
+    ack(&f, "g", &later).await;
+    let s = status(&f, "g").await;
+    assert_eq!((s.checkpoint, s.waiting, s.lag), (0, 1, 1));
+
+    // Back to per-stream order: the waiting event holds its stream again.
+    let put = engine.put(&name("g"), GroupConfig { ordered: true, ..quick(5) }).await.unwrap();
+    assert_eq!(put, Put::Updated);
+    append(&f, "order-1", 1).await;
+    assert!(
+        fetch(&f, "g", "c", 10, Duration::from_millis(200)).await.iter().all(|l| l.event.version != 5),
+        "an ordered group holds back a stream behind an event that waits (or was released by the change)"
+    );
+    drop(engine);
+    f.finish().await;
+}
+
 pub async fn ack_advances_the_checkpoint_to_below_the_lowest_unsettled_event(f: Fixture) {
     for i in 0..4 {
         append(&f, &format!("s-{i}"), 1).await;

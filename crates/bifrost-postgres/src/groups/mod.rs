@@ -287,8 +287,8 @@ impl PgGroups {
         let ack_timeout = micros(config.ack_timeout);
         let nonce_param = nonce as i64;
         let buffer = buffer_limit(config);
-        let feed_params: [&(dyn ToSql + Sync); 6] =
-            [&group.id, &FEED_BUDGET, &buffer, &category, &types, &FEED_ROWS];
+        let feed_params: [&(dyn ToSql + Sync); 7] =
+            [&group.id, &FEED_BUDGET, &buffer, &category, &types, &FEED_ROWS, &config.ordered];
         let lease_params: [&(dyn ToSql + Sync); 5] =
             [&group.id, &max, &max_in_flight, &ack_timeout, &nonce_param];
         let lock_params: [&(dyn ToSql + Sync); 1] = [&group.id];
@@ -654,9 +654,25 @@ impl GroupEngine for PgGroups {
             let checkpoint: i64 =
                 tx.query_one(&checkpoint, &[&id]).await.map_err(pg)?.try_get(0).map_err(pg)?;
             tx.execute(&drop_unmatched, &[&id, &new_category, &new_types]).await.map_err(pg)?;
-            let params: [&(dyn ToSql + Sync); 7] =
-                [&id, &checkpoint, &read_to, &new_category, &new_types, &old_category, &old_types];
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &id,
+                &checkpoint,
+                &read_to,
+                &new_category,
+                &new_types,
+                &old_category,
+                &old_types,
+                &config.ordered,
+            ];
             tx.execute(&add_matched, &params).await.map_err(pg)?;
+        }
+        if old.ordered != config.ordered {
+            // Under the group's lock, like a fetch: no lease is taken from half-changed queues.
+            let (lock, requeue) =
+                futures::try_join!(tx.prepare_cached(&sql.lock), tx.prepare_cached(&sql.requeue))
+                    .map_err(pg)?;
+            tx.execute(&lock, &[&id]).await.map_err(pg)?;
+            tx.execute(&requeue, &[&id, &config.ordered]).await.map_err(pg)?;
         }
         let set_config = tx.prepare_cached(&sql.set_config).await.map_err(pg)?;
         tx.execute(&set_config, &[&id, &encode_config(&config)?]).await.map_err(pg)?;
@@ -848,7 +864,9 @@ impl GroupEngine for PgGroups {
         tx.execute(&lock, &[&group.id]).await.map_err(pg)?;
         let checkpoint: i64 =
             tx.query_one(&checkpoint, &[&group.id]).await.map_err(pg)?.try_get(0).map_err(pg)?;
-        let replayed = tx.query(&replay, &[&group.id, &checkpoint, &ids, &up_to]).await.map_err(pg)?.len();
+        let ordered = group.config.ordered;
+        let replayed =
+            tx.query(&replay, &[&group.id, &checkpoint, &ids, &up_to, &ordered]).await.map_err(pg)?.len();
         tx.commit().await.map_err(pg)?;
         self.wake(group.id);
         Ok(replayed)

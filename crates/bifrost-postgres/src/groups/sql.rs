@@ -54,6 +54,7 @@ pub(crate) struct GroupSql {
     pub(crate) vacuum_done: String,
     pub(crate) vacuum: String,
     pub(crate) add_matched: String,
+    pub(crate) requeue: String,
 }
 
 /// `e` matches the filter given by the parameters `$c` (category) and `$t` (type regexes).
@@ -102,7 +103,7 @@ impl GroupSql {
                     FROM {s}.head h, g WHERE h.id = 1 AND h.position > g.read_to \
                     AND (SELECT count(*) FROM (SELECT 1 FROM {s}.group_messages \
                          WHERE group_id = $1 LIMIT $3) b) < $3), \
-                 picked AS (SELECT e.position, e.stream FROM {s}.events e \
+                 picked AS (SELECT e.position, {queue} AS stream FROM {s}.events e \
                     WHERE e.position > (SELECT after FROM top) AND e.position <= (SELECT upto FROM top) \
                     AND {m} ORDER BY e.position LIMIT $6), \
                  ins AS (INSERT INTO {s}.group_messages (group_id, position, stream) \
@@ -110,7 +111,8 @@ impl GroupSql {
                  UPDATE {s}.groups SET read_to = CASE WHEN (SELECT count(*) FROM picked) < $6 THEN top.upto \
                     ELSE (SELECT max(position) FROM picked) END \
                  FROM top WHERE groups.id = $1 RETURNING read_to",
-                m = matches(4, 5)
+                m = matches(4, 5),
+                queue = queue("$7")
             ),
             // The first row of each stream that has nothing out and is due, in log order,
             // within the in-flight limit $3; leased with the nonce $5 until now + $4. One pass
@@ -235,9 +237,10 @@ impl GroupSql {
                     AND ($3::uuid[] IS NULL OR d.event_id = ANY($3)) \
                     AND ($4::bigint IS NULL OR d.position <= $4) RETURNING d.event_id) \
                  INSERT INTO {s}.group_messages (group_id, position, stream, replay) \
-                 SELECT $1, e.position, e.stream, e.position <= $2 FROM sel \
+                 SELECT $1, e.position, {queue}, e.position <= $2 FROM sel \
                  JOIN {s}.events e ON e.id = sel.event_id \
-                 ON CONFLICT (group_id, position) DO NOTHING RETURNING position"
+                 ON CONFLICT (group_id, position) DO NOTHING RETURNING position",
+                queue = queue("$5")
             ),
             discard: format!("DELETE FROM {s}.group_dead_letters WHERE group_id = $1 AND event_id = $2"),
             dead_rows: format!(
@@ -255,12 +258,26 @@ impl GroupSql {
             ),
             add_matched: format!(
                 "INSERT INTO {s}.group_messages (group_id, position, stream) \
-                 SELECT $1, e.position, e.stream FROM {s}.events e \
+                 SELECT $1, e.position, {queue} FROM {s}.events e \
                  WHERE e.position > $2 AND e.position <= $3 AND {new} AND NOT ({old}) \
                  ON CONFLICT DO NOTHING",
                 new = matches(4, 5),
-                old = matches(6, 7)
+                old = matches(6, 7),
+                queue = queue("$8")
+            ),
+            // A changed order: each row's queue again, from its event.
+            requeue: format!(
+                "UPDATE {s}.group_messages m SET stream = {queue} FROM {s}.events e \
+                 WHERE m.group_id = $1 AND e.position = m.position",
+                queue = queue("$2")
             ),
         }
     }
+}
+
+/// The queue (the `stream` column of `group_messages`) of event `e`: its stream when the
+/// group keeps per-stream order (the boolean parameter `ordered`), else `@<position>`, a
+/// queue of its own.
+fn queue(ordered: &str) -> String {
+    format!("CASE WHEN {ordered}::boolean THEN e.stream ELSE '@' || e.position::text END")
 }

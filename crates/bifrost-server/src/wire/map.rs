@@ -113,6 +113,7 @@ pub(crate) fn group_config(request: GroupConfigRequest) -> ApiResult<GroupConfig
             jitter: backoff.jitter.unwrap_or(defaults.backoff.jitter),
         },
         max_in_flight,
+        ordered: true,
     })
 }
 
