@@ -581,9 +581,14 @@ async fn prune_attempts(inner: &Inner, id: &str) -> Result<()> {
 async fn run_resends(inner: Arc<Inner>, shutdown: CancellationToken) {
     let busy: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     let mut clients: HashMap<String, reqwest::Client> = HashMap::new();
+    let mut cursor: Option<String> = None;
     loop {
         let changed = inner.changed.notified();
-        match due_resends(&inner).await {
+        // One client per endpoint with resends; deleted endpoints' go now and then.
+        if clients.len() > 1000 {
+            clients.clear();
+        }
+        match due_resends(&inner, &mut cursor).await {
             Ok(due) => {
                 for (endpoint_id, entries) in due {
                     let claimed = busy.lock().map(|mut b| b.insert(endpoint_id.clone())).unwrap_or(false);
@@ -634,15 +639,25 @@ type Claimable = (String, ResendEntry, Bytes);
 /// Claimable resends by endpoint, in key (position) order.
 type DueResends = Vec<(String, Vec<Claimable>)>;
 
-/// The due, unclaimed (or abandoned) resends, by endpoint, in key (position) order.
-async fn due_resends(inner: &Inner) -> Result<DueResends> {
+/// Keys of the resend queue one pass looks at: a pass's work and memory stay bounded
+/// however long the queue (a large recover); the next pass goes on from there.
+const RESENDS_PER_PASS: usize = 2000;
+
+/// The due, unclaimed (or abandoned) resends, by endpoint, in key (position) order, among
+/// the next [`RESENDS_PER_PASS`] keys after `cursor` (which moves on, and back to the start
+/// at the end of the queue).
+async fn due_resends(inner: &Inner, cursor: &mut Option<String>) -> Result<DueResends> {
     let now = Timestamp::now();
     let mut by_endpoint: DueResends = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let entries = inner.store.scan_state(RESENDS, after.as_deref(), 500).await?;
-        let Some(last) = entries.last() else { break };
-        after = Some(last.key.clone());
+    let mut looked = 0;
+    while looked < RESENDS_PER_PASS {
+        let entries = inner.store.scan_state(RESENDS, cursor.as_deref(), 500).await?;
+        let Some(last) = entries.last() else {
+            *cursor = None;
+            break;
+        };
+        *cursor = Some(last.key.clone());
+        looked += entries.len();
         for e in entries {
             let entry: ResendEntry = decode("resend", &e.value)?;
             if entry.due > now || entry.claimed_until.is_some_and(|c| c > now) {

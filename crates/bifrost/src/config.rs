@@ -359,6 +359,29 @@ mod tests {
     }
 
     #[test]
+    fn webhook_settings_follow_the_precedence_and_are_checked() {
+        let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
+        assert!(s.webhook_allow_cidrs.is_empty());
+        assert_eq!(s.webhook_retry_after_max, Duration::from_secs(3600));
+
+        let table = "[webhooks]\nallow_cidrs = [\"10.0.0.0/8\"]\nretry_after_max_s = 60";
+        let s = Settings::resolve(ConfigLayer::default(), file(table)).unwrap();
+        assert_eq!(s.webhook_allow_cidrs, ["10.0.0.0/8"]);
+        assert_eq!(s.webhook_retry_after_max, Duration::from_secs(60));
+
+        let flags = flags(&["--webhook-allow-cidr", "127.0.0.0/8", "--webhook-allow-cidr", "::1"]);
+        let s = Settings::resolve(flags, file(table)).unwrap();
+        assert_eq!(s.webhook_allow_cidrs, ["127.0.0.0/8", "::1"], "flags win over the file");
+        assert_eq!(s.webhook_settings().unwrap().allow_cidrs.len(), 2);
+        // The printed configuration reads back as the same settings.
+        let again = Settings::resolve(ConfigLayer::default(), file(&s.to_string())).unwrap();
+        assert_eq!(again, s);
+
+        let bad = Settings::resolve(flags(&["--webhook-allow-cidr", "10.0.0.0/33"]), ConfigLayer::default());
+        assert!(bad.unwrap_err().to_string().contains("10.0.0.0/33"));
+    }
+
+    #[test]
     fn no_configuration_gives_the_documented_defaults() {
         let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
         assert_eq!(s.listen, "127.0.0.1:7070");
