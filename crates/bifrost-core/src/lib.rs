@@ -9,6 +9,7 @@ pub mod backend;
 pub mod error;
 pub mod event;
 pub mod group;
+pub mod json_out;
 pub mod memory;
 pub mod name;
 pub mod pattern;

@@ -9,9 +9,9 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::io::Write as _;
 
 use base64::Engine as _;
+use bifrost_core::json_out::{write_str, write_timestamp, write_u64, write_uuid};
 use bifrost_core::{RecordedEvent, Timestamp};
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -387,28 +387,6 @@ fn write_cloudevent(
         }
     }
     out.push(b'}');
-}
-
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// A quoted UUID; its hyphenated form needs no escaping.
-fn write_uuid(out: &mut Vec<u8>, id: Uuid) {
-    let mut buffer = Uuid::encode_buffer();
-    out.push(b'"');
-    out.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
-    out.push(b'"');
-}
-
-fn write_u64(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "{n}");
-}
-
-/// A quoted RFC 3339 timestamp (six fractional digits, `Z`); nothing in it needs escaping.
-fn write_timestamp(out: &mut Vec<u8>, t: Timestamp) {
-    let _ = write!(out, "\"{t}\"");
 }
 
 /// Quoted standard base64 (padded); its alphabet needs no escaping.

@@ -7,9 +7,9 @@
 
 use std::io::Write as _;
 
+use bifrost_core::RecordedEvent;
 use bifrost_core::group::{DeadLetterEntry, Lease};
-use bifrost_core::{RecordedEvent, Timestamp};
-use uuid::Uuid;
+use bifrost_core::json_out::{write_optional_u64, write_str, write_timestamp, write_u64, write_uuid};
 
 /// `{"messages":[{"lease":..,"attempt":..,"event":{..}},...]}`.
 pub(crate) fn fetch_json(leases: &[Lease]) -> Vec<u8> {
@@ -147,35 +147,6 @@ fn write_array<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec
     out.push(b']');
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// A quoted UUID; its hyphenated form needs no escaping.
-fn write_uuid(out: &mut Vec<u8>, id: Uuid) {
-    let mut buffer = Uuid::encode_buffer();
-    out.push(b'"');
-    out.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
-    out.push(b'"');
-}
-
-fn write_u64(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "{n}");
-}
-
-fn write_optional_u64(out: &mut Vec<u8>, n: Option<u64>) {
-    match n {
-        Some(n) => write_u64(out, n),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// A quoted RFC 3339 timestamp; its digits and separators need no escaping.
-fn write_timestamp(out: &mut Vec<u8>, t: Timestamp) {
-    let _ = write!(out, "\"{t}\"");
-}
-
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
@@ -189,6 +160,7 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::*;
+    use uuid::Uuid;
 
     fn recorded(data: &'static [u8], metadata: &'static [u8]) -> RecordedEvent {
         RecordedEvent {
