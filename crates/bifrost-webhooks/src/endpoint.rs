@@ -278,6 +278,15 @@ pub struct Endpoint {
     pub failing_since: Option<Timestamp>,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// `false` from the write that disables it (failing or gone) until
+    /// `bifrost.webhook.endpoint_disabled` is appended; any node appends it, with an id
+    /// derived from the disable, so it is stored once.
+    #[serde(default = "announced_by_default")]
+    pub announced: bool,
+}
+
+fn announced_by_default() -> bool {
+    true
 }
 
 impl Endpoint {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bifrost_core::group::{Fetch, GroupName, Lease, NackAction, Verdict, random};
+use bifrost_core::group::{Fetch, GroupName, Lease, MAX_DELAY, NackAction, Verdict, random};
 use bifrost_core::{Error, NewEvent, RecordedEvent, StateChange, StreamName, Timestamp};
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -45,18 +45,21 @@ enum Decision {
     Park(String),
 }
 
-/// A running worker: its endpoint's latest settings, and how to stop it.
+/// A running worker: its endpoint's latest settings, how to stop it, and its task (a
+/// worker that ended on its own is started again).
 struct Worker {
     endpoint: watch::Sender<Arc<Endpoint>>,
     stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// Follows the stored endpoints until `shutdown`: starts, updates and stops workers.
+/// Follows the stored endpoints until `shutdown`: starts, updates and stops workers, and
+/// announces disables that are not announced yet. The gauges and the pruning of the
+/// attempt log run in a task of their own, so that slow bookkeeping never delays a change.
 pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let resends = tokio::spawn(run_resends(Arc::clone(&inner), shutdown.clone()));
-    let mut last_gauges = Instant::now() - GAUGE_EVERY;
-    let mut last_prune = Instant::now();
+    let upkeep = tokio::spawn(run_upkeep(Arc::clone(&inner), shutdown.clone()));
     loop {
         let changed = inner.changed.notified();
         match load_endpoints(&inner).await {
@@ -64,13 +67,18 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                 let disabled = endpoints.values().filter(|e| !e.active()).count();
                 metrics::gauge!("bifrost_webhook_endpoints_disabled").set(disabled as f64);
                 workers.retain(|id, worker| {
-                    let keep = endpoints.get(id).is_some_and(|e| e.active());
+                    let keep = endpoints.get(id).is_some_and(|e| e.active()) && !worker.task.is_finished();
                     if !keep {
                         worker.stop.cancel();
                     }
                     keep
                 });
                 for (id, endpoint) in &endpoints {
+                    if !endpoint.announced
+                        && let Err(e) = announce_disabled(&inner, endpoint).await
+                    {
+                        tracing::warn!(endpoint = %id, error = %e, "cannot announce a disabled endpoint yet");
+                    }
                     if !endpoint.active() {
                         continue;
                     }
@@ -83,24 +91,8 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                         None => {
                             let (tx, rx) = watch::channel(Arc::clone(endpoint));
                             let stop = shutdown.child_token();
-                            tokio::spawn(run_worker(Arc::clone(&inner), rx, stop.clone()));
-                            workers.insert(id.clone(), Worker { endpoint: tx, stop });
-                        }
-                    }
-                }
-                if last_gauges.elapsed() >= GAUGE_EVERY {
-                    last_gauges = Instant::now();
-                    for id in endpoints.keys() {
-                        let backlog = inner.backlog(id).await;
-                        metrics::gauge!("bifrost_webhook_backlog", "endpoint" => id.clone())
-                            .set(backlog as f64);
-                    }
-                }
-                if last_prune.elapsed() >= PRUNE_EVERY {
-                    last_prune = Instant::now();
-                    for id in endpoints.keys() {
-                        if let Err(e) = prune_attempts(&inner, id).await {
-                            tracing::warn!(endpoint = %id, error = %e, "cannot prune the attempt log");
+                            let task = tokio::spawn(run_worker(Arc::clone(&inner), rx, stop.clone()));
+                            workers.insert(id.clone(), Worker { endpoint: tx, stop, task });
                         }
                     }
                 }
@@ -117,8 +109,41 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
         worker.stop.cancel();
     }
     let _ = resends.await;
+    let _ = upkeep.await;
 }
 
+/// The backlog gauges (every 5 s) and the attempt log's pruning (every 10 minutes).
+async fn run_upkeep(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let mut last_prune = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(GAUGE_EVERY) => {}
+        }
+        let endpoints = match load_endpoints(&inner).await {
+            Ok(endpoints) => endpoints,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the webhook endpoints");
+                continue;
+            }
+        };
+        for id in endpoints.keys() {
+            let backlog = inner.backlog(id).await;
+            metrics::gauge!("bifrost_webhook_backlog", "endpoint" => id.clone()).set(backlog as f64);
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            for id in endpoints.keys() {
+                if let Err(e) = prune_attempts(&inner, id).await {
+                    tracing::warn!(endpoint = %id, error = %e, "cannot prune the attempt log");
+                }
+            }
+        }
+    }
+}
+
+/// Every endpoint; a record that does not decode is skipped (and logged), so that one
+/// bad record does not stop the others.
 async fn load_endpoints(inner: &Inner) -> Result<HashMap<String, Arc<Endpoint>>> {
     let mut endpoints = HashMap::new();
     let mut after: Option<String> = None;
@@ -127,8 +152,12 @@ async fn load_endpoints(inner: &Inner) -> Result<HashMap<String, Arc<Endpoint>>>
         let Some(last) = entries.last() else { break };
         after = Some(last.key.clone());
         for entry in entries {
-            let endpoint: Endpoint = decode("endpoint", &entry.value)?;
-            endpoints.insert(entry.key, Arc::new(endpoint));
+            match decode::<Endpoint>("endpoint", &entry.value) {
+                Ok(endpoint) => {
+                    endpoints.insert(entry.key, Arc::new(endpoint));
+                }
+                Err(e) => tracing::error!(endpoint = %entry.key, error = %e, "skipping a webhook endpoint"),
+            }
         }
     }
     Ok(endpoints)
@@ -178,6 +207,11 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
         }
         // Deferred leases: not written before the attempt; one that a crash cuts short is
         // still counted at its next attempt (the engine's careful restart).
+        // A rate-limited endpoint leases no more than it may start in a second, so that no
+        // lease runs out while it waits for its turn.
+        if let Some(rate) = endpoint.borrow().spec.rate_limit_per_s {
+            permits.truncate(usize::try_from(rate).unwrap_or(usize::MAX).max(1));
+        }
         let fetch = Fetch {
             consumer: &inner.settings.node,
             max: permits.len(),
@@ -200,7 +234,7 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
         };
         for (lease, permit) in leases.into_iter().zip(permits) {
             let inner = Arc::clone(&inner);
-            let endpoint = Arc::clone(&endpoint.borrow());
+            let endpoint = endpoint.clone();
             let client = client.clone();
             let pacer = Arc::clone(&pacer);
             let name = name.clone();
@@ -208,15 +242,9 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
                 let token = lease.token;
                 let decision = handle_lease(&inner, &endpoint, &client, &pacer, lease).await;
                 let verdict = match &decision {
-                    Ok(Decision::Ack) => Verdict::Ack,
-                    Ok(Decision::Retry(delay)) => Verdict::Nack(NackAction::Retry(Some(*delay)), None),
-                    Ok(Decision::Park(reason)) => Verdict::Nack(NackAction::Park, Some(reason.as_str())),
-                    // The store failed: leave the lease to time out, the attempt counted.
-                    Err(e) => {
-                        tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot record a webhook attempt");
-                        drop(permit);
-                        return;
-                    }
+                    Decision::Ack => Verdict::Ack,
+                    Decision::Retry(delay) => Verdict::Nack(NackAction::Retry(Some(*delay)), None),
+                    Decision::Park(reason) => Verdict::Nack(NackAction::Park, Some(reason.as_str())),
                 };
                 // An ack lost in a crash only sends the message again (at-least-once, the same
                 // webhook-id); a retry's schedule and count are written before going on.
@@ -224,9 +252,7 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
                 match inner.groups.settle(&name, std::slice::from_ref(&token), verdict, deferred).await {
                     // Deleted meanwhile: nothing left to settle.
                     Ok(_) | Err(Error::GroupNotFound(_)) => {}
-                    Err(e) => {
-                        tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot settle a webhook message")
-                    }
+                    Err(e) => tracing::warn!(endpoint = %name, error = %e, "cannot settle a webhook message"),
                 }
                 drop(permit);
             });
@@ -234,38 +260,59 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
     }
 }
 
-/// One leased message: filter by routing key, make the attempt, record it.
+/// The dead-letter reason of a message set aside because its endpoint is disabled (by a
+/// user, a `410` or its failures): not a failure; it goes out again, with fresh attempts,
+/// when the endpoint is enabled.
+pub(crate) const WAITING_FOR_ENABLE: &str = "the endpoint is disabled; sent again when it is enabled";
+
+/// One leased message: filter by routing key, make the attempt, record it. The decision is
+/// made whatever becomes of the bookkeeping, so the lease is always settled.
 async fn handle_lease(
     inner: &Inner,
-    endpoint: &Endpoint,
+    endpoint: &watch::Receiver<Arc<Endpoint>>,
     client: &reqwest::Client,
     pacer: &Pacer,
     lease: Lease,
-) -> Result<Decision> {
+) -> Decision {
+    let endpoint = Arc::clone(&endpoint.borrow());
+    if !endpoint.active() {
+        return Decision::Park(WAITING_FOR_ENABLE.to_owned());
+    }
     let event = &lease.event;
     let src = Source::from_event(event);
     let transform = endpoint.spec.transform.as_ref();
     match render::routing_key(&src, transform) {
-        Ok(key) if !endpoint.spec.matches_routing_key(&key) => return Ok(Decision::Ack),
+        Ok(key) if !endpoint.spec.matches_routing_key(&key) => return Decision::Ack,
         Ok(_) => {}
-        Err(e) => return fail_unrenderable(inner, endpoint, event, e.to_string()).await,
+        Err(e) => return fail_unrenderable(inner, &endpoint, event, e.to_string()).await,
     }
-    let record = inner.message_record(&endpoint.id, event.position).await?;
+    let record = match inner.message_record(&endpoint.id, event.position).await {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot read a webhook message's record");
+            None
+        }
+    };
+    // Delivered already (a resend got it through, or an ack was lost in a crash): the
+    // receiver has it.
+    if record.as_ref().is_some_and(|r| r.status == MessageStatus::Succeeded) {
+        return Decision::Ack;
+    }
     let (body, content_type) = match stored_body(record.as_ref()) {
         Some(found) => found,
         None => match render::render(&src, endpoint.spec.content_mode, transform) {
             Ok(rendered) => (rendered.body, rendered.content_type.to_owned()),
-            Err(e) => return fail_unrenderable(inner, endpoint, event, e.to_string()).await,
+            Err(e) => return fail_unrenderable(inner, &endpoint, event, e.to_string()).await,
         },
     };
     pacer.wait(endpoint.spec.rate_limit_per_s).await;
     let attempt = Attempt { event, attempt: lease.attempt, trigger: Trigger::Scheduled, body, content_type };
-    let outcome = make_attempt(inner, endpoint, client, &attempt).await?;
-    Ok(match outcome {
+    match make_attempt(inner, &endpoint, client, &attempt).await {
         AfterAttempt::Delivered => Decision::Ack,
         AfterAttempt::Retry(delay) => Decision::Retry(delay),
         AfterAttempt::Failed(reason) => Decision::Park(reason),
-    })
+        AfterAttempt::Gone => Decision::Park(WAITING_FOR_ENABLE.to_owned()),
+    }
 }
 
 fn stored_body(record: Option<&MessageRecord>) -> Option<(Bytes, String)> {
@@ -281,8 +328,7 @@ async fn fail_unrenderable(
     endpoint: &Endpoint,
     event: &RecordedEvent,
     error: String,
-) -> Result<Decision> {
-    let now = Timestamp::now();
+) -> Decision {
     let record = MessageRecord {
         event_id: event.id,
         position: event.position,
@@ -290,21 +336,23 @@ async fn fail_unrenderable(
         attempts: 0,
         next_attempt_at: None,
         last_error: Some(error.clone()),
-        failed_at: Some(now),
+        failed_at: Some(Timestamp::now()),
         content_type: None,
         body: None,
     };
-    inner
-        .store
-        .write_state(vec![StateChange::put(
-            messages_scope(&endpoint.id),
-            message_key(event.position),
-            encode(&record)?,
-        )])
-        .await?;
+    let key = message_key(event.position);
+    let written = match encode(&record) {
+        Ok(value) => {
+            inner.store.write_state(vec![StateChange::put(messages_scope(&endpoint.id), key, value)]).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot record a webhook message");
+    }
     metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => "failed")
         .increment(1);
-    Ok(Decision::Park(error))
+    Decision::Park(error)
 }
 
 /// What an attempt sends, and which one it is.
@@ -321,16 +369,20 @@ enum AfterAttempt {
     Delivered,
     Retry(Duration),
     Failed(String),
+    /// `410 Gone`: the endpoint is disabled; the message waits for it.
+    Gone,
 }
 
 /// Makes an attempt, records it and the message's new state, and updates the endpoint's
-/// failure state (disabling it when it has failed for too long, or answered 410).
+/// failure state (disabling it when it has failed for too long, or answered 410). The
+/// bookkeeping is best effort: a store that fails here is logged, never a reason to leave
+/// the message unsettled.
 async fn make_attempt(
     inner: &Inner,
     endpoint: &Endpoint,
     client: &reqwest::Client,
     attempt: &Attempt<'_>,
-) -> Result<AfterAttempt> {
+) -> AfterAttempt {
     let webhook_id = format!("{}:{}", attempt.event.id, endpoint.id);
     let at = Timestamp::now();
     let request = deliver::Request {
@@ -341,24 +393,21 @@ async fn make_attempt(
     let outcome = deliver::attempt(client, &inner.policy, endpoint, request).await;
     count(endpoint, &outcome);
 
-    let max_attempts = endpoint.spec.max_attempts();
     let now = Timestamp::now();
     let (status, after) = if outcome.succeeded() {
         (MessageStatus::Succeeded, AfterAttempt::Delivered)
     } else if outcome.gone() {
-        // The endpoint is disabled; the message waits for it to be enabled again.
-        (MessageStatus::Pending, AfterAttempt::Retry(Duration::from_secs(1)))
-    } else if attempt.attempt >= max_attempts {
+        (MessageStatus::Pending, AfterAttempt::Gone)
+    } else if attempt.attempt >= endpoint.spec.max_attempts() {
         let reason = outcome.error.clone().unwrap_or_else(|| "failed".into());
         (MessageStatus::Failed, AfterAttempt::Failed(reason))
     } else {
         (MessageStatus::Pending, AfterAttempt::Retry(retry_delay(inner, endpoint, attempt.attempt, &outcome)))
     };
     let next_attempt_at = match &after {
-        AfterAttempt::Retry(delay) if !outcome.gone() => Some(after_delay(now, *delay)),
+        AfterAttempt::Retry(delay) => Some(after_delay(now, *delay)),
         _ => None,
     };
-    let body = RawValue::from_string(String::from_utf8_lossy(&attempt.body).into_owned()).ok();
     let record = MessageRecord {
         event_id: attempt.event.id,
         position: attempt.event.position,
@@ -368,7 +417,7 @@ async fn make_attempt(
         last_error: outcome.error.clone(),
         failed_at: (status == MessageStatus::Failed).then_some(now),
         content_type: Some(attempt.content_type.clone()),
-        body,
+        body: RawValue::from_string(String::from_utf8_lossy(&attempt.body).into_owned()).ok(),
     };
     let key = attempt_key(at);
     let log = AttemptRecord {
@@ -385,30 +434,38 @@ async fn make_attempt(
     };
     // Bookkeeping for people (the delivery's truth is the group): it survives the process
     // at once and the machine with the next flush.
-    inner
-        .store
-        .write_state_unflushed(vec![
-            StateChange::put(
-                messages_scope(&endpoint.id),
-                message_key(attempt.event.position),
-                encode(&record)?,
-            ),
-            StateChange::put(attempts_scope(&endpoint.id), key, encode(&log)?),
-        ])
-        .await?;
-    match status {
-        MessageStatus::Succeeded => {
-            metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => "delivered")
-                .increment(1);
+    let written = match (encode(&record), encode(&log)) {
+        (Ok(record), Ok(log)) => {
+            inner
+                .store
+                .write_state_unflushed(vec![
+                    StateChange::put(
+                        messages_scope(&endpoint.id),
+                        message_key(attempt.event.position),
+                        record,
+                    ),
+                    StateChange::put(attempts_scope(&endpoint.id), key, log),
+                ])
+                .await
         }
-        MessageStatus::Failed => {
-            metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => "failed")
-                .increment(1);
-        }
-        MessageStatus::Pending => {}
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    if let Err(e) = written {
+        tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot record a webhook attempt");
     }
-    note_outcome(inner, endpoint, &outcome).await?;
-    Ok(after)
+    let outcome_label = match status {
+        MessageStatus::Succeeded => Some("delivered"),
+        MessageStatus::Failed => Some("failed"),
+        MessageStatus::Pending => None,
+    };
+    if let Some(label) = outcome_label {
+        metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => label)
+            .increment(1);
+    }
+    if let Err(e) = note_outcome(inner, endpoint, &outcome).await {
+        tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot update a webhook endpoint's failure state");
+    }
+    after
 }
 
 fn count(endpoint: &Endpoint, outcome: &Outcome) {
@@ -428,10 +485,11 @@ fn retry_delay(inner: &Inner, endpoint: &Endpoint, attempt: u32, outcome: &Outco
     let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
     let base = endpoint.spec.retry_schedule_ms.get(index).copied().unwrap_or(0);
     let jittered = Duration::from_millis(base).mul_f64(0.8 + 0.4 * random::unit());
-    match outcome.retry_after {
+    let delay = match outcome.retry_after {
         Some(wait) => jittered.max(wait.min(inner.settings.retry_after_max)),
         None => jittered,
-    }
+    };
+    delay.min(MAX_DELAY)
 }
 
 fn after_delay(now: Timestamp, delay: Duration) -> Timestamp {
@@ -470,29 +528,45 @@ async fn note_outcome(inner: &Inner, endpoint: &Endpoint, outcome: &Outcome) -> 
             if e.disabled_reason.is_some() {
                 return false;
             }
+            let first_failure = e.failing_since.is_none();
             let since = *e.failing_since.get_or_insert(now);
-            e.last_status = outcome.status;
-            e.last_error = outcome.error.clone();
             if outcome.gone() {
                 disabled = Some(DisabledReason::Gone);
             } else if failing_long_enough(since) {
                 disabled = Some(DisabledReason::Failing);
             }
-            e.disabled_reason = disabled;
+            // Only a change is written: a burst of failures on many nodes does not fight
+            // over the record.
+            if !first_failure && disabled.is_none() {
+                return false;
+            }
+            e.last_status = outcome.status;
+            e.last_error = outcome.error.clone();
             if disabled.is_some() {
+                e.disabled_reason = disabled;
+                e.announced = false;
                 e.updated_at = now;
             }
             true
         })
         .await?;
-    if let (Some(reason), Some(endpoint)) = (disabled, updated) {
-        announce_disabled(inner, &endpoint, reason).await?;
+    if let (Some(_), Some(endpoint)) = (disabled, updated) {
+        announce_disabled(inner, &endpoint).await?;
     }
     Ok(())
 }
 
-/// Appends `bifrost.webhook.endpoint_disabled` to the operations stream.
-async fn announce_disabled(inner: &Inner, endpoint: &Endpoint, reason: DisabledReason) -> Result<()> {
+/// Appends `bifrost.webhook.endpoint_disabled` to the operations stream for an endpoint
+/// whose disable is not announced yet, then marks it announced. The event's id is derived
+/// from the disable, so that nodes that both announce it (or a retry after a failure
+/// between the two writes) store it once.
+pub(crate) async fn announce_disabled(inner: &Inner, endpoint: &Endpoint) -> Result<()> {
+    let Some(reason) = endpoint.disabled_reason.filter(|r| *r != DisabledReason::Manual) else {
+        return Ok(());
+    };
+    if endpoint.announced {
+        return Ok(());
+    }
     tracing::warn!(endpoint = %endpoint.id, url = %endpoint.spec.url, reason = reason.as_str(), "webhook endpoint disabled");
     let data = serde_json::json!({
         "endpoint_id": endpoint.id,
@@ -502,9 +576,21 @@ async fn announce_disabled(inner: &Inner, endpoint: &Endpoint, reason: DisabledR
         "last_status": endpoint.last_status,
         "last_error": endpoint.last_error,
     });
-    let event = NewEvent::json("bifrost.webhook.endpoint_disabled", &data)?;
+    let name = format!("{}:disabled:{}", endpoint.id, endpoint.updated_at.as_micros());
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
+    let event = NewEvent::json("bifrost.webhook.endpoint_disabled", &data)?.with_id(id);
     let stream = StreamName::new(OPERATIONS_STREAM)?;
     inner.store.append(stream, bifrost_core::ExpectedVersion::Any, vec![event]).await?;
+    let disabled_at = endpoint.updated_at;
+    inner
+        .update_endpoint(&endpoint.id, |e| {
+            let same_disable = e.updated_at == disabled_at && !e.announced;
+            if same_disable {
+                e.announced = true;
+            }
+            same_disable
+        })
+        .await?;
     Ok(())
 }
 
@@ -611,6 +697,9 @@ async fn run_resends(inner: Arc<Inner>, shutdown: CancellationToken) {
                     let inner = Arc::clone(&inner);
                     let busy = Arc::clone(&busy);
                     tokio::spawn(async move {
+                        // A disabled endpoint's sends wait, without a look at each of them.
+                        let inactive = matches!(inner.endpoint(&endpoint_id).await, Ok((endpoint, _)) if !endpoint.active());
+                        let entries = if inactive { Vec::new() } else { entries };
                         for (key, entry, stored) in entries {
                             if let Err(e) =
                                 run_resend(&inner, &client, &endpoint_id, &key, entry, stored).await
@@ -727,18 +816,25 @@ async fn run_resend(
     let (body, content_type) = match rendered {
         Ok(found) => found,
         Err(e) => {
-            fail_unrenderable(inner, &endpoint, &event, e.to_string()).await?;
+            fail_unrenderable(inner, &endpoint, &event, e.to_string()).await;
             inner.store.write_state(vec![StateChange::delete(RESENDS, key)]).await?;
             return Ok(());
         }
     };
     let attempt =
         Attempt { event: &event, attempt: entry.attempts, trigger: entry.trigger, body, content_type };
-    let after = make_attempt(inner, &endpoint, client, &attempt).await?;
+    let after = make_attempt(inner, &endpoint, client, &attempt).await;
     let next = match after {
         AfterAttempt::Delivered | AfterAttempt::Failed(_) => vec![StateChange::delete(RESENDS, key)],
         AfterAttempt::Retry(delay) => {
             entry.due = after_delay(Timestamp::now(), delay);
+            entry.claimed_until = None;
+            vec![StateChange::put(RESENDS, key, encode(&entry)?)]
+        }
+        // Disabled by this answer: the send waits for the endpoint, its attempt uncounted.
+        AfterAttempt::Gone => {
+            entry.attempts = entry.attempts.saturating_sub(1);
+            entry.due = Timestamp::now();
             entry.claimed_until = None;
             vec![StateChange::put(RESENDS, key, encode(&entry)?)]
         }

@@ -51,6 +51,8 @@ use crate::ssrf::AddressPolicy;
 /// Most entries of one page of the API's lists.
 const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
+/// The longest grace of a rotated secret: a year.
+pub const MAX_ROTATION_GRACE_S: u64 = 365 * 24 * 3600;
 /// The stream operational webhook events are appended to.
 pub const OPERATIONS_STREAM: &str = "_bifrost-webhooks";
 
@@ -150,6 +152,7 @@ impl Webhooks {
             failing_since: None,
             last_status: None,
             last_error: None,
+            announced: true,
         };
         inner.groups.put(&name, config).await?;
         let written = inner
@@ -244,6 +247,9 @@ impl Webhooks {
                 .await;
             match written {
                 Ok(()) => {
+                    if enabled == Some(Some(true)) {
+                        inner.release_waiting(id).await?;
+                    }
                     inner.changed.notify_waiters();
                     return Ok(endpoint.to_body(inner.backlog(id).await));
                 }
@@ -258,10 +264,6 @@ impl Webhooks {
     pub async fn delete(&self, id: &str) -> Result<()> {
         let inner = &self.inner;
         inner.endpoint(id).await?;
-        match inner.groups.delete(&group_name(id)?).await {
-            Ok(()) | Err(Error::GroupNotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
         let mut changes = vec![
             StateChange::delete(ENDPOINTS, id),
             StateChange::delete_scope(messages_scope(id)),
@@ -280,9 +282,15 @@ impl Webhooks {
                 break;
             }
         }
+        // The endpoint goes first: a group left behind by a failure after it delivers
+        // nothing (no endpoint names it), while a group deleted under a live endpoint would
+        // be made again from the start by its next change.
         inner.store.write_state(changes).await?;
         inner.changed.notify_waiters();
-        Ok(())
+        match inner.groups.delete(&group_name(id)?).await {
+            Ok(()) | Err(Error::GroupNotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A new secret; the current one keeps signing for `grace_s` more seconds.
@@ -296,6 +304,9 @@ impl Webhooks {
             None => generate_secret().map_err(|_| Error::Internal("no randomness for a secret".into()))?,
         };
         let grace = req.grace_s.unwrap_or(DEFAULT_ROTATION_GRACE_S);
+        if grace > MAX_ROTATION_GRACE_S {
+            return Err(WebhookError::Invalid(format!("grace_s: at most {MAX_ROTATION_GRACE_S} (a year)")));
+        }
         let grace_micros = i64::try_from(grace).ok().and_then(|s| s.checked_mul(1_000_000));
         let Some(grace_micros) = grace_micros else {
             return Err(WebhookError::Invalid("grace_s is too large".into()));
@@ -516,6 +527,28 @@ impl Inner {
             }
         }
         Err(Error::Unavailable("the endpoint is being changed by others; try again".into()).into())
+    }
+
+    /// Sends again, with fresh attempts, the messages set aside while the endpoint was
+    /// disabled (their dead letters carry [`engine::WAITING_FOR_ENABLE`]).
+    async fn release_waiting(&self, id: &str) -> Result<()> {
+        let name = group_name(id)?;
+        let mut waiting = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.groups.dead_letters(&name, after, 500).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.dead_letter.position);
+            waiting.extend(
+                page.iter()
+                    .filter(|d| d.dead_letter.reason == engine::WAITING_FOR_ENABLE)
+                    .map(|d| d.dead_letter.event_id),
+            );
+        }
+        if !waiting.is_empty() {
+            self.groups.replay(&name, bifrost_core::group::ReplaySelection::Ids(waiting)).await?;
+        }
+        Ok(())
     }
 
     /// Messages not yet delivered or failed for good.

@@ -200,13 +200,14 @@ const REFUSED_V6: &[Class<Ipv6Addr>] = &[
 
 /// The IPv4 address an IPv6 address carries, in the forms that lead to it:
 /// IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96` (but `::` and `::1`, which are
-/// themselves refused), NAT64 `64:ff9b::/96` and the local-use `64:ff9b:1::/48` (the last
-/// 32 bits, as a /96 translator prefix inside it places them), and 6to4 `2002::/16` (bits
-/// 16..48).
+/// themselves refused), SIIT's IPv4-translated `::ffff:0:0:0/96`, NAT64 `64:ff9b::/96` and
+/// the local-use `64:ff9b:1::/48` (the last 32 bits, as a /96 translator prefix inside it
+/// places them), and 6to4 `2002::/16` (bits 16..48).
 fn embedded_ipv4(ip: &Ipv6Addr) -> Option<Ipv4Addr> {
     const NAT64: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
     const NAT64_LOCAL: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0);
     const SIX_TO_FOUR: Ipv6Addr = Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0);
+    const TRANSLATED: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0);
 
     let bits = ip.to_bits();
     let last_32 = Ipv4Addr::from_bits(bits as u32);
@@ -214,7 +215,7 @@ fn embedded_ipv4(ip: &Ipv6Addr) -> Option<Ipv4Addr> {
         Some(v4)
     } else if v6_in(ip, Ipv6Addr::UNSPECIFIED, 96) {
         (!ip.is_unspecified() && !ip.is_loopback()).then_some(last_32)
-    } else if v6_in(ip, NAT64, 96) || v6_in(ip, NAT64_LOCAL, 48) {
+    } else if v6_in(ip, NAT64, 96) || v6_in(ip, NAT64_LOCAL, 48) || v6_in(ip, TRANSLATED, 96) {
         Some(last_32)
     } else if v6_in(ip, SIX_TO_FOUR, 16) {
         Some(Ipv4Addr::from_bits((bits >> 80) as u32))
@@ -475,10 +476,13 @@ mod tests {
             "2002:a9fe:a9fe::1",
             "::ffff:0.0.0.0",
             "::ffff:255.255.255.255",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.1.2.3",
         ] {
             assert!(refused(&policy, addr), "{addr} should be refused");
         }
         assert_eq!(policy.vet(ip("::ffff:8.8.8.8")), Ok(()));
+        assert_eq!(policy.vet(ip("::ffff:0:8.8.8.8")), Ok(()));
     }
 
     #[test]

@@ -273,6 +273,9 @@ impl Settings {
         }
         bifrost_webhooks::ssrf::AddressPolicy::parse_cidrs(&self.webhook_allow_cidrs)
             .map_err(|e| anyhow::anyhow!("webhook allow CIDR: {e}"))?;
+        if self.webhook_retry_after_max > Duration::from_secs(86_400) {
+            bail!("webhooks.retry_after_max_s is at most 86400 (a day)");
+        }
         Ok(())
     }
 
@@ -369,8 +372,8 @@ mod tests {
         assert_eq!(s.webhook_allow_cidrs, ["10.0.0.0/8"]);
         assert_eq!(s.webhook_retry_after_max, Duration::from_secs(60));
 
-        let flags = flags(&["--webhook-allow-cidr", "127.0.0.0/8", "--webhook-allow-cidr", "::1"]);
-        let s = Settings::resolve(flags, file(table)).unwrap();
+        let given = flags(&["--webhook-allow-cidr", "127.0.0.0/8", "--webhook-allow-cidr", "::1"]);
+        let s = Settings::resolve(given, file(table)).unwrap();
         assert_eq!(s.webhook_allow_cidrs, ["127.0.0.0/8", "::1"], "flags win over the file");
         assert_eq!(s.webhook_settings().unwrap().allow_cidrs.len(), 2);
         // The printed configuration reads back as the same settings.
@@ -379,6 +382,9 @@ mod tests {
 
         let bad = Settings::resolve(flags(&["--webhook-allow-cidr", "10.0.0.0/33"]), ConfigLayer::default());
         assert!(bad.unwrap_err().to_string().contains("10.0.0.0/33"));
+        let too_long =
+            Settings::resolve(flags(&["--webhook-retry-after-max-s", "86401"]), ConfigLayer::default());
+        assert!(too_long.unwrap_err().to_string().contains("retry_after_max_s"));
     }
 
     #[test]

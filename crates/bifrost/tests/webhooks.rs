@@ -116,6 +116,7 @@ on_each_store! {
         ordered_endpoints_deliver_each_stream_in_order_under_retries,
         unordered_endpoints_do_not_hold_a_stream_behind_a_failing_message,
         gone_disables_the_endpoint_and_reenabling_resumes_where_it_stopped,
+        a_410_on_the_only_attempt_does_not_use_the_message_up,
         retry_after_on_429_delays_the_next_attempt,
         an_endpoint_failing_for_longer_than_disable_after_is_disabled,
         resend_recover_and_test_send,
@@ -1162,6 +1163,27 @@ fn gone_disables_the_endpoint_and_reenabling_resumes_where_it_stopped(b: &Backen
     for id in [&g1, &g2, &g3] {
         wait_message(&api, &ep, id, "succeeded");
     }
+}
+
+fn a_410_on_the_only_attempt_does_not_use_the_message_up(b: &Backend) {
+    let server = b.server();
+    let api = b.api(&server);
+    let receiver = Receiver::start();
+    receiver.push(Reply::status(410));
+    let (ep, _) = create(
+        &api,
+        &endpoint(&receiver.url("/once"), json!({"filter": {"types": ["once.#"]}, "retry_schedule_ms": []})),
+    );
+    let (e, _) = append_one(&api, "once-1", "once.thing", json!({}));
+    eventually("the endpoint disabled as gone", || {
+        let got = get_endpoint(&api, &ep);
+        if got["disabled_reason"] == "gone" { Ok(got) } else { Err(got.to_string()) }
+    });
+    let m = message(&api, &ep, &e).expect(200, "the message");
+    assert_eq!(m["status"], "pending", "a 410 is not a failed attempt, even the last one: {m}");
+    api.patch(&format!("/v1/webhooks/{ep}"), &json!({"enabled": true})).expect(200, "re-enable");
+    wait_message(&api, &ep, &e, "succeeded");
+    assert_eq!(for_event(&receiver.requests(), &e).len(), 2, "one 410, then one delivery");
 }
 
 fn retry_after_on_429_delays_the_next_attempt(b: &Backend) {
