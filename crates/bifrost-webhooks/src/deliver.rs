@@ -140,12 +140,7 @@ pub(crate) async fn attempt(
     };
     let status = response.status().as_u16();
     let retry_after = if matches!(status, 429 | 503) {
-        response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+        response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
     } else {
         None
     };
@@ -172,6 +167,17 @@ pub(crate) async fn attempt(
         error: (!success).then(|| format!("the receiver answered {status}")),
         retry_after,
     }
+}
+
+/// `Retry-After`: delay-seconds, or an HTTP date (how long until then; a date past is 0).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    let wait = at - time::OffsetDateTime::now_utc();
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
 }
 
 fn classify_error(e: &reqwest::Error, started: Instant) -> Outcome {
@@ -205,4 +211,24 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a date past");
+        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(90);
+        let header = later
+            .format(&time::format_description::well_known::Rfc2822)
+            .map(|s| s.replace("+0000", "GMT"));
+        let wait = header.ok().and_then(|h| parse_retry_after(&h));
+        assert!(wait.is_some_and(|w| w > Duration::from_secs(80) && w <= Duration::from_secs(90)), "{wait:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-5"), None);
+    }
 }
