@@ -223,11 +223,13 @@ mod tests {
         assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a date past");
         let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(90);
-        let header = later
-            .format(&time::format_description::well_known::Rfc2822)
-            .map(|s| s.replace("+0000", "GMT"));
+        let header =
+            later.format(&time::format_description::well_known::Rfc2822).map(|s| s.replace("+0000", "GMT"));
         let wait = header.ok().and_then(|h| parse_retry_after(&h));
-        assert!(wait.is_some_and(|w| w > Duration::from_secs(80) && w <= Duration::from_secs(90)), "{wait:?}");
+        assert!(
+            wait.is_some_and(|w| w > Duration::from_secs(80) && w <= Duration::from_secs(90)),
+            "{wait:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-5"), None);
     }

@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bifrost_core::group::{Fetch, GroupName, Lease, MAX_DELAY, NackAction, Verdict, random};
+use bifrost_core::group::{Fetch, GroupName, Lease, LeaseToken, MAX_DELAY, NackAction, Verdict, random};
 use bifrost_core::{Error, NewEvent, RecordedEvent, StateChange, StreamName, Timestamp};
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,8 @@ use crate::{Inner, OPERATIONS_STREAM};
 
 /// Attempts one endpoint has out at once on one node.
 const CONCURRENCY: usize = 64;
+/// Most finished messages settled together.
+const SETTLE_BATCH: usize = 256;
 /// How long a fetch waits for a message.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// Time a manual send may take beyond its timeout before another node takes it over.
@@ -196,6 +198,8 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
     };
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     let pacer = Arc::new(Pacer { next: Mutex::new(Instant::now()) });
+    let (done, finished) = mpsc::unbounded_channel();
+    tokio::spawn(settle_batches(Arc::clone(&inner), name.clone(), finished));
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return,
@@ -237,26 +241,74 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
             let endpoint = endpoint.clone();
             let client = client.clone();
             let pacer = Arc::clone(&pacer);
-            let name = name.clone();
+            let done = done.clone();
             tokio::spawn(async move {
                 let token = lease.token;
-                let decision = handle_lease(&inner, &endpoint, &client, &pacer, lease).await;
-                let verdict = match &decision {
-                    Decision::Ack => Verdict::Ack,
-                    Decision::Retry(delay) => Verdict::Nack(NackAction::Retry(Some(*delay)), None),
-                    Decision::Park(reason) => Verdict::Nack(NackAction::Park, Some(reason.as_str())),
-                };
-                // An ack lost in a crash only sends the message again (at-least-once, the same
-                // webhook-id); a retry's schedule and count are written before going on.
-                let deferred = matches!(verdict, Verdict::Ack);
-                match inner.groups.settle(&name, std::slice::from_ref(&token), verdict, deferred).await {
-                    // Deleted meanwhile: nothing left to settle.
-                    Ok(_) | Err(Error::GroupNotFound(_)) => {}
-                    Err(e) => tracing::warn!(endpoint = %name, error = %e, "cannot settle a webhook message"),
-                }
-                drop(permit);
+                let (decision, records) = handle_lease(&inner, &endpoint, &client, &pacer, lease).await;
+                // The settler holds the slot until the message is settled.
+                let _ = done.send(Done { token, decision, records, _slot: permit });
             });
         }
+    }
+}
+
+/// An attempted message on its way to being settled.
+struct Done {
+    token: LeaseToken,
+    decision: Decision,
+    /// Its record and attempt-log entry, written before it is settled.
+    records: Vec<StateChange>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Settles a worker's messages as their attempts finish, many at a time: one write for the
+/// records of all that finished meanwhile, one settle for all their acks (nacks one by
+/// one, each with its delay) — a transaction per batch rather than two per message.
+async fn settle_batches(inner: Arc<Inner>, name: GroupName, mut finished: mpsc::UnboundedReceiver<Done>) {
+    let mut batch = Vec::new();
+    while finished.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let records: Vec<StateChange> =
+            batch.iter_mut().flat_map(|d| std::mem::take(&mut d.records)).collect();
+        if !records.is_empty()
+            && let Err(e) = inner.store.write_state_unflushed(records).await
+        {
+            tracing::warn!(endpoint = %name, error = %e, "cannot record webhook attempts");
+        }
+        let acks: Vec<LeaseToken> =
+            batch.iter().filter(|d| matches!(d.decision, Decision::Ack)).map(|d| d.token).collect();
+        // An ack lost in a crash only sends the message again (at-least-once, the same
+        // webhook-id); a retry's schedule and count are written before going on.
+        if !acks.is_empty() {
+            settle(&inner, &name, &acks, Verdict::Ack, true).await;
+        }
+        for d in &batch {
+            match &d.decision {
+                Decision::Ack => {}
+                Decision::Retry(delay) => {
+                    let verdict = Verdict::Nack(NackAction::Retry(Some(*delay)), None);
+                    settle(&inner, &name, &[d.token], verdict, false).await;
+                }
+                Decision::Park(reason) => {
+                    let verdict = Verdict::Nack(NackAction::Park, Some(reason.as_str()));
+                    settle(&inner, &name, &[d.token], verdict, false).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn settle(
+    inner: &Inner,
+    name: &GroupName,
+    tokens: &[LeaseToken],
+    verdict: Verdict<'_>,
+    deferred: bool,
+) {
+    match inner.groups.settle(name, tokens, verdict, deferred).await {
+        // Deleted meanwhile: nothing left to settle.
+        Ok(_) | Err(Error::GroupNotFound(_)) => {}
+        Err(e) => tracing::warn!(endpoint = %name, error = %e, "cannot settle webhook messages"),
     }
 }
 
@@ -273,18 +325,18 @@ async fn handle_lease(
     client: &reqwest::Client,
     pacer: &Pacer,
     lease: Lease,
-) -> Decision {
+) -> (Decision, Vec<StateChange>) {
     let endpoint = Arc::clone(&endpoint.borrow());
     if !endpoint.active() {
-        return Decision::Park(WAITING_FOR_ENABLE.to_owned());
+        return (Decision::Park(WAITING_FOR_ENABLE.to_owned()), Vec::new());
     }
     let event = &lease.event;
     let src = Source::from_event(event);
     let transform = endpoint.spec.transform.as_ref();
     match render::routing_key(&src, transform) {
-        Ok(key) if !endpoint.spec.matches_routing_key(&key) => return Decision::Ack,
+        Ok(key) if !endpoint.spec.matches_routing_key(&key) => return (Decision::Ack, Vec::new()),
         Ok(_) => {}
-        Err(e) => return fail_unrenderable(inner, &endpoint, event, e.to_string()).await,
+        Err(e) => return (fail_unrenderable(inner, &endpoint, event, e.to_string()).await, Vec::new()),
     }
     let record = match inner.message_record(&endpoint.id, event.position).await {
         Ok(record) => record,
@@ -296,23 +348,25 @@ async fn handle_lease(
     // Delivered already (a resend got it through, or an ack was lost in a crash): the
     // receiver has it.
     if record.as_ref().is_some_and(|r| r.status == MessageStatus::Succeeded) {
-        return Decision::Ack;
+        return (Decision::Ack, Vec::new());
     }
     let (body, content_type) = match stored_body(record.as_ref()) {
         Some(found) => found,
         None => match render::render(&src, endpoint.spec.content_mode, transform) {
             Ok(rendered) => (rendered.body, rendered.content_type.to_owned()),
-            Err(e) => return fail_unrenderable(inner, &endpoint, event, e.to_string()).await,
+            Err(e) => return (fail_unrenderable(inner, &endpoint, event, e.to_string()).await, Vec::new()),
         },
     };
     pacer.wait(endpoint.spec.rate_limit_per_s).await;
     let attempt = Attempt { event, attempt: lease.attempt, trigger: Trigger::Scheduled, body, content_type };
-    match make_attempt(inner, &endpoint, client, &attempt).await {
+    let (after, records) = make_attempt(inner, &endpoint, client, &attempt).await;
+    let decision = match after {
         AfterAttempt::Delivered => Decision::Ack,
         AfterAttempt::Retry(delay) => Decision::Retry(delay),
         AfterAttempt::Failed(reason) => Decision::Park(reason),
         AfterAttempt::Gone => Decision::Park(WAITING_FOR_ENABLE.to_owned()),
-    }
+    };
+    (decision, records)
 }
 
 fn stored_body(record: Option<&MessageRecord>) -> Option<(Bytes, String)> {
@@ -373,16 +427,17 @@ enum AfterAttempt {
     Gone,
 }
 
-/// Makes an attempt, records it and the message's new state, and updates the endpoint's
-/// failure state (disabling it when it has failed for too long, or answered 410). The
-/// bookkeeping is best effort: a store that fails here is logged, never a reason to leave
-/// the message unsettled.
+/// Makes an attempt and updates the endpoint's failure state (disabling it when it has
+/// failed for too long, or answered 410); returns where the message stands and the writes
+/// that record the attempt and the message's new state, for the caller to make (in a batch).
+/// The bookkeeping is best effort: a store that fails here is logged, never a reason to
+/// leave the message unsettled.
 async fn make_attempt(
     inner: &Inner,
     endpoint: &Endpoint,
     client: &reqwest::Client,
     attempt: &Attempt<'_>,
-) -> AfterAttempt {
+) -> (AfterAttempt, Vec<StateChange>) {
     let webhook_id = format!("{}:{}", attempt.event.id, endpoint.id);
     let at = Timestamp::now();
     let request = deliver::Request {
@@ -432,27 +487,18 @@ async fn make_attempt(
         response_body: outcome.response_body.clone(),
         error: outcome.error.clone(),
     };
-    // Bookkeeping for people (the delivery's truth is the group): it survives the process
-    // at once and the machine with the next flush.
-    let written = match (encode(&record), encode(&log)) {
-        (Ok(record), Ok(log)) => {
-            inner
-                .store
-                .write_state_unflushed(vec![
-                    StateChange::put(
-                        messages_scope(&endpoint.id),
-                        message_key(attempt.event.position),
-                        record,
-                    ),
-                    StateChange::put(attempts_scope(&endpoint.id), key, log),
-                ])
-                .await
+    // Bookkeeping for people (the delivery's truth is the group): written unflushed, it
+    // survives the process at once and the machine with the next flush.
+    let records = match (encode(&record), encode(&log)) {
+        (Ok(record), Ok(log)) => vec![
+            StateChange::put(messages_scope(&endpoint.id), message_key(attempt.event.position), record),
+            StateChange::put(attempts_scope(&endpoint.id), key, log),
+        ],
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot encode a webhook attempt");
+            Vec::new()
         }
-        (Err(e), _) | (_, Err(e)) => Err(e),
     };
-    if let Err(e) = written {
-        tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot record a webhook attempt");
-    }
     let outcome_label = match status {
         MessageStatus::Succeeded => Some("delivered"),
         MessageStatus::Failed => Some("failed"),
@@ -465,7 +511,7 @@ async fn make_attempt(
     if let Err(e) = note_outcome(inner, endpoint, &outcome).await {
         tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot update a webhook endpoint's failure state");
     }
-    after
+    (after, records)
 }
 
 fn count(endpoint: &Endpoint, outcome: &Outcome) {
@@ -823,7 +869,10 @@ async fn run_resend(
     };
     let attempt =
         Attempt { event: &event, attempt: entry.attempts, trigger: entry.trigger, body, content_type };
-    let after = make_attempt(inner, &endpoint, client, &attempt).await;
+    let (after, records) = make_attempt(inner, &endpoint, client, &attempt).await;
+    if let Err(e) = inner.store.write_state_unflushed(records).await {
+        tracing::warn!(endpoint = %endpoint_id, error = %e, "cannot record a webhook attempt");
+    }
     let next = match after {
         AfterAttempt::Delivered | AfterAttempt::Failed(_) => vec![StateChange::delete(RESENDS, key)],
         AfterAttempt::Retry(delay) => {
