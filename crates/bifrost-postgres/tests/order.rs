@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bifrost_core::store::EventStoreExt;
@@ -161,10 +161,14 @@ async fn dropped_connections_fail_appends_loudly_and_lose_nothing_acknowledged()
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
+    // Appends that failed so far: the killer goes on until the failure path was taken (a
+    // kill that lands between appends only makes the pool replace the connection).
+    let failures = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..8 {
         let store = store.clone();
         let stop = stop.clone();
+        let failures = failures.clone();
         writers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut failed = 0;
@@ -174,22 +178,29 @@ async fn dropped_connections_fail_appends_loudly_and_lose_nothing_acknowledged()
                 let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
                 match store.append(stream(&format!("load-{w}")), ExpectedVersion::Any, batch).await {
                     Ok(r) => acked.push((r, ids)),
-                    Err(Error::Unavailable(_) | Error::Storage { .. }) => failed += 1,
+                    Err(Error::Unavailable(_) | Error::Storage { .. }) => {
+                        failed += 1;
+                        failures.fetch_add(1, Ordering::AcqRel);
+                    }
                     Err(e) => panic!("unexpected error {e}"),
                 }
                 i += 1;
-                if i > 5000 {
+                if i > 100_000 {
                     break;
                 }
             }
             (acked, failed)
         }));
     }
+    let seen_failures = failures.clone();
     let killer = tokio::spawn(async move {
         let (client, connection) =
             tokio_postgres::connect(&support::url(), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
-        for _ in 0..3 {
+        for round in 0..30 {
+            if round >= 3 && seen_failures.load(Ordering::Acquire) > 0 {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
             client
                 .execute(

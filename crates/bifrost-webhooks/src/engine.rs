@@ -139,6 +139,9 @@ async fn run_upkeep(inner: Arc<Inner>, shutdown: CancellationToken) {
                 if let Err(e) = prune_attempts(&inner, id).await {
                     tracing::warn!(endpoint = %id, error = %e, "cannot prune the attempt log");
                 }
+                if let Err(e) = prune_messages(&inner, id).await {
+                    tracing::warn!(endpoint = %id, error = %e, "cannot prune the message records");
+                }
             }
         }
     }
@@ -688,13 +691,15 @@ pub(crate) async fn test_attempt(
     Ok(record)
 }
 
+/// The oldest time the attempt log (and a finished message's record) is kept from.
+fn retention_cutoff(inner: &Inner) -> Timestamp {
+    let retention = i64::try_from(inner.settings.attempt_retention.as_micros()).unwrap_or(i64::MAX);
+    Timestamp::from_micros(Timestamp::now().as_micros().saturating_sub(retention))
+}
+
 /// Deletes attempts older than the retention, a page at a time.
 async fn prune_attempts(inner: &Inner, id: &str) -> Result<()> {
-    let cutoff = Timestamp::from_micros(
-        Timestamp::now()
-            .as_micros()
-            .saturating_sub(i64::try_from(inner.settings.attempt_retention.as_micros()).unwrap_or(i64::MAX)),
-    );
+    let cutoff = retention_cutoff(inner);
     let scope = attempts_scope(id);
     let from = attempt_key_before(cutoff);
     loop {
@@ -705,6 +710,56 @@ async fn prune_attempts(inner: &Inner, id: &str) -> Result<()> {
         let changes = old.iter().map(|e| StateChange::delete(&scope, &e.key)).collect();
         inner.store.write_state(changes).await?;
     }
+}
+
+/// Most message records one pass looks at, so a long history is pruned over several passes.
+const PRUNE_MESSAGES_PER_PASS: usize = 10_000;
+
+/// Deletes the records of delivered or failed messages whose event is older than the
+/// retention (pending ones stay, however old). Message keys are positions, so the records to
+/// look at are those below the first position recorded inside the retention.
+async fn prune_messages(inner: &Inner, id: &str) -> Result<()> {
+    let first_kept = first_position_since(inner, retention_cutoff(inner)).await?;
+    let scope = messages_scope(id);
+    // Keys after this one are positions below `first_kept` (keys sort newest first).
+    let mut after = message_key(first_kept);
+    let mut looked = 0;
+    while looked < PRUNE_MESSAGES_PER_PASS {
+        let page = inner.store.scan_state(&scope, Some(&after), 500).await?;
+        let Some(last) = page.last() else { return Ok(()) };
+        after = last.key.clone();
+        looked += page.len();
+        let mut changes = Vec::new();
+        for entry in &page {
+            let record: MessageRecord = decode("message", &entry.value)?;
+            if record.status != MessageStatus::Pending {
+                changes.push(StateChange::delete(&scope, &entry.key));
+            }
+        }
+        if !changes.is_empty() {
+            inner.store.write_state(changes).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The lowest position whose event was recorded at or after `cutoff` (one past the head
+/// when none was): a binary search over the log, positions being recorded in time order.
+async fn first_position_since(inner: &Inner, cutoff: Timestamp) -> Result<u64> {
+    let head = *inner.store.head().borrow();
+    let (mut lo, mut hi) = (1u64, head.saturating_add(1));
+    let every = bifrost_core::LogFilter::default();
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let page = inner.store.read_all(mid - 1, &every, 1).await?;
+        let recent = page.events.first().is_none_or(|e| e.recorded_at >= cutoff);
+        if recent {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
 }
 
 /// Runs the manual sends of every endpoint until `shutdown`: claims what is due, attempts
@@ -901,4 +956,75 @@ async fn run_resend(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bifrost_core::{DurableStore, EventStore, ExpectedVersion, InMemoryStore, StateStore};
+
+    use super::*;
+    use crate::{WebhookSettings, Webhooks};
+
+    async fn append(store: &InMemoryStore) -> RecordedEvent {
+        let event = NewEvent::json("t.x", &serde_json::json!({})).unwrap();
+        let stream = StreamName::new("s-1").unwrap();
+        let result = store.append(stream, ExpectedVersion::Any, vec![event]).await.unwrap();
+        store
+            .read_all(result.first_position - 1, &bifrost_core::LogFilter::default(), 1)
+            .await
+            .unwrap()
+            .events[0]
+            .clone()
+    }
+
+    fn record(event: &RecordedEvent, status: MessageStatus) -> StateChange {
+        let record = MessageRecord {
+            event_id: event.id,
+            position: event.position,
+            status,
+            attempts: 1,
+            next_attempt_at: None,
+            last_error: None,
+            failed_at: None,
+            content_type: None,
+            body: None,
+        };
+        StateChange::put(messages_scope("ep"), message_key(event.position), encode(&record).unwrap())
+    }
+
+    #[tokio::test]
+    async fn finished_message_records_older_than_the_retention_are_pruned() {
+        let store = InMemoryStore::shared();
+        let old: Vec<RecordedEvent> =
+            [append(&store).await, append(&store).await, append(&store).await].into();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let recent = append(&store).await;
+        let settings =
+            WebhookSettings { attempt_retention: Duration::from_millis(150), ..WebhookSettings::default() };
+        let webhooks = Webhooks::open(Arc::clone(&store) as Arc<dyn DurableStore>, settings).await.unwrap();
+        store
+            .write_state(vec![
+                record(&old[0], MessageStatus::Succeeded),
+                record(&old[1], MessageStatus::Pending),
+                record(&old[2], MessageStatus::Failed),
+                record(&recent, MessageStatus::Succeeded),
+            ])
+            .await
+            .unwrap();
+
+        assert_eq!(
+            first_position_since(&webhooks.inner, retention_cutoff(&webhooks.inner)).await.unwrap(),
+            4
+        );
+        prune_messages(&webhooks.inner, "ep").await.unwrap();
+        let left: Vec<u64> = store
+            .scan_state(&messages_scope("ep"), None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| decode::<MessageRecord>("message", &e.value).unwrap().position)
+            .collect();
+        assert_eq!(left, [4, 2], "the recent one and the old pending one stay");
+    }
 }
