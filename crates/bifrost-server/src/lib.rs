@@ -11,6 +11,7 @@ pub mod error;
 mod extract;
 mod metrics;
 mod openapi;
+mod realtime;
 mod routes;
 mod wire;
 
@@ -35,6 +36,7 @@ use crate::error::{ApiError, PROBLEM_JSON, ProblemType};
 
 pub use crate::metrics::install_metrics_recorder;
 pub use crate::openapi::openapi_json;
+pub use crate::realtime::RealtimeConfig;
 
 /// Limits and timings of the HTTP service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +49,8 @@ pub struct ServerConfig {
     pub max_events_per_append: usize,
     /// Interval of the SSE heartbeat comment (15 s).
     pub sse_heartbeat: Duration,
+    /// WebSocket connections (`/v1/ws`).
+    pub realtime: RealtimeConfig,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +60,7 @@ impl Default for ServerConfig {
             max_event_bytes: 1024 * 1024,
             max_events_per_append: 1000,
             sse_heartbeat: Duration::from_secs(15),
+            realtime: RealtimeConfig::default(),
         }
     }
 }

@@ -285,6 +285,7 @@ impl Settings {
             max_event_bytes: self.max_event_bytes,
             max_events_per_append: self.max_events_per_append,
             sse_heartbeat: self.sse_heartbeat,
+            ..ServerConfig::default()
         }
     }
 

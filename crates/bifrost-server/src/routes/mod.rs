@@ -6,6 +6,7 @@ pub(crate) mod log;
 pub(crate) mod ops;
 pub(crate) mod streams;
 pub(crate) mod webhooks;
+pub(crate) mod ws;
 
 use axum::body::Body;
 use axum::http::header::CONTENT_TYPE;
@@ -29,6 +30,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(log::event_by_id))
         .routes(routes!(log::head))
         .routes(routes!(live::subscribe))
+        .routes(routes!(ws::ws))
         .routes(routes!(groups::put_group, groups::get_group, groups::delete_group))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::fetch))

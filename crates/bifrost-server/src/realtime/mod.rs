@@ -1,0 +1,13 @@
+//! Real-time delivery over WebSocket (`GET /v1/ws`): channels of stored events, resumed
+//! from the store itself with `since_position`, so a client that reconnects gets exactly
+//! what it missed, in log order, with the positions SSE and consumer groups use.
+//!
+//! This is the first part of the real-time contract: the connection, its frames,
+//! `stream:` and `type:` channels with recovery, the bounded per-connection queue and
+//! heartbeats. JWT auth, rooms, presence, publishes and bridges come next.
+
+mod channel;
+mod connection;
+
+pub use connection::RealtimeConfig;
+pub(crate) use connection::serve;
