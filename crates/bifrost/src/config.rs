@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bifrost_postgres::PostgresOptions;
-use bifrost_server::ServerConfig;
+use bifrost_server::{RealtimeConfig, ServerConfig};
 use bifrost_sqlite::Durability;
 use clap::Args;
 use serde::Deserialize;
@@ -108,6 +108,57 @@ pub(crate) struct ConfigLayer {
     /// The `[webhooks]` table of the TOML file.
     #[arg(skip)]
     pub(crate) webhooks: Option<WebhooksTable>,
+
+    /// WebSocket: frames queued for one connection before it counts as a slow consumer
+    /// [default: 1000]. TOML: `realtime.queue_size`.
+    #[arg(long, env = "BIFROST_REALTIME_QUEUE_SIZE", value_name = "N")]
+    #[serde(skip)]
+    pub(crate) realtime_queue_size: Option<usize>,
+
+    /// WebSocket: how many events back `since_position` recovers [default: 10000]. TOML:
+    /// `realtime.recovery_max_events`.
+    #[arg(long, env = "BIFROST_REALTIME_RECOVERY_MAX_EVENTS", value_name = "N")]
+    #[serde(skip)]
+    pub(crate) realtime_recovery_max_events: Option<u64>,
+
+    /// WebSocket: subscriptions of one connection [default: 100]. TOML:
+    /// `realtime.max_subscriptions`.
+    #[arg(long, env = "BIFROST_REALTIME_MAX_SUBSCRIPTIONS", value_name = "N")]
+    #[serde(skip)]
+    pub(crate) realtime_max_subscriptions: Option<usize>,
+
+    /// WebSocket: seconds between pings [default: 25]. TOML: `realtime.ping_interval_s`.
+    #[arg(long, env = "BIFROST_REALTIME_PING_INTERVAL_S", value_name = "S")]
+    #[serde(skip)]
+    pub(crate) realtime_ping_interval_s: Option<u64>,
+
+    /// WebSocket: seconds a connection may stay silent after a ping [default: 10]. TOML:
+    /// `realtime.pong_timeout_s`.
+    #[arg(long, env = "BIFROST_REALTIME_PONG_TIMEOUT_S", value_name = "S")]
+    #[serde(skip)]
+    pub(crate) realtime_pong_timeout_s: Option<u64>,
+
+    /// WebSocket: largest frame a client may send, in bytes [default: 65536]. TOML:
+    /// `realtime.max_frame_bytes`.
+    #[arg(long, env = "BIFROST_REALTIME_MAX_FRAME_BYTES", value_name = "BYTES")]
+    #[serde(skip)]
+    pub(crate) realtime_max_frame_bytes: Option<usize>,
+
+    /// The `[realtime]` table of the TOML file.
+    #[arg(skip)]
+    pub(crate) realtime: Option<RealtimeTable>,
+}
+
+/// `[realtime]` in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RealtimeTable {
+    pub(crate) queue_size: Option<usize>,
+    pub(crate) recovery_max_events: Option<u64>,
+    pub(crate) max_subscriptions: Option<usize>,
+    pub(crate) ping_interval_s: Option<u64>,
+    pub(crate) pong_timeout_s: Option<u64>,
+    pub(crate) max_frame_bytes: Option<usize>,
 }
 
 /// `[webhooks]` in the TOML file.
@@ -158,7 +209,44 @@ impl ConfigLayer {
             webhook_allow_cidrs: self.webhook_allow_cidrs.or(lower.webhook_allow_cidrs),
             webhook_retry_after_max_s: self.webhook_retry_after_max_s.or(lower.webhook_retry_after_max_s),
             webhooks: self.webhooks.or(lower.webhooks),
+            realtime_queue_size: self.realtime_queue_size.or(lower.realtime_queue_size),
+            realtime_recovery_max_events: self
+                .realtime_recovery_max_events
+                .or(lower.realtime_recovery_max_events),
+            realtime_max_subscriptions: self.realtime_max_subscriptions.or(lower.realtime_max_subscriptions),
+            realtime_ping_interval_s: self.realtime_ping_interval_s.or(lower.realtime_ping_interval_s),
+            realtime_pong_timeout_s: self.realtime_pong_timeout_s.or(lower.realtime_pong_timeout_s),
+            realtime_max_frame_bytes: self.realtime_max_frame_bytes.or(lower.realtime_max_frame_bytes),
+            realtime: self.realtime.or(lower.realtime),
         }
+    }
+}
+
+/// The WebSocket settings: flag or environment, else the `[realtime]` table, else default.
+fn realtime_config(layer: &ConfigLayer) -> RealtimeConfig {
+    let table = layer.realtime.clone().unwrap_or_default();
+    let defaults = RealtimeConfig::default();
+    let seconds = |s: Option<u64>, default: Duration| s.map_or(default, Duration::from_secs);
+    RealtimeConfig {
+        queue_size: layer.realtime_queue_size.or(table.queue_size).unwrap_or(defaults.queue_size),
+        recovery_max_events: layer
+            .realtime_recovery_max_events
+            .or(table.recovery_max_events)
+            .unwrap_or(defaults.recovery_max_events),
+        max_subscriptions: layer
+            .realtime_max_subscriptions
+            .or(table.max_subscriptions)
+            .unwrap_or(defaults.max_subscriptions),
+        ping_interval: seconds(
+            layer.realtime_ping_interval_s.or(table.ping_interval_s),
+            defaults.ping_interval,
+        ),
+        pong_timeout: seconds(layer.realtime_pong_timeout_s.or(table.pong_timeout_s), defaults.pong_timeout),
+        max_frame_bytes: layer
+            .realtime_max_frame_bytes
+            .or(table.max_frame_bytes)
+            .unwrap_or(defaults.max_frame_bytes),
+        ..defaults
     }
 }
 
@@ -182,6 +270,7 @@ pub(crate) struct Settings {
     /// Checked CIDRs, as given.
     pub(crate) webhook_allow_cidrs: Vec<String>,
     pub(crate) webhook_retry_after_max: Duration,
+    pub(crate) realtime: RealtimeConfig,
 }
 
 impl Settings {
@@ -189,6 +278,7 @@ impl Settings {
     /// file over the defaults, and checks every value.
     pub(crate) fn resolve(flags_and_env: ConfigLayer, file: ConfigLayer) -> anyhow::Result<Self> {
         let layer = flags_and_env.over(file);
+        let realtime = realtime_config(&layer);
         let defaults = ServerConfig::default();
         let pg = PostgresOptions::default();
         let millis = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
@@ -223,6 +313,7 @@ impl Settings {
                 .map(|c| c.trim().to_owned())
                 .filter(|c| !c.is_empty())
                 .collect(),
+            realtime,
             webhook_retry_after_max: Duration::from_secs(
                 layer
                     .webhook_retry_after_max_s
@@ -273,6 +364,19 @@ impl Settings {
         }
         bifrost_webhooks::ssrf::AddressPolicy::parse_cidrs(&self.webhook_allow_cidrs)
             .map_err(|e| anyhow::anyhow!("webhook allow CIDR: {e}"))?;
+        let realtime = &self.realtime;
+        for (key, value) in [
+            ("realtime.queue_size", realtime.queue_size),
+            ("realtime.max_subscriptions", realtime.max_subscriptions),
+            ("realtime.max_frame_bytes", realtime.max_frame_bytes),
+        ] {
+            if value == 0 {
+                bail!("{key} must be greater than 0");
+            }
+        }
+        if realtime.ping_interval.is_zero() || realtime.pong_timeout.is_zero() {
+            bail!("realtime.ping_interval_s and realtime.pong_timeout_s must be greater than 0");
+        }
         if self.webhook_retry_after_max > Duration::from_secs(86_400) {
             bail!("webhooks.retry_after_max_s is at most 86400 (a day)");
         }
@@ -285,7 +389,7 @@ impl Settings {
             max_event_bytes: self.max_event_bytes,
             max_events_per_append: self.max_events_per_append,
             sse_heartbeat: self.sse_heartbeat,
-            ..ServerConfig::default()
+            realtime: self.realtime.clone(),
         }
     }
 
@@ -335,7 +439,15 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "\n[webhooks]");
         let cidrs: Vec<String> = self.webhook_allow_cidrs.iter().map(|c| quote(c)).collect();
         let _ = writeln!(out, "allow_cidrs = [{}]", cidrs.join(", "));
-        let _ = write!(out, "retry_after_max_s = {}", self.webhook_retry_after_max.as_secs());
+        let _ = writeln!(out, "retry_after_max_s = {}", self.webhook_retry_after_max.as_secs());
+        let r = &self.realtime;
+        let _ = writeln!(out, "\n[realtime]");
+        let _ = writeln!(out, "queue_size = {}", r.queue_size);
+        let _ = writeln!(out, "recovery_max_events = {}", r.recovery_max_events);
+        let _ = writeln!(out, "max_subscriptions = {}", r.max_subscriptions);
+        let _ = writeln!(out, "ping_interval_s = {}", r.ping_interval.as_secs());
+        let _ = writeln!(out, "pong_timeout_s = {}", r.pong_timeout.as_secs());
+        let _ = write!(out, "max_frame_bytes = {}", r.max_frame_bytes);
         f.write_str(&out)
     }
 }
@@ -360,6 +472,23 @@ mod tests {
 
     fn file(text: &str) -> ConfigLayer {
         ConfigLayer::from_toml(text).unwrap()
+    }
+
+    #[test]
+    fn realtime_settings_follow_the_precedence_and_reach_the_server() {
+        let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
+        assert_eq!(s.server_config().realtime, RealtimeConfig::default());
+        let table = "[realtime]\nqueue_size = 50\nping_interval_s = 5\nmax_frame_bytes = 4096";
+        let s = Settings::resolve(flags(&["--realtime-queue-size", "7"]), file(table)).unwrap();
+        let realtime = s.server_config().realtime;
+        assert_eq!(realtime.queue_size, 7, "the flag wins over the file");
+        assert_eq!(realtime.ping_interval, Duration::from_secs(5));
+        assert_eq!(realtime.max_frame_bytes, 4096);
+        assert_eq!(realtime.recovery_max_events, 10_000);
+        let again = Settings::resolve(ConfigLayer::default(), file(&s.to_string())).unwrap();
+        assert_eq!(again, s, "the printed configuration reads back");
+        let zero = Settings::resolve(flags(&["--realtime-queue-size", "0"]), ConfigLayer::default());
+        assert!(zero.unwrap_err().to_string().contains("realtime.queue_size"));
     }
 
     #[test]
