@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
     append::AppendArgs, bench::BenchArgs, dlq::DlqArgs, groups::GroupsArgs, read::ReadArgs, tail::TailArgs,
-    webhooks::WebhooksArgs,
+    webhooks::WebhooksArgs, ws::WsArgs,
 };
 use crate::config::ConfigLayer;
 
@@ -30,6 +30,9 @@ pub(crate) enum Command {
     Read(ReadArgs),
     /// Follow the live log (Server-Sent Events) and print each event as a JSON line.
     Tail(TailArgs),
+    /// Open a WebSocket, subscribe to channels (resuming with --since) and print every frame
+    /// the server sends as a JSON line.
+    Ws(WsArgs),
     /// Consumer groups: create, list, show and delete them; fetch, ack and nack their events.
     Groups(GroupsArgs),
     /// A consumer group's dead letters: list, replay or discard them.

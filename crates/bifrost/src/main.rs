@@ -17,7 +17,7 @@ use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{append, bench, dlq, groups, read, serve, tail, webhooks};
+use crate::commands::{append, bench, dlq, groups, read, serve, tail, webhooks, ws};
 use crate::config::Settings;
 use crate::output::one_line;
 
@@ -66,6 +66,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => {
             init_tracing(&client_log())?;
             current_thread()?.block_on(tail::run(args))
+        }
+        Command::Ws(args) => {
+            init_tracing(&client_log())?;
+            current_thread()?.block_on(ws::run(args))
         }
         Command::Groups(args) => {
             init_tracing(&client_log())?;

@@ -308,6 +308,51 @@ fn tail_follows_the_log_and_resumes_after_a_server_restart() {
 }
 
 #[test]
+fn ws_prints_the_frames_of_its_channels_resuming_after_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let url = server.url();
+    let append = |stream: &str, t: &str| {
+        let out = run(bifrost().args(["append", stream, t, "{}", "--server", &url]), None);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    append("w-1", "w.one");
+    append("w-2", "w.other");
+    append("w-1", "w.two");
+
+    let mut ws = bifrost()
+        .args(["ws", "stream:w-1", "--since", "1", "--user-id", "me", "--server", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = LineReader::new(ws.stdout.take().unwrap());
+    let head = lines.take(3);
+    assert_eq!((head[0]["op"].as_str(), head[0]["user_id"].as_str()), (Some("connected"), Some("me")));
+    assert_eq!(head[1]["op"], "subscribed");
+    assert_eq!((head[1]["position"].as_u64(), head[1]["recovered"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (head[2]["op"].as_str(), head[2]["position"].as_u64()),
+        (Some("event"), Some(3)),
+        "missed, w-1 only"
+    );
+    append("w-1", "w.three");
+    let live = lines.take(1);
+    assert_eq!(live[0]["event"]["type"], "w.three");
+    lines.nothing_more_within(Duration::from_millis(300));
+    let _ = ws.kill();
+    let _ = ws.wait();
+
+    let out = run(bifrost().args(["ws", "stream:w-1", "nope", "--server", &url]), None);
+    assert!(!out.status.success(), "a refused subscription ends the command");
+    assert!(stdout(&out).contains("bifrost:invalid-channel"), "the error frame is printed: {}", stdout(&out));
+    let error = stderr(&out);
+    assert_eq!(error.trim().lines().count(), 1, "one readable line: {error}");
+    assert!(error.contains("cannot subscribe to nope"), "{error}");
+    drop(server);
+}
+
+#[test]
 fn bench_runs_every_workload_small_and_prints_json() {
     let out = run(
         bifrost().args([

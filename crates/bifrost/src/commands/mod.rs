@@ -8,3 +8,4 @@ pub(crate) mod read;
 pub(crate) mod serve;
 pub(crate) mod tail;
 pub(crate) mod webhooks;
+pub(crate) mod ws;
