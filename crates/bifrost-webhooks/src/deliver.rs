@@ -15,7 +15,7 @@ const RESPONSE_BODY_LIMIT: usize = 1024;
 
 /// How an attempt ended, as the metrics count it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutcomeKind {
+pub(crate) enum OutcomeKind {
     Success,
     HttpError,
     Timeout,
@@ -24,7 +24,11 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
-    pub fn as_str(self) -> &'static str {
+    /// Every kind, in the order of their discriminants.
+    pub(crate) const ALL: [OutcomeKind; 5] =
+        [Self::Success, Self::HttpError, Self::Timeout, Self::NetworkError, Self::Forbidden];
+
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Success => "success",
             Self::HttpError => "http_error",

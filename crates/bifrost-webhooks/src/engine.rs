@@ -201,6 +201,7 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
     };
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     let pacer = Arc::new(Pacer { next: Mutex::new(Instant::now()) });
+    let metrics = Arc::new(EndpointMetrics::new(&id));
     let (done, finished) = mpsc::unbounded_channel();
     tokio::spawn(settle_batches(Arc::clone(&inner), name.clone(), finished));
     loop {
@@ -244,10 +245,12 @@ async fn run_worker(inner: Arc<Inner>, endpoint: watch::Receiver<Arc<Endpoint>>,
             let endpoint = endpoint.clone();
             let client = client.clone();
             let pacer = Arc::clone(&pacer);
+            let metrics = Arc::clone(&metrics);
             let done = done.clone();
             tokio::spawn(async move {
                 let token = lease.token;
-                let (decision, records) = handle_lease(&inner, &endpoint, &client, &pacer, lease).await;
+                let (decision, records) =
+                    handle_lease(&inner, &endpoint, &client, &pacer, &metrics, lease).await;
                 // The settler holds the slot until the message is settled.
                 let _ = done.send(Done { token, decision, records, _slot: permit });
             });
@@ -327,6 +330,7 @@ async fn handle_lease(
     endpoint: &watch::Receiver<Arc<Endpoint>>,
     client: &reqwest::Client,
     pacer: &Pacer,
+    metrics: &EndpointMetrics,
     lease: Lease,
 ) -> (Decision, Vec<StateChange>) {
     let endpoint = Arc::clone(&endpoint.borrow());
@@ -339,7 +343,9 @@ async fn handle_lease(
     match render::routing_key(&src, transform) {
         Ok(key) if !endpoint.spec.matches_routing_key(&key) => return (Decision::Ack, Vec::new()),
         Ok(_) => {}
-        Err(e) => return (fail_unrenderable(inner, &endpoint, event, e.to_string()).await, Vec::new()),
+        Err(e) => {
+            return (fail_unrenderable(inner, &endpoint, metrics, event, e.to_string()).await, Vec::new());
+        }
     }
     let record = match inner.message_record(&endpoint.id, event.position).await {
         Ok(record) => record,
@@ -357,12 +363,14 @@ async fn handle_lease(
         Some(found) => found,
         None => match render::render(&src, endpoint.spec.content_mode, transform) {
             Ok(rendered) => (rendered.body, rendered.content_type.to_owned()),
-            Err(e) => return (fail_unrenderable(inner, &endpoint, event, e.to_string()).await, Vec::new()),
+            Err(e) => {
+                return (fail_unrenderable(inner, &endpoint, metrics, event, e.to_string()).await, Vec::new());
+            }
         },
     };
     pacer.wait(endpoint.spec.rate_limit_per_s).await;
     let attempt = Attempt { event, attempt: lease.attempt, trigger: Trigger::Scheduled, body, content_type };
-    let (after, records) = make_attempt(inner, &endpoint, client, &attempt).await;
+    let (after, records) = make_attempt(inner, &endpoint, client, metrics, &attempt).await;
     let decision = match after {
         AfterAttempt::Delivered => Decision::Ack,
         AfterAttempt::Retry(delay) => Decision::Retry(delay),
@@ -383,6 +391,7 @@ fn stored_body(record: Option<&MessageRecord>) -> Option<(Bytes, String)> {
 async fn fail_unrenderable(
     inner: &Inner,
     endpoint: &Endpoint,
+    metrics: &EndpointMetrics,
     event: &RecordedEvent,
     error: String,
 ) -> Decision {
@@ -407,8 +416,7 @@ async fn fail_unrenderable(
     if let Err(e) = written {
         tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot record a webhook message");
     }
-    metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => "failed")
-        .increment(1);
+    metrics.failed.increment(1);
     Decision::Park(error)
 }
 
@@ -439,6 +447,7 @@ async fn make_attempt(
     inner: &Inner,
     endpoint: &Endpoint,
     client: &reqwest::Client,
+    metrics: &EndpointMetrics,
     attempt: &Attempt<'_>,
 ) -> (AfterAttempt, Vec<StateChange>) {
     let webhook_id = format!("{}:{}", attempt.event.id, endpoint.id);
@@ -449,7 +458,7 @@ async fn make_attempt(
         content_type: &attempt.content_type,
     };
     let outcome = deliver::attempt(client, &inner.policy, endpoint, request).await;
-    count(endpoint, &outcome);
+    metrics.attempt(&outcome);
 
     let now = Timestamp::now();
     let (status, after) = if outcome.succeeded() {
@@ -502,14 +511,10 @@ async fn make_attempt(
             Vec::new()
         }
     };
-    let outcome_label = match status {
-        MessageStatus::Succeeded => Some("delivered"),
-        MessageStatus::Failed => Some("failed"),
-        MessageStatus::Pending => None,
-    };
-    if let Some(label) = outcome_label {
-        metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => label)
-            .increment(1);
+    match status {
+        MessageStatus::Succeeded => metrics.delivered.increment(1),
+        MessageStatus::Failed => metrics.failed.increment(1),
+        MessageStatus::Pending => {}
     }
     if let Err(e) = note_outcome(inner, endpoint, &outcome).await {
         tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot update a webhook endpoint's failure state");
@@ -517,15 +522,32 @@ async fn make_attempt(
     (after, records)
 }
 
-fn count(endpoint: &Endpoint, outcome: &Outcome) {
-    metrics::counter!(
-        "bifrost_webhook_attempts_total",
-        "endpoint" => endpoint.id.clone(),
-        "outcome" => outcome.kind.as_str()
-    )
-    .increment(1);
-    metrics::histogram!("bifrost_webhook_attempt_duration_seconds", "endpoint" => endpoint.id.clone())
-        .record(outcome.elapsed.as_secs_f64());
+/// An endpoint's metric handles, made once per worker (and per manual send) rather than
+/// looked up, their labels allocated, for every attempt.
+pub(crate) struct EndpointMetrics {
+    attempts: [metrics::Counter; OutcomeKind::ALL.len()],
+    duration: metrics::Histogram,
+    delivered: metrics::Counter,
+    failed: metrics::Counter,
+}
+
+impl EndpointMetrics {
+    pub(crate) fn new(endpoint: &str) -> Self {
+        let id = endpoint.to_owned();
+        Self {
+            attempts: OutcomeKind::ALL.map(|kind| {
+                metrics::counter!("bifrost_webhook_attempts_total", "endpoint" => id.clone(), "outcome" => kind.as_str())
+            }),
+            duration: metrics::histogram!("bifrost_webhook_attempt_duration_seconds", "endpoint" => id.clone()),
+            delivered: metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => id.clone(), "outcome" => "delivered"),
+            failed: metrics::counter!("bifrost_webhook_deliveries_total", "endpoint" => id, "outcome" => "failed"),
+        }
+    }
+
+    fn attempt(&self, outcome: &Outcome) {
+        self.attempts[outcome.kind as usize].increment(1);
+        self.duration.record(outcome.elapsed.as_secs_f64());
+    }
 }
 
 /// The delay before the attempt after `attempt`: the schedule's entry ±20 %, and at least
@@ -651,7 +673,20 @@ pub(crate) async fn test_attempt(
 ) -> Result<AttemptRecord> {
     let at = Timestamp::now();
     let webhook_id = format!("{}:{}", src.id, endpoint.id);
-    let outcome = match render::render(src, endpoint.spec.content_mode, endpoint.spec.transform.as_ref()) {
+    let key = attempt_key(at);
+    let mut record = AttemptRecord {
+        id: key.clone(),
+        at,
+        event_id: src.id,
+        attempt: 1,
+        trigger: Trigger::Test,
+        succeeded: false,
+        response_status: None,
+        response_time_ms: 0,
+        response_body: None,
+        error: None,
+    };
+    match render::render(src, endpoint.spec.content_mode, endpoint.spec.transform.as_ref()) {
         Ok(rendered) => {
             let client = deliver::client(&inner.policy).map_err(Error::Internal)?;
             let request = deliver::Request {
@@ -659,31 +694,17 @@ pub(crate) async fn test_attempt(
                 body: &rendered.body,
                 content_type: rendered.content_type,
             };
-            deliver::attempt(&client, &inner.policy, endpoint, request).await
+            let outcome = deliver::attempt(&client, &inner.policy, endpoint, request).await;
+            EndpointMetrics::new(&endpoint.id).attempt(&outcome);
+            record.succeeded = outcome.succeeded();
+            record.response_status = outcome.status;
+            record.response_time_ms = u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX);
+            record.response_body = outcome.response_body;
+            record.error = outcome.error;
         }
-        Err(e) => Outcome {
-            kind: OutcomeKind::HttpError,
-            status: None,
-            elapsed: Duration::ZERO,
-            response_body: None,
-            error: Some(e.to_string()),
-            retry_after: None,
-        },
-    };
-    count(endpoint, &outcome);
-    let key = attempt_key(at);
-    let record = AttemptRecord {
-        id: key.clone(),
-        at,
-        event_id: src.id,
-        attempt: 1,
-        trigger: Trigger::Test,
-        succeeded: outcome.succeeded(),
-        response_status: outcome.status,
-        response_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
-        response_body: outcome.response_body.clone(),
-        error: outcome.error.clone(),
-    };
+        // Nothing was sent: the attempt is logged with the reason, and no request counted.
+        Err(e) => record.error = Some(e.to_string()),
+    }
     inner
         .store
         .write_state(vec![StateChange::put(attempts_scope(&endpoint.id), key, encode(&record)?)])
@@ -917,14 +938,16 @@ async fn run_resend(
     let (body, content_type) = match rendered {
         Ok(found) => found,
         Err(e) => {
-            fail_unrenderable(inner, &endpoint, &event, e.to_string()).await;
+            fail_unrenderable(inner, &endpoint, &EndpointMetrics::new(endpoint_id), &event, e.to_string())
+                .await;
             inner.store.write_state(vec![StateChange::delete(RESENDS, key)]).await?;
             return Ok(());
         }
     };
     let attempt =
         Attempt { event: &event, attempt: entry.attempts, trigger: entry.trigger, body, content_type };
-    let (after, records) = make_attempt(inner, &endpoint, client, &attempt).await;
+    let metrics = EndpointMetrics::new(endpoint_id);
+    let (after, records) = make_attempt(inner, &endpoint, client, &metrics, &attempt).await;
     if let Err(e) = inner.store.write_state_unflushed(records).await {
         tracing::warn!(endpoint = %endpoint_id, error = %e, "cannot record a webhook attempt");
     }

@@ -37,7 +37,6 @@ use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::deliver::OutcomeKind;
 pub use crate::endpoint::{DisabledReason, Endpoint, Spec};
 pub use crate::error::{Result, WebhookError};
 use crate::records::{
