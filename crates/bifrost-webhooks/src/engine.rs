@@ -364,7 +364,10 @@ async fn handle_lease(
         None => match render::render(&src, endpoint.spec.content_mode, transform) {
             Ok(rendered) => (rendered.body, rendered.content_type.to_owned()),
             Err(e) => {
-                return (fail_unrenderable(inner, &endpoint, metrics, event, e.to_string()).await, Vec::new());
+                return (
+                    fail_unrenderable(inner, &endpoint, metrics, event, e.to_string()).await,
+                    Vec::new(),
+                );
             }
         },
     };

@@ -212,51 +212,35 @@ impl Webhooks {
         if let Some(None) = enabled {
             return Err(WebhookError::Invalid("enabled: true or false".into()));
         }
-        for _ in 0..5 {
-            let (mut endpoint, stored) = inner.endpoint(id).await?;
-            let mut request = serde_json::to_value(endpoint.spec.to_request())
-                .map_err(|e| Error::Internal(format!("cannot show an endpoint's settings: {e}")))?;
-            endpoint::merge_patch(&mut request, patch);
-            let request: WebhookRequest =
-                serde_json::from_value(request).map_err(|e| WebhookError::Invalid(e.to_string()))?;
-            let mut spec = Spec::from_request(request, &inner.policy)?;
-            spec.start = endpoint.spec.start;
-            let old_config = endpoint.spec.group_config();
-            match enabled {
-                Some(Some(true)) => {
-                    endpoint.disabled_reason = None;
-                    endpoint.failing_since = None;
-                }
-                Some(Some(false)) => endpoint.disabled_reason = Some(DisabledReason::Manual),
-                _ => {}
-            }
-            endpoint.spec = spec;
-            endpoint.updated_at = Timestamp::now();
-            let mut config = endpoint.spec.group_config();
-            if config != old_config {
-                config.start = StartFrom::Position(endpoint.start_position);
-                inner.groups.put(&group_name(id)?, config).await?;
-            }
-            let written = inner
-                .store
-                .write_state(vec![
-                    StateChange::expect(ENDPOINTS, id, Some(stored)),
-                    StateChange::put(ENDPOINTS, id, encode(&endpoint)?),
-                ])
-                .await;
-            match written {
-                Ok(()) => {
-                    if enabled == Some(Some(true)) {
-                        inner.release_waiting(id).await?;
+        let now = Timestamp::now();
+        let endpoint = inner
+            .try_update_endpoint(id, |endpoint| {
+                let mut request = serde_json::to_value(endpoint.spec.to_request())
+                    .map_err(|e| Error::Internal(format!("cannot show an endpoint's settings: {e}")))?;
+                endpoint::merge_patch(&mut request, patch);
+                let request: WebhookRequest =
+                    serde_json::from_value(request).map_err(|e| WebhookError::Invalid(e.to_string()))?;
+                let mut spec = Spec::from_request(request, &inner.policy)?;
+                spec.start = endpoint.spec.start;
+                match enabled {
+                    Some(Some(true)) => {
+                        endpoint.disabled_reason = None;
+                        endpoint.failing_since = None;
                     }
-                    inner.changed.notify_waiters();
-                    return Ok(endpoint.to_body(inner.backlog(id).await));
+                    Some(Some(false)) => endpoint.disabled_reason = Some(DisabledReason::Manual),
+                    _ => {}
                 }
-                Err(Error::StateConflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+                endpoint.spec = spec;
+                endpoint.updated_at = now;
+                Ok(true)
+            })
+            .await?
+            .ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
+        inner.sync_group(&endpoint).await?;
+        if enabled == Some(Some(true)) {
+            inner.release_waiting(id).await?;
         }
-        Err(Error::Unavailable("the endpoint is being changed by others; try again".into()).into())
+        Ok(endpoint.to_body(inner.backlog(id).await))
     }
 
     /// Removes an endpoint with its messages, attempts and pending resends.
@@ -500,13 +484,23 @@ impl Inner {
         id: &str,
         mut change: impl FnMut(&mut Endpoint) -> bool,
     ) -> Result<Option<Endpoint>> {
+        self.try_update_endpoint(id, |endpoint| Ok(change(endpoint))).await
+    }
+
+    /// [`Self::update_endpoint`] with a change that may refuse (its error is returned, and
+    /// nothing is written).
+    async fn try_update_endpoint(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Endpoint) -> Result<bool>,
+    ) -> Result<Option<Endpoint>> {
         for _ in 0..10 {
             let (mut endpoint, stored) = match self.endpoint(id).await {
                 Ok(found) => found,
                 Err(WebhookError::NotFound(_)) => return Ok(None),
                 Err(e) => return Err(e),
             };
-            if !change(&mut endpoint) {
+            if !change(&mut endpoint)? {
                 return Ok(Some(endpoint));
             }
             let written = self
@@ -526,6 +520,19 @@ impl Inner {
             }
         }
         Err(Error::Unavailable("the endpoint is being changed by others; try again".into()).into())
+    }
+
+    /// Puts the endpoint's settings into its delivery group when the group has others (after
+    /// a patch; also mends a group left behind by a put that failed after its record was
+    /// written).
+    async fn sync_group(&self, endpoint: &Endpoint) -> Result<()> {
+        let name = group_name(&endpoint.id)?;
+        let mut wanted = endpoint.spec.group_config();
+        wanted.start = StartFrom::Position(endpoint.start_position);
+        if self.groups.status(&name).await?.config != wanted {
+            self.groups.put(&name, wanted).await?;
+        }
+        Ok(())
     }
 
     /// Sends again, with fresh attempts, the messages set aside while the endpoint was
