@@ -45,7 +45,14 @@ enum Decision {
     Ack,
     Retry(Duration),
     Park(String),
+    /// Not attempted, or refused with `410`: back to the group uncounted, to be sent when
+    /// the endpoint is enabled (a disabled endpoint's worker stops, so it waits there).
+    Release,
 }
+
+/// How soon a released message may be leased again: only a worker that has not yet seen
+/// its endpoint disabled would take it, and hand it back again.
+const RELEASE_DELAY: Duration = Duration::from_secs(1);
 
 /// A running worker: its endpoint's latest settings, how to stop it, and its task (a
 /// worker that ended on its own is started again).
@@ -298,6 +305,10 @@ async fn settle_batches(inner: Arc<Inner>, name: GroupName, mut finished: mpsc::
                     let verdict = Verdict::Nack(NackAction::Park, Some(reason.as_str()));
                     settle(&inner, &name, &[d.token], verdict, false).await;
                 }
+                Decision::Release => {
+                    let verdict = Verdict::Nack(NackAction::Release(RELEASE_DELAY), None);
+                    settle(&inner, &name, &[d.token], verdict, false).await;
+                }
             }
         }
         batch.clear();
@@ -318,11 +329,6 @@ async fn settle(
     }
 }
 
-/// The dead-letter reason of a message set aside because its endpoint is disabled (by a
-/// user, a `410` or its failures): not a failure; it goes out again, with fresh attempts,
-/// when the endpoint is enabled.
-pub(crate) const WAITING_FOR_ENABLE: &str = "the endpoint is disabled; sent again when it is enabled";
-
 /// One leased message: filter by routing key, make the attempt, record it. The decision is
 /// made whatever becomes of the bookkeeping, so the lease is always settled.
 async fn handle_lease(
@@ -335,7 +341,7 @@ async fn handle_lease(
 ) -> (Decision, Vec<StateChange>) {
     let endpoint = Arc::clone(&endpoint.borrow());
     if !endpoint.active() {
-        return (Decision::Park(WAITING_FOR_ENABLE.to_owned()), Vec::new());
+        return (Decision::Release, Vec::new());
     }
     let event = &lease.event;
     let src = Source::from_event(event);
@@ -378,7 +384,7 @@ async fn handle_lease(
         AfterAttempt::Delivered => Decision::Ack,
         AfterAttempt::Retry(delay) => Decision::Retry(delay),
         AfterAttempt::Failed(reason) => Decision::Park(reason),
-        AfterAttempt::Gone => Decision::Park(WAITING_FOR_ENABLE.to_owned()),
+        AfterAttempt::Gone => Decision::Release,
     };
     (decision, records)
 }

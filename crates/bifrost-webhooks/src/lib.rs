@@ -237,9 +237,6 @@ impl Webhooks {
             .await?
             .ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
         inner.sync_group(&endpoint).await?;
-        if enabled == Some(Some(true)) {
-            inner.release_waiting(id).await?;
-        }
         Ok(endpoint.to_body(inner.backlog(id).await))
     }
 
@@ -531,28 +528,6 @@ impl Inner {
         wanted.start = StartFrom::Position(endpoint.start_position);
         if self.groups.status(&name).await?.config != wanted {
             self.groups.put(&name, wanted).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends again, with fresh attempts, the messages set aside while the endpoint was
-    /// disabled (their dead letters carry [`engine::WAITING_FOR_ENABLE`]).
-    async fn release_waiting(&self, id: &str) -> Result<()> {
-        let name = group_name(id)?;
-        let mut waiting = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.groups.dead_letters(&name, after, 500).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.dead_letter.position);
-            waiting.extend(
-                page.iter()
-                    .filter(|d| d.dead_letter.reason == engine::WAITING_FOR_ENABLE)
-                    .map(|d| d.dead_letter.event_id),
-            );
-        }
-        if !waiting.is_empty() {
-            self.groups.replay(&name, bifrost_core::group::ReplaySelection::Ids(waiting)).await?;
         }
         Ok(())
     }

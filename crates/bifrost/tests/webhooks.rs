@@ -1181,6 +1181,8 @@ fn a_410_on_the_only_attempt_does_not_use_the_message_up(b: &Backend) {
     });
     let m = message(&api, &ep, &e).expect(200, "the message");
     assert_eq!(m["status"], "pending", "a 410 is not a failed attempt, even the last one: {m}");
+    let waiting = get_endpoint(&api, &ep);
+    assert_eq!(waiting["backlog"], 1, "the message waiting for the endpoint is in its backlog: {waiting}");
     api.patch(&format!("/v1/webhooks/{ep}"), &json!({"enabled": true})).expect(200, "re-enable");
     wait_message(&api, &ep, &e, "succeeded");
     assert_eq!(for_event(&receiver.requests(), &e).len(), 2, "one 410, then one delivery");

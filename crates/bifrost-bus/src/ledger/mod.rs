@@ -571,7 +571,8 @@ impl Ledger {
         (done, expired)
     }
 
-    /// One failed delivery of an idle entry: wait for a retry, or park it.
+    /// One failed delivery of an idle entry: wait for a retry, or park it. A release is not a
+    /// failure: the entry only waits.
     fn fail(
         &mut self,
         position: Position,
@@ -581,11 +582,14 @@ impl Ledger {
         config: &GroupConfig,
     ) {
         let Some(entry) = self.entries.get_mut(&position) else { return };
-        entry.failures += 1;
-        if !entry.replay {
-            self.failed.insert(position);
+        let released = matches!(action, NackAction::Release(_));
+        if !released {
+            entry.failures += 1;
+            if !entry.replay {
+                self.failed.insert(position);
+            }
         }
-        let park = action == NackAction::Park || entry.failures >= config.max_attempts;
+        let park = !released && (action == NackAction::Park || entry.failures >= config.max_attempts);
         if park {
             self.parked_out.push(DeadLetter {
                 event_id: entry.event.id,
@@ -601,7 +605,7 @@ impl Ledger {
             return;
         }
         let delay = match action {
-            NackAction::Retry(Some(delay)) => delay,
+            NackAction::Retry(Some(delay)) | NackAction::Release(delay) => delay,
             _ => config.backoff.delay(entry.failures),
         };
         let due = now.instant + delay;

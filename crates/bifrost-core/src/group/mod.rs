@@ -110,6 +110,10 @@ pub enum NackAction {
     Retry(Option<Duration>),
     /// Park in the dead-letter queue now.
     Park,
+    /// Hand the event back without a failed delivery: it is delivered again after this
+    /// delay with the same attempt number, and never parked for it (a consumer that could
+    /// not try, such as a webhook endpoint disabled meanwhile).
+    Release(Duration),
 }
 
 /// What a consumer says about leased events.

@@ -152,6 +152,28 @@ pub async fn an_unordered_group_hands_out_each_event_on_its_own(f: Fixture) {
     f.finish().await;
 }
 
+pub async fn a_released_lease_comes_back_with_its_attempt_uncounted(f: Fixture) {
+    append(&f, "order-1", 2).await;
+    // One attempt only: a release that counted would park the event at once.
+    create(&f, "g", quick(1)).await;
+    let engine = f.engine();
+    for _ in 0..3 {
+        let leases = fetch(&f, "g", "a", 10, WAIT).await;
+        assert_eq!(leases.len(), 1, "the stream's first event, alone: the release keeps its order");
+        assert_eq!((leases[0].event.version, leases[0].attempt), (1, 1), "the same attempt each time");
+        let release = Verdict::Nack(NackAction::Release(Duration::from_millis(30)), None);
+        assert_eq!(engine.settle(&name("g"), &tokens(&leases), release, false).await.unwrap().count, 1);
+    }
+    let s = status(&f, "g").await;
+    assert_eq!((s.parked, s.lag), (0, 2), "released, not failed: nothing parked, both still to deliver");
+    let again = fetch(&f, "g", "a", 10, WAIT).await;
+    assert_eq!(again[0].attempt, 1);
+    ack(&f, "g", &again).await;
+    assert_eq!(fetch(&f, "g", "a", 10, WAIT).await[0].event.version, 2);
+    drop(engine);
+    f.finish().await;
+}
+
 pub async fn ack_advances_the_checkpoint_to_below_the_lowest_unsettled_event(f: Fixture) {
     for i in 0..4 {
         append(&f, &format!("s-{i}"), 1).await;

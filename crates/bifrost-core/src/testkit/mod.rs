@@ -313,6 +313,7 @@ macro_rules! group_conformance_suite {
         $crate::__group_conformance_cases!($factory;
             events_of_one_stream_are_leased_one_at_a_time_in_order,
             an_unordered_group_hands_out_each_event_on_its_own,
+            a_released_lease_comes_back_with_its_attempt_uncounted,
             ack_advances_the_checkpoint_to_below_the_lowest_unsettled_event,
             retries_follow_the_backoff_and_stop_at_max_attempts,
             nack_with_a_delay_waits_that_long_and_park_parks_at_once,

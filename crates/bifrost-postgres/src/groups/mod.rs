@@ -410,18 +410,20 @@ impl PgGroups {
         let held = tx.prepare_cached(&sql.held).await.map_err(pg)?;
         let rows = tx.query(&held, &[&group.id, &positions, &nonces]).await.map_err(pg)?;
         let reason = reason.unwrap_or(NACKED);
+        // A release hands the rows back with their failures as they were.
+        let counted = u32::from(!matches!(action, NackAction::Release(_)));
         let mut held_positions = std::collections::HashSet::with_capacity(rows.len());
         let mut failed = Vec::with_capacity(rows.len());
         for row in &rows {
             let position: i64 = row.try_get(0).map_err(pg)?;
             let failures: i32 = row.try_get(1).map_err(pg)?;
             held_positions.insert(position);
-            failed.push((position, u32::try_from(failures).unwrap_or(0) + 1));
+            failed.push((position, u32::try_from(failures).unwrap_or(0) + counted));
         }
         // One delay for the whole call: a batch that failed together comes back together.
         let most = failed.iter().map(|f| f.1).max().unwrap_or(1);
         let delay = match action {
-            NackAction::Retry(Some(delay)) => delay,
+            NackAction::Retry(Some(delay)) | NackAction::Release(delay) => delay,
             _ => group.config.backoff.delay(most),
         };
         let park_all = action == NackAction::Park;
