@@ -27,6 +27,7 @@ mod groups;
 mod lenient;
 mod ops;
 mod problem;
+mod realtime;
 mod streams;
 mod webhooks;
 
@@ -40,6 +41,11 @@ pub use groups::{
 pub use lenient::Lenient;
 pub use ops::StatusBody;
 pub use problem::{ConflictBody, Problem, ProblemType, UnknownProblemType};
+pub use realtime::{
+    PresenceBody, PresenceConnectionBody, PresenceUserBody, PriorityBody, PublishRequest, PublishSourceBody,
+    PublishTargetRequest, PublishedBody, RealtimeBridgeBody, RealtimeBridgeListBody, RealtimeBridgeRequest,
+    StoredPublishBody,
+};
 pub use streams::{
     AppendRequest, AppendResultBody, ExpectedVersion, HeadBody, LogEventsBody, MultiAppendRequest,
     MultiAppendResultBody, StreamAppendRequest, StreamEventsBody, StreamInfoBody, StreamListBody,

@@ -36,11 +36,13 @@ pub enum ProblemType {
     MessageNotFound,
     WebhookDisabled,
     WebhookUrlForbidden,
+    BridgeNotFound,
+    Unauthorized,
 }
 
 impl ProblemType {
     /// Every problem type, in the order above.
-    pub const ALL: [ProblemType; 23] = [
+    pub const ALL: [ProblemType; 25] = [
         Self::InvalidRequest,
         Self::UnsupportedMediaType,
         Self::InvalidStreamName,
@@ -64,6 +66,8 @@ impl ProblemType {
         Self::MessageNotFound,
         Self::WebhookDisabled,
         Self::WebhookUrlForbidden,
+        Self::BridgeNotFound,
+        Self::Unauthorized,
     ];
 
     /// The `type` member, e.g. `bifrost:wrong-expected-version`.
@@ -92,6 +96,8 @@ impl ProblemType {
             Self::MessageNotFound => "bifrost:message-not-found",
             Self::WebhookDisabled => "bifrost:webhook-disabled",
             Self::WebhookUrlForbidden => "bifrost:webhook-url-forbidden",
+            Self::BridgeNotFound => "bifrost:bridge-not-found",
+            Self::Unauthorized => "bifrost:unauthorized",
         }
     }
 
@@ -109,7 +115,9 @@ impl ProblemType {
             | Self::DeadLetterNotFound
             | Self::WebhookNotFound
             | Self::MessageNotFound
+            | Self::BridgeNotFound
             | Self::NotFound => 404,
+            Self::Unauthorized => 401,
             Self::MethodNotAllowed => 405,
             Self::WrongExpectedVersion
             | Self::DuplicateEventId
@@ -150,6 +158,8 @@ impl ProblemType {
             Self::MessageNotFound => "Webhook message not found",
             Self::WebhookDisabled => "Webhook endpoint disabled",
             Self::WebhookUrlForbidden => "Webhook URL forbidden",
+            Self::BridgeNotFound => "Bridge not found",
+            Self::Unauthorized => "Unauthorized",
         }
     }
 

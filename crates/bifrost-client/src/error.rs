@@ -221,6 +221,8 @@ fn problem_into_store_error(problem: Problem, stream: Option<&StreamName>) -> Co
         | ProblemType::MessageNotFound
         | ProblemType::WebhookDisabled
         | ProblemType::WebhookUrlForbidden
+        | ProblemType::BridgeNotFound
+        | ProblemType::Unauthorized
         | ProblemType::MethodNotAllowed => CoreError::InvalidArgument(detail()),
     }
 }

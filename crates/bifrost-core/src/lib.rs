@@ -6,6 +6,7 @@
 //! only backends use (shared rules, group planning, row decoding) is under [`backend`].
 
 pub mod backend;
+pub mod cluster;
 pub mod error;
 pub mod event;
 pub mod group;

@@ -101,6 +101,12 @@ pub trait StateStore: Send + Sync + 'static {
         let _ = kind;
         None
     }
+
+    /// The bus between every process that opens this store (PostgreSQL: `LISTEN/NOTIFY`).
+    /// `None`, the default: one process opens the store, so this node is the whole cluster.
+    fn cluster_bus(&self) -> Option<Arc<dyn crate::cluster::ClusterBus>> {
+        None
+    }
 }
 
 /// An event store that also keeps its readers' state: what the delivery engine runs on.

@@ -36,7 +36,7 @@ use crate::error::{ApiError, PROBLEM_JSON, ProblemType};
 
 pub use crate::metrics::install_metrics_recorder;
 pub use crate::openapi::openapi_json;
-pub use crate::realtime::RealtimeConfig;
+pub use crate::realtime::{JwtKey, RealtimeConfig};
 
 /// Limits and timings of the HTTP service.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -32,39 +32,6 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_NO_PONG: u16 = 4002;
 const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
-/// Limits and timings of WebSocket connections.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RealtimeConfig {
-    /// Frames waiting to be sent to one connection (1,000); full: close 4008.
-    pub queue_size: usize,
-    /// How far back `since_position` recovers (10,000 events); beyond: `recovered: false`.
-    pub recovery_max_events: u64,
-    /// Subscriptions of one connection (100).
-    pub max_subscriptions: usize,
-    /// WebSocket Ping interval (25 s).
-    pub ping_interval: Duration,
-    /// How long after a ping the connection may stay silent (10 s); then close 4002.
-    pub pong_timeout: Duration,
-    /// Largest frame a client may send (65,536 bytes); larger: close 1009.
-    pub max_frame_bytes: usize,
-    /// How long the queue may stay full before the client is closed as slow (5 s).
-    pub slow_consumer_timeout: Duration,
-}
-
-impl Default for RealtimeConfig {
-    fn default() -> Self {
-        Self {
-            queue_size: 1000,
-            recovery_max_events: 10_000,
-            max_subscriptions: 100,
-            ping_interval: Duration::from_secs(25),
-            pong_timeout: Duration::from_secs(10),
-            max_frame_bytes: 65_536,
-            slow_consumer_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 /// What the connection's writer sends.
 enum Out {
     Frame(Utf8Bytes),

@@ -7,7 +7,8 @@
 //! heartbeats. JWT auth, rooms, presence, publishes and bridges come next.
 
 mod channel;
+mod config;
 mod connection;
 
-pub use connection::RealtimeConfig;
+pub use config::{JwtKey, RealtimeConfig};
 pub(crate) use connection::serve;
