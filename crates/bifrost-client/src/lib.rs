@@ -7,7 +7,9 @@
 //! consumer-group calls ([`Client::put_group`], [`Client::fetch`], [`Client::ack`],
 //! [`Client::nack`], the dead-letter queue). Requests and answers go through the API's
 //! own types ([`api`], the `bifrost-api` crate the server uses too), so the client cannot
-//! drift from the server's JSON.
+//! drift from the server's JSON. Webhook endpoints ([`Client::create_webhook`], …) and
+//! real-time publishes, presence and bridges ([`Client::publish`], [`Client::presence`],
+//! [`Client::put_bridge`], …) are plain calls too.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,6 +65,7 @@ mod client;
 mod error;
 mod groups;
 mod head;
+mod realtime;
 pub mod sse;
 mod store;
 mod subscribe;
@@ -75,4 +78,5 @@ pub use bifrost_api::Problem;
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
 pub use groups::{DeadLetter, DeadLetterPage, Message, PutOutcome};
+pub use realtime::Publication;
 pub use store::MAX_PAGE;
