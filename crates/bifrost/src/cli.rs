@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    append::AppendArgs, bench::BenchArgs, dlq::DlqArgs, groups::GroupsArgs, read::ReadArgs, tail::TailArgs,
-    webhooks::WebhooksArgs, ws::WsArgs,
+    append::AppendArgs, bench::BenchArgs, dlq::DlqArgs, groups::GroupsArgs, read::ReadArgs,
+    realtime::RealtimeArgs, tail::TailArgs, webhooks::WebhooksArgs, ws::WsArgs,
 };
 use crate::config::ConfigLayer;
 
@@ -40,6 +40,9 @@ pub(crate) enum Command {
     /// Webhooks: endpoints that receive matching events as signed HTTP POSTs, retried until
     /// delivered; their messages, attempts, resends and test sends.
     Webhooks(WebhooksArgs),
+    /// Real-time: publish messages to rooms, users and streams, show a room's presence, and
+    /// manage the bridges that send stored events to rooms and users.
+    Realtime(RealtimeArgs),
     /// Measure write, read and delivery throughput and latency.
     Bench(BenchArgs),
 }

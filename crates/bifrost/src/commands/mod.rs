@@ -5,6 +5,7 @@ pub(crate) mod bench;
 pub(crate) mod dlq;
 pub(crate) mod groups;
 pub(crate) mod read;
+pub(crate) mod realtime;
 pub(crate) mod serve;
 pub(crate) mod tail;
 pub(crate) mod webhooks;

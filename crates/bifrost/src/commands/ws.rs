@@ -13,9 +13,13 @@ use crate::cli::ServerArg;
 use crate::output::JsonLines;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  bifrost ws stream:order-123\n  bifrost ws 'type:order.#' --since 1041")]
+#[command(
+    after_help = "Examples:\n  bifrost ws stream:order-123\n  bifrost ws 'type:order.#' --since 1041\n  \
+    bifrost ws room:project:101 user:u-42 --token \"$JWT\""
+)]
 pub(crate) struct WsArgs {
-    /// Channels to subscribe to: `stream:{name}` or `type:{pattern}`.
+    /// Channels to subscribe to: `stream:{name}`, `type:{pattern}`, `room:{name}` or
+    /// `user:{id}`.
     #[arg(required = true, value_name = "CHANNEL")]
     pub(crate) channels: Vec<String>,
 
