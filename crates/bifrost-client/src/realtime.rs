@@ -16,9 +16,9 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::wire;
 
-/// What became of a publish: sent to who is connected now, or stored as an event.
+/// What became of a publish: sent to who is connected now, or stored as an event (the
+/// API's two answers).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Publication {
     /// `202`: an ephemeral message went out; it is never stored.
     Published { message_id: String },
