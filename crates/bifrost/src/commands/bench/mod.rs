@@ -3,7 +3,9 @@
 //!
 //! W1–W3 drive the store in process; W4–W5 and the consumer-group workloads (`groups`,
 //! `group-latency`) go through HTTP, to `--url` or to a server the bench starts on its own
-//! runtime over the same store. Every workload checks what it did and fails loudly when the
+//! runtime over the same store. The WebSocket workloads (`ws-idle`, `ws-broadcast`,
+//! `ws-broadcast-stream`) start `bifrost serve` as a child process of their own, so that the
+//! server's memory can be told from the clients'. Every workload checks what it did and fails loudly when the
 //! store disagrees; timings are reported, never asserted.
 
 mod bus;
@@ -14,6 +16,7 @@ mod report;
 mod sourcing;
 mod webhooks;
 mod workloads;
+mod ws;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,7 +48,10 @@ pub(crate) struct BenchArgs {
     /// 10,000-event aggregate with and without a snapshot), commands (commands through the
     /// repository on 16 concurrent aggregates), webhooks (deliveries/s from a backlog to one
     /// and to ten endpoints, to a receiver in the bench), webhook-latency (append → receiver
-    /// latency at --webhook-rate), or all.
+    /// latency at --webhook-rate), ws-idle (the server's memory per idle WebSocket
+    /// connection), ws-broadcast (one publish to a room of --ws-connections subscribers:
+    /// time until the last receives it), ws-broadcast-stream (the same with an event
+    /// appended to a stream), or all.
     /// Comma-separated or repeated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub(crate) workload: Vec<WorkloadArg>,
@@ -111,6 +117,16 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) webhook_rate: u64,
 
+    /// ws-idle, ws-broadcast, ws-broadcast-stream: WebSocket connections. Each needs an
+    /// open file in the bench and one in the server: the bench raises its open-file limit to
+    /// the hard limit, and says how to raise that when it is too low.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) ws_connections: u64,
+
+    /// ws-broadcast, ws-broadcast-stream: publishes (appends), one at a time.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) ws_publishes: u64,
+
     /// w3: events per page.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub(crate) page_size: usize,
@@ -135,6 +151,9 @@ pub(crate) enum WorkloadArg {
     Commands,
     Webhooks,
     WebhookLatency,
+    WsIdle,
+    WsBroadcast,
+    WsBroadcastStream,
     All,
 }
 
@@ -157,6 +176,11 @@ impl Selection<'_> {
         [W4, W5, Groups, GroupLatency, Webhooks, WebhookLatency].into_iter().any(|w| self.has(w))
     }
 
+    fn needs_ws(self) -> bool {
+        use WorkloadArg::*;
+        [WsIdle, WsBroadcast, WsBroadcastStream].into_iter().any(|w| self.has(w))
+    }
+
     fn needs_webhooks(self) -> bool {
         self.has(WorkloadArg::Webhooks) || self.has(WorkloadArg::WebhookLatency)
     }
@@ -172,6 +196,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let durability: Durability =
         args.durability.parse().map_err(|_| anyhow::anyhow!("unknown durability {:?}", args.durability))?;
+    let ws_connections = usize::try_from(args.ws_connections).context("--ws-connections is too large")?;
+    if selection.needs_ws() {
+        if !args.url.is_empty() {
+            bail!("the ws workloads start a server of their own (to measure its memory); leave out --url");
+        }
+        // Before anything runs: a limit too low fails now, not after the other workloads.
+        ws::raise_fd_limit(ws_connections)?;
+    }
 
     // The temporary directory lives as long as this function: removed on every way out.
     let (spec, temp_dir) = match &args.store {
@@ -224,6 +256,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             format!("{} servers at {}", args.url.len(), args.url.join(", ")),
             "as the servers are configured".to_owned(),
         ),
+        // Only the ws workloads: each starts a server with its defaults.
+        _ if !selection.needs_store() && !selection.needs_http() => (
+            "a bifrost serve process per workload (embedded SQLite in a temporary directory)".to_owned(),
+            "the server's default".to_owned(),
+        ),
         _ if temp_dir.is_some() => {
             ("embedded SQLite in a temporary directory".to_owned(), durability.to_string())
         }
@@ -256,6 +293,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     outcome?;
     finished?;
+    if selection.needs_ws() {
+        run_ws(selection, ws_connections, args.ws_publishes, &run_id, &mut summary).await?;
+    }
 
     if args.json {
         println!("{}", summary.to_json()?);
@@ -264,6 +304,27 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = temp_dir.filter(|_| args.keep) {
         eprintln!("the store is kept in {}", dir.keep().display());
+    }
+    Ok(())
+}
+
+/// The WebSocket workloads, last: each against a server process of its own.
+async fn run_ws(
+    selection: Selection<'_>,
+    connections: usize,
+    publishes: u64,
+    run_id: &str,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let spec = ws::WsSpec { connections, publishes, run_id };
+    if selection.has(WorkloadArg::WsIdle) {
+        summary.push(ws::idle(&spec).await?);
+    }
+    if selection.has(WorkloadArg::WsBroadcast) {
+        summary.push(ws::broadcast(&spec, ws::Fanout::Room).await?);
+    }
+    if selection.has(WorkloadArg::WsBroadcastStream) {
+        summary.push(ws::broadcast(&spec, ws::Fanout::Stream).await?);
     }
     Ok(())
 }

@@ -96,6 +96,33 @@ pub(super) struct Report {
     /// W5: latency of the append requests themselves, next to their delivery latency.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) append_latency_us: Option<Latency>,
+    /// The broadcast workloads: what the requests were (`publish`, `append`) …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) request_of: Option<&'static str>,
+    /// … and how long the server took to answer them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) request_latency_us: Option<Latency>,
+    /// ws-idle: the server's memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) memory: Option<MemoryFigures>,
+}
+
+/// The server's resident memory (`VmRSS`) before and after opening connections.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct MemoryFigures {
+    pub(super) connections: usize,
+    pub(super) rss_before_kib: u64,
+    pub(super) rss_after_kib: u64,
+    /// The growth divided by the connections.
+    pub(super) kib_per_connection: f64,
+}
+
+impl MemoryFigures {
+    pub(super) fn new(connections: usize, rss_before_kib: u64, rss_after_kib: u64) -> Self {
+        let growth = rss_after_kib.saturating_sub(rss_before_kib) as f64;
+        let per = if connections == 0 { 0.0 } else { growth / connections as f64 };
+        Self { connections, rss_before_kib, rss_after_kib, kib_per_connection: (per * 100.0).round() / 100.0 }
+    }
 }
 
 impl Report {
@@ -119,6 +146,9 @@ impl Report {
             latency_us: Latency::of(latency),
             target_rate: None,
             append_latency_us: None,
+            request_of: None,
+            request_latency_us: None,
+            memory: None,
         }
     }
 
@@ -127,6 +157,18 @@ impl Report {
     pub(super) fn with_appends(mut self, target_rate: u64, append_latency: &Histogram<u64>) -> Self {
         self.target_rate = Some(target_rate as f64);
         self.append_latency_us = Some(Latency::of(append_latency));
+        self
+    }
+
+    /// The latency of the requests that started what the workload measures.
+    pub(super) fn with_requests(mut self, what: &'static str, latency: &Histogram<u64>) -> Self {
+        self.request_of = Some(what);
+        self.request_latency_us = Some(Latency::of(latency));
+        self
+    }
+
+    pub(super) fn with_memory(mut self, memory: MemoryFigures) -> Self {
+        self.memory = Some(memory);
         self
     }
 }
@@ -163,7 +205,7 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "{:<13} {:<44} {:>9} {:>8} {:>10}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{:<19} {:<44} {:>9} {:>8} {:>10}  {:<19} {:>8} {:>8} {:>8} {:>8} {:>8}",
             "workload",
             "what",
             "events",
@@ -180,7 +222,7 @@ impl Summary {
             let l = &r.latency_us;
             let _ = writeln!(
                 out,
-                "{:<13} {:<44} {:>9} {:>8.2} {:>10}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "{:<19} {:<44} {:>9} {:>8.2} {:>10}  {:<19} {:>8} {:>8} {:>8} {:>8} {:>8}",
                 r.name,
                 r.description,
                 r.events,
@@ -193,21 +235,35 @@ impl Summary {
                 micros(l.p99_9),
                 micros(l.max),
             );
-            if let Some(l) = &r.append_latency_us {
+            let extra_rows = [
+                ("append", r.append_latency_us.as_ref()),
+                (r.request_of.unwrap_or(""), r.request_latency_us.as_ref()),
+            ];
+            for (label, l) in extra_rows.into_iter().filter_map(|(label, l)| Some((label, l?))) {
                 let _ = writeln!(
                     out,
-                    "{:<13} {:<44} {:>9} {:>8} {:>10}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                    "{:<19} {:<44} {:>9} {:>8} {:>10}  {:<19} {:>8} {:>8} {:>8} {:>8} {:>8}",
                     "",
                     "",
                     "",
                     "",
                     "",
-                    "append",
+                    label,
                     micros(l.p50),
                     micros(l.p90),
                     micros(l.p99),
                     micros(l.p99_9),
                     micros(l.max),
+                );
+            }
+            if let Some(m) = &r.memory {
+                let _ = writeln!(
+                    out,
+                    "{:<19} server RSS {:.1} MiB → {:.1} MiB: {:.2} KiB per connection",
+                    "",
+                    m.rss_before_kib as f64 / 1024.0,
+                    m.rss_after_kib as f64 / 1024.0,
+                    m.kib_per_connection,
                 );
             }
         }
