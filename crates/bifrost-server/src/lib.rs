@@ -77,6 +77,8 @@ pub(crate) struct AppState {
     pub(crate) webhooks: Option<Webhooks>,
     /// Cancelled when the server shuts down: ends the infinite responses (SSE).
     pub(crate) shutdown: CancellationToken,
+    /// Real-time delivery (WebSocket, publishes, presence, bridges) of this node.
+    pub(crate) realtime: Arc<realtime::Hub>,
 }
 
 impl AppState {
@@ -87,7 +89,13 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { store, groups, config: Arc::new(config), metrics, webhooks: None, shutdown }
+        let realtime = Arc::new(realtime::Hub::new(
+            Arc::clone(&store),
+            config.realtime.clone(),
+            config.max_event_bytes,
+            shutdown.clone(),
+        ));
+        Self { store, groups, config: Arc::new(config), metrics, webhooks: None, shutdown, realtime }
     }
 }
 

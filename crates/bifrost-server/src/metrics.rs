@@ -21,6 +21,11 @@ pub(crate) const GROUP_LAG: &str = "bifrost_group_lag";
 pub(crate) const GROUP_IN_FLIGHT: &str = "bifrost_group_in_flight";
 pub(crate) const GROUP_PARKED: &str = "bifrost_group_parked";
 pub(crate) const GROUP_REDELIVERIES: &str = "bifrost_group_redeliveries";
+/// Open live connections, by transport (`sse`, `ws`).
+const CONNECTIONS: &str = "bifrost_connections";
+/// Time from an event's commit to its frame being queued for a client, by path.
+const DELIVERY_LATENCY_SECONDS: &str = "bifrost_delivery_latency_seconds";
+const REALTIME_PUBLISHES_TOTAL: &str = "bifrost_realtime_publishes_total";
 
 /// Append latency buckets, in seconds: from sub-millisecond (memory, group commit) to
 /// seconds (a stalled disk).
@@ -41,6 +46,8 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(APPEND_DURATION_SECONDS.into()), APPEND_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY_SECONDS.into()), APPEND_BUCKETS)
                 .map_err(|e| e.to_string())?
                 .set_buckets_for_metric(
                     Matcher::Full(WEBHOOK_ATTEMPT_DURATION_SECONDS.into()),
@@ -79,6 +86,13 @@ fn describe() {
         "Time the store took to answer an append"
     );
     metrics::describe_gauge!(SSE_CLIENTS, "Connected Server-Sent Events clients");
+    metrics::describe_gauge!(CONNECTIONS, "Open live connections, by transport (sse, ws)");
+    metrics::describe_histogram!(
+        DELIVERY_LATENCY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from an event's commit to its delivery, by path"
+    );
+    metrics::describe_counter!(REALTIME_PUBLISHES_TOTAL, "Real-time publishes, ephemeral or persistent");
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by method, route template and status");
     metrics::describe_counter!(EVENTS_READ_TOTAL, "Events returned by reads and subscriptions");
     metrics::describe_gauge!(
@@ -169,6 +183,7 @@ pub(crate) struct SseClientGuard(());
 impl SseClientGuard {
     pub(crate) fn connect() -> Self {
         metrics::gauge!(SSE_CLIENTS).increment(1.0);
+        metrics::gauge!(CONNECTIONS, "transport" => "sse").increment(1.0);
         Self(())
     }
 }
@@ -176,5 +191,33 @@ impl SseClientGuard {
 impl Drop for SseClientGuard {
     fn drop(&mut self) {
         metrics::gauge!(SSE_CLIENTS).decrement(1.0);
+        metrics::gauge!(CONNECTIONS, "transport" => "sse").decrement(1.0);
     }
+}
+
+/// Keeps the WebSocket connection gauge right however the connection ends.
+pub(crate) struct WsConnectionGuard(());
+
+impl WsConnectionGuard {
+    pub(crate) fn connect() -> Self {
+        metrics::gauge!(CONNECTIONS, "transport" => "ws").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for WsConnectionGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS, "transport" => "ws").decrement(1.0);
+    }
+}
+
+/// A stored event reached WebSocket queues.
+pub(crate) fn delivered_ws(recorded_at: bifrost_core::Timestamp) {
+    let age = bifrost_core::Timestamp::now().as_micros().saturating_sub(recorded_at.as_micros()).max(0);
+    metrics::histogram!(DELIVERY_LATENCY_SECONDS, "via" => "ws").record(age as f64 / 1e6);
+}
+
+pub(crate) fn realtime_published(persistent: bool) {
+    let persistent = if persistent { "true" } else { "false" };
+    metrics::counter!(REALTIME_PUBLISHES_TOTAL, "persistent" => persistent).increment(1);
 }

@@ -18,7 +18,8 @@ use bifrost_api::{ConflictBody, EventBody, Problem, StreamSummaryBody};
     tags(
         (name = "streams", description = "Append to and read streams"),
         (name = "log", description = "The global log of every event"),
-        (name = "live", description = "Server-Sent Events"),
+        (name = "live", description = "Server-Sent Events and WebSocket"),
+        (name = "realtime", description = "Real-time: publishes to WebSocket rooms, users and streams, room presence, bridging rules"),
         (name = "groups", description = "Consumer groups: competing consumers with leases, acks, retries and dead letters (at-least-once)"),
         (name = "webhooks", description = "Webhooks: integration events delivered to HTTP endpoints with Standard Webhooks signing, retries, an attempt log and replay"),
         (name = "operations", description = "Health, readiness, metrics, this document"),

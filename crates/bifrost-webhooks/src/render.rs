@@ -206,6 +206,39 @@ pub fn render(
     Ok(Rendered { body: Bytes::from(out), routing_key, content_type: mode.content_type() })
 }
 
+/// A template that names targets (rooms, users) from an event, e.g. `project:{data.project_id}`.
+/// A placeholder without a value gives no target; a template that is one lone placeholder
+/// holding an array gives one target per scalar element.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetTemplate(Template);
+
+impl TargetTemplate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Template::parse(text).map(Self)
+    }
+
+    /// The template as it was written.
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+
+    /// The targets `src` names (none when a placeholder has no value).
+    pub fn render_all(&self, src: &Source<'_>) -> Vec<String> {
+        let ctx = Ctx::new(src);
+        if let [Part::Placeholder(placeholder)] = self.0.parts.as_slice() {
+            let value = match placeholder.root {
+                Root::Data => ctx.data().and_then(|data| walk(data, &placeholder.path)),
+                Root::Metadata => ctx.metadata().ok().and_then(|m| walk(m, &placeholder.path)),
+                _ => None,
+            };
+            if let Some(Value::Array(items)) = value {
+                return items.iter().filter_map(scalar_text).map(Cow::into_owned).collect();
+            }
+        }
+        self.0.render(&ctx).map(|target| vec![target]).unwrap_or_default()
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Rendering
 
@@ -1125,5 +1158,22 @@ mod tests {
         assert!(err.0.contains("metadata"), "{err}");
         // Routing without metadata placeholders does not need it.
         assert_eq!(routing_key(&src(DATA, b"{not json"), None).unwrap(), "order.submitted");
+    }
+
+    #[test]
+    fn target_templates_name_rooms_and_users_from_the_event() {
+        let data = br#"{"project_id":101,"watchers":["u-1","u-2",{"x":1}],"empty":[]}"#;
+        let source = src(data, METADATA);
+        let targets = |t: &str| TargetTemplate::parse(t).unwrap().render_all(&source);
+        assert_eq!(targets("project:{data.project_id}"), ["project:101"]);
+        assert_eq!(targets("{metadata.user_id}"), ["u-9"]);
+        // A lone placeholder holding an array: one target per scalar element.
+        assert_eq!(targets("{data.watchers}"), ["u-1", "u-2"]);
+        assert!(targets("{data.empty}").is_empty());
+        // Inside a longer template an array has no text: no target.
+        assert!(targets("w:{data.watchers}").is_empty());
+        assert!(targets("project:{data.missing}").is_empty());
+        assert_eq!(targets("{category}-{type}"), ["order-order.submitted"]);
+        assert!(TargetTemplate::parse("project:{nope}").is_err());
     }
 }

@@ -1,14 +1,21 @@
 //! Channels a WebSocket connection subscribes to, by name.
 
-use bifrost_core::{Category, LogFilter, RecordedEvent, StreamName, TypePattern};
+use bifrost_core::{StreamName, TypePattern};
 
-/// A channel of stored events.
+/// Longest user id in a `user:` channel.
+const MAX_USER_ID: usize = 256;
+
+/// A channel: `stream:{name}`, `type:{pattern}`, `room:{name}` or `user:{id}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Channel {
-    /// `stream:{name}`: the events of one stream.
+    /// The events of one stream.
     Stream(StreamName),
-    /// `type:{pattern}`: events whose type matches an AMQP topic pattern.
+    /// Events whose type matches an AMQP topic pattern.
     Type(TypePattern),
+    /// A room (stream-name alphabet, e.g. `project:101`): publishes and bridged events.
+    Room(String),
+    /// One user's connections: targeted publishes and bridged events.
+    User(String),
 }
 
 /// Why a channel name is refused.
@@ -25,32 +32,32 @@ impl Channel {
             Some(("type", pattern)) => {
                 TypePattern::new(pattern).map(Self::Type).map_err(|e| invalid(e.to_string()))
             }
-            Some(("room" | "user", _)) => Err(invalid(
-                "room: and user: channels (rooms, presence, targeted publishes) are not served by this \
-                 server yet; subscribe to stream: or type: channels"
-                    .into(),
-            )),
-            _ => Err(invalid("a channel is stream:{name} or type:{pattern}".into())),
+            Some(("room", room)) => check_room(room).map(|()| Self::Room(room.to_owned())).map_err(invalid),
+            Some(("user", user)) => check_user(user).map(|()| Self::User(user.to_owned())).map_err(invalid),
+            _ => Err(invalid("a channel is stream:{name}, type:{pattern}, room:{name} or user:{id}".into())),
         }
     }
 
-    /// The narrowest log filter that still sees every event of the channel.
-    pub(crate) fn log_filter(&self) -> LogFilter {
+    /// The room of a `room:` channel.
+    pub(crate) fn room(&self) -> Option<&str> {
         match self {
-            Self::Stream(stream) => {
-                LogFilter { category: Category::new(stream.category()).ok(), ..LogFilter::default() }
-            }
-            Self::Type(pattern) => LogFilter { types: vec![pattern.clone()], ..LogFilter::default() },
+            Self::Room(room) => Some(room),
+            _ => None,
         }
     }
+}
 
-    /// Whether `event` belongs to the channel (beyond what the log filter already checked).
-    pub(crate) fn matches(&self, event: &RecordedEvent) -> bool {
-        match self {
-            Self::Stream(stream) => event.stream == *stream,
-            Self::Type(pattern) => pattern.matches(event.event_type.as_str()),
-        }
+/// A room name uses the stream-name alphabet (`A–Z a–z 0–9 _ . : @ -`, 1–256 characters).
+pub(crate) fn check_room(room: &str) -> Result<(), String> {
+    StreamName::new(room).map(drop).map_err(|e| e.to_string().replace("stream name", "room name"))
+}
+
+/// A user id is 1–256 characters without control characters.
+pub(crate) fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.chars().count() > MAX_USER_ID || user.chars().any(char::is_control) {
+        return Err(format!("a user id is 1–{MAX_USER_ID} characters without control characters"));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -65,7 +72,11 @@ mod tests {
             Channel::Stream(StreamName::new("order-1").unwrap())
         );
         assert!(matches!(Channel::parse("type:order.#").unwrap(), Channel::Type(_)));
-        for bad in ["order-1", "stream:", "stream:bad name", "type:a..b", "feed:x", "room:project:1"] {
+        assert_eq!(Channel::parse("room:project:101").unwrap(), Channel::Room("project:101".into()));
+        assert_eq!(Channel::parse("user:u 9").unwrap(), Channel::User("u 9".into()));
+        for bad in
+            ["order-1", "stream:", "stream:bad name", "type:a..b", "feed:x", "room:", "room:a b", "user:"]
+        {
             assert!(Channel::parse(bad).is_err(), "{bad}");
         }
     }

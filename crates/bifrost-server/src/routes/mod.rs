@@ -4,6 +4,7 @@ pub(crate) mod groups;
 pub(crate) mod live;
 pub(crate) mod log;
 pub(crate) mod ops;
+pub(crate) mod realtime;
 pub(crate) mod streams;
 pub(crate) mod webhooks;
 pub(crate) mod ws;
@@ -31,6 +32,10 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(log::head))
         .routes(routes!(live::subscribe))
         .routes(routes!(ws::ws))
+        .routes(routes!(realtime::publish))
+        .routes(routes!(realtime::presence))
+        .routes(routes!(realtime::put_bridge, realtime::get_bridge, realtime::delete_bridge))
+        .routes(routes!(realtime::list_bridges))
         .routes(routes!(groups::put_group, groups::get_group, groups::delete_group))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::fetch))

@@ -1,0 +1,634 @@
+//! The node's hub: every subscription of every connection, by channel, and the one reader
+//! of the log that fans each new event out to them.
+//!
+//! One live reader per node (not one per subscription) reads each committed event once,
+//! works out its channels (`route`) and puts one shared frame per channel on the queues of
+//! that channel's subscribers, without ever waiting: a full queue closes its connection as
+//! a slow consumer. A new subscription first replays from the store what it missed, while
+//! the live reader keeps what arrives meanwhile aside for it; the replay ends by handing
+//! over at an exact position, so there is no gap and no duplicate.
+//!
+//! What is not in the log crosses nodes on the store's cluster bus: ephemeral messages and
+//! presence (each node's own connections, with heartbeats so a dead node's users leave).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use bifrost_api::PriorityBody;
+use bifrost_core::cluster::ClusterBus;
+use bifrost_core::subscription::subscribe as subscribe_log;
+use bifrost_core::{
+    DurableStore, EventId, ExpectedVersion, LogFilter, Metadata, NewEvent, RecordedEvent, SubscribeFrom,
+    TypePattern,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Verifier;
+use super::bridges::Bridges;
+use super::channel::Channel;
+use super::config::RealtimeConfig;
+use super::frames;
+use super::presence::{Change, Presence, UserState};
+use super::publish::{Ephemeral, Publish};
+use super::queue::{OutQueue, Refused};
+use super::route::{Route, routes};
+
+/// The bus topic of real-time traffic.
+const TOPIC: &str = "realtime";
+/// Events read per replay page.
+const REPLAY_PAGE: usize = 500;
+/// How often this node says it is alive, and forgets nodes that went silent.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A node not heard from for this long is gone, and its users leave.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often other nodes' changes to the bridges are picked up.
+const BRIDGE_RELOAD: Duration = Duration::from_secs(1);
+
+pub(crate) const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+/// One WebSocket connection, as the hub sees it.
+pub(crate) struct Conn {
+    pub(crate) id: String,
+    pub(crate) user_id: Option<String>,
+    /// Shown in presence.
+    pub(crate) info: Value,
+    /// In presence of the rooms it subscribes to (not anonymous, has a user).
+    pub(crate) in_presence: bool,
+    pub(crate) queue: OutQueue,
+    /// Why the connection closes (the first reason wins).
+    closing: Mutex<Option<(u16, &'static str)>>,
+    pub(crate) closed: CancellationToken,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        user_id: Option<String>,
+        info: Value,
+        in_presence: bool,
+        queue_size: usize,
+        closed: CancellationToken,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            user_id,
+            info,
+            in_presence,
+            queue: OutQueue::new(queue_size),
+            closing: Mutex::new(None),
+            closed,
+        }
+    }
+
+    /// Queues a reply or a push; a full queue closes the connection as a slow consumer.
+    pub(crate) fn send(&self, frame: Utf8Bytes) {
+        self.offer(frame, PriorityBody::Normal, None);
+    }
+
+    fn offer(&self, frame: Utf8Bytes, priority: PriorityBody, subscription: Option<u64>) {
+        if let Err(Refused::Full) = self.queue.push(frame, priority, subscription) {
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer");
+        }
+    }
+
+    pub(crate) fn close(&self, code: u16, reason: &'static str) {
+        if let Ok(mut closing) = self.closing.lock() {
+            closing.get_or_insert((code, reason));
+        }
+        self.closed.cancel();
+        self.queue.close();
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<(u16, &'static str)> {
+        self.closing.lock().ok().and_then(|c| *c)
+    }
+
+    fn excluded(&self, exclude: &[String]) -> bool {
+        self.user_id.as_ref().is_some_and(|user| exclude.contains(user))
+    }
+}
+
+enum SubState {
+    /// Replaying from the store; the live reader keeps new frames aside.
+    CatchingUp { pending: Vec<(u64, Utf8Bytes, PriorityBody)>, overflowed: bool },
+    /// Fed by the live reader, past `last`.
+    Live { last: u64 },
+}
+
+/// One subscription of one connection.
+pub(crate) struct Sub {
+    pub(crate) id: u64,
+    pub(crate) channel: String,
+    pub(crate) conn: Arc<Conn>,
+    state: Mutex<SubState>,
+}
+
+impl Sub {
+    /// A live event at `position`.
+    fn offer(&self, position: u64, frame: &Utf8Bytes, priority: PriorityBody, cap: usize) {
+        let Ok(mut state) = self.state.lock() else { return };
+        match &mut *state {
+            SubState::CatchingUp { pending, overflowed } => {
+                if pending.len() < cap {
+                    pending.push((position, frame.clone(), priority));
+                } else {
+                    // The replay reads these from the store instead.
+                    pending.clear();
+                    *overflowed = true;
+                }
+            }
+            SubState::Live { last } => {
+                if position > *last {
+                    *last = position;
+                    self.conn.offer(frame.clone(), priority, Some(self.id));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Subscriptions {
+    by_channel: HashMap<String, Vec<Arc<Sub>>>,
+    /// The `type:` channels that have subscribers.
+    types: HashMap<String, TypePattern>,
+}
+
+/// What nodes tell each other.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum BusMessage {
+    Message { node: String, message: Ephemeral },
+    Presence { node: String, seq: u64, state: UserState },
+    Alive { node: String },
+    Hello { node: String },
+}
+
+/// Real-time delivery of one node.
+pub(crate) struct Hub {
+    store: Arc<dyn DurableStore>,
+    pub(crate) config: RealtimeConfig,
+    pub(crate) max_event_bytes: usize,
+    node: String,
+    verifier: Result<Option<Verifier>, String>,
+    subs: RwLock<Subscriptions>,
+    next_id: AtomicU64,
+    started: tokio::sync::OnceCell<()>,
+    pub(crate) bridges: Bridges,
+    presence: Mutex<Presence>,
+    presence_seq: AtomicU64,
+    bus: Option<Arc<dyn ClusterBus>>,
+    shutdown: CancellationToken,
+}
+
+impl Hub {
+    pub(crate) fn new(
+        store: Arc<dyn DurableStore>,
+        config: RealtimeConfig,
+        max_event_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        let verifier = Verifier::new(&config);
+        if let Err(e) = &verifier {
+            tracing::error!(error = %e, "the JWT key is unusable: WebSocket connections are refused");
+        }
+        Self {
+            bus: store.cluster_bus(),
+            bridges: Bridges::new(Arc::clone(&store)),
+            store,
+            config,
+            max_event_bytes,
+            presence: Mutex::new(Presence::new(node.clone())),
+            node,
+            verifier,
+            subs: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            started: tokio::sync::OnceCell::new(),
+            presence_seq: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    pub(crate) fn verifier(&self) -> Result<Option<&Verifier>, &str> {
+        self.verifier.as_ref().map(Option::as_ref).map_err(String::as_str)
+    }
+
+    /// Starts the node's background work once: the live reader, the bus receiver and the
+    /// ticker (presence grace, heartbeats, bridge reloads).
+    pub(crate) async fn start(self: &Arc<Self>) {
+        self.started
+            .get_or_init(|| async {
+                if let Err(e) = self.bridges.reload().await {
+                    tracing::warn!(error = %e, "cannot load the realtime bridges; retrying in the background");
+                }
+                let head = *self.store.head().borrow();
+                tokio::spawn(Arc::clone(self).live(head));
+                if let Some(bus) = &self.bus {
+                    let received = bus.subscribe(TOPIC);
+                    tokio::spawn(Arc::clone(self).receive(received));
+                    self.tell(&BusMessage::Hello { node: self.node.clone() }).await;
+                }
+                tokio::spawn(Arc::clone(self).tick());
+            })
+            .await;
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Subscriptions
+
+    /// Registers a subscription to `channel` that starts after `from`: it replays what it
+    /// missed (in a task it returns) and then goes live.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        id: u64,
+        name: String,
+        channel: Channel,
+        from: u64,
+    ) -> (Arc<Sub>, tokio::task::JoinHandle<()>) {
+        self.start().await;
+        let sub = Arc::new(Sub {
+            id,
+            channel: name.clone(),
+            conn: Arc::clone(conn),
+            state: Mutex::new(SubState::CatchingUp { pending: Vec::new(), overflowed: false }),
+        });
+        if let Ok(mut subs) = self.subs.write() {
+            if let Channel::Type(pattern) = &channel {
+                subs.types.insert(name.clone(), pattern.clone());
+            }
+            subs.by_channel.entry(name).or_default().push(Arc::clone(&sub));
+        }
+        let replay = tokio::spawn(Arc::clone(self).replay(Arc::clone(&sub), channel, from));
+        (sub, replay)
+    }
+
+    /// A fresh subscription id (frames of one subscription keep their order in a queue).
+    pub(crate) fn next_subscription_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn unsubscribe(&self, sub: &Arc<Sub>) {
+        let Ok(mut subs) = self.subs.write() else { return };
+        let emptied = match subs.by_channel.get_mut(&sub.channel) {
+            Some(list) => {
+                list.retain(|s| !Arc::ptr_eq(s, sub));
+                list.is_empty()
+            }
+            None => false,
+        };
+        if emptied {
+            subs.by_channel.remove(&sub.channel);
+            subs.types.remove(&sub.channel);
+        }
+    }
+
+    /// The subscription's events after `from` from the store, then the hand-over to live.
+    async fn replay(self: Arc<Self>, sub: Arc<Sub>, channel: Channel, from: u64) {
+        let conn = &sub.conn;
+        let filter = match &channel {
+            Channel::Type(pattern) => LogFilter { types: vec![pattern.clone()], ..LogFilter::default() },
+            _ => LogFilter::default(),
+        };
+        let type_channel = match &channel {
+            Channel::Type(pattern) => Some((sub.channel.as_str(), pattern)),
+            _ => None,
+        };
+        let patience = self.config.slow_consumer_timeout;
+        let mut cursor = from;
+        loop {
+            let read = tokio::select! {
+                () = conn.closed.cancelled() => return,
+                read = self.store.read_all(cursor, &filter, REPLAY_PAGE) => read,
+            };
+            let slice = match read {
+                Ok(slice) => slice,
+                Err(e) => {
+                    tracing::warn!(channel = %sub.channel, error = %e, "a WebSocket replay failed");
+                    conn.send(frames::error(None, "internal", "the subscription failed; subscribe again"));
+                    return;
+                }
+            };
+            if slice.events.is_empty() {
+                // At the end of the log: hand over to the live reader.
+                let Ok(mut state) = sub.state.lock() else { return };
+                match std::mem::replace(&mut *state, SubState::Live { last: cursor }) {
+                    SubState::CatchingUp { overflowed: true, .. } => {
+                        *state = SubState::CatchingUp { pending: Vec::new(), overflowed: false };
+                        continue;
+                    }
+                    SubState::CatchingUp { pending, overflowed: false } => {
+                        for (position, frame, priority) in pending {
+                            if position > cursor {
+                                cursor = position;
+                                conn.offer(frame, priority, Some(sub.id));
+                            }
+                        }
+                        *state = SubState::Live { last: cursor };
+                    }
+                    SubState::Live { last } => *state = SubState::Live { last },
+                }
+                return;
+            }
+            let bridges = self.bridges.current();
+            for event in &slice.events {
+                let wanted = |c: &str| c == sub.channel;
+                for route in routes(event, type_channel, &bridges, &wanted) {
+                    if conn.excluded(&route.exclude) {
+                        continue;
+                    }
+                    let frame =
+                        frames::event(&route.channel, event, route.priority, route.integration.as_deref());
+                    match conn.queue.push_waiting(frame, route.priority, Some(sub.id), patience).await {
+                        Ok(()) => {}
+                        Err(Refused::Full) => return conn.close(CLOSE_SLOW_CONSUMER, "slow consumer"),
+                        Err(Refused::Closed) => return,
+                    }
+                }
+                cursor = cursor.max(event.position);
+            }
+            cursor = cursor.max(slice.next_position);
+        }
+    }
+
+    /// The live reader: every event committed after `from`, once, to every subscriber.
+    async fn live(self: Arc<Self>, from: u64) {
+        let mut last = from;
+        loop {
+            let mut events =
+                subscribe_log(Arc::clone(&self.store), SubscribeFrom::After(last), LogFilter::default());
+            loop {
+                let next = tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    next = events.next() => next,
+                };
+                match next {
+                    Some(Ok(event)) => {
+                        last = event.position;
+                        self.dispatch_event(&event);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the WebSocket live reader failed; resuming");
+                        break;
+                    }
+                    None => return,
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// One committed event to its channels' subscribers.
+    fn dispatch_event(&self, event: &RecordedEvent) {
+        let Ok(subs) = self.subs.read() else { return };
+        if subs.by_channel.is_empty() {
+            return;
+        }
+        let bridges = self.bridges.current();
+        let types = subs.types.iter().map(|(name, pattern)| (name.as_str(), pattern));
+        let wanted = |c: &str| subs.by_channel.contains_key(c);
+        let cap = self.config.queue_size;
+        let mut delivered = false;
+        for Route { channel, priority, exclude, integration } in routes(event, types, &bridges, &wanted) {
+            let Some(list) = subs.by_channel.get(&channel) else { continue };
+            let frame = frames::event(&channel, event, priority, integration.as_deref());
+            for sub in list {
+                if !sub.conn.excluded(&exclude) {
+                    sub.offer(event.position, &frame, priority, cap);
+                    delivered = true;
+                }
+            }
+        }
+        if delivered {
+            crate::metrics::delivered_ws(event.recorded_at);
+        }
+    }
+
+    /// An ephemeral message to this node's subscribers of its channels.
+    fn dispatch_message(&self, message: &Ephemeral) {
+        let Ok(subs) = self.subs.read() else { return };
+        for channel in &message.channels {
+            let Some(list) = subs.by_channel.get(channel) else { continue };
+            let frame = message.frame(channel);
+            for sub in list {
+                if !sub.conn.excluded(&message.exclude_users) {
+                    sub.conn.offer(frame.clone(), message.priority, Some(sub.id));
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Publishes
+
+    /// Sends an ephemeral message to every node's subscribers; returns its id.
+    pub(crate) async fn publish_ephemeral(self: &Arc<Self>, publish: Publish) -> String {
+        self.start().await;
+        let message = publish.into_ephemeral();
+        let id = message.message_id.clone();
+        self.dispatch_message(&message);
+        self.tell(&BusMessage::Message { node: self.node.clone(), message }).await;
+        crate::metrics::realtime_published(false);
+        id
+    }
+
+    /// Stores a persistent publish as one event; the live readers of every node deliver it.
+    pub(crate) async fn publish_persistent(
+        &self,
+        publish: Publish,
+    ) -> bifrost_core::Result<(EventId, bifrost_core::StreamName, u64)> {
+        let meta = serde_json::to_value(publish.meta())
+            .map_err(|e| bifrost_core::Error::Internal(format!("realtime metadata: {e}")))?;
+        let mut metadata = Metadata { user_id: publish.source.user_id.clone(), ..Metadata::default() };
+        metadata.extra.insert("realtime".to_owned(), meta);
+        let data = Bytes::copy_from_slice(publish.data.get().as_bytes());
+        let event = NewEvent::new(publish.event_type.clone(), data).with_metadata(metadata);
+        let id = event.id;
+        let stream = publish.stream.clone();
+        let result = self.store.append(stream.clone(), ExpectedVersion::Any, vec![event]).await?;
+        crate::metrics::realtime_published(true);
+        Ok((id, stream, result.first_position))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Presence
+
+    /// `conn` subscribed to `room`.
+    pub(crate) async fn enter(&self, conn: &Conn, room: &str) {
+        let Some(user) = conn.user_id.as_deref().filter(|_| conn.in_presence) else { return };
+        let change = self.presence.lock().ok().and_then(|mut p| p.enter(room, user, &conn.info, &conn.id));
+        if let Some(change) = change {
+            self.announce(&change, Some(&conn.id));
+        }
+        self.tell_presence(room, user).await;
+    }
+
+    /// `conn` unsubscribed from `room`: it leaves at once.
+    pub(crate) async fn exit(&self, conn: &Conn, room: &str) {
+        let Some(user) = conn.user_id.as_deref().filter(|_| conn.in_presence) else { return };
+        let change = self.presence.lock().ok().and_then(|mut p| p.exit(room, user, &conn.id));
+        if let Some(change) = change {
+            self.announce(&change, Some(&conn.id));
+        }
+        self.tell_presence(room, user).await;
+    }
+
+    /// `conn` closed: it stays in its rooms for the grace period.
+    pub(crate) fn linger(&self, conn: &Conn, rooms: &[String]) {
+        let Some(user) = conn.user_id.as_deref().filter(|_| conn.in_presence) else { return };
+        if let Ok(mut presence) = self.presence.lock() {
+            for room in rooms {
+                presence.linger(room, user, &conn.id, self.config.presence_grace);
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self, room: &str) -> bifrost_api::PresenceBody {
+        self.presence.lock().map(|p| p.snapshot(room)).unwrap_or_else(|_| bifrost_api::PresenceBody {
+            room: room.to_owned(),
+            users: Vec::new(),
+            user_count: 0,
+            connection_count: 0,
+        })
+    }
+
+    /// `join`/`leave` to this node's subscribers of the room, but `except` the connection
+    /// that caused it.
+    fn announce(&self, change: &Change, except: Option<&str>) {
+        let (room, frame) = match change {
+            Change::Joined { room, user, info } => (room, frames::join(room, user, info)),
+            Change::Left { room, user } => (room, frames::leave(room, user)),
+        };
+        let Ok(subs) = self.subs.read() else { return };
+        let Some(list) = subs.by_channel.get(&format!("room:{room}")) else { return };
+        for sub in list {
+            if except != Some(sub.conn.id.as_str()) {
+                sub.conn.offer(frame.clone(), PriorityBody::Normal, Some(sub.id));
+            }
+        }
+    }
+
+    /// Tells the other nodes this node's connections of `user` in `room`.
+    async fn tell_presence(&self, room: &str, user: &str) {
+        if self.bus.is_none() {
+            return;
+        }
+        let Ok(state) = self.presence.lock().map(|p| p.local_state(room, user)) else { return };
+        let seq = self.presence_seq.fetch_add(1, Ordering::Relaxed);
+        self.tell(&BusMessage::Presence { node: self.node.clone(), seq, state }).await;
+    }
+
+    // -----------------------------------------------------------------------------------
+    // The cluster bus
+
+    async fn tell(&self, message: &BusMessage) {
+        let Some(bus) = &self.bus else { return };
+        let payload = match serde_json::to_vec(message) {
+            Ok(payload) => Bytes::from(payload),
+            Err(e) => return tracing::warn!(error = %e, "cannot encode a realtime bus message"),
+        };
+        if let Err(e) = bus.publish(TOPIC, payload).await {
+            tracing::warn!(error = %e, "cannot reach the other nodes on the cluster bus");
+        }
+    }
+
+    async fn receive(self: Arc<Self>, mut received: tokio::sync::broadcast::Receiver<Bytes>) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let payload = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                payload = received.recv() => match payload {
+                    Ok(payload) => payload,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "the realtime bus receiver fell behind");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            let message: BusMessage = match serde_json::from_slice(&payload) {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::debug!(error = %e, "an unreadable realtime bus message");
+                    continue;
+                }
+            };
+            match message {
+                BusMessage::Message { node, message } if node != self.node => self.dispatch_message(&message),
+                BusMessage::Presence { node, seq, state } if node != self.node => {
+                    let change =
+                        self.presence.lock().ok().and_then(|mut p| p.apply_remote(&node, seq, state));
+                    if let Some(change) = change {
+                        self.announce(&change, None);
+                    }
+                }
+                BusMessage::Alive { node } if node != self.node => {
+                    if let Ok(mut p) = self.presence.lock() {
+                        p.heard_from(&node);
+                    }
+                }
+                BusMessage::Hello { node } if node != self.node => {
+                    // A node (re)started: it needs everyone's presence.
+                    if let Ok(mut p) = self.presence.lock() {
+                        p.heard_from(&node);
+                    }
+                    let pairs = self.presence.lock().map(|p| p.local_pairs()).unwrap_or_default();
+                    for (room, user) in pairs {
+                        self.tell_presence(&room, &user).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Presence grace, heartbeats, silent nodes and bridge reloads.
+    async fn tick(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heartbeat = Instant::now();
+        let mut last_reload = Instant::now();
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            let (changes, touched) = self.presence.lock().map(|mut p| p.expire(now)).unwrap_or_default();
+            for change in &changes {
+                self.announce(change, None);
+            }
+            for (room, user) in touched {
+                self.tell_presence(&room, &user).await;
+            }
+            if self.bus.is_none() {
+                continue;
+            }
+            if now.duration_since(last_heartbeat) >= HEARTBEAT {
+                last_heartbeat = now;
+                self.tell(&BusMessage::Alive { node: self.node.clone() }).await;
+                let gone =
+                    self.presence.lock().map(|mut p| p.forget_silent(NODE_TIMEOUT, now)).unwrap_or_default();
+                for change in &gone {
+                    self.announce(change, None);
+                }
+            }
+            if now.duration_since(last_reload) >= BRIDGE_RELOAD {
+                last_reload = now;
+                if let Err(e) = self.bridges.reload().await {
+                    tracing::warn!(error = %e, "cannot reload the realtime bridges");
+                }
+            }
+        }
+    }
+}
