@@ -365,6 +365,10 @@ fn bench_runs_every_workload_small_and_prints_json() {
             "400",
             "--duration",
             "0.5",
+            "--ws-connections",
+            "40",
+            "--ws-publishes",
+            "5",
             "--json",
         ]),
         None,
@@ -391,7 +395,10 @@ fn bench_runs_every_workload_small_and_prints_json() {
             "group-latency",
             "webhooks-1",
             "webhooks-10",
-            "webhook-latency"
+            "webhook-latency",
+            "ws-idle",
+            "ws-broadcast",
+            "ws-broadcast-stream"
         ]
     );
     let w3 = &report["workloads"][2];
@@ -400,6 +407,31 @@ fn bench_runs_every_workload_small_and_prints_json() {
     for w in report["workloads"].as_array().unwrap().iter().filter(|w| w["latency_of"] != "-") {
         assert!(w["latency_us"]["p50"].as_u64().unwrap() > 0, "{w}");
     }
+    let idle = &report["workloads"][16];
+    assert_eq!(idle["memory"]["connections"], 40, "{idle}");
+    assert!(idle["memory"]["rss_after_kib"].as_u64().unwrap() > 0, "{idle}");
+    for broadcast in &report["workloads"].as_array().unwrap()[17..] {
+        assert_eq!(
+            (broadcast["events"].as_u64(), broadcast["latency_us"]["samples"].as_u64()),
+            (Some(200), Some(5)),
+            "every publish reached all 40 subscribers: {broadcast}"
+        );
+    }
+}
+
+#[test]
+fn ws_bench_refusals_are_one_line() {
+    let out = run(bifrost().args(["bench", "--workload", "ws-idle", "--url", "http://127.0.0.1:9"]), None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).trim().lines().count() == 1 && stderr(&out).contains("leave out --url"));
+    let out = run(
+        bifrost().args(["bench", "--workload", "ws-broadcast", "--ws-connections", "1000000000000"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let error = stderr(&out);
+    assert_eq!(error.trim().lines().count(), 1, "{error}");
+    assert!(error.contains("ulimit"), "{error}");
 }
 
 /// Runs a client command against `url`; stdout as JSON lines when it succeeds.

@@ -36,7 +36,7 @@ use super::raw::RawClient;
 use super::report::{self, MemoryFigures, Report};
 
 /// Connections being opened at once (the server's accept backlog is 1,024).
-const CONNECTING: usize = 256;
+const CONNECTING: usize = 64;
 /// File descriptors each process needs beyond one per connection (the store, the
 /// runtime, the HTTP client).
 const FD_MARGIN: u64 = 512;
@@ -415,7 +415,7 @@ pub(super) async fn idle(spec: &WsSpec<'_>) -> anyhow::Result<Report> {
     }
     clients.tasks.shutdown().await;
     let memory = MemoryFigures::new(n, before, after);
-    let description = format!("{n} idle connections, 1 room each, server RSS");
+    let description = format!("{n} idle connections subscribed to one room");
     let report =
         Report::new(NAME, description, n as u64, clients.elapsed, "subscribe", &clients.connect_latency);
     Ok(report.with_memory(memory))
@@ -433,13 +433,21 @@ pub(super) enum Fanout {
 /// `ws-broadcast`, `ws-broadcast-stream`: `n` connections subscribed to one channel, then
 /// publishes one at a time, each timed from sending it to the last connection receiving it.
 pub(super) async fn broadcast(spec: &WsSpec<'_>, fanout: Fanout) -> anyhow::Result<Report> {
-    let (name, channel, what, latency_of) = match fanout {
-        Fanout::Room => {
-            ("ws-broadcast", format!("room:bench-{}", spec.run_id), "publish", "publish → last of N")
-        }
-        Fanout::Stream => {
-            ("ws-broadcast-stream", format!("stream:wsbench-{}", spec.run_id), "append", "append → last of N")
-        }
+    let (name, channel, what, plural, latency_of) = match fanout {
+        Fanout::Room => (
+            "ws-broadcast",
+            format!("room:bench-{}", spec.run_id),
+            "publish",
+            "publishes",
+            "publish → last of N",
+        ),
+        Fanout::Stream => (
+            "ws-broadcast-stream",
+            format!("stream:wsbench-{}", spec.run_id),
+            "append",
+            "appends",
+            "append → last of N",
+        ),
     };
     let target = channel.split_once(':').map_or(channel.as_str(), |(_, rest)| rest).to_owned();
     let n = spec.connections;
@@ -493,7 +501,7 @@ pub(super) async fn broadcast(spec: &WsSpec<'_>, fanout: Fanout) -> anyhow::Resu
     }
     clients.tasks.shutdown().await;
     let kind = if fanout == Fanout::Room { "room" } else { "stream" };
-    let description = format!("{} {what}s, {n} subscribers of one {kind}", spec.publishes);
+    let description = format!("{} {plural}, {n} subscribers of one {kind}", spec.publishes);
     let delivered = spec.publishes * n as u64;
     let report = Report::new(name, description, delivered, elapsed, latency_of, &latency);
     Ok(report.with_requests(what, &request_latency))
