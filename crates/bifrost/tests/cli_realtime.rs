@@ -133,6 +133,40 @@ fn every_subcommand_has_help() {
     }
 }
 
+#[test]
+fn ws_sends_its_token_as_a_bearer_header() {
+    // A stand-in that reads the upgrade request and answers 401, as a server refusing the
+    // token would.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = std::io::Read::read(&mut stream, &mut byte).unwrap();
+            assert!(n > 0, "the request ended early");
+            head.push(byte[0]);
+        }
+        let body =
+            r#"{"type":"bifrost:unauthorized","title":"Unauthorized","status":401,"detail":"bad token"}"#;
+        let answer = format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        std::io::Write::write_all(&mut stream, answer.as_bytes()).unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    let url = format!("http://{addr}");
+    let out = run(bifrost().args(["ws", "room:a", "--token", "t0k.en", "--server", &url]), None);
+    let head = seen.join().unwrap().to_lowercase();
+    assert!(head.starts_with("get /v1/ws "), "{head}");
+    assert!(head.contains("\r\nauthorization: bearer t0k.en\r\n"), "{head}");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = one_error_line(&stderr(&out));
+    assert!(line.contains("401"), "{line}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Against a server (these need the `/v1/realtime` routes).
 
