@@ -102,6 +102,9 @@ pub(super) struct Report {
     /// … and how long the server took to answer them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) request_latency_us: Option<Latency>,
+    /// The broadcast workloads: how long the first receiver waited, next to the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) first_latency_us: Option<Latency>,
     /// ws-idle: the server's memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) memory: Option<MemoryFigures>,
@@ -148,6 +151,7 @@ impl Report {
             append_latency_us: None,
             request_of: None,
             request_latency_us: None,
+            first_latency_us: None,
             memory: None,
         }
     }
@@ -164,6 +168,11 @@ impl Report {
     pub(super) fn with_requests(mut self, what: &'static str, latency: &Histogram<u64>) -> Self {
         self.request_of = Some(what);
         self.request_latency_us = Some(Latency::of(latency));
+        self
+    }
+
+    pub(super) fn with_first(mut self, latency: &Histogram<u64>) -> Self {
+        self.first_latency_us = Some(Latency::of(latency));
         self
     }
 
@@ -238,6 +247,7 @@ impl Summary {
             let extra_rows = [
                 ("append", r.append_latency_us.as_ref()),
                 (r.request_of.unwrap_or(""), r.request_latency_us.as_ref()),
+                ("→ first of N", r.first_latency_us.as_ref()),
             ];
             for (label, l) in extra_rows.into_iter().filter_map(|(label, l)| Some((label, l?))) {
                 let _ = writeln!(

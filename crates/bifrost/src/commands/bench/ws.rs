@@ -275,7 +275,8 @@ struct Arrivals {
     tick: AtomicU64,
     received: AtomicUsize,
     expected: usize,
-    /// When the last expected client received it.
+    /// When the first and the last expected client received it.
+    first: Mutex<Option<Instant>>,
     last: Mutex<Option<Instant>>,
     all: Notify,
     /// Clients whose connection ended.
@@ -288,6 +289,7 @@ impl Arrivals {
             tick: AtomicU64::new(u64::MAX),
             received: AtomicUsize::new(0),
             expected,
+            first: Mutex::new(None),
             last: Mutex::new(None),
             all: Notify::new(),
             closed: AtomicUsize::new(0),
@@ -296,8 +298,10 @@ impl Arrivals {
 
     fn expect(&self, tick: u64) {
         self.received.store(0, Ordering::SeqCst);
-        if let Ok(mut last) = self.last.lock() {
-            *last = None;
+        for slot in [&self.first, &self.last] {
+            if let Ok(mut at) = slot.lock() {
+                *at = None;
+            }
         }
         self.tick.store(tick, Ordering::SeqCst);
     }
@@ -307,7 +311,13 @@ impl Arrivals {
         if tick != self.tick.load(Ordering::SeqCst) {
             return;
         }
-        if self.received.fetch_add(1, Ordering::SeqCst) + 1 == self.expected {
+        let received = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if received == 1
+            && let Ok(mut first) = self.first.lock()
+        {
+            *first = Some(now);
+        }
+        if received == self.expected {
             if let Ok(mut last) = self.last.lock() {
                 *last = Some(now);
             }
@@ -461,6 +471,7 @@ pub(super) async fn broadcast(spec: &WsSpec<'_>, fanout: Fanout) -> anyhow::Resu
     let bar = report::progress(name, spec.publishes, "publishes");
     let mut latency = report::histogram()?;
     let mut request_latency = report::histogram()?;
+    let mut first_latency = report::histogram()?;
     let started = Instant::now();
     for tick in 0..spec.publishes {
         arrivals.expect(tick);
@@ -490,6 +501,8 @@ pub(super) async fn broadcast(spec: &WsSpec<'_>, fanout: Fanout) -> anyhow::Resu
         }
         let last = arrivals.last.lock().ok().and_then(|l| *l).context("no arrival time was kept")?;
         report::record(&mut latency, last.saturating_duration_since(sent));
+        let first = arrivals.first.lock().ok().and_then(|f| *f).unwrap_or(last);
+        report::record(&mut first_latency, first.saturating_duration_since(sent));
         bar.inc(1);
         tokio::time::sleep(PAUSE).await;
     }
@@ -504,7 +517,7 @@ pub(super) async fn broadcast(spec: &WsSpec<'_>, fanout: Fanout) -> anyhow::Resu
     let description = format!("{} {plural}, {n} subscribers of one {kind}", spec.publishes);
     let delivered = spec.publishes * n as u64;
     let report = Report::new(name, description, delivered, elapsed, latency_of, &latency);
-    Ok(report.with_requests(what, &request_latency))
+    Ok(report.with_requests(what, &request_latency).with_first(&first_latency))
 }
 
 #[cfg(test)]
@@ -540,6 +553,7 @@ mod tests {
         arrivals.arrived(0);
         arrivals.arrived(1);
         arrivals.arrived(1);
+        assert!(arrivals.first.lock().unwrap().is_some());
         assert!(arrivals.last.lock().unwrap().is_none());
         arrivals.arrived(1);
         assert!(arrivals.last.lock().unwrap().is_some());
