@@ -6,6 +6,7 @@
 //! `stream:` and `type:` channels with recovery, the bounded per-connection queue and
 //! heartbeats. JWT auth, rooms, presence, publishes and bridges come next.
 
+pub(crate) mod auth;
 mod channel;
 mod config;
 mod connection;
