@@ -38,6 +38,13 @@ pub use crate::metrics::install_metrics_recorder;
 pub use crate::openapi::openapi_json;
 pub use crate::realtime::{JwtKey, RealtimeConfig};
 
+/// Checks that the JWT key of `config` can verify connection tokens: a non-empty secret, or
+/// a PEM RSA (≥ 2048 bits) or P-256 public key. The binary calls it at start, so a bad key
+/// stops the server before it serves instead of refusing every connection. `Err` says why.
+pub fn check_jwt_key(config: &RealtimeConfig) -> Result<(), String> {
+    realtime::auth::Verifier::new(config).map(|_| ())
+}
+
 /// Limits and timings of the HTTP service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
