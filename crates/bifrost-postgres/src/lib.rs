@@ -22,6 +22,11 @@
 //! events the way the writer does (under the head lock, so the order stays exact) and
 //! commits both at once — or, dropped, rolls both back.
 //!
+//! **Cluster bus.** [`StateStore::cluster_bus`] is `NOTIFY` on the schema's bus channel,
+//! heard by every node's listener, the sender's included: a message that fits a
+//! notification travels in it, a larger one as a row of `bus_messages` that each node reads
+//! by id. Best effort: a node that is not listening at that moment misses it.
+//!
 //! **TLS** follows the connection string's libpq `sslmode`: `disable`, `prefer` (the
 //! default: TLS when the server offers it, certificate unchecked), `require` (TLS, unchecked
 //! unless an `sslrootcert` is named), `verify-ca` (the chain must reach a trusted root) and
