@@ -216,6 +216,7 @@ pub async fn serve(
     let mut state =
         AppState::new(Arc::clone(&store), Arc::clone(&groups), config, metrics.clone(), token.clone());
     state.webhooks = webhooks.clone();
+    state.realtime.start_cluster().await;
     let delivery = webhooks.as_ref().map(|w| w.start(token.clone()));
     let app = build(state, None);
     let upkeep = metrics.map(|handle| tokio::spawn(metrics_upkeep(handle, token.clone())));
