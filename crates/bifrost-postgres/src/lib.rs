@@ -22,12 +22,18 @@
 //! events the way the writer does (under the head lock, so the order stays exact) and
 //! commits both at once — or, dropped, rolls both back.
 //!
+//! **Cluster bus.** [`StateStore::cluster_bus`] is `NOTIFY` on the schema's bus channel,
+//! heard by every node's listener, the sender's included: a message that fits a
+//! notification travels in it, a larger one as a row of `bus_messages` that each node reads
+//! by id. Best effort: a node that is not listening at that moment misses it.
+//!
 //! **TLS** follows the connection string's libpq `sslmode`: `disable`, `prefer` (the
 //! default: TLS when the server offers it, certificate unchecked), `require` (TLS, unchecked
 //! unless an `sslrootcert` is named), `verify-ca` (the chain must reach a trusted root) and
 //! `verify-full` (the chain and the host name). Roots come from `sslrootcert` or else the
 //! platform's store. rustls with the ring provider, one connector for every connection.
 
+mod cluster;
 mod codec;
 mod groups;
 mod listener;
@@ -43,6 +49,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bifrost_core::backend::rules::{validate_appends, validate_state_changes};
+use bifrost_core::cluster::ClusterBus;
 use bifrost_core::group::{GroupEngine, GroupKind};
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventStore, LogFilter, LogSlice, Position, RecordedEvent,
@@ -54,6 +61,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::cluster::PgBus;
 use crate::codec::unavailable;
 use crate::groups::{StoreGroups, Wakeups};
 use crate::listener::Listener;
@@ -116,6 +124,8 @@ pub struct PostgresStore {
     head_tx: Weak<watch::Sender<Position>>,
     /// The consumer groups kept in the database, shared by every node.
     groups: StoreGroups,
+    /// The cluster bus, on `NOTIFY`; the listener feeds its subscribers.
+    bus: Arc<PgBus>,
 }
 
 impl PostgresStore {
@@ -156,6 +166,7 @@ impl PostgresStore {
         reader::analyze(&pool, &sql).await?;
         let head_tx = Arc::new(head_tx);
         let wakeups = Arc::new(Wakeups::default());
+        let (bus, inbox) = PgBus::start(pool.clone(), &sql);
         let listener = Listener::start(
             config,
             tls,
@@ -163,12 +174,13 @@ impl PostgresStore {
             pool.clone(),
             head_tx.clone(),
             wakeups.clone(),
+            inbox,
             &options,
         );
         let weak_head_tx = Arc::downgrade(&head_tx);
         let writer = Writer::start(pool.clone(), sql.clone(), head_tx, options.max_batch.max(1));
         let groups = StoreGroups::start(pool.clone(), &sql, head.clone(), wakeups, options.poll_interval);
-        Ok(Self { pool, sql, writer, listener, head, head_tx: weak_head_tx, groups })
+        Ok(Self { pool, sql, writer, listener, head, head_tx: weak_head_tx, groups, bus })
     }
 
     /// Opens a transaction for the application's own statements and its appends, committed
@@ -241,6 +253,7 @@ impl EventStore for PostgresStore {
         self.groups.stop().await;
         self.writer.close().await;
         self.listener.stop().await;
+        self.bus.close().await;
         self.pool.close();
         Ok(())
     }
@@ -264,6 +277,11 @@ impl StateStore for PostgresStore {
     /// Groups are rows of this database: every node on it serves the same ones.
     fn shared_groups(&self, kind: GroupKind) -> Option<Arc<dyn GroupEngine>> {
         Some(self.groups.engine(kind))
+    }
+
+    /// `NOTIFY` on the schema's bus channel: every node on this schema hears it.
+    fn cluster_bus(&self) -> Option<Arc<dyn ClusterBus>> {
+        Some(self.bus.clone())
     }
 }
 

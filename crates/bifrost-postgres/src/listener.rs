@@ -1,8 +1,9 @@
 //! Keeps the store's head current with what other nodes commit: `LISTEN` on the head
 //! channel, a slow poll as a fallback for a lost notification or connection, and a
 //! reconnect loop. Wakes the consumer groups' fetchers on what any node does to their
-//! group (`LISTEN` on the groups channel). Also closes pooled connections that sat idle
-//! too long.
+//! group (`LISTEN` on the groups channel). Hands what it hears on the cluster bus's
+//! channel to the bus (`cluster.rs`). Also closes pooled connections that sat idle too
+//! long.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::PostgresOptions;
+use crate::cluster::Inbox;
 use crate::groups::Wakeups;
 use crate::schema::Sql;
 use crate::writer::advance;
@@ -29,6 +31,7 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         config: tokio_postgres::Config,
         tls: MakeRustlsConnect,
@@ -36,6 +39,7 @@ impl Listener {
         pool: Pool,
         head: Arc<watch::Sender<Position>>,
         wakeups: Arc<Wakeups>,
+        bus: Inbox,
         options: &PostgresOptions,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
@@ -46,7 +50,8 @@ impl Listener {
             let mut backoff = Duration::from_millis(100);
             let mut stopped = stopped;
             loop {
-                let session = listen(&server, &sql, &pool, &head, &wakeups, poll, idle, &mut stopped).await;
+                let session =
+                    listen(&server, &sql, &pool, &head, &wakeups, &bus, poll, idle, &mut stopped).await;
                 if *stopped.borrow() {
                     return;
                 }
@@ -79,6 +84,7 @@ async fn listen(
     pool: &Pool,
     head: &watch::Sender<Position>,
     wakeups: &Wakeups,
+    bus: &Inbox,
     poll: Duration,
     idle: Duration,
     stopped: &mut watch::Receiver<bool>,
@@ -86,11 +92,16 @@ async fn listen(
     let (client, mut connection) = config.connect(tls.clone()).await?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel();
     let groups_channel = sql.groups_channel.clone();
+    let bus_channel = sql.bus_channel.clone();
+    let bus = bus.clone();
     // The connection delivers notifications only while it is polled for messages.
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
+                // Straight to the bus, not through the session below, whose polls would
+                // hold messages up.
+                Ok(AsyncMessage::Notification(n)) if n.channel() == bus_channel => bus.hear(n.payload()),
                 Ok(AsyncMessage::Notification(n)) => {
                     let note = if n.channel() == groups_channel {
                         n.payload().parse::<i64>().ok().map(Note::Group)
@@ -110,7 +121,8 @@ async fn listen(
         }
     });
     let session = async {
-        client.batch_execute(&format!("{}; {}", sql.listen, sql.groups_listen)).await?;
+        // Messages on the bus while no one listened are lost: the bus is best effort.
+        client.batch_execute(&format!("{}; {}; {}", sql.listen, sql.groups_listen, sql.bus_listen)).await?;
         // Whatever happened to the groups while no one listened.
         wakeups.wake_all();
         // Whatever committed while no one listened.

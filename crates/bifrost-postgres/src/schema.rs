@@ -28,6 +28,9 @@ pub(crate) struct Sql {
     /// look again.
     pub(crate) groups_channel: String,
     pub(crate) groups_listen: String,
+    /// The cluster bus's channel: a payload is a message or a reference to one (`cluster.rs`).
+    pub(crate) bus_channel: String,
+    pub(crate) bus_listen: String,
     pub(crate) lock_head: String,
     /// `lock_head` for an outbox transaction, which also says whether the transaction is
     /// still the one marked with `$1` and `READ COMMITTED`.
@@ -73,6 +76,8 @@ impl Sql {
             listen: format!("LISTEN \"bifrost_head_{schema}\""),
             groups_channel: format!("bifrost_groups_{schema}"),
             groups_listen: format!("LISTEN \"bifrost_groups_{schema}\""),
+            bus_channel: format!("bifrost_bus_{schema}"),
+            bus_listen: format!("LISTEN \"bifrost_bus_{schema}\""),
             lock_head: format!("SELECT position, recorded_at FROM {s}.head WHERE id = 1 FOR UPDATE"),
             lock_head_outbox: format!(
                 "SELECT position, recorded_at, coalesce(current_setting('{OUTBOX_SETTING}', true) = $1, false) \

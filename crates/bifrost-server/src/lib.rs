@@ -38,6 +38,13 @@ pub use crate::metrics::install_metrics_recorder;
 pub use crate::openapi::openapi_json;
 pub use crate::realtime::{JwtKey, RealtimeConfig};
 
+/// Checks that the JWT key of `config` can verify connection tokens: a non-empty secret, or
+/// a PEM RSA (≥ 2048 bits) or P-256 public key. The binary calls it at start, so a bad key
+/// stops the server before it serves instead of refusing every connection. `Err` says why.
+pub fn check_jwt_key(config: &RealtimeConfig) -> Result<(), String> {
+    realtime::auth::Verifier::new(config).map(|_| ())
+}
+
 /// Limits and timings of the HTTP service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -209,6 +216,7 @@ pub async fn serve(
     let mut state =
         AppState::new(Arc::clone(&store), Arc::clone(&groups), config, metrics.clone(), token.clone());
     state.webhooks = webhooks.clone();
+    state.realtime.start_cluster().await;
     let delivery = webhooks.as_ref().map(|w| w.start(token.clone()));
     let app = build(state, None);
     let upkeep = metrics.map(|handle| tokio::spawn(metrics_upkeep(handle, token.clone())));

@@ -2,8 +2,9 @@
 //!
 //! Precedence is flag > environment > file > default. Clap reads a flag and its
 //! environment twin into one [`ConfigLayer`] (the flag wins); [`Settings::resolve`] is the
-//! pure merge of that layer over the file's layer over the defaults, so the rules are
-//! testable without touching the process environment.
+//! merge of that layer over the file's layer over the defaults, so the rules are testable
+//! without touching the process environment; the only file it reads is a JWT public key
+//! named by the settings, checked at once ([`BadSetting`], exit code 2).
 
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bifrost_postgres::PostgresOptions;
-use bifrost_server::{RealtimeConfig, ServerConfig};
+use bifrost_server::{JwtKey, RealtimeConfig, ServerConfig};
 use bifrost_sqlite::Durability;
 use clap::Args;
 use serde::Deserialize;
@@ -144,10 +145,84 @@ pub(crate) struct ConfigLayer {
     #[serde(skip)]
     pub(crate) realtime_max_frame_bytes: Option<usize>,
 
+    /// WebSocket: connections without a token are let in (no user, no publish, not in
+    /// presence) [default: false]. TOML: `realtime.allow_anonymous`.
+    #[arg(
+        long,
+        env = "BIFROST_REALTIME_ALLOW_ANONYMOUS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    #[serde(skip)]
+    pub(crate) realtime_allow_anonymous: Option<bool>,
+
+    /// WebSocket: channel patterns anonymous connections may subscribe to (exact, or a
+    /// trailing `*` for a prefix); repeatable. The environment twin is comma-separated
+    /// [default: room:*]. TOML: `realtime.anonymous_channels`.
+    #[arg(
+        long = "realtime-anonymous-channel",
+        env = "BIFROST_REALTIME_ANONYMOUS_CHANNELS",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    #[serde(skip)]
+    pub(crate) realtime_anonymous_channels: Option<Vec<String>>,
+
+    /// WebSocket: seconds a closed connection stays in its rooms' presence [default: 5].
+    /// TOML: `realtime.presence_grace_s`.
+    #[arg(long, env = "BIFROST_REALTIME_PRESENCE_GRACE_S", value_name = "S")]
+    #[serde(skip)]
+    pub(crate) realtime_presence_grace_s: Option<u64>,
+
     /// The `[realtime]` table of the TOML file.
     #[arg(skip)]
     pub(crate) realtime: Option<RealtimeTable>,
+
+    /// JWTs signed with this HS256 secret authenticate WebSocket connections. TOML:
+    /// `auth.jwt.secret`.
+    #[arg(long, env = "BIFROST_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[serde(skip)]
+    pub(crate) jwt_secret: Option<String>,
+
+    /// JWTs signed with the private half of this PEM public key (RSA: RS256, P-256: ES256)
+    /// authenticate WebSocket connections; read at start. TOML: `auth.jwt.public_key_file`.
+    #[arg(long, env = "BIFROST_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
+    #[serde(skip)]
+    pub(crate) jwt_public_key_file: Option<PathBuf>,
+
+    /// Seconds of clock skew allowed on a JWT's `exp` and `nbf` [default: 60]. TOML:
+    /// `auth.jwt.leeway_s`.
+    #[arg(long, env = "BIFROST_AUTH_JWT_LEEWAY_S", value_name = "S")]
+    #[serde(skip)]
+    pub(crate) jwt_leeway_s: Option<u64>,
+
+    /// The `[auth]` table of the TOML file.
+    #[arg(skip)]
+    pub(crate) auth: Option<AuthTable>,
 }
+
+/// `[auth]` in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AuthTable {
+    pub(crate) jwt: Option<JwtTable>,
+}
+
+/// `[auth.jwt]` in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct JwtTable {
+    pub(crate) secret: Option<String>,
+    pub(crate) public_key_file: Option<PathBuf>,
+    pub(crate) leeway_s: Option<u64>,
+}
+
+/// A setting the server cannot start with. The binary exits with code 2 for it, as for a
+/// bad flag; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadSetting(String);
 
 /// `[realtime]` in the TOML file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -159,6 +234,9 @@ pub(crate) struct RealtimeTable {
     pub(crate) ping_interval_s: Option<u64>,
     pub(crate) pong_timeout_s: Option<u64>,
     pub(crate) max_frame_bytes: Option<usize>,
+    pub(crate) presence_grace_s: Option<u64>,
+    pub(crate) allow_anonymous: Option<bool>,
+    pub(crate) anonymous_channels: Option<Vec<String>>,
 }
 
 /// `[webhooks]` in the TOML file.
@@ -217,17 +295,28 @@ impl ConfigLayer {
             realtime_ping_interval_s: self.realtime_ping_interval_s.or(lower.realtime_ping_interval_s),
             realtime_pong_timeout_s: self.realtime_pong_timeout_s.or(lower.realtime_pong_timeout_s),
             realtime_max_frame_bytes: self.realtime_max_frame_bytes.or(lower.realtime_max_frame_bytes),
+            realtime_allow_anonymous: self.realtime_allow_anonymous.or(lower.realtime_allow_anonymous),
+            realtime_anonymous_channels: self
+                .realtime_anonymous_channels
+                .or(lower.realtime_anonymous_channels),
+            realtime_presence_grace_s: self.realtime_presence_grace_s.or(lower.realtime_presence_grace_s),
             realtime: self.realtime.or(lower.realtime),
+            jwt_secret: self.jwt_secret.or(lower.jwt_secret),
+            jwt_public_key_file: self.jwt_public_key_file.or(lower.jwt_public_key_file),
+            jwt_leeway_s: self.jwt_leeway_s.or(lower.jwt_leeway_s),
+            auth: self.auth.or(lower.auth),
         }
     }
 }
 
-/// The WebSocket settings: flag or environment, else the `[realtime]` table, else default.
-fn realtime_config(layer: &ConfigLayer) -> RealtimeConfig {
+/// The WebSocket settings: flag or environment, else the `[realtime]` and `[auth.jwt]`
+/// tables, else default. Reads the JWT public key file, and returns its path for printing.
+fn realtime_config(layer: &ConfigLayer) -> Result<(RealtimeConfig, Option<PathBuf>), BadSetting> {
     let table = layer.realtime.clone().unwrap_or_default();
+    let jwt_table = layer.auth.as_ref().and_then(|auth| auth.jwt.clone()).unwrap_or_default();
     let defaults = RealtimeConfig::default();
     let seconds = |s: Option<u64>, default: Duration| s.map_or(default, Duration::from_secs);
-    RealtimeConfig {
+    let mut realtime = RealtimeConfig {
         queue_size: layer.realtime_queue_size.or(table.queue_size).unwrap_or(defaults.queue_size),
         recovery_max_events: layer
             .realtime_recovery_max_events
@@ -246,8 +335,62 @@ fn realtime_config(layer: &ConfigLayer) -> RealtimeConfig {
             .realtime_max_frame_bytes
             .or(table.max_frame_bytes)
             .unwrap_or(defaults.max_frame_bytes),
+        presence_grace: seconds(
+            layer.realtime_presence_grace_s.or(table.presence_grace_s),
+            defaults.presence_grace,
+        ),
+        allow_anonymous: layer
+            .realtime_allow_anonymous
+            .or(table.allow_anonymous)
+            .unwrap_or(defaults.allow_anonymous),
+        anonymous_channels: match layer.realtime_anonymous_channels.clone().or(table.anonymous_channels) {
+            Some(patterns) => anonymous_channels(patterns)?,
+            None => defaults.anonymous_channels.clone(),
+        },
+        jwt_leeway_s: layer.jwt_leeway_s.or(jwt_table.leeway_s).unwrap_or(defaults.jwt_leeway_s),
         ..defaults
+    };
+    let secret = layer.jwt_secret.clone().or(jwt_table.secret);
+    let key_file = layer.jwt_public_key_file.clone().or(jwt_table.public_key_file);
+    let named = match (secret, &key_file) {
+        (Some(_), Some(_)) => {
+            return Err(BadSetting(
+                "auth.jwt.secret (--jwt-secret, BIFROST_JWT_SECRET) and auth.jwt.public_key_file \
+                 (--jwt-public-key-file, BIFROST_JWT_PUBLIC_KEY_FILE) are both set: give one of them"
+                    .to_owned(),
+            ));
+        }
+        (Some(secret), None) => {
+            realtime.jwt = JwtKey::Secret(secret);
+            "auth.jwt.secret".to_owned()
+        }
+        (None, Some(path)) => {
+            let named = format!("auth.jwt.public_key_file {}", path.display());
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| BadSetting(format!("{named}: cannot read it: {e}")))?;
+            realtime.jwt = JwtKey::PublicKeyPem(pem);
+            named
+        }
+        (None, None) => return Ok((realtime, None)),
+    };
+    bifrost_server::check_jwt_key(&realtime).map_err(|e| BadSetting(format!("{named}: {e}")))?;
+    Ok((realtime, key_file))
+}
+
+/// Trimmed, without empty ones; each must name a channel kind, so a typo (`rooms:*`) is
+/// an error rather than a grant that matches nothing.
+fn anonymous_channels(patterns: Vec<String>) -> Result<Vec<String>, BadSetting> {
+    let patterns: Vec<String> =
+        patterns.into_iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
+    for pattern in &patterns {
+        if !["stream:", "type:", "room:", "user:"].iter().any(|kind| pattern.starts_with(kind)) {
+            return Err(BadSetting(format!(
+                "realtime.anonymous_channels: {pattern:?} is not a channel pattern \
+                 (stream:, type:, room: or user: and a name, or a prefix ending in *)"
+            )));
+        }
     }
+    Ok(patterns)
 }
 
 /// The effective configuration of `bifrost serve`.
@@ -271,6 +414,8 @@ pub(crate) struct Settings {
     pub(crate) webhook_allow_cidrs: Vec<String>,
     pub(crate) webhook_retry_after_max: Duration,
     pub(crate) realtime: RealtimeConfig,
+    /// Where `realtime.jwt` was read from, when it is a public key.
+    pub(crate) jwt_public_key_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -278,7 +423,7 @@ impl Settings {
     /// file over the defaults, and checks every value.
     pub(crate) fn resolve(flags_and_env: ConfigLayer, file: ConfigLayer) -> anyhow::Result<Self> {
         let layer = flags_and_env.over(file);
-        let realtime = realtime_config(&layer);
+        let (realtime, jwt_public_key_file) = realtime_config(&layer)?;
         let defaults = ServerConfig::default();
         let pg = PostgresOptions::default();
         let millis = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
@@ -314,6 +459,7 @@ impl Settings {
                 .filter(|c| !c.is_empty())
                 .collect(),
             realtime,
+            jwt_public_key_file,
             webhook_retry_after_max: Duration::from_secs(
                 layer
                     .webhook_retry_after_max_s
@@ -447,7 +593,20 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "max_subscriptions = {}", r.max_subscriptions);
         let _ = writeln!(out, "ping_interval_s = {}", r.ping_interval.as_secs());
         let _ = writeln!(out, "pong_timeout_s = {}", r.pong_timeout.as_secs());
-        let _ = write!(out, "max_frame_bytes = {}", r.max_frame_bytes);
+        let _ = writeln!(out, "max_frame_bytes = {}", r.max_frame_bytes);
+        let _ = writeln!(out, "presence_grace_s = {}", r.presence_grace.as_secs());
+        let _ = writeln!(out, "allow_anonymous = {}", r.allow_anonymous);
+        let channels: Vec<String> = r.anonymous_channels.iter().map(|c| quote(c)).collect();
+        let _ = writeln!(out, "anonymous_channels = [{}]", channels.join(", "));
+        let _ = writeln!(out, "\n[auth.jwt]");
+        if let JwtKey::Secret(_) = r.jwt {
+            // Never printed; a file read back without it is open again, so say so.
+            let _ = writeln!(out, "# secret = \"***\" (set, not shown)");
+        }
+        if let Some(path) = &self.jwt_public_key_file {
+            let _ = writeln!(out, "public_key_file = {}", quote(&path.to_string_lossy()));
+        }
+        let _ = write!(out, "leeway_s = {}", r.jwt_leeway_s);
         f.write_str(&out)
     }
 }
@@ -489,6 +648,142 @@ mod tests {
         assert_eq!(again, s, "the printed configuration reads back");
         let zero = Settings::resolve(flags(&["--realtime-queue-size", "0"]), ConfigLayer::default());
         assert!(zero.unwrap_err().to_string().contains("realtime.queue_size"));
+    }
+
+    const RS256_PUBLIC: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../bifrost-server/tests/fixtures/jwt_rs256_public.pem");
+    const ES256_PUBLIC: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../bifrost-server/tests/fixtures/jwt_es256_public.pem");
+
+    /// The message of a resolve that failed with a [`BadSetting`] (exit code 2).
+    fn bad_setting(flags_and_env: ConfigLayer, file: ConfigLayer) -> String {
+        let err = Settings::resolve(flags_and_env, file).unwrap_err();
+        assert!(err.downcast_ref::<BadSetting>().is_some(), "not a BadSetting: {err:#}");
+        let message = format!("{err:#}");
+        assert!(!message.contains('\n'), "{message}");
+        message
+    }
+
+    #[test]
+    fn jwt_settings_follow_the_precedence_and_reach_the_server() {
+        let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
+        assert_eq!(s.realtime.jwt, JwtKey::None, "no key by default: dev mode");
+        assert_eq!(s.realtime.jwt_leeway_s, 60);
+        assert_eq!(s.jwt_public_key_file, None);
+
+        let table = "[auth.jwt]\nsecret = \"from-file\"\nleeway_s = 30";
+        let s = Settings::resolve(ConfigLayer::default(), file(table)).unwrap();
+        assert_eq!(s.server_config().realtime.jwt, JwtKey::Secret("from-file".into()));
+        assert_eq!(s.realtime.jwt_leeway_s, 30);
+        let s = Settings::resolve(flags(&["--jwt-secret", "from-flag", "--jwt-leeway-s", "5"]), file(table))
+            .unwrap();
+        assert_eq!(s.realtime.jwt, JwtKey::Secret("from-flag".into()), "the flag wins over the file");
+        assert_eq!(s.realtime.jwt_leeway_s, 5);
+
+        // A public key file is read at start; its contents reach the server.
+        let table = format!("[auth.jwt]\npublic_key_file = {RS256_PUBLIC:?}");
+        let s = Settings::resolve(ConfigLayer::default(), file(&table)).unwrap();
+        let pem = std::fs::read_to_string(RS256_PUBLIC).unwrap();
+        assert_eq!(s.server_config().realtime.jwt, JwtKey::PublicKeyPem(pem));
+        assert_eq!(s.jwt_public_key_file.as_deref(), Some(Path::new(RS256_PUBLIC)));
+        let again = Settings::resolve(ConfigLayer::default(), file(&s.to_string())).unwrap();
+        assert_eq!(again, s, "the printed configuration reads back");
+        let s = Settings::resolve(flags(&["--jwt-public-key-file", ES256_PUBLIC]), file(&table)).unwrap();
+        assert_eq!(s.jwt_public_key_file.as_deref(), Some(Path::new(ES256_PUBLIC)), "the flag wins");
+    }
+
+    #[test]
+    fn a_secret_and_a_key_file_together_are_a_bad_setting_naming_both() {
+        let key_file = format!("[auth.jwt]\npublic_key_file = {RS256_PUBLIC:?}");
+        for (given, table) in [
+            (flags(&["--jwt-secret", "s", "--jwt-public-key-file", RS256_PUBLIC]), String::new()),
+            (flags(&["--jwt-secret", "s"]), key_file),
+            (
+                ConfigLayer::default(),
+                format!("[auth.jwt]\nsecret = \"s\"\npublic_key_file = {RS256_PUBLIC:?}"),
+            ),
+        ] {
+            let message = bad_setting(given, file(&table));
+            assert!(message.contains("auth.jwt.secret"), "{message}");
+            assert!(message.contains("auth.jwt.public_key_file"), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_unusable_jwt_key_is_a_bad_setting_naming_it() {
+        let missing =
+            bad_setting(flags(&["--jwt-public-key-file", "/nonexistent/key.pem"]), ConfigLayer::default());
+        assert!(
+            missing.starts_with("auth.jwt.public_key_file /nonexistent/key.pem: cannot read it"),
+            "{missing}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("key.pem");
+        std::fs::write(&garbage, "not a key").unwrap();
+        let table = format!("[auth.jwt]\npublic_key_file = {:?}", garbage.to_string_lossy());
+        let message = bad_setting(ConfigLayer::default(), file(&table));
+        assert!(message.contains("auth.jwt.public_key_file"), "{message}");
+        assert!(message.contains("not a PEM RSA or EC (P-256) public key"), "{message}");
+
+        let private = RS256_PUBLIC.replace("public", "private");
+        let message = bad_setting(flags(&["--jwt-public-key-file", &private]), ConfigLayer::default());
+        assert!(message.contains("private key"), "{message}");
+
+        let message = bad_setting(flags(&["--jwt-secret", ""]), ConfigLayer::default());
+        assert_eq!(message, "auth.jwt.secret: the JWT secret is empty");
+        assert!(ConfigLayer::from_toml("[auth.jwt]\nleeway = 5").is_err(), "unknown keys are errors");
+    }
+
+    #[test]
+    fn printed_settings_hide_the_jwt_secret() {
+        let s =
+            Settings::resolve(flags(&["--jwt-secret", "hunter2-hunter2"]), ConfigLayer::default()).unwrap();
+        let text = s.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("# secret = \"***\""), "{text}");
+        // The printed file still parses (the secret line is a comment).
+        let again = Settings::resolve(ConfigLayer::default(), file(&text)).unwrap();
+        assert_eq!(again.realtime.jwt, JwtKey::None);
+    }
+
+    #[test]
+    fn anonymous_access_and_presence_grace_follow_the_precedence() {
+        let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
+        assert!(!s.realtime.allow_anonymous);
+        assert_eq!(s.realtime.anonymous_channels, ["room:*"]);
+        assert_eq!(s.realtime.presence_grace, Duration::from_secs(5));
+
+        let table = "[realtime]\nallow_anonymous = true\nanonymous_channels = [\"room:public:*\", \" \"]\n\
+                     presence_grace_s = 0";
+        let s = Settings::resolve(ConfigLayer::default(), file(table)).unwrap();
+        let realtime = s.server_config().realtime;
+        assert!(realtime.allow_anonymous);
+        assert_eq!(realtime.anonymous_channels, ["room:public:*"], "blank patterns are dropped");
+        assert_eq!(realtime.presence_grace, Duration::ZERO);
+        let again = Settings::resolve(ConfigLayer::default(), file(&s.to_string())).unwrap();
+        assert_eq!(again, s, "the printed configuration reads back");
+
+        let given = flags(&[
+            "--realtime-allow-anonymous=false",
+            "--realtime-anonymous-channel",
+            "room:a",
+            "--realtime-anonymous-channel",
+            "stream:news",
+            "--realtime-presence-grace-s",
+            "9",
+        ]);
+        let s = Settings::resolve(given, file(table)).unwrap();
+        assert!(!s.realtime.allow_anonymous, "the flag wins over the file");
+        assert_eq!(s.realtime.anonymous_channels, ["room:a", "stream:news"]);
+        assert_eq!(s.realtime.presence_grace, Duration::from_secs(9));
+        let bare = Settings::resolve(flags(&["--realtime-allow-anonymous"]), ConfigLayer::default()).unwrap();
+        assert!(bare.realtime.allow_anonymous, "the bare flag means true");
+
+        let message =
+            bad_setting(flags(&["--realtime-anonymous-channel", "rooms:*"]), ConfigLayer::default());
+        assert!(message.contains("realtime.anonymous_channels"), "{message}");
+        assert!(message.contains("rooms:*"), "{message}");
     }
 
     #[test]

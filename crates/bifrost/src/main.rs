@@ -18,10 +18,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 use crate::commands::{append, bench, dlq, groups, read, realtime, serve, tail, webhooks, ws};
-use crate::config::Settings;
+use crate::config::{BadSetting, Settings};
 use crate::output::one_line;
 
-/// Exit code of a failed command; usage errors exit with 2, as clap does.
+/// Exit code of a failed command; usage errors and settings the server cannot start with
+/// ([`BadSetting`]) exit with 2, as clap does.
 const FAILURE: u8 = 1;
 const USAGE: u8 = 2;
 /// Log filter of the client commands unless `BIFROST_LOG` says otherwise.
@@ -36,6 +37,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // `bifrost read --all | head`: the reader left, which is not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.chain().any(|cause| cause.is::<BadSetting>()) => {
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            ExitCode::from(USAGE)
+        }
         Err(e) => {
             eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::from(FAILURE)

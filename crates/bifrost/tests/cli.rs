@@ -121,6 +121,63 @@ fn config_precedence_is_flag_then_environment_then_file_then_default() {
 }
 
 #[test]
+fn auth_and_realtime_settings_read_their_environment_twins() {
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../bifrost-server/tests/fixtures/jwt_es256_public.pem");
+    let out = run(
+        bifrost()
+            .arg("config")
+            .env("BIFROST_JWT_PUBLIC_KEY_FILE", key)
+            .env("BIFROST_AUTH_JWT_LEEWAY_S", "7")
+            .env("BIFROST_REALTIME_ALLOW_ANONYMOUS", "true")
+            .env("BIFROST_REALTIME_ANONYMOUS_CHANNELS", "room:public:*, user:guest")
+            .env("BIFROST_REALTIME_PRESENCE_GRACE_S", "2"),
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in [
+        format!("public_key_file = {key:?}"),
+        "leeway_s = 7".to_owned(),
+        "allow_anonymous = true".to_owned(),
+        "anonymous_channels = [\"room:public:*\", \"user:guest\"]".to_owned(),
+        "presence_grace_s = 2".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+
+    let out = run(bifrost().arg("config").env("BIFROST_JWT_SECRET", "s3cret-s3cret"), None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("s3cret"), "the secret is never printed");
+}
+
+#[test]
+fn a_bad_jwt_setting_stops_the_start_with_exit_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let out = run(
+        bifrost()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("BIFROST_JWT_PUBLIC_KEY_FILE", &missing),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_error_line(&stderr(&out));
+    assert!(line.contains("auth.jwt.public_key_file"), "{line}");
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+    assert!(!dir.path().join("bifrost.db").exists(), "nothing opened before the check");
+
+    let out = run(
+        bifrost().args(["config", "--jwt-public-key-file"]).arg(&missing).env("BIFROST_JWT_SECRET", "s3cret"),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_error_line(&stderr(&out));
+    assert!(line.contains("auth.jwt.secret") && line.contains("auth.jwt.public_key_file"), "{line}");
+    assert!(!line.contains("s3cret"), "{line}");
+}
+
+#[test]
 fn invalid_json_data_is_refused_before_sending() {
     // No server at this address: the check happens first.
     let out = run(

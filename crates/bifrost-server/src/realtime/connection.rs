@@ -245,13 +245,11 @@ impl Session {
         }
     }
 
-    /// When the token runs out: its `exp`, or, for a token let in within the leeway after
-    /// it, the end of the leeway.
+    /// When the token runs out.
     fn expiry(&self) -> Option<tokio::time::Instant> {
-        let exp = self.principal.expires_at?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let end = if exp > now { exp } else { exp + self.hub.config.jwt_leeway_s };
-        Some(tokio::time::Instant::now() + Duration::from_secs(end.saturating_sub(now)))
+        let left = self.principal.remaining(now, self.hub.config.jwt_leeway_s)?;
+        Some(tokio::time::Instant::now() + Duration::from_secs(left))
     }
 
     /// The connection closed: subscriptions end, presence lingers for the grace period.

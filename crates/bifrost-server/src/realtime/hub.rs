@@ -160,9 +160,10 @@ struct Subscriptions {
     types: HashMap<String, TypePattern>,
 }
 
-/// What nodes tell each other.
+/// What nodes tell each other. Externally tagged: an internally tagged enum would buffer
+/// its fields, and a buffered `RawValue` (a message's `data`) cannot be read back.
 #[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum BusMessage {
     Message { node: String, message: Ephemeral },
     Presence { node: String, seq: u64, state: UserState },
@@ -180,6 +181,7 @@ pub(crate) struct Hub {
     subs: RwLock<Subscriptions>,
     next_id: AtomicU64,
     started: tokio::sync::OnceCell<()>,
+    cluster_started: tokio::sync::OnceCell<()>,
     pub(crate) bridges: Bridges,
     presence: Mutex<Presence>,
     presence_seq: AtomicU64,
@@ -211,6 +213,7 @@ impl Hub {
             subs: RwLock::default(),
             next_id: AtomicU64::new(1),
             started: tokio::sync::OnceCell::new(),
+            cluster_started: tokio::sync::OnceCell::new(),
             presence_seq: AtomicU64::new(1),
             shutdown,
         }
@@ -220,22 +223,33 @@ impl Hub {
         self.verifier.as_ref().map(Option::as_ref).map_err(String::as_str)
     }
 
-    /// Starts the node's background work once: the live reader, the bus receiver and the
-    /// ticker (presence grace, heartbeats, bridge reloads).
-    pub(crate) async fn start(self: &Arc<Self>) {
-        self.started
+    /// Starts the node's presence work once: the bus receiver, which asks the other nodes
+    /// for their presence, and the ticker (presence grace, heartbeats, bridge reloads). The
+    /// server starts it with the node, so presence is whole before the first client comes.
+    pub(crate) async fn start_cluster(self: &Arc<Self>) {
+        self.cluster_started
             .get_or_init(|| async {
                 if let Err(e) = self.bridges.reload().await {
                     tracing::warn!(error = %e, "cannot load the realtime bridges; retrying in the background");
                 }
-                let head = *self.store.head().borrow();
-                tokio::spawn(Arc::clone(self).live(head));
                 if let Some(bus) = &self.bus {
                     let received = bus.subscribe(TOPIC);
                     tokio::spawn(Arc::clone(self).receive(received));
                     self.tell(&BusMessage::Hello { node: self.node.clone() }).await;
                 }
                 tokio::spawn(Arc::clone(self).tick());
+            })
+            .await;
+    }
+
+    /// Starts the live reader of the log once, at the first subscription (a node without
+    /// WebSocket clients does not read its log for them).
+    pub(crate) async fn start(self: &Arc<Self>) {
+        self.start_cluster().await;
+        self.started
+            .get_or_init(|| async {
+                let head = *self.store.head().borrow();
+                tokio::spawn(Arc::clone(self).live(head));
             })
             .await;
     }
@@ -433,7 +447,7 @@ impl Hub {
 
     /// Sends an ephemeral message to every node's subscribers; returns its id.
     pub(crate) async fn publish_ephemeral(self: &Arc<Self>, publish: Publish) -> String {
-        self.start().await;
+        self.start_cluster().await;
         let message = publish.into_ephemeral();
         let id = message.message_id.clone();
         self.dispatch_message(&message);
@@ -630,5 +644,37 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bifrost_api::PublishSourceBody;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn bus_messages_come_back_as_they_were_sent() {
+        let message = Ephemeral {
+            channels: vec!["room:r".into()],
+            exclude_users: vec!["u-2".into()],
+            message_id: "m-1".into(),
+            event_type: "chat.typing".into(),
+            data: serde_json::value::RawValue::from_string(r#"{"on": true}"#.into()).unwrap(),
+            source: PublishSourceBody { user_id: Some("u-1".into()), workspace_id: None },
+            priority: PriorityBody::High,
+            timestamp: "2026-12-03T10:00:00Z".into(),
+        };
+        let sent = serde_json::to_vec(&BusMessage::Message { node: "n1".into(), message }).unwrap();
+        let BusMessage::Message { node, message } = serde_json::from_slice(&sent).unwrap() else {
+            panic!("not a message")
+        };
+        assert_eq!(node, "n1");
+        assert_eq!(message.data.get(), r#"{"on": true}"#, "data byte for byte");
+        assert_eq!((message.priority, message.exclude_users), (PriorityBody::High, vec!["u-2".to_owned()]));
+        let hello = serde_json::to_value(BusMessage::Hello { node: "n2".into() }).unwrap();
+        assert_eq!(hello, json!({"hello": {"node": "n2"}}));
     }
 }

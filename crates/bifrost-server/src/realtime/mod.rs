@@ -12,7 +12,7 @@
 //! - `auth`: JWT checks and what a connection may do; `channel`: channel names;
 //!   `frames`: the JSON frames the server writes; `config`: the settings.
 
-mod auth;
+pub(crate) mod auth;
 mod bridges;
 mod channel;
 mod config;

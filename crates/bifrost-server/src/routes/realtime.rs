@@ -62,7 +62,7 @@ pub(crate) async fn presence(
 ) -> ApiResult<Json<PresenceBody>> {
     let room = path.get("room")?;
     crate::realtime::check_room(room).map_err(ApiError::invalid_argument)?;
-    state.realtime.start().await;
+    state.realtime.start_cluster().await;
     Ok(Json(state.realtime.snapshot(room)))
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod ws;
+
 use std::sync::Arc;
 
 use axum::Router;
