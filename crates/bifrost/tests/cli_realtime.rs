@@ -12,8 +12,12 @@ use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{Server, bifrost, run, stderr, stdout};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde_json::{Value, json};
+use sha2::Sha256;
 
 /// Nothing listens on port 9 (discard): a command that needs the server fails to connect.
 const NO_SERVER: &str = "http://127.0.0.1:9";
@@ -376,4 +380,40 @@ fn server_bridges_round_trip_put_get_list_delete() {
         assert!(line.contains("Bridge not found"), "{args:?}: {line}");
     }
     assert_eq!(json_lines(&url, &["bridges", "list"]).len(), 1);
+}
+
+/// An HS256 JWT of `claims`, signed with `secret`.
+fn jwt(secret: &str, claims: &Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{header}.{payload}");
+    let mut mac = <Hmac<Sha256>>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(signed.as_bytes());
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn server_ws_authenticates_with_its_token() {
+    const SECRET: &str = "a-test-secret-of-enough-length-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &["--jwt-secret", SECRET]);
+    let url = server.url();
+
+    let token = jwt(SECRET, &json!({"sub": "u-5", "channels": ["room:project:*"]}));
+    let ws = Ws::open(&url, &["room:project:5", "--token", &token]);
+    assert_eq!(ws.next("connected")["user_id"], "u-5");
+    assert_eq!(ws.next("subscribed")["channel"], "room:project:5");
+    let presence = one_json(&url, &["presence", "project:5"]);
+    assert_eq!(presence["users"][0]["user_id"], "u-5", "{presence}");
+
+    // A channel the token does not allow: the subscription is refused, one line, exit 1.
+    let out = run(bifrost().args(["ws", "room:other", "--token", &token, "--server", &url]), None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(one_error_line(&stderr(&out)).contains("cannot subscribe to room:other"));
+
+    // A token signed with another secret is refused at the upgrade.
+    let forged = jwt("another-secret-of-enough-length-0123456789", &json!({"sub": "u-5"}));
+    let out = run(bifrost().args(["ws", "room:project:5", "--token", &forged, "--server", &url]), None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(one_error_line(&stderr(&out)).contains("401"), "{}", stderr(&out));
 }
