@@ -67,6 +67,8 @@ mod groups;
 mod head;
 mod realtime;
 pub mod sse;
+#[cfg(test)]
+mod stand_in;
 mod store;
 mod subscribe;
 mod webhooks;

@@ -203,84 +203,11 @@ mod tests {
     //! Each call against a stand-in server that records the request and answers as the
     //! API describes: method, path, query and body are what the contract names.
 
-    use std::sync::{Arc, Mutex};
-
     use bifrost_api::{ContentModeBody, ProblemType, StartBody, WebhookFilterRequest};
     use serde_json::{Value, json};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     use super::*;
-
-    #[derive(Debug, Clone, PartialEq)]
-    struct Seen {
-        method: String,
-        target: String,
-        content_type: Option<String>,
-        body: Option<Value>,
-    }
-
-    /// Answers every request with `status` and `answer` (JSON), recording each.
-    async fn stand_in(status: u16, answer: Value) -> (Client, Arc<Mutex<Vec<Seen>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut socket, _)) = listener.accept().await else { return };
-                let (request, body) = read_request(&mut socket).await;
-                let mut lines = request.lines();
-                let mut first = lines.next().unwrap().split(' ');
-                let method = first.next().unwrap().to_owned();
-                let target = first.next().unwrap().to_owned();
-                let content_type = lines
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                    .map(|(_, v)| v.trim().to_owned());
-                let body = (!body.is_empty()).then(|| serde_json::from_slice(&body).unwrap());
-                log.lock().unwrap().push(Seen { method, target, content_type, body });
-                let payload = if status == 204 { String::new() } else { answer.to_string() };
-                let kind = if status >= 400 { "application/problem+json" } else { "application/json" };
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
-                    payload.len()
-                );
-                socket.write_all(response.as_bytes()).await.unwrap();
-                let _ = socket.shutdown().await;
-            }
-        });
-        (Client::new(&format!("http://{addr}")).unwrap(), seen)
-    }
-
-    /// The head (request line and headers) and the body of one request.
-    async fn read_request(socket: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
-        let mut buffer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8(buffer[..end].to_vec()).unwrap();
-                let length = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |(_, v)| v.trim().parse::<usize>().unwrap());
-                while buffer.len() < end + 4 + length {
-                    let n = socket.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the request ended early");
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
-                return (head, buffer[end + 4..end + 4 + length].to_vec());
-            }
-            let n = socket.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the request ended early");
-            buffer.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn last(seen: &Arc<Mutex<Vec<Seen>>>) -> Seen {
-        seen.lock().unwrap().last().cloned().unwrap()
-    }
+    use crate::stand_in::{last, stand_in};
 
     fn endpoint() -> Value {
         json!({

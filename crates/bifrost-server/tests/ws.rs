@@ -4,82 +4,32 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use bifrost_core::{DurableStore, EventStore, ExpectedVersion, InMemoryStore, NewEvent, StreamName};
+use bifrost_core::{DurableStore, ExpectedVersion, InMemoryStore, NewEvent, StreamName};
 use bifrost_server::{RealtimeConfig, ServerConfig};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::ws::{Node, Socket, WAIT, close_code, next_frame, send, subscribe};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Server {
-    addr: std::net::SocketAddr,
-    store: Arc<InMemoryStore>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+async fn server(realtime: RealtimeConfig) -> Node {
+    let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+    Node::start(store, ServerConfig { realtime, ..ServerConfig::default() }).await
 }
 
-async fn server(realtime: RealtimeConfig) -> Server {
-    let store = InMemoryStore::shared();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let durable: Arc<dyn DurableStore> = store.clone();
-    let groups = bifrost_bus::groups::open(Arc::clone(&durable)).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = ServerConfig { realtime, ..ServerConfig::default() };
-    tokio::spawn(bifrost_server::serve(listener, durable, groups, None, config, None, async {
-        let _ = stopped.await;
-    }));
-    Server { addr, store, _stop: stop }
+async fn connect(server: &Node) -> Socket {
+    server.connect("u-1").await
 }
 
-async fn connect(server: &Server) -> Socket {
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?user_id=u-1", server.addr)).await.unwrap();
-    let connected = next_frame(&mut socket).await;
-    assert_eq!(connected["op"], "connected", "{connected}");
-    assert_eq!(connected["user_id"], "u-1");
-    assert!(connected["connection_id"].as_str().is_some_and(|c| !c.is_empty()));
-    socket
-}
-
-/// The next text frame, as JSON (pings and pongs skipped).
-async fn next_frame(socket: &mut Socket) -> Value {
-    loop {
-        let message =
-            tokio::time::timeout(WAIT, socket.next()).await.expect("a frame in time").unwrap().unwrap();
-        match message {
-            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-async fn send(socket: &mut Socket, frame: Value) {
-    socket.send(Message::Text(frame.to_string().into())).await.unwrap();
-}
-
-async fn append(store: &InMemoryStore, stream: &str, event_type: &str, n: usize) -> Vec<u64> {
+async fn append(store: &Arc<dyn DurableStore>, stream: &str, event_type: &str, n: usize) -> Vec<u64> {
     let events = (0..n).map(|i| NewEvent::json(event_type, &json!({"i": i})).unwrap()).collect();
     let r = store.append(StreamName::new(stream).unwrap(), ExpectedVersion::Any, events).await.unwrap();
     (r.first_position..=r.last_position).collect()
-}
-
-async fn subscribe(socket: &mut Socket, channel: &str, since: Option<u64>) -> Value {
-    let mut frame = json!({"op": "subscribe", "id": "s1", "channel": channel});
-    if let Some(since) = since {
-        frame["since_position"] = json!(since);
-    }
-    send(socket, frame).await;
-    let reply = next_frame(socket).await;
-    assert_eq!((reply["op"].as_str(), reply["id"].as_str()), (Some("subscribed"), Some("s1")), "{reply}");
-    reply
 }
 
 async fn positions(socket: &mut Socket, n: usize) -> Vec<u64> {
@@ -246,7 +196,7 @@ type PlainSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// A client whose receive buffer is small (and not grown by the kernel), so that not
 /// reading backs up to the server quickly.
-async fn connect_small_buffer(server: &Server) -> PlainSocket {
+async fn connect_small_buffer(server: &Node) -> PlainSocket {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let tcp = socket.connect(server.addr).await.unwrap();
@@ -262,17 +212,6 @@ async fn subscribe_plain(socket: &mut PlainSocket, channel: &str) {
     socket.send(Message::Text(frame.to_string().into())).await.unwrap();
     let reply = tokio::time::timeout(WAIT, socket.next()).await.unwrap().unwrap().unwrap();
     assert!(reply.to_text().unwrap().contains("subscribed"), "{reply:?}");
-}
-
-/// The close frame that ends `socket`, skipping what comes before it.
-async fn close_code(socket: &mut Socket) -> Option<u16> {
-    loop {
-        match tokio::time::timeout(WAIT, socket.next()).await.expect("a close frame in time") {
-            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]
