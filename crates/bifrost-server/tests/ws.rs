@@ -12,7 +12,7 @@ use std::time::Duration;
 use bifrost_core::{DurableStore, ExpectedVersion, InMemoryStore, NewEvent, StreamName};
 use bifrost_server::{RealtimeConfig, ServerConfig};
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::ws::{Node, Socket, WAIT, close_code, next_frame, send, subscribe};
