@@ -22,6 +22,7 @@
 //!
 //! [`RawValue`]: serde_json::value::RawValue
 
+mod cluster;
 mod event;
 mod groups;
 mod lenient;
@@ -31,6 +32,7 @@ mod realtime;
 mod streams;
 mod webhooks;
 
+pub use cluster::{ClusterNodeBody, ClusterNodesBody};
 pub use event::{EventBody, MetadataRequest, NewEventRequest};
 pub use groups::{
     AckBody, AckRequest, BackoffBody, BackoffKindBody, BackoffRequest, ConsumerBody, DeadLetterBody,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod group;
 pub mod json_out;
+pub mod lease;
 pub mod memory;
 pub mod name;
 pub mod pattern;

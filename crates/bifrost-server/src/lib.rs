@@ -7,6 +7,7 @@
 //! `application/problem+json` made by [`error::ApiError`]; bad input never touches the
 //! store; a panicking handler answers 500 and the process lives on.
 
+mod cluster;
 pub mod error;
 mod extract;
 mod metrics;
@@ -22,7 +23,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
 use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use bifrost_core::group::GroupEngine;
@@ -34,6 +37,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::{ApiError, PROBLEM_JSON, ProblemType};
 
+pub use crate::cluster::{ClusterConfig, default_node_id};
 pub use crate::metrics::install_metrics_recorder;
 pub use crate::openapi::openapi_json;
 pub use crate::realtime::{JwtKey, RealtimeConfig};
@@ -58,6 +62,8 @@ pub struct ServerConfig {
     pub sse_heartbeat: Duration,
     /// WebSocket connections (`/v1/ws`).
     pub realtime: RealtimeConfig,
+    /// This node's identity and heartbeat among the nodes that share its store.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +74,7 @@ impl Default for ServerConfig {
             max_events_per_append: 1000,
             sse_heartbeat: Duration::from_secs(15),
             realtime: RealtimeConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -86,6 +93,10 @@ pub(crate) struct AppState {
     pub(crate) shutdown: CancellationToken,
     /// Real-time delivery (WebSocket, publishes, presence, bridges) of this node.
     pub(crate) realtime: Arc<realtime::Hub>,
+    /// This node among the nodes that share the store.
+    pub(crate) cluster: Arc<cluster::Cluster>,
+    /// The address this node serves on, once [`serve`] knows it.
+    pub(crate) listen: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -96,13 +107,19 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
         shutdown: CancellationToken,
     ) -> Self {
-        let realtime = Arc::new(realtime::Hub::new(
-            Arc::clone(&store),
-            config.realtime.clone(),
-            config.max_event_bytes,
-            shutdown.clone(),
-        ));
-        Self { store, groups, config: Arc::new(config), metrics, webhooks: None, shutdown, realtime }
+        let realtime = Arc::new(realtime::Hub::new(Arc::clone(&store), &config, shutdown.clone()));
+        let cluster = Arc::new(cluster::Cluster::new(Arc::clone(&store), config.cluster.clone()));
+        Self {
+            store,
+            groups,
+            config: Arc::new(config),
+            metrics,
+            webhooks: None,
+            shutdown,
+            realtime,
+            cluster,
+            listen: None,
+        }
     }
 }
 
@@ -149,6 +166,8 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
     let (mut api, _) = routes::api().split_for_parts();
     api = api.fallback(routes::ops::not_found);
     let body_limit = state.config.max_body_bytes;
+    let node = HeaderValue::from_str(state.cluster.node_id())
+        .unwrap_or_else(|_| HeaderValue::from_static("unnamed"));
     let mut app = api.with_state(state);
     if let Some(extra) = extra {
         app = app.merge(extra);
@@ -160,6 +179,13 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::map_response(problems_only))
         .layer(axum::middleware::from_fn(metrics::track_requests))
+        .layer(axum::middleware::map_response_with_state(node, name_the_node))
+}
+
+/// Every answer names the node that gave it (`Bifrost-Node`).
+async fn name_the_node(State(node): State<HeaderValue>, mut response: Response) -> Response {
+    response.headers_mut().insert(HeaderName::from_static("bifrost-node"), node);
+    response
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
@@ -216,6 +242,9 @@ pub async fn serve(
     let mut state =
         AppState::new(Arc::clone(&store), Arc::clone(&groups), config, metrics.clone(), token.clone());
     state.webhooks = webhooks.clone();
+    let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    state.listen = Some(Arc::from(listen.as_str()));
+    let heartbeat = tokio::spawn(Arc::clone(&state.cluster).run(listen, token.clone()));
     state.realtime.start_cluster().await;
     let delivery = webhooks.as_ref().map(|w| w.start(token.clone()));
     let app = build(state, None);
@@ -242,6 +271,7 @@ pub async fn serve(
     if let Some(task) = delivery {
         let _ = task.await;
     }
+    let _ = heartbeat.await;
     // Groups write their state into the store, so they stop first.
     let webhooks_closed = match &webhooks {
         Some(w) => w.close().await.map_err(|e| std::io::Error::other(e.to_string())),

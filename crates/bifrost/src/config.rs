@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bifrost_postgres::PostgresOptions;
-use bifrost_server::{JwtKey, RealtimeConfig, ServerConfig};
+use bifrost_server::{ClusterConfig, JwtKey, RealtimeConfig, ServerConfig};
 use bifrost_sqlite::Durability;
 use clap::Args;
 use serde::Deserialize;
@@ -109,6 +109,27 @@ pub(crate) struct ConfigLayer {
     /// The `[webhooks]` table of the TOML file.
     #[arg(skip)]
     pub(crate) webhooks: Option<WebhooksTable>,
+
+    /// This node's name among the nodes on one store, in `Bifrost-Node` and
+    /// `/v1/cluster/nodes` [default: <hostname>-<8 hex>, new at every start].
+    #[arg(long, env = "BIFROST_NODE_ID", value_name = "ID")]
+    pub(crate) node_id: Option<String>,
+
+    /// How often this node writes its heartbeat, in ms [default: 1000]. TOML:
+    /// `cluster.heartbeat_ms`.
+    #[arg(long = "cluster-heartbeat-ms", env = "BIFROST_CLUSTER_HEARTBEAT_MS", value_name = "MS")]
+    #[serde(skip)]
+    pub(crate) cluster_heartbeat_ms: Option<u64>,
+
+    /// A node silent this long (ms) is dead and its leases expire [default: 10000]. TOML:
+    /// `cluster.lease_timeout_ms`.
+    #[arg(long = "cluster-lease-timeout-ms", env = "BIFROST_CLUSTER_LEASE_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip)]
+    pub(crate) cluster_lease_timeout_ms: Option<u64>,
+
+    /// The `[cluster]` table of the TOML file.
+    #[arg(skip)]
+    pub(crate) cluster: Option<ClusterTable>,
 
     /// WebSocket: frames queued for one connection before it counts as a slow consumer
     /// [default: 1000]. TOML: `realtime.queue_size`.
@@ -239,6 +260,14 @@ pub(crate) struct RealtimeTable {
     pub(crate) anonymous_channels: Option<Vec<String>>,
 }
 
+/// `[cluster]` in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ClusterTable {
+    pub(crate) heartbeat_ms: Option<u64>,
+    pub(crate) lease_timeout_ms: Option<u64>,
+}
+
 /// `[webhooks]` in the TOML file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -287,6 +316,10 @@ impl ConfigLayer {
             webhook_allow_cidrs: self.webhook_allow_cidrs.or(lower.webhook_allow_cidrs),
             webhook_retry_after_max_s: self.webhook_retry_after_max_s.or(lower.webhook_retry_after_max_s),
             webhooks: self.webhooks.or(lower.webhooks),
+            node_id: self.node_id.or(lower.node_id),
+            cluster_heartbeat_ms: self.cluster_heartbeat_ms.or(lower.cluster_heartbeat_ms),
+            cluster_lease_timeout_ms: self.cluster_lease_timeout_ms.or(lower.cluster_lease_timeout_ms),
+            cluster: self.cluster.or(lower.cluster),
             realtime_queue_size: self.realtime_queue_size.or(lower.realtime_queue_size),
             realtime_recovery_max_events: self
                 .realtime_recovery_max_events
@@ -306,6 +339,21 @@ impl ConfigLayer {
             jwt_leeway_s: self.jwt_leeway_s.or(lower.jwt_leeway_s),
             auth: self.auth.or(lower.auth),
         }
+    }
+}
+
+/// Node identity and heartbeat: flag or environment, else the `[cluster]` table, else default.
+fn cluster_config(layer: &ConfigLayer) -> ClusterConfig {
+    let table = layer.cluster.clone().unwrap_or_default();
+    let defaults = ClusterConfig::default();
+    let millis = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
+    ClusterConfig {
+        node_id: layer.node_id.clone().unwrap_or(defaults.node_id),
+        heartbeat: millis(layer.cluster_heartbeat_ms.or(table.heartbeat_ms), defaults.heartbeat),
+        lease_timeout: millis(
+            layer.cluster_lease_timeout_ms.or(table.lease_timeout_ms),
+            defaults.lease_timeout,
+        ),
     }
 }
 
@@ -413,6 +461,7 @@ pub(crate) struct Settings {
     /// Checked CIDRs, as given.
     pub(crate) webhook_allow_cidrs: Vec<String>,
     pub(crate) webhook_retry_after_max: Duration,
+    pub(crate) cluster: ClusterConfig,
     pub(crate) realtime: RealtimeConfig,
     /// Where `realtime.jwt` was read from, when it is a public key.
     pub(crate) jwt_public_key_file: Option<PathBuf>,
@@ -424,6 +473,7 @@ impl Settings {
     pub(crate) fn resolve(flags_and_env: ConfigLayer, file: ConfigLayer) -> anyhow::Result<Self> {
         let layer = flags_and_env.over(file);
         let (realtime, jwt_public_key_file) = realtime_config(&layer)?;
+        let cluster = cluster_config(&layer);
         let defaults = ServerConfig::default();
         let pg = PostgresOptions::default();
         let millis = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
@@ -458,6 +508,7 @@ impl Settings {
                 .map(|c| c.trim().to_owned())
                 .filter(|c| !c.is_empty())
                 .collect(),
+            cluster,
             realtime,
             jwt_public_key_file,
             webhook_retry_after_max: Duration::from_secs(
@@ -523,6 +574,17 @@ impl Settings {
         if realtime.ping_interval.is_zero() || realtime.pong_timeout.is_zero() {
             bail!("realtime.ping_interval_s and realtime.pong_timeout_s must be greater than 0");
         }
+        let cluster = &self.cluster;
+        let id = &cluster.node_id;
+        if id.is_empty()
+            || id.len() > 128
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            bail!("node_id must be 1–128 characters of A–Z a–z 0–9 _ - . :, not {id:?}");
+        }
+        if cluster.heartbeat.is_zero() || cluster.lease_timeout <= cluster.heartbeat {
+            bail!("cluster.heartbeat_ms must be greater than 0 and less than cluster.lease_timeout_ms");
+        }
         if self.webhook_retry_after_max > Duration::from_secs(86_400) {
             bail!("webhooks.retry_after_max_s is at most 86400 (a day)");
         }
@@ -536,6 +598,7 @@ impl Settings {
             max_events_per_append: self.max_events_per_append,
             sse_heartbeat: self.sse_heartbeat,
             realtime: self.realtime.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 
@@ -582,10 +645,14 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "pg_idle_timeout_ms = {}", self.pg_idle_timeout.as_millis());
         let _ = writeln!(out, "pg_wait_timeout_ms = {}", self.pg_wait_timeout.as_millis());
         let _ = writeln!(out, "log = {}", quote(&self.log));
+        let _ = writeln!(out, "node_id = {}", quote(&self.cluster.node_id));
         let _ = writeln!(out, "\n[webhooks]");
         let cidrs: Vec<String> = self.webhook_allow_cidrs.iter().map(|c| quote(c)).collect();
         let _ = writeln!(out, "allow_cidrs = [{}]", cidrs.join(", "));
         let _ = writeln!(out, "retry_after_max_s = {}", self.webhook_retry_after_max.as_secs());
+        let _ = writeln!(out, "\n[cluster]");
+        let _ = writeln!(out, "heartbeat_ms = {}", self.cluster.heartbeat.as_millis());
+        let _ = writeln!(out, "lease_timeout_ms = {}", self.cluster.lease_timeout.as_millis());
         let r = &self.realtime;
         let _ = writeln!(out, "\n[realtime]");
         let _ = writeln!(out, "queue_size = {}", r.queue_size);
@@ -733,6 +800,39 @@ mod tests {
         let message = bad_setting(flags(&["--jwt-secret", ""]), ConfigLayer::default());
         assert_eq!(message, "auth.jwt.secret: the JWT secret is empty");
         assert!(ConfigLayer::from_toml("[auth.jwt]\nleeway = 5").is_err(), "unknown keys are errors");
+    }
+
+    #[test]
+    fn node_identity_and_heartbeat_follow_the_precedence() {
+        let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
+        let other = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
+        assert_ne!(s.cluster.node_id, other.cluster.node_id, "a new default id at every start");
+        assert_eq!(
+            (s.cluster.heartbeat, s.cluster.lease_timeout),
+            (Duration::from_secs(1), Duration::from_secs(10))
+        );
+
+        let table = "node_id = \"from-file\"\n[cluster]\nheartbeat_ms = 200\nlease_timeout_ms = 3000";
+        let s = Settings::resolve(
+            flags(&["--node-id", "n-1", "--cluster-lease-timeout-ms", "5000"]),
+            file(table),
+        )
+        .unwrap();
+        let cluster = s.server_config().cluster;
+        assert_eq!(cluster.node_id, "n-1", "the flag over the file");
+        assert_eq!(cluster.heartbeat, Duration::from_millis(200), "the file where no flag says");
+        assert_eq!(cluster.lease_timeout, Duration::from_millis(5000));
+        let again = Settings::resolve(ConfigLayer::default(), file(&s.to_string())).unwrap();
+        assert_eq!(again, s, "the printed configuration reads back");
+
+        for bad in [
+            &["--node-id", "has space"][..],
+            &["--node-id", ""],
+            &["--cluster-heartbeat-ms", "0"],
+            &["--cluster-heartbeat-ms", "2000", "--cluster-lease-timeout-ms", "1000"],
+        ] {
+            assert!(Settings::resolve(flags(bad), ConfigLayer::default()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -44,10 +44,6 @@ use super::route::{Route, routes};
 const TOPIC: &str = "realtime";
 /// Events read per replay page.
 const REPLAY_PAGE: usize = 500;
-/// How often this node says it is alive, and forgets nodes that went silent.
-const HEARTBEAT: Duration = Duration::from_secs(2);
-/// A node not heard from for this long is gone, and its users leave.
-const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often other nodes' changes to the bridges are picked up.
 const BRIDGE_RELOAD: Duration = Duration::from_secs(1);
 
@@ -186,17 +182,24 @@ pub(crate) struct Hub {
     presence: Mutex<Presence>,
     presence_seq: AtomicU64,
     bus: Option<Arc<dyn ClusterBus>>,
+    /// How often this node tells the others it is alive.
+    heartbeat: Duration,
+    /// A node not heard from for this long is gone, and its users leave.
+    node_timeout: Duration,
     shutdown: CancellationToken,
 }
 
 impl Hub {
     pub(crate) fn new(
         store: Arc<dyn DurableStore>,
-        config: RealtimeConfig,
-        max_event_bytes: usize,
+        server: &crate::ServerConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        let node = uuid::Uuid::new_v4().simple().to_string();
+        let config = server.realtime.clone();
+        let max_event_bytes = server.max_event_bytes;
+        let node = server.cluster.node_id.clone();
+        let heartbeat = server.cluster.heartbeat;
+        let node_timeout = server.cluster.lease_timeout;
         let verifier = Verifier::new(&config);
         if let Err(e) = &verifier {
             tracing::error!(error = %e, "the JWT key is unusable: WebSocket connections are refused");
@@ -215,6 +218,8 @@ impl Hub {
             started: tokio::sync::OnceCell::new(),
             cluster_started: tokio::sync::OnceCell::new(),
             presence_seq: AtomicU64::new(1),
+            heartbeat,
+            node_timeout,
             shutdown,
         }
     }
@@ -628,11 +633,14 @@ impl Hub {
             if self.bus.is_none() {
                 continue;
             }
-            if now.duration_since(last_heartbeat) >= HEARTBEAT {
+            if now.duration_since(last_heartbeat) >= self.heartbeat {
                 last_heartbeat = now;
                 self.tell(&BusMessage::Alive { node: self.node.clone() }).await;
-                let gone =
-                    self.presence.lock().map(|mut p| p.forget_silent(NODE_TIMEOUT, now)).unwrap_or_default();
+                let gone = self
+                    .presence
+                    .lock()
+                    .map(|mut p| p.forget_silent(self.node_timeout, now))
+                    .unwrap_or_default();
                 for change in &gone {
                     self.announce(change, None);
                 }
