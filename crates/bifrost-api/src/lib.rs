@@ -22,6 +22,7 @@
 //!
 //! [`RawValue`]: serde_json::value::RawValue
 
+mod bridges;
 mod cluster;
 mod event;
 mod groups;
@@ -32,6 +33,10 @@ mod realtime;
 mod streams;
 mod webhooks;
 
+pub use bridges::{
+    BridgeBody, BridgeConfigBody, BridgeContentModeBody, BridgeDirectionBody, BridgeErrorBody,
+    BridgeKindBody, BridgeListBody, BridgeRequest, BridgeStateBody,
+};
 pub use cluster::{ClusterNodeBody, ClusterNodesBody};
 pub use event::{EventBody, MetadataRequest, NewEventRequest};
 pub use groups::{

@@ -38,11 +38,12 @@ pub enum ProblemType {
     WebhookUrlForbidden,
     BridgeNotFound,
     Unauthorized,
+    BridgeConfigManaged,
 }
 
 impl ProblemType {
     /// Every problem type, in the order above.
-    pub const ALL: [ProblemType; 25] = [
+    pub const ALL: [ProblemType; 26] = [
         Self::InvalidRequest,
         Self::UnsupportedMediaType,
         Self::InvalidStreamName,
@@ -68,6 +69,7 @@ impl ProblemType {
         Self::WebhookUrlForbidden,
         Self::BridgeNotFound,
         Self::Unauthorized,
+        Self::BridgeConfigManaged,
     ];
 
     /// The `type` member, e.g. `bifrost:wrong-expected-version`.
@@ -98,6 +100,7 @@ impl ProblemType {
             Self::WebhookUrlForbidden => "bifrost:webhook-url-forbidden",
             Self::BridgeNotFound => "bifrost:bridge-not-found",
             Self::Unauthorized => "bifrost:unauthorized",
+            Self::BridgeConfigManaged => "bifrost:bridge-config-managed",
         }
     }
 
@@ -122,7 +125,8 @@ impl ProblemType {
             Self::WrongExpectedVersion
             | Self::DuplicateEventId
             | Self::StateConflict
-            | Self::WebhookDisabled => 409,
+            | Self::WebhookDisabled
+            | Self::BridgeConfigManaged => 409,
             Self::StreamDeleted => 410,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
@@ -160,6 +164,7 @@ impl ProblemType {
             Self::WebhookUrlForbidden => "Webhook URL forbidden",
             Self::BridgeNotFound => "Bridge not found",
             Self::Unauthorized => "Unauthorized",
+            Self::BridgeConfigManaged => "Bridge managed by the configuration file",
         }
     }
 

@@ -223,6 +223,7 @@ fn problem_into_store_error(problem: Problem, stream: Option<&StreamName>) -> Co
         | ProblemType::WebhookUrlForbidden
         | ProblemType::BridgeNotFound
         | ProblemType::Unauthorized
+        | ProblemType::BridgeConfigManaged
         | ProblemType::MethodNotAllowed => CoreError::InvalidArgument(detail()),
     }
 }

@@ -1,12 +1,13 @@
 //! Writing JSON by hand into a byte buffer: the pieces the hot paths that copy stored
-//! payloads verbatim (the server's event writer, webhook bodies) share, so that a string,
+//! payloads verbatim (the server's reads and SSE, webhook bodies, bridges) share, the event
+//! JSON itself included, so that a string,
 //! an id or a timestamp is written the same way everywhere.
 
 use std::io::Write as _;
 
 use uuid::Uuid;
 
-use crate::Timestamp;
+use crate::{RecordedEvent, Timestamp};
 
 /// A JSON string, escaped.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -37,6 +38,40 @@ pub fn write_optional_u64(out: &mut Vec<u8>, n: Option<u64>) {
 /// A quoted RFC 3339 timestamp (six fractional digits, `Z`); nothing in it needs escaping.
 pub fn write_timestamp(out: &mut Vec<u8>, t: Timestamp) {
     let _ = write!(out, "\"{t}\"");
+}
+
+/// Appends one event's JSON to `out`. `data` and `metadata` are the stored bytes, verbatim.
+pub fn write_event(out: &mut Vec<u8>, e: &RecordedEvent) {
+    out.extend_from_slice(b"{\"id\":");
+    write_uuid(out, e.id);
+    out.extend_from_slice(b",\"stream\":");
+    write_str(out, e.stream.as_str());
+    out.extend_from_slice(b",\"aggregate_type\":");
+    write_str(out, &e.aggregate_type);
+    out.extend_from_slice(b",\"type\":");
+    write_str(out, e.event_type.as_str());
+    out.extend_from_slice(b",\"schema_version\":");
+    write_u64(out, u64::from(e.schema_version));
+    out.extend_from_slice(b",\"version\":");
+    write_u64(out, e.version);
+    out.extend_from_slice(b",\"position\":");
+    write_u64(out, e.position);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(if e.data.is_empty() { b"null" } else { &e.data });
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(if e.metadata.is_empty() { b"{}" } else { &e.metadata });
+    out.extend_from_slice(b",\"occurred_at\":");
+    write_timestamp(out, e.occurred_at);
+    out.extend_from_slice(b",\"recorded_at\":");
+    write_timestamp(out, e.recorded_at);
+    out.push(b'}');
+}
+
+/// One event's JSON, as the API prints it.
+pub fn event_json(e: &RecordedEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(320 + e.data.len() + e.metadata.len());
+    write_event(&mut out, e);
+    out
 }
 
 #[cfg(test)]

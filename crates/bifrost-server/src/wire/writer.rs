@@ -9,7 +9,9 @@ use std::io::Write as _;
 
 use bifrost_core::RecordedEvent;
 use bifrost_core::group::{DeadLetterEntry, Lease};
-use bifrost_core::json_out::{write_optional_u64, write_str, write_timestamp, write_u64, write_uuid};
+use bifrost_core::json_out::{
+    write_event, write_optional_u64, write_str, write_timestamp, write_u64, write_uuid,
+};
 
 /// `{"messages":[{"lease":..,"attempt":..,"event":{..}},...]}`.
 pub(crate) fn fetch_json(leases: &[Lease]) -> Vec<u8> {
@@ -66,33 +68,6 @@ pub(crate) fn dead_letters_json(entries: &[DeadLetterEntry], next: Option<u64>) 
 
 // ---------------------------------------------------------------------------------------
 // The event writer (hot path of reads and SSE)
-
-/// Appends one event's JSON to `out`. `data` and `metadata` are the stored bytes, verbatim.
-fn write_event(out: &mut Vec<u8>, e: &RecordedEvent) {
-    out.extend_from_slice(b"{\"id\":");
-    write_uuid(out, e.id);
-    out.extend_from_slice(b",\"stream\":");
-    write_str(out, e.stream.as_str());
-    out.extend_from_slice(b",\"aggregate_type\":");
-    write_str(out, &e.aggregate_type);
-    out.extend_from_slice(b",\"type\":");
-    write_str(out, e.event_type.as_str());
-    out.extend_from_slice(b",\"schema_version\":");
-    write_u64(out, u64::from(e.schema_version));
-    out.extend_from_slice(b",\"version\":");
-    write_u64(out, e.version);
-    out.extend_from_slice(b",\"position\":");
-    write_u64(out, e.position);
-    out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(if e.data.is_empty() { b"null" } else { &e.data });
-    out.extend_from_slice(b",\"metadata\":");
-    out.extend_from_slice(if e.metadata.is_empty() { b"{}" } else { &e.metadata });
-    out.extend_from_slice(b",\"occurred_at\":");
-    write_timestamp(out, e.occurred_at);
-    out.extend_from_slice(b",\"recorded_at\":");
-    write_timestamp(out, e.recorded_at);
-    out.push(b'}');
-}
 
 /// `[event, event, ...]`.
 fn write_events(out: &mut Vec<u8>, events: &[RecordedEvent]) {

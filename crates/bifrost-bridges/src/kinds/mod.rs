@@ -1,0 +1,1 @@
+//! One module per broker, each a [`Publisher`](crate::Publisher).
