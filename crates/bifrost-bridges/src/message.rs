@@ -106,9 +106,12 @@ pub fn outgoing(
     })
 }
 
+/// A binary-mode message: body, content type, attributes.
+type Binary = (Bytes, String, Vec<(String, String)>);
+
 /// A structured CloudEvent split for a binary binding: `data` as the body, the rest as
 /// attributes (strings; numbers as their JSON text).
-fn binary(structured: &[u8]) -> Result<(Bytes, String, Vec<(String, String)>), String> {
+fn binary(structured: &[u8]) -> Result<Binary, String> {
     let Value::Object(mut fields) = serde_json::from_slice(structured).map_err(|e| e.to_string())? else {
         return Err("a CloudEvent is a JSON object".into());
     };
