@@ -10,6 +10,12 @@
 pub mod kinds;
 pub mod message;
 pub mod publish;
+mod runner;
+mod service;
+pub mod spec;
 
 pub use message::{Outgoing, Target};
 pub use publish::{PublishError, Publisher};
+pub use runner::{BridgeState, Connector};
+pub use service::{BridgeError, Bridges};
+pub use spec::BridgeSpec;

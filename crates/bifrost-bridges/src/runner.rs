@@ -1,0 +1,269 @@
+//! One bridge at work: hold its lease, read the log after the checkpoint, publish a batch,
+//! move the checkpoint past what the broker confirmed, again.
+//!
+//! The checkpoint and the bridge's status are one record in the state space, written with
+//! the value last read as a precondition: a node that lost its lease without noticing (a
+//! long pause) fails that write and stops, so two nodes never both move the checkpoint.
+//! A failed batch is retried whole after a backoff and never skipped; the broker may see
+//! some messages twice, with the same dedupe id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bifrost_api::{BridgeErrorBody, BridgeStateBody};
+use bifrost_core::lease::Leases;
+use bifrost_core::{DurableStore, Error as CoreError, StateChange, Timestamp};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::message::outgoing;
+use crate::publish::{PublishError, Publisher};
+use crate::spec::BridgeSpec;
+
+/// The scope of bridge states (checkpoint and status).
+pub(crate) const STATE_SCOPE: &str = "bridge-state";
+/// Backoff of a failing bridge: from this...
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// ...doubling up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Where a bridge is: its checkpoint and how it is doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeState {
+    /// The position of the last event the broker confirmed (or skipped by the filter).
+    pub checkpoint: u64,
+    /// Messages confirmed since the bridge was created.
+    pub published: u64,
+    /// The node that last ran it.
+    pub node: Option<String>,
+    pub running: bool,
+    pub failing: bool,
+    pub last_error: Option<BridgeErrorBody>,
+}
+
+impl BridgeState {
+    pub fn state(&self) -> BridgeStateBody {
+        match (self.running, self.failing) {
+            (true, false) => BridgeStateBody::Running,
+            (true, true) => BridgeStateBody::Failing,
+            _ => BridgeStateBody::Stopped,
+        }
+    }
+}
+
+/// Opens a publisher for a bridge (the brokers' modules; tests may stand one in).
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync + 'static {
+    async fn connect(&self, spec: &BridgeSpec) -> Result<Box<dyn Publisher>, PublishError>;
+}
+
+/// The lease of a bridge.
+pub(crate) fn lease_name(name: &str) -> String {
+    format!("bridge:{name}")
+}
+
+pub(crate) struct Runner {
+    pub(crate) store: Arc<dyn DurableStore>,
+    pub(crate) name: String,
+    pub(crate) spec: BridgeSpec,
+    pub(crate) leases: Leases,
+    pub(crate) heartbeat: Duration,
+    pub(crate) connector: Arc<dyn Connector>,
+}
+
+/// Why a runner stopped publishing for now.
+enum Stop {
+    /// Asked to (shutdown, the bridge changed or was deleted).
+    Asked,
+    /// Another node moved the state: it holds the bridge now.
+    Fenced,
+}
+
+impl Runner {
+    /// Runs until `stop`: waits for the lease, then publishes while it holds it.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let lease = lease_name(&self.name);
+        loop {
+            match self.leases.acquire(&lease).await {
+                Ok(true) => match self.hold(&lease, &stop).await {
+                    Stop::Asked => break,
+                    Stop::Fenced => {}
+                },
+                Ok(false) => {}
+                Err(e) => tracing::warn!(bridge = %self.name, error = %e, "cannot take the bridge's lease"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(self.heartbeat) => {}
+            }
+        }
+        // Hand the bridge over at once rather than after the lease times out.
+        if let Err(e) = self.leases.release(&lease).await {
+            tracing::debug!(bridge = %self.name, error = %e, "cannot release the bridge's lease");
+        }
+    }
+
+    /// Publishes while this node holds the lease.
+    async fn hold(&self, lease: &str, stop: &CancellationToken) -> Stop {
+        let Ok(filter) = self.spec.log_filter() else { return Stop::Asked };
+        let Ok(target) = self.spec.target() else { return Stop::Asked };
+        let (mut state, mut stored) = match self.read_state().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(bridge = %self.name, error = %e, "cannot read the bridge's state");
+                return Stop::Fenced;
+            }
+        };
+        let mut publisher: Option<Box<dyn Publisher>> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut renewed = tokio::time::Instant::now();
+        let mut head = self.store.head();
+        let timeout = Duration::from_millis(self.spec.batch_timeout_ms);
+        state.node = Some(self.leases.node().to_owned());
+        state.running = true;
+        loop {
+            if stop.is_cancelled() {
+                state.running = false;
+                let _ = self.write_state(&state, &mut stored).await;
+                return Stop::Asked;
+            }
+            if renewed.elapsed() >= self.heartbeat {
+                match self.leases.acquire(lease).await {
+                    Ok(true) => renewed = tokio::time::Instant::now(),
+                    Ok(false) => return Stop::Fenced,
+                    Err(e) => {
+                        tracing::warn!(bridge = %self.name, error = %e, "cannot renew the bridge's lease")
+                    }
+                }
+            }
+            // The head before the read: a commit after it wakes the wait below.
+            head.borrow_and_update();
+            let slice =
+                match self.store.read_all(state.checkpoint, &filter, self.spec.batch_size as usize).await {
+                    Ok(slice) => slice,
+                    Err(e) => {
+                        tracing::warn!(bridge = %self.name, error = %e, "the bridge cannot read the log");
+                        wait(stop, backoff).await;
+                        continue;
+                    }
+                };
+            if slice.events.is_empty() {
+                if slice.next_position > state.checkpoint {
+                    // Only events the filter skips: the checkpoint moves past them.
+                    state.checkpoint = slice.next_position;
+                    if self.write_state(&state, &mut stored).await.is_err() {
+                        return Stop::Fenced;
+                    }
+                }
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = head.changed() => {}
+                    () = tokio::time::sleep(self.heartbeat) => {}
+                }
+                continue;
+            }
+            let messages: Result<Vec<_>, String> =
+                slice.events.iter().map(|e| outgoing(e, &target, self.spec.content_mode)).collect();
+            let result = match messages {
+                Err(e) => Err(format!("an event cannot be sent: {e}")),
+                Ok(messages) => match self.publish(&mut publisher, &messages, timeout).await {
+                    Ok(()) => Ok(messages.len()),
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok(sent) => {
+                    backoff = BACKOFF_MIN;
+                    state.checkpoint = slice.next_position.max(slice.events.last().map_or(0, |e| e.position));
+                    state.published += sent as u64;
+                    state.failing = false;
+                    metrics::counter!("bifrost_bridge_published_total", "bridge" => self.name.clone())
+                        .increment(sent as u64);
+                    if self.write_state(&state, &mut stored).await.is_err() {
+                        return Stop::Fenced;
+                    }
+                }
+                Err(message) => {
+                    tracing::warn!(bridge = %self.name, error = %message, "a bridge batch failed; retrying");
+                    metrics::counter!("bifrost_bridge_errors_total", "bridge" => self.name.clone(), "direction" => "out").increment(1);
+                    publisher = None;
+                    state.failing = true;
+                    state.last_error = Some(BridgeErrorBody { message, at: Timestamp::now().to_string() });
+                    if self.write_state(&state, &mut stored).await.is_err() {
+                        return Stop::Fenced;
+                    }
+                    wait(stop, backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One batch through the publisher (connected first if need be), within `timeout`.
+    async fn publish(
+        &self,
+        publisher: &mut Option<Box<dyn Publisher>>,
+        messages: &[crate::Outgoing],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        if publisher.is_none() {
+            let connected = tokio::time::timeout(timeout, self.connector.connect(&self.spec)).await;
+            *publisher = Some(match connected {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => {
+                    return Err(format!("no connection to the broker within {} ms", timeout.as_millis()));
+                }
+            });
+        }
+        let Some(p) = publisher.as_ref() else { return Err("no publisher".into()) };
+        match tokio::time::timeout(timeout, p.publish(messages)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the broker did not confirm the batch within {} ms", timeout.as_millis())),
+        }
+    }
+
+    async fn read_state(&self) -> bifrost_core::Result<(BridgeState, Option<Bytes>)> {
+        let stored = self.store.read_state(STATE_SCOPE, &self.name).await?;
+        let state = match &stored {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| CoreError::Internal(format!("bridge state {}: {e}", self.name)))?,
+            None => BridgeState::default(),
+        };
+        Ok((state, stored))
+    }
+
+    /// Writes `state` if the stored value is still the one last read (else another node
+    /// holds the bridge now).
+    async fn write_state(&self, state: &BridgeState, stored: &mut Option<Bytes>) -> Result<(), ()> {
+        let Ok(value) = serde_json::to_vec(state).map(Bytes::from) else { return Err(()) };
+        let write = vec![
+            StateChange::Expect { scope: STATE_SCOPE.into(), key: self.name.clone(), value: stored.clone() },
+            StateChange::Put { scope: STATE_SCOPE.into(), key: self.name.clone(), value: value.clone() },
+        ];
+        match self.store.write_state(write).await {
+            Ok(()) => {
+                *stored = Some(value);
+                Ok(())
+            }
+            Err(CoreError::StateConflict { .. }) => {
+                tracing::info!(bridge = %self.name, "another node runs this bridge now");
+                Err(())
+            }
+            Err(e) => {
+                tracing::warn!(bridge = %self.name, error = %e, "cannot write the bridge's checkpoint");
+                Err(())
+            }
+        }
+    }
+}
+
+/// Sleeps `pause` unless `stop` comes first.
+async fn wait(stop: &CancellationToken, pause: Duration) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(pause) => {}
+    }
+}

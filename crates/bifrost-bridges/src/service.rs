@@ -1,0 +1,251 @@
+//! The bridges of a store: their settings (`bridges` scope), their states (`bridge-state`),
+//! and on each node a runner per enabled bridge that waits for, or holds, its lease.
+//!
+//! Every node runs the same loop: each second it reads the bridges and starts, restarts
+//! (changed settings) or stops (deleted, disabled) its runners, so a change made through
+//! any node holds everywhere within a second.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bifrost_api::{BridgeBody, BridgeRequest, BridgeStateBody, StartBody};
+use bifrost_core::lease::Leases;
+use bifrost_core::{DurableStore, StateChange};
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::{BridgeState, Connector, Runner, STATE_SCOPE, lease_name};
+use crate::spec::{BridgeSpec, InvalidBridge, check_name};
+
+/// The scope of the bridges' settings.
+const SPEC_SCOPE: &str = "bridges";
+/// How often a node looks for changed bridges.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Lag is counted up to this many events (a larger backlog shows as this).
+const LAG_CAP: u64 = 1_000_000;
+
+/// What a bridge call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidBridge),
+    #[error("no bridge named {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] bifrost_core::Error),
+}
+
+struct Running {
+    spec: BridgeSpec,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The bridges of one store, as one node serves and runs them.
+pub struct Bridges {
+    store: Arc<dyn DurableStore>,
+    leases: Leases,
+    heartbeat: Duration,
+    connector: Arc<dyn Connector>,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl Bridges {
+    /// `leases` names this node; `heartbeat` is how often a runner renews its lease (and a
+    /// waiting one tries to take it).
+    pub fn new(
+        store: Arc<dyn DurableStore>,
+        leases: Leases,
+        heartbeat: Duration,
+        connector: Arc<dyn Connector>,
+    ) -> Self {
+        Self { store, leases, heartbeat, connector, running: Mutex::new(HashMap::new()) }
+    }
+
+    /// Creates (`true`) or replaces a bridge. `start` counts only at creation.
+    pub async fn put(&self, name: &str, request: BridgeRequest) -> Result<(bool, BridgeBody), BridgeError> {
+        check_name(name)?;
+        let spec = BridgeSpec::from_request(request)?;
+        let existing = self.read_spec(name).await?;
+        let value = serde_json::to_vec(&spec).map(Bytes::from).map_err(|e| internal(&e))?;
+        let mut write = vec![StateChange::Put { scope: SPEC_SCOPE.into(), key: name.into(), value }];
+        if existing.is_none() {
+            let checkpoint = match spec.start {
+                StartBody::Beginning => 0,
+                StartBody::End => *self.store.head().borrow(),
+                StartBody::Position(p) => p,
+            };
+            let state = BridgeState { checkpoint, ..BridgeState::default() };
+            let value = serde_json::to_vec(&state).map(Bytes::from).map_err(|e| internal(&e))?;
+            write.push(StateChange::Put { scope: STATE_SCOPE.into(), key: name.into(), value });
+        }
+        self.store.write_state(write).await?;
+        self.sync().await?;
+        Ok((existing.is_none(), self.get(name).await?))
+    }
+
+    pub async fn get(&self, name: &str) -> Result<BridgeBody, BridgeError> {
+        check_name(name)?;
+        let spec = self.read_spec(name).await?.ok_or_else(|| BridgeError::NotFound(name.to_owned()))?;
+        self.body(name, spec).await
+    }
+
+    /// Every bridge, by name.
+    pub async fn list(&self) -> Result<Vec<BridgeBody>, BridgeError> {
+        let mut out = Vec::new();
+        for (name, spec) in self.specs().await? {
+            out.push(self.body(&name, spec).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), BridgeError> {
+        check_name(name)?;
+        if self.read_spec(name).await?.is_none() {
+            return Err(BridgeError::NotFound(name.to_owned()));
+        }
+        self.store
+            .write_state(vec![
+                StateChange::Delete { scope: SPEC_SCOPE.into(), key: name.into() },
+                StateChange::Delete { scope: STATE_SCOPE.into(), key: name.into() },
+            ])
+            .await?;
+        self.sync().await?;
+        Ok(())
+    }
+
+    /// Keeps this node's runners in line with the stored bridges until `shutdown`, then
+    /// stops them (their leases are released for another node to take at once).
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SYNC_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = this.sync().await {
+                    tracing::warn!(error = %e, "cannot read the bridges");
+                }
+            }
+            let stopping: Vec<Running> =
+                this.running.lock().map(|mut r| r.drain().map(|(_, v)| v).collect()).unwrap_or_default();
+            for running in stopping {
+                running.stop.cancel();
+                let _ = running.task.await;
+            }
+        })
+    }
+
+    /// Starts, restarts and stops this node's runners to match the stored bridges.
+    async fn sync(&self) -> Result<(), BridgeError> {
+        let specs: HashMap<String, BridgeSpec> =
+            self.specs().await?.into_iter().filter(|(_, spec)| spec.enabled).collect();
+        let Ok(mut running) = self.running.lock() else { return Ok(()) };
+        running.retain(|name, r| {
+            let keep = specs.get(name).is_some_and(|spec| *spec == r.spec);
+            if !keep {
+                r.stop.cancel();
+            }
+            keep
+        });
+        for (name, spec) in specs {
+            if running.contains_key(&name) {
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let runner = Runner {
+                store: Arc::clone(&self.store),
+                name: name.clone(),
+                spec: spec.clone(),
+                leases: self.leases.clone(),
+                heartbeat: self.heartbeat,
+                connector: Arc::clone(&self.connector),
+            };
+            let task = tokio::spawn(runner.run(stop.clone()));
+            running.insert(name, Running { spec, stop, task });
+        }
+        Ok(())
+    }
+
+    async fn body(&self, name: &str, spec: BridgeSpec) -> Result<BridgeBody, BridgeError> {
+        let state: BridgeState = match self.store.read_state(STATE_SCOPE, name).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| internal(&e))?,
+            None => BridgeState::default(),
+        };
+        // Only a node that holds the lease runs the bridge.
+        let holder = self.leases.live().await?.into_iter().find(|(lease, _)| *lease == lease_name(name));
+        let (node, run_state) = match holder {
+            Some((_, lease)) if spec.enabled => (Some(lease.owner), state.state()),
+            _ => (None, BridgeStateBody::Stopped),
+        };
+        let lag = self.lag(&spec, state.checkpoint).await?;
+        Ok(BridgeBody {
+            name: name.to_owned(),
+            config: spec.to_body(),
+            state: run_state,
+            node,
+            checkpoint: state.checkpoint,
+            lag,
+            published: state.published,
+            last_error: state.last_error,
+        })
+    }
+
+    /// Matching events after `checkpoint` (counted up to [`LAG_CAP`]).
+    async fn lag(&self, spec: &BridgeSpec, checkpoint: u64) -> Result<u64, BridgeError> {
+        let filter = spec.log_filter()?;
+        let head = *self.store.head().borrow();
+        if checkpoint >= head {
+            return Ok(0);
+        }
+        if filter.is_empty() {
+            return Ok(head - checkpoint);
+        }
+        let mut count = 0;
+        let mut after = checkpoint;
+        while count < LAG_CAP && after < head {
+            let page = self.store.read_all(after, &filter, 1000).await?;
+            if page.events.is_empty() {
+                break;
+            }
+            count += page.events.len() as u64;
+            after = page.next_position.max(page.events.last().map_or(after, |e| e.position));
+        }
+        Ok(count)
+    }
+
+    async fn read_spec(&self, name: &str) -> Result<Option<BridgeSpec>, BridgeError> {
+        let Some(bytes) = self.store.read_state(SPEC_SCOPE, name).await? else { return Ok(None) };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| internal(&e))
+    }
+
+    async fn specs(&self) -> Result<Vec<(String, BridgeSpec)>, BridgeError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.scan_state(SPEC_SCOPE, after.as_deref(), 500).await?;
+            let full = page.len() == 500;
+            for entry in page {
+                match serde_json::from_slice::<BridgeSpec>(&entry.value) {
+                    Ok(spec) => out.push((entry.key.clone(), spec)),
+                    Err(e) => {
+                        tracing::warn!(bridge = %entry.key, error = %e, "a stored bridge is unreadable")
+                    }
+                }
+                after = Some(entry.key);
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn internal(e: &dyn std::fmt::Display) -> BridgeError {
+    BridgeError::Store(bifrost_core::Error::Internal(format!("bridge record: {e}")))
+}

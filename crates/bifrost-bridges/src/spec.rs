@@ -1,0 +1,253 @@
+//! A bridge's settings, checked: what `PUT /v1/bridges/{name}` accepts and what is stored.
+
+use bifrost_api::{
+    BridgeConfigBody, BridgeContentModeBody, BridgeDirectionBody, BridgeKindBody, BridgeRequest,
+    GroupFilterRequest, StartBody,
+};
+use bifrost_core::{Category, LogFilter, TypePattern};
+use serde::{Deserialize, Serialize};
+
+use crate::message::Target;
+
+/// Most messages a bridge leaves unconfirmed at once.
+pub const MAX_BATCH_SIZE: u32 = 1000;
+/// Longest bridge name.
+const MAX_NAME: usize = 128;
+
+/// Why a bridge's settings are refused (a `400`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidBridge(pub String);
+
+/// A checked bridge: every default filled in, the URL as given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeSpec {
+    pub direction: BridgeDirectionBody,
+    pub kind: BridgeKindBody,
+    pub url: String,
+    pub filter: GroupFilterRequest,
+    pub target: String,
+    pub content_mode: BridgeContentModeBody,
+    pub start: StartBody,
+    pub batch_size: u32,
+    pub batch_timeout_ms: u64,
+    pub max_len: u64,
+    pub enabled: bool,
+}
+
+/// A bridge name: 1–128 characters of `A–Z a–z 0–9 _ - . :`.
+pub fn check_name(name: &str) -> Result<(), InvalidBridge> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidBridge(format!(
+            "invalid bridge name {name:?}: 1–{MAX_NAME} characters of A–Z a–z 0–9 _ - . :"
+        )))
+    }
+}
+
+impl BridgeSpec {
+    pub fn from_request(request: BridgeRequest) -> Result<Self, InvalidBridge> {
+        let bad = |why: String| Err(InvalidBridge(why));
+        if request.direction == BridgeDirectionBody::In {
+            return bad(
+                "in-bridges (broker → store) are not served by this version; only \"direction\": \"out\""
+                    .into(),
+            );
+        }
+        let kind = request.kind;
+        let schemes: &[&str] = match kind {
+            BridgeKindBody::Nats => &["nats"],
+            BridgeKindBody::Rabbitmq => &["amqp"],
+            BridgeKindBody::RedisStream | BridgeKindBody::RedisPubsub => &["redis"],
+        };
+        let scheme = request.url.split_once("://").map(|(s, _)| s);
+        if !scheme.is_some_and(|s| schemes.contains(&s)) {
+            return bad(format!(
+                "url {:?}: a {} bridge takes {} (TLS brokers are not supported yet)",
+                mask_password(&request.url),
+                kind_name(kind),
+                schemes.iter().map(|s| format!("{s}://…")).collect::<Vec<_>>().join(" or ")
+            ));
+        }
+        let content_mode = request.content_mode.unwrap_or_default();
+        match (content_mode, kind) {
+            (BridgeContentModeBody::Raw, _) => return bad("content_mode raw is for in-bridges".into()),
+            (BridgeContentModeBody::CloudeventsBinary, BridgeKindBody::RedisPubsub) => {
+                return bad("redis-pubsub has no headers: cloudevents-binary is not possible, use cloudevents-structured".into());
+            }
+            _ => {}
+        }
+        let filter = request.filter.unwrap_or_default();
+        log_filter(&filter)?;
+        let target = request.target.unwrap_or_else(|| default_target(kind).to_owned());
+        Target::parse(&target).map_err(InvalidBridge)?;
+        let batch_size = request.batch_size.unwrap_or(50);
+        if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
+            return bad(format!("batch_size is 1–{MAX_BATCH_SIZE}"));
+        }
+        let batch_timeout_ms = request.batch_timeout_ms.unwrap_or(5000);
+        if batch_timeout_ms == 0 {
+            return bad("batch_timeout_ms must be at least 1".into());
+        }
+        let max_len = request.max_len.unwrap_or(1_000_000);
+        if max_len == 0 {
+            return bad("max_len must be at least 1".into());
+        }
+        for (field, given) in
+            [("source", &request.source), ("stream", &request.stream), ("type", &request.event_type)]
+        {
+            if given.is_some() {
+                return bad(format!("{field} is for in-bridges"));
+            }
+        }
+        Ok(Self {
+            direction: request.direction,
+            kind,
+            url: request.url,
+            filter,
+            target,
+            content_mode,
+            start: request.start.unwrap_or(StartBody::End),
+            batch_size,
+            batch_timeout_ms,
+            max_len,
+            enabled: request.enabled.unwrap_or(true),
+        })
+    }
+
+    /// The events the bridge sends.
+    pub fn log_filter(&self) -> Result<LogFilter, InvalidBridge> {
+        log_filter(&self.filter)
+    }
+
+    pub fn target(&self) -> Result<Target, InvalidBridge> {
+        Target::parse(&self.target).map_err(InvalidBridge)
+    }
+
+    /// As the API shows it: the URL's password as `***`.
+    pub fn to_body(&self) -> BridgeConfigBody {
+        BridgeConfigBody {
+            direction: self.direction,
+            kind: self.kind,
+            url: mask_password(&self.url),
+            filter: self.filter.clone(),
+            target: self.target.clone(),
+            content_mode: self.content_mode,
+            start: self.start,
+            batch_size: self.batch_size,
+            batch_timeout_ms: self.batch_timeout_ms,
+            max_len: self.max_len,
+            enabled: self.enabled,
+        }
+    }
+}
+
+fn log_filter(filter: &GroupFilterRequest) -> Result<LogFilter, InvalidBridge> {
+    let types = filter
+        .types
+        .iter()
+        .flatten()
+        .map(|t| TypePattern::new(t).map_err(|e| InvalidBridge(format!("filter.types: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let category = filter
+        .category
+        .as_deref()
+        .map(Category::new)
+        .transpose()
+        .map_err(|e| InvalidBridge(format!("filter.category: {e}")))?;
+    Ok(LogFilter { types, category, ..LogFilter::default() })
+}
+
+/// The default target of each kind: subject `bifrost.{type}`; routing key `{type}` on the
+/// `bifrost` exchange; stream `bifrost:{category}`; channel `bifrost.{type}`.
+pub fn default_target(kind: BridgeKindBody) -> &'static str {
+    match kind {
+        BridgeKindBody::Nats | BridgeKindBody::RedisPubsub => "bifrost.{type}",
+        BridgeKindBody::Rabbitmq => "{type}",
+        BridgeKindBody::RedisStream => "bifrost:{category}",
+    }
+}
+
+pub fn kind_name(kind: BridgeKindBody) -> &'static str {
+    match kind {
+        BridgeKindBody::Nats => "nats",
+        BridgeKindBody::Rabbitmq => "rabbitmq",
+        BridgeKindBody::RedisStream => "redis-stream",
+        BridgeKindBody::RedisPubsub => "redis-pubsub",
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn request(value: serde_json::Value) -> BridgeRequest {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_in_by_kind() {
+        let spec = BridgeSpec::from_request(request(
+            json!({"direction": "out", "kind": "redis-stream", "url": "redis://127.0.0.1:6379"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (spec.target.as_str(), spec.batch_size, spec.batch_timeout_ms, spec.max_len),
+            ("bifrost:{category}", 50, 5000, 1_000_000)
+        );
+        assert_eq!(
+            (spec.start, spec.enabled, spec.content_mode),
+            (StartBody::End, true, BridgeContentModeBody::Bifrost)
+        );
+        let nats = BridgeSpec::from_request(request(
+            json!({"direction": "out", "kind": "nats", "url": "nats://h:4222"}),
+        ))
+        .unwrap();
+        assert_eq!(nats.target, "bifrost.{type}");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        for bad in [
+            json!({"direction": "in", "kind": "nats", "url": "nats://h"}),
+            json!({"direction": "out", "kind": "nats", "url": "redis://h"}),
+            json!({"direction": "out", "kind": "redis-pubsub", "url": "redis://h", "content_mode": "cloudevents-binary"}),
+            json!({"direction": "out", "kind": "nats", "url": "nats://h", "content_mode": "raw"}),
+            json!({"direction": "out", "kind": "nats", "url": "nats://h", "target": "x.{nope}"}),
+            json!({"direction": "out", "kind": "nats", "url": "nats://h", "batch_size": 0}),
+            json!({"direction": "out", "kind": "nats", "url": "nats://h", "filter": {"types": ["a..b"]}}),
+            json!({"direction": "out", "kind": "nats", "url": "nats://h", "source": "x"}),
+        ] {
+            assert!(BridgeSpec::from_request(request(bad.clone())).is_err(), "{bad}");
+        }
+        assert!(check_name("ok-name_1.x:y").is_ok());
+        assert!(check_name("no spaces").is_err());
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(mask_password("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(mask_password("redis://:s3cret@h:6379/2"), "redis://:***@h:6379/2");
+        assert_eq!(mask_password("nats://h:4222"), "nats://h:4222");
+        assert_eq!(mask_password("nats://user@h"), "nats://user@h");
+    }
+}
