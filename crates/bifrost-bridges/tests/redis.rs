@@ -3,7 +3,9 @@
 //! Each test works on its own `test-<uuid>:…` keys and channels and deletes them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bifrost_api::BridgeContentModeBody;
 use bifrost_bridges::kinds::redis::{RedisPubSubPublisher, RedisStreamPublisher};
@@ -13,7 +15,12 @@ use bifrost_core::testkit::service_unavailable;
 use bifrost_core::{EventType, RecordedEvent, StreamName, Timestamp};
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushKind, Value};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushKind, Value,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -259,4 +266,155 @@ async fn a_closed_port_is_unreachable_within_seconds() {
         .await
         .expect("connect gives up within 10 s");
     assert!(matches!(pubsub, Err(PublishError::Unreachable(_))), "{pubsub:?}");
+}
+
+/// A TCP relay in front of Redis whose connections a test can cut, or stall (commands are
+/// swallowed, so no reply ever comes).
+struct Relay {
+    url: String,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    stalled: Arc<AtomicBool>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    /// `None` (test skipped) when Redis is not plain TCP.
+    async fn start() -> Option<Self> {
+        let url = url();
+        let upstream = match url.as_str().into_connection_info().unwrap().addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            other => {
+                eprintln!("skipped: the relay speaks plain TCP, not {other:?}");
+                return None;
+            }
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let (host, port) = &upstream;
+        let relay_url = if url.contains(&format!("{host}:{port}")) {
+            url.replacen(&format!("{host}:{port}"), &local.to_string(), 1)
+        } else {
+            url.replacen(&format!("://{host}"), &format!("://{local}"), 1)
+        };
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let accept = tokio::spawn({
+            let (links, stalled) = (links.clone(), stalled.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let (upstream, stalled) = (upstream.clone(), stalled.clone());
+                    let link = tokio::spawn(async move {
+                        let Ok(server) = TcpStream::connect(upstream).await else { return };
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        tokio::select! {
+                            () = forward(client_read, server_write, Some(stalled)) => {}
+                            () = forward(server_read, client_write, None) => {}
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            }
+        });
+        Some(Self { url: relay_url, links, stalled, accept })
+    }
+
+    /// Closes every connection made so far; new ones are still relayed.
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Option<Arc<AtomicBool>>,
+) {
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broken_connection_is_unreachable_and_the_next_batch_goes_out_on_a_new_one() {
+    let Some(mut redis) = redis().await else { return };
+    let Some(relay) = Relay::start().await else { return };
+    let key = format!("{}:broken", prefix());
+    let batch = messages(1..=6, &key, BridgeContentModeBody::Bifrost);
+
+    let publisher = RedisStreamPublisher::connect(&relay.url, 1000).await.unwrap();
+    publisher.publish(&batch[..3]).await.unwrap();
+    relay.cut();
+    let broken = tokio::time::timeout(Duration::from_secs(10), publisher.publish(&batch[3..]))
+        .await
+        .expect("a broken connection fails the batch, it does not hang");
+    // The manager reconnects in the background; the bridge's retry finds the new connection.
+    let mut retried = Err(PublishError::Unreachable("not retried".into()));
+    for _ in 0..50 {
+        retried = publisher.publish(&batch[3..]).await;
+        if retried.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = entries(&mut redis, &key).await;
+    delete(&mut redis, &key).await;
+
+    assert!(matches!(broken, Err(PublishError::Unreachable(_))), "{broken:?}");
+    assert!(retried.is_ok(), "{retried:?}");
+    let positions: Vec<&[u8]> = got.iter().filter_map(|entry| field(entry, "position")).collect();
+    assert_eq!(positions, [&b"1"[..], b"2", b"3", b"4", b"5", b"6"]);
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_is_unreachable_after_the_response_timeout() {
+    let Some(mut redis) = redis().await else { return };
+    let Some(relay) = Relay::start().await else { return };
+    let channel = format!("{}.{{type}}", prefix());
+    let key = format!("{}:silent", prefix());
+    let to_stream = messages(1..=2, &key, BridgeContentModeBody::Bifrost);
+    let to_channel = messages(1..=2, &channel, BridgeContentModeBody::Bifrost);
+
+    let stream = RedisStreamPublisher::connect(&relay.url, 1000).await.unwrap();
+    let pubsub = RedisPubSubPublisher::connect(&relay.url).await.unwrap();
+    stream.publish(&to_stream[..1]).await.unwrap();
+    pubsub.publish(&to_channel).await.unwrap();
+    relay.stall();
+    let started = Instant::now();
+    let (silent_stream, silent_pubsub) = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::join!(stream.publish(&to_stream[1..]), pubsub.publish(&to_channel))
+    })
+    .await
+    .expect("an unanswered batch fails after the response timeout, it does not hang");
+    let waited = started.elapsed();
+    let len: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut redis).await.unwrap();
+    delete(&mut redis, &key).await;
+
+    assert!(matches!(silent_stream, Err(PublishError::Unreachable(_))), "{silent_stream:?}");
+    assert!(matches!(silent_pubsub, Err(PublishError::Unreachable(_))), "{silent_pubsub:?}");
+    assert!(waited >= Duration::from_secs(4), "gave up after {waited:?}");
+    assert_eq!(len, 1);
 }
