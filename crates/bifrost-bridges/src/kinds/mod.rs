@@ -1,2 +1,3 @@
 //! One module per broker, each a [`Publisher`](crate::Publisher).
+pub mod nats;
 pub mod redis;
