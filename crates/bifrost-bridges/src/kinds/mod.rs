@@ -1,1 +1,2 @@
 //! One module per broker, each a [`Publisher`](crate::Publisher).
+pub mod rabbitmq;
