@@ -28,6 +28,7 @@ use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
+use bifrost_bridges::Bridges;
 use bifrost_core::group::GroupEngine;
 use bifrost_core::{DurableStore, EventStore};
 use bifrost_webhooks::Webhooks;
@@ -95,6 +96,8 @@ pub(crate) struct AppState {
     pub(crate) realtime: Arc<realtime::Hub>,
     /// This node among the nodes that share the store.
     pub(crate) cluster: Arc<cluster::Cluster>,
+    /// The broker bridges of the store; this node runs those whose lease it holds.
+    pub(crate) bridges: Arc<Bridges>,
     /// The address this node serves on, once [`serve`] knows it.
     pub(crate) listen: Option<Arc<str>>,
 }
@@ -109,6 +112,12 @@ impl AppState {
     ) -> Self {
         let realtime = Arc::new(realtime::Hub::new(Arc::clone(&store), &config, shutdown.clone()));
         let cluster = Arc::new(cluster::Cluster::new(Arc::clone(&store), config.cluster.clone()));
+        let bridges = Arc::new(Bridges::new(
+            Arc::clone(&store),
+            cluster.leases.clone(),
+            config.cluster.heartbeat,
+            Arc::new(bifrost_bridges::kinds::Brokers),
+        ));
         Self {
             store,
             groups,
@@ -118,6 +127,7 @@ impl AppState {
             shutdown,
             realtime,
             cluster,
+            bridges,
             listen: None,
         }
     }
@@ -245,6 +255,7 @@ pub async fn serve(
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     state.listen = Some(Arc::from(listen.as_str()));
     let heartbeat = tokio::spawn(Arc::clone(&state.cluster).run(listen, token.clone()));
+    let bridging = state.bridges.start(token.clone());
     state.realtime.start_cluster().await;
     let delivery = webhooks.as_ref().map(|w| w.start(token.clone()));
     let app = build(state, None);
@@ -272,6 +283,7 @@ pub async fn serve(
         let _ = task.await;
     }
     let _ = heartbeat.await;
+    let _ = bridging.await;
     // Groups write their state into the store, so they stop first.
     let webhooks_closed = match &webhooks {
         Some(w) => w.close().await.map_err(|e| std::io::Error::other(e.to_string())),

@@ -22,6 +22,7 @@ use bifrost_api::{ConflictBody, EventBody, Problem, StreamSummaryBody};
         (name = "realtime", description = "Real-time: publishes to WebSocket rooms, users and streams, room presence, bridging rules"),
         (name = "groups", description = "Consumer groups: competing consumers with leases, acks, retries and dead letters (at-least-once)"),
         (name = "webhooks", description = "Webhooks: integration events delivered to HTTP endpoints with Standard Webhooks signing, retries, an attempt log and replay"),
+        (name = "bridges", description = "Broker bridges: the log out to NATS JetStream, RabbitMQ and Redis, at-least-once and in order"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -1,5 +1,6 @@
 //! The routes of the v1 API, each documented for `/openapi.json` next to its handler.
 
+pub(crate) mod bridges;
 pub(crate) mod cluster;
 pub(crate) mod groups;
 pub(crate) mod live;
@@ -54,6 +55,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::recover))
         .routes(routes!(webhooks::attempts))
         .routes(routes!(webhooks::test))
+        .routes(routes!(bridges::put, bridges::get, bridges::delete))
+        .routes(routes!(bridges::list))
         .routes(routes!(cluster::nodes))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
