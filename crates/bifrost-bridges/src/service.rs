@@ -225,24 +225,17 @@ impl Bridges {
     }
 
     async fn specs(&self) -> Result<Vec<(String, BridgeSpec)>, BridgeError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.scan_state(SPEC_SCOPE, after.as_deref(), 500).await?;
-            let full = page.len() == 500;
-            for entry in page {
-                match serde_json::from_slice::<BridgeSpec>(&entry.value) {
-                    Ok(spec) => out.push((entry.key.clone(), spec)),
-                    Err(e) => {
-                        tracing::warn!(bridge = %entry.key, error = %e, "a stored bridge is unreadable")
-                    }
+        let entries = bifrost_core::state::scan_all(self.store.as_ref(), SPEC_SCOPE).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| match serde_json::from_slice::<BridgeSpec>(&entry.value) {
+                Ok(spec) => Some((entry.key, spec)),
+                Err(e) => {
+                    tracing::warn!(bridge = %entry.key, error = %e, "a stored bridge is unreadable");
+                    None
                 }
-                after = Some(entry.key);
-            }
-            if !full {
-                return Ok(out);
-            }
-        }
+            })
+            .collect())
     }
 }
 

@@ -19,20 +19,18 @@ const MAX_NAME: usize = 128;
 #[error("{0}")]
 pub struct InvalidBridge(pub String);
 
-/// A checked bridge: every default filled in, the URL as given.
+/// A checked bridge: its settings with every default filled in and the URL as given (the
+/// API shows it with the password masked, [`to_body`](Self::to_body)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BridgeSpec {
-    pub direction: BridgeDirectionBody,
-    pub kind: BridgeKindBody,
-    pub url: String,
-    pub filter: GroupFilterRequest,
-    pub target: String,
-    pub content_mode: BridgeContentModeBody,
-    pub start: StartBody,
-    pub batch_size: u32,
-    pub batch_timeout_ms: u64,
-    pub max_len: u64,
-    pub enabled: bool,
+#[serde(transparent)]
+pub struct BridgeSpec(BridgeConfigBody);
+
+impl std::ops::Deref for BridgeSpec {
+    type Target = BridgeConfigBody;
+
+    fn deref(&self) -> &BridgeConfigBody {
+        &self.0
+    }
 }
 
 /// A bridge name: 1–128 characters of `A–Z a–z 0–9 _ - . :`.
@@ -104,7 +102,7 @@ impl BridgeSpec {
                 return bad(format!("{field} is for in-bridges"));
             }
         }
-        Ok(Self {
+        Ok(Self(BridgeConfigBody {
             direction: request.direction,
             kind,
             url: request.url,
@@ -116,7 +114,7 @@ impl BridgeSpec {
             batch_timeout_ms,
             max_len,
             enabled: request.enabled.unwrap_or(true),
-        })
+        }))
     }
 
     /// The events the bridge sends.
@@ -130,19 +128,7 @@ impl BridgeSpec {
 
     /// As the API shows it: the URL's password as `***`.
     pub fn to_body(&self) -> BridgeConfigBody {
-        BridgeConfigBody {
-            direction: self.direction,
-            kind: self.kind,
-            url: mask_password(&self.url),
-            filter: self.filter.clone(),
-            target: self.target.clone(),
-            content_mode: self.content_mode,
-            start: self.start,
-            batch_size: self.batch_size,
-            batch_timeout_ms: self.batch_timeout_ms,
-            max_len: self.max_len,
-            enabled: self.enabled,
-        }
+        BridgeConfigBody { url: mask_password(&self.url), ..self.0.clone() }
     }
 }
 

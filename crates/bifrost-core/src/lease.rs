@@ -108,23 +108,14 @@ impl Leases {
     /// Every live lease, by name, with its holder.
     pub async fn live(&self) -> Result<Vec<(String, LeaseRecord)>> {
         let now = now_ms();
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.scan_state(LEASE_SCOPE, after.as_deref(), 500).await?;
-            let full = page.len() == 500;
-            for entry in page {
-                if let Ok(record) = serde_json::from_slice::<LeaseRecord>(&entry.value)
-                    && record.is_live(now)
-                {
-                    out.push((entry.key.clone(), record));
-                }
-                after = Some(entry.key);
-            }
-            if !full {
-                return Ok(out);
-            }
-        }
+        Ok(crate::state::scan_all(self.store.as_ref(), LEASE_SCOPE)
+            .await?
+            .into_iter()
+            .filter_map(|entry| {
+                let record = serde_json::from_slice::<LeaseRecord>(&entry.value).ok()?;
+                record.is_live(now).then_some((entry.key, record))
+            })
+            .collect())
     }
 }
 

@@ -109,6 +109,22 @@ pub trait StateStore: Send + Sync + 'static {
     }
 }
 
+/// Every entry of `scope`, in key order, read page by page: for scopes that stay small
+/// (settings, leases, node records).
+pub async fn scan_all<S: StateStore + ?Sized>(store: &S, scope: &str) -> Result<Vec<StateEntry>> {
+    const PAGE: usize = 500;
+    let mut out: Vec<StateEntry> = Vec::new();
+    loop {
+        let after = out.last().map(|e| e.key.clone());
+        let page = store.scan_state(scope, after.as_deref(), PAGE).await?;
+        let full = page.len() == PAGE;
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
 /// An event store that also keeps its readers' state: what the delivery engine runs on.
 /// Every backend of Bifrost is one.
 pub trait DurableStore: crate::store::EventStore + StateStore {}

@@ -130,21 +130,8 @@ impl Cluster {
     }
 
     async fn records(&self) -> bifrost_core::Result<Vec<NodeRecord>> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.scan_state(NODES_SCOPE, after.as_deref(), 500).await?;
-            let full = page.len() == 500;
-            for entry in page {
-                if let Ok(record) = serde_json::from_slice::<NodeRecord>(&entry.value) {
-                    out.push(record);
-                }
-                after = Some(entry.key);
-            }
-            if !full {
-                return Ok(out);
-            }
-        }
+        let entries = bifrost_core::state::scan_all(self.store.as_ref(), NODES_SCOPE).await?;
+        Ok(entries.into_iter().filter_map(|e| serde_json::from_slice(&e.value).ok()).collect())
     }
 
     async fn forget_the_long_dead(&self) -> bifrost_core::Result<()> {

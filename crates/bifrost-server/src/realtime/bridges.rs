@@ -16,10 +16,6 @@ use super::route::Route;
 use crate::error::ApiError;
 
 const SCOPE: &str = "realtime-bridges";
-/// Longest bridge name.
-const MAX_NAME: usize = 128;
-/// Most rules read in one scan page.
-const PAGE: usize = 500;
 
 /// A rule, compiled.
 #[derive(Clone, Debug)]
@@ -120,22 +116,13 @@ impl Bridges {
     /// Loads every rule from the store.
     pub(crate) async fn reload(&self) -> bifrost_core::Result<()> {
         let mut loaded = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.scan_state(SCOPE, after.as_deref(), PAGE).await?;
-            let full = page.len() == PAGE;
-            for entry in page {
-                match serde_json::from_slice::<RealtimeBridgeBody>(&entry.value)
-                    .map_err(|e| e.to_string())
-                    .and_then(Bridge::compile)
-                {
-                    Ok(bridge) => loaded.push(bridge),
-                    Err(e) => tracing::warn!(bridge = %entry.key, error = %e, "a stored bridge is unusable"),
-                }
-                after = Some(entry.key);
-            }
-            if !full {
-                break;
+        for entry in bifrost_core::state::scan_all(self.store.as_ref(), SCOPE).await? {
+            match serde_json::from_slice::<RealtimeBridgeBody>(&entry.value)
+                .map_err(|e| e.to_string())
+                .and_then(Bridge::compile)
+            {
+                Ok(bridge) => loaded.push(bridge),
+                Err(e) => tracing::warn!(bridge = %entry.key, error = %e, "a stored bridge is unusable"),
             }
         }
         if let Ok(mut current) = self.current.write() {
@@ -184,21 +171,8 @@ impl Bridges {
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<RealtimeBridgeBody>, ApiError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.scan_state(SCOPE, after.as_deref(), PAGE).await?;
-            let full = page.len() == PAGE;
-            for entry in page {
-                if let Ok(body) = serde_json::from_slice::<RealtimeBridgeBody>(&entry.value) {
-                    out.push(body);
-                }
-                after = Some(entry.key);
-            }
-            if !full {
-                return Ok(out);
-            }
-        }
+        let entries = bifrost_core::state::scan_all(self.store.as_ref(), SCOPE).await?;
+        Ok(entries.into_iter().filter_map(|e| serde_json::from_slice(&e.value).ok()).collect())
     }
 
     pub(crate) async fn delete(&self, name: &str) -> Result<(), ApiError> {
@@ -226,16 +200,7 @@ impl Bridges {
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_argument(format!(
-            "invalid bridge name {name:?}: 1–{MAX_NAME} characters of A–Z a–z 0–9 _ - . :"
-        )))
-    }
+    bifrost_bridges::spec::check_name(name).map_err(|e| ApiError::invalid_argument(e.0))
 }
 
 fn not_found(name: &str) -> ApiError {
