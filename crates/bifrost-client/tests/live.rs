@@ -253,6 +253,8 @@ async fn the_head_watch_closes_when_the_last_clone_is_dropped_or_on_close() {
 
     let client = server.client();
     let mut head = client.head();
+    // The new watch first catches up with the server's head; only then is a change a close.
+    wait_for(&mut head, r.last_position).await;
     client.close().await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(5), head.changed()).await;
     assert!(matches!(closed, Ok(Err(_))), "the watch must close with the client: {closed:?}");
