@@ -27,42 +27,72 @@ pub struct Outgoing {
 }
 
 /// A target template: `{type}`, `{stream}`, `{category}` and `{tenant}` (the metadata's
-/// `tenant_id`, `default` when there is none).
+/// `tenant_id`, `default` when there is none). Parsed once; rendering an event writes its
+/// parts into one string and reads the metadata only when the template names the tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target(String);
+pub struct Target {
+    text: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Type,
+    Stream,
+    Category,
+    Tenant,
+}
 
 impl Target {
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() {
             return Err("target must not be empty".into());
         }
+        let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
             let Some(close) = rest[open..].find('}') else {
                 return Err(format!("target {text:?}: a \"{{\" is not closed"));
             };
-            let name = &rest[open + 1..open + close];
-            if !matches!(name, "type" | "stream" | "category" | "tenant") {
-                return Err(format!(
-                    "target {text:?}: unknown placeholder {{{name}}} (type, stream, category, tenant)"
-                ));
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
             }
+            parts.push(match &rest[open + 1..open + close] {
+                "type" => Part::Type,
+                "stream" => Part::Stream,
+                "category" => Part::Category,
+                "tenant" => Part::Tenant,
+                name => {
+                    return Err(format!(
+                        "target {text:?}: unknown placeholder {{{name}}} (type, stream, category, tenant)"
+                    ));
+                }
+            });
             rest = &rest[open + close + 1..];
         }
-        Ok(Self(text.to_owned()))
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Self { text: text.to_owned(), parts })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     pub fn render(&self, event: &RecordedEvent) -> String {
-        let tenant = tenant_of(&event.metadata);
-        self.0
-            .replace("{type}", event.event_type.as_str())
-            .replace("{stream}", event.stream.as_str())
-            .replace("{category}", event.stream.category())
-            .replace("{tenant}", tenant.as_deref().unwrap_or("default"))
+        let mut out = String::with_capacity(self.text.len() + event.event_type.as_str().len());
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Type => out.push_str(event.event_type.as_str()),
+                Part::Stream => out.push_str(event.stream.as_str()),
+                Part::Category => out.push_str(event.stream.category()),
+                Part::Tenant => out.push_str(tenant_of(&event.metadata).as_deref().unwrap_or("default")),
+            }
+        }
+        out
     }
 }
 

@@ -222,9 +222,8 @@ impl TargetTemplate {
         &self.0.text
     }
 
-    /// The targets `src` names (none when a placeholder has no value).
-    pub fn render_all(&self, src: &Source<'_>) -> Vec<String> {
-        let ctx = Ctx::new(src);
+    /// The targets this template names in `ctx` (none when a placeholder has no value).
+    fn render_into(&self, ctx: &Ctx<'_, '_>, out: &mut Vec<String>) {
         if let [Part::Placeholder(placeholder)] = self.0.parts.as_slice() {
             let value = match placeholder.root {
                 Root::Data => ctx.data().and_then(|data| walk(data, &placeholder.path)),
@@ -232,10 +231,32 @@ impl TargetTemplate {
                 _ => None,
             };
             if let Some(Value::Array(items)) = value {
-                return items.iter().filter_map(scalar_text).map(Cow::into_owned).collect();
+                out.extend(items.iter().filter_map(scalar_text).map(Cow::into_owned));
+                return;
             }
         }
-        self.0.render(&ctx).map(|target| vec![target]).unwrap_or_default()
+        out.extend(self.0.render(ctx).ok());
+    }
+}
+
+/// Renders target templates against one message, whose stored JSON is parsed at most once
+/// however many templates ask for it.
+pub struct Targets<'s, 'a> {
+    ctx: Ctx<'s, 'a>,
+}
+
+impl<'s, 'a> Targets<'s, 'a> {
+    pub fn new(src: &'s Source<'a>) -> Self {
+        Self { ctx: Ctx::new(src) }
+    }
+
+    /// Every target the `templates` name, in order.
+    pub fn render(&self, templates: &[TargetTemplate]) -> Vec<String> {
+        let mut out = Vec::new();
+        for template in templates {
+            template.render_into(&self.ctx, &mut out);
+        }
+        out
     }
 }
 
@@ -1164,7 +1185,8 @@ mod tests {
     fn target_templates_name_rooms_and_users_from_the_event() {
         let data = br#"{"project_id":101,"watchers":["u-1","u-2",{"x":1}],"empty":[]}"#;
         let source = src(data, METADATA);
-        let targets = |t: &str| TargetTemplate::parse(t).unwrap().render_all(&source);
+        let rendered = Targets::new(&source);
+        let targets = |t: &str| rendered.render(&[TargetTemplate::parse(t).unwrap()]);
         assert_eq!(targets("project:{data.project_id}"), ["project:101"]);
         assert_eq!(targets("{metadata.user_id}"), ["u-9"]);
         // A lone placeholder holding an array: one target per scalar element.

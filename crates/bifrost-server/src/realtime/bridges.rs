@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use bifrost_api::{ProblemType, RealtimeBridgeBody, RealtimeBridgeRequest};
 use bifrost_core::{Category, DurableStore, RecordedEvent, StateChange, Timestamp, TypePattern};
-use bifrost_webhooks::render::{self, ContentMode, Source, TargetTemplate, Transform};
+use bifrost_webhooks::render::{self, ContentMode, Source, TargetTemplate, Targets, Transform};
 
 use super::channel::{check_room, check_user};
 use super::route::Route;
@@ -63,9 +63,8 @@ impl Bridge {
             return;
         }
         let source = Source::from_event(event);
-        let render_all = |templates: &[TargetTemplate]| {
-            templates.iter().flat_map(|t| t.render_all(&source)).collect::<Vec<_>>()
-        };
+        let targets = Targets::new(&source);
+        let render_all = |templates: &[TargetTemplate]| targets.render(templates);
         let exclude: Arc<[String]> = Arc::from(render_all(&self.exclude));
         let integration = self.transform.as_ref().and_then(|transform| {
             match render::render(&source, ContentMode::Bifrost, Some(transform)) {
