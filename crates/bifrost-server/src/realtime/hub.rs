@@ -154,6 +154,13 @@ struct Subscriptions {
     by_channel: HashMap<String, Vec<Arc<Sub>>>,
     /// The `type:` channels that have subscribers.
     types: HashMap<String, TypePattern>,
+    /// How many `room:` and `user:` channels have subscribers: with none, bridging rules
+    /// (which only name rooms and users) are not rendered at all.
+    targeted: usize,
+}
+
+fn is_targeted(channel: &str) -> bool {
+    channel.starts_with("room:") || channel.starts_with("user:")
 }
 
 /// What nodes tell each other. Externally tagged: an internally tagged enum would buffer
@@ -283,7 +290,12 @@ impl Hub {
             if let Channel::Type(pattern) = &channel {
                 subs.types.insert(name.clone(), pattern.clone());
             }
-            subs.by_channel.entry(name).or_default().push(Arc::clone(&sub));
+            let list = subs.by_channel.entry(name).or_default();
+            let new_channel = list.is_empty();
+            list.push(Arc::clone(&sub));
+            if new_channel && is_targeted(&sub.channel) {
+                subs.targeted += 1;
+            }
         }
         let replay = tokio::spawn(Arc::clone(self).replay(Arc::clone(&sub), channel, from));
         (sub, replay)
@@ -306,6 +318,9 @@ impl Hub {
         if emptied {
             subs.by_channel.remove(&sub.channel);
             subs.types.remove(&sub.channel);
+            if is_targeted(&sub.channel) {
+                subs.targeted -= 1;
+            }
         }
     }
 
@@ -413,7 +428,7 @@ impl Hub {
         if subs.by_channel.is_empty() {
             return;
         }
-        let bridges = self.bridges.current();
+        let bridges = if subs.targeted > 0 { self.bridges.current() } else { Arc::default() };
         let types = subs.types.iter().map(|(name, pattern)| (name.as_str(), pattern));
         let wanted = |c: &str| subs.by_channel.contains_key(c);
         let cap = self.config.queue_size;

@@ -106,38 +106,19 @@ impl OutQueue {
         patience: Duration,
     ) -> Result<(), Refused> {
         let deadline = tokio::time::Instant::now() + patience;
-        let mut frame = Some(frame);
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
             taken.as_mut().enable();
-            let Some(next) = frame.take() else { return Err(Refused::Closed) };
-            match self.try_push_keep(next, priority, subscription) {
-                Ok(()) => return Ok(()),
-                Err((Refused::Full, back)) => frame = Some(back),
-                Err((refused, _)) => return Err(refused),
+            // A frame is a shared buffer: a refused try costs a reference count.
+            match self.push(frame.clone(), priority, subscription) {
+                Err(Refused::Full) => {}
+                done => return done,
             }
             if tokio::time::timeout_at(deadline, taken).await.is_err() {
                 return Err(Refused::Full);
             }
         }
-    }
-
-    /// [`push`](Self::push) that hands the frame back when it is refused.
-    fn try_push_keep(
-        &self,
-        frame: Utf8Bytes,
-        priority: PriorityBody,
-        subscription: Option<u64>,
-    ) -> Result<(), (Refused, Utf8Bytes)> {
-        if self.is_full() {
-            return Err((Refused::Full, frame));
-        }
-        self.push(frame.clone(), priority, subscription).map_err(|refused| (refused, frame))
-    }
-
-    fn is_full(&self) -> bool {
-        self.lanes.lock().map(|state| state.len >= self.capacity).unwrap_or(false)
     }
 
     /// The next frame to write, highest lane first; `None` once closed.
