@@ -1,0 +1,1 @@
+//! Bifrost's Redis event store.
