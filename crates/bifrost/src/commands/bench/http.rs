@@ -240,6 +240,7 @@ impl Payload {
 /// the instant the append's request was sent, matched by the `seq` in the payload.
 pub(super) async fn delivery(
     client: &RawClient,
+    sse_node: &RawClient,
     rate: u64,
     duration: f64,
     run_id: &str,
@@ -254,7 +255,7 @@ pub(super) async fn delivery(
     let start_after = append(client, &stream, marker.into_bytes()).await?.last_position;
 
     let subscriber = reqwest::Client::builder().build().context("cannot create the SSE client")?;
-    let url = client.url(
+    let url = sse_node.url(
         &["v1", "subscribe"],
         &[("from_position", start_after.to_string()), ("type", event_type.into())],
     );
@@ -263,7 +264,7 @@ pub(super) async fn delivery(
         .header(ACCEPT, "text/event-stream")
         .send()
         .await
-        .map_err(|e| client.transport_error(e))?;
+        .map_err(|e| sse_node.transport_error(e))?;
     if !response.status().is_success() {
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
@@ -292,7 +293,11 @@ pub(super) async fn delivery(
         ),
     };
     bar.finish_and_clear();
-    let description = format!("HTTP: append → SSE, {rate}/s for {duration}s");
+    let description = if std::ptr::eq(client, sse_node) {
+        format!("HTTP: append → SSE, {rate}/s for {duration}s")
+    } else {
+        format!("HTTP: append on {} → SSE on {}, {rate}/s for {duration}s", client.base(), sse_node.base())
+    };
     let report = Report::new("w5", description, total, paced.answered, "delivery", &latency);
     Ok(report.with_appends(rate, &paced.append_latency))
 }

@@ -8,6 +8,7 @@
 //! server's memory can be told from the clients'. Every workload checks what it did and fails loudly when the
 //! store disagrees; timings are reported, never asserted.
 
+mod bridges;
 mod bus;
 mod groups;
 mod http;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use bifrost_api::BridgeKindBody;
 use bifrost_core::{DurableStore, EventStore};
 use bifrost_postgres::PostgresOptions;
 use bifrost_sqlite::Durability;
@@ -78,7 +80,8 @@ pub(crate) struct BenchArgs {
 
     /// Run the HTTP workloads (w4, w5, groups, group-latency) against this running server
     /// instead of one started in process. Several (comma-separated or repeated): nodes of one
-    /// cluster; w4 and w5 use the first, and the group workloads spread their consumers over
+    /// cluster; w4 appends through the first, w5 appends through the first and streams from
+    /// the last (append → SSE across nodes), and the group workloads spread their consumers over
     /// them, each consumer fetching through one node and acking through the next.
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub(crate) url: Vec<String>,
@@ -127,6 +130,31 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) ws_publishes: u64,
 
+    /// bridges: the broker kinds to forward to, one after the other.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "nats,rabbitmq,redis-stream,redis-pubsub"
+    )]
+    pub(crate) bridge_kinds: Vec<BridgeKindArg>,
+
+    /// bridges: the bridges' batch_size (messages in flight, unconfirmed, at once).
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) bridge_batch: u32,
+
+    /// bridges: the NATS server (with JetStream).
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    pub(crate) nats_url: String,
+
+    /// bridges: the RabbitMQ broker.
+    #[arg(long, value_name = "URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub(crate) rabbitmq_url: String,
+
+    /// bridges: the Redis server (Streams and Pub/Sub).
+    #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
+    pub(crate) redis_url: String,
+
     /// w3: events per page.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub(crate) page_size: usize,
@@ -154,7 +182,28 @@ pub(crate) enum WorkloadArg {
     WsIdle,
     WsBroadcast,
     WsBroadcastStream,
+    Bridges,
     All,
+}
+
+/// The broker kinds of the bridges workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BridgeKindArg {
+    Nats,
+    Rabbitmq,
+    RedisStream,
+    RedisPubsub,
+}
+
+impl From<BridgeKindArg> for BridgeKindBody {
+    fn from(kind: BridgeKindArg) -> Self {
+        match kind {
+            BridgeKindArg::Nats => Self::Nats,
+            BridgeKindArg::Rabbitmq => Self::Rabbitmq,
+            BridgeKindArg::RedisStream => Self::RedisStream,
+            BridgeKindArg::RedisPubsub => Self::RedisPubsub,
+        }
+    }
 }
 
 /// The workloads asked for; they run in their fixed order whatever the order asked.
@@ -168,7 +217,7 @@ impl Selection<'_> {
 
     fn needs_store(self) -> bool {
         use WorkloadArg::*;
-        [W1, W2, W3, Bus, BusLatency, AggregateLoad, Commands].into_iter().any(|w| self.has(w))
+        [W1, W2, W3, Bus, BusLatency, AggregateLoad, Commands, Bridges].into_iter().any(|w| self.has(w))
     }
 
     fn needs_http(self) -> bool {
@@ -429,6 +478,25 @@ async fn run_workloads(
             let aggregates = args.writers.unwrap_or(16);
             summary.push(sourcing::commands(store, args.count.unwrap_or(20_000), aggregates, run_id).await?);
         }
+        if selection.has(WorkloadArg::Bridges) {
+            let kinds: Vec<BridgeKindBody> = args.bridge_kinds.iter().map(|&k| k.into()).collect();
+            let urls = bridges::BrokerUrls {
+                nats: args.nats_url.clone(),
+                rabbitmq: args.rabbitmq_url.clone(),
+                redis: args.redis_url.clone(),
+            };
+            let spec = bridges::BridgeSpec {
+                kinds: &kinds,
+                batch_size: args.bridge_batch,
+                total: args.count.unwrap_or(100_000),
+                streams: args.streams,
+                urls: &urls,
+                run_id,
+            };
+            for report in bridges::throughput(store, &spec).await? {
+                summary.push(report);
+            }
+        }
     }
     if !selection.needs_http() {
         return Ok(false);
@@ -494,7 +562,10 @@ async fn run_http(
         );
     }
     if selection.has(WorkloadArg::W5) {
-        summary.push(http::delivery(&client, args.rate, args.duration, run_id).await?);
+        // With several nodes the events are appended on the first and streamed from the
+        // last: the cross-node path (the cluster bus's wake-up, the other node's read).
+        let sse_node = nodes.last().unwrap_or(&client);
+        summary.push(http::delivery(&client, sse_node, args.rate, args.duration, run_id).await?);
     }
     let spec = GroupSpec { consumers: args.consumers, streams: args.streams, run_id };
     if selection.has(WorkloadArg::Groups) {

@@ -11,13 +11,14 @@ use anyhow::{Context, bail};
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use bifrost_core::{DurableStore, ExpectedVersion, NewEvent, StreamAppend, StreamName};
+use bifrost_core::{DurableStore, ExpectedVersion, NewEvent, StreamName};
 use hdrhistogram::Histogram;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::raw::{RawClient, parse};
 use super::report::{self, Report};
+use super::workloads::backlog;
 
 /// Endpoints of the fan-out phase.
 const FAN_OUT: usize = 10;
@@ -128,35 +129,6 @@ async fn delete_endpoint(client: &RawClient, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends `total` events over `streams` streams, 1,000 per append.
-async fn backlog(
-    store: &Arc<dyn DurableStore>,
-    total: u64,
-    streams: u64,
-    run_id: &str,
-) -> anyhow::Result<()> {
-    let mut written = 0;
-    while written < total {
-        let n = (total - written).min(1000);
-        let mut by_stream: HashMap<u64, Vec<NewEvent>> = HashMap::new();
-        for i in written..written + n {
-            let event =
-                NewEvent::json("bench.webhook", &serde_json::json!({"seq": i, "note": "webhook bench"}))?;
-            by_stream.entry(i % streams).or_default().push(event);
-        }
-        let appends = by_stream
-            .into_iter()
-            .map(|(s, events)| {
-                let stream = StreamName::new(&format!("whbench{run_id}-{s}"))?;
-                Ok(StreamAppend::new(stream, ExpectedVersion::Any, events))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        store.append_many(appends).await?;
-        written += n;
-    }
-    Ok(())
-}
-
 /// Deliveries per second from a backlog of `total` events, to one endpoint and to ten.
 pub(super) async fn throughput(
     client: &RawClient,
@@ -167,7 +139,8 @@ pub(super) async fn throughput(
 ) -> anyhow::Result<Vec<Report>> {
     let receiver = Receiver::start().await?;
     let before = *store.head().borrow();
-    backlog(store, total, streams, run_id).await?;
+    let prefix = format!("whbench{run_id}");
+    backlog(store, total, streams, "bench.webhook", &prefix).await?;
     let mut reports = Vec::new();
     for endpoints in [1, FAN_OUT] {
         receiver.reset();

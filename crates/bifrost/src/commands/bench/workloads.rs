@@ -1,12 +1,15 @@
 //! The in-process workloads: W1 and W2 write through the `EventStore` trait, W3 reads the
 //! whole global log back.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use bifrost_core::{EventStore, EventType, ExpectedVersion, LogFilter, NewEvent, StreamName};
+use bifrost_core::{
+    DurableStore, EventStore, EventType, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName,
+};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
@@ -165,6 +168,36 @@ pub(super) async fn read_log(
     }
     let description = format!("store: read_all, pages of {page_size}");
     Ok(Report::new("w3", description, events, elapsed, "page", &latency))
+}
+
+/// Appends `total` events of `event_type` over `streams` streams named `{prefix}-{n}`, 1,000
+/// per append: the backlog the delivery workloads (webhooks, bridges) drain.
+pub(super) async fn backlog(
+    store: &Arc<dyn DurableStore>,
+    total: u64,
+    streams: u64,
+    event_type: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let mut written = 0;
+    while written < total {
+        let n = (total - written).min(1000);
+        let mut by_stream: HashMap<u64, Vec<NewEvent>> = HashMap::new();
+        for i in written..written + n {
+            let event = NewEvent::json(event_type, &serde_json::json!({"seq": i, "note": "delivery bench"}))?;
+            by_stream.entry(i % streams).or_default().push(event);
+        }
+        let appends = by_stream
+            .into_iter()
+            .map(|(s, events)| {
+                let stream = StreamName::new(&format!("{prefix}-{s}"))?;
+                Ok(StreamAppend::new(stream, ExpectedVersion::Any, events))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        store.append_many(appends).await?;
+        written += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
