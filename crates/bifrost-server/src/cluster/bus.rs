@@ -6,9 +6,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use bifrost_core::cluster::ClusterBus;
-use bifrost_core::{Error, Result};
 
 use super::nats_bus::NatsBus;
+
+/// Why the cluster bus could not be connected at start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClusterBusError(pub(crate) String);
 
 /// A parsed `cluster.bus` setting. A URL may carry a password: print it only through
 /// `Display`, which masks it.
@@ -25,7 +29,7 @@ pub enum ClusterBusSpec {
 
 impl ClusterBusSpec {
     /// Reads a setting; `Err` says what is accepted (without repeating a password).
-    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, String> {
         let value = value.trim();
         if value == "postgres" || value == "postgresql" {
             return Ok(Self::Postgres);
@@ -55,7 +59,7 @@ impl ClusterBusSpec {
     /// Connects to the bus, whose subjects, channels or keys are kept apart by `namespace`
     /// (the store's schema) so that two clusters on one broker do not hear each other.
     /// `None` for `postgres`: the store is its own bus. An unreachable broker is an error.
-    pub async fn connect(&self, namespace: &str) -> Result<Option<Arc<dyn ClusterBus>>> {
+    pub async fn connect(&self, namespace: &str) -> Result<Option<Arc<dyn ClusterBus>>, ClusterBusError> {
         match self {
             Self::Postgres => Ok(None),
             Self::Nats(url) => {
@@ -63,7 +67,7 @@ impl ClusterBusSpec {
                 Ok(Some(bus))
             }
             // The Redis bus plugs in here: `bifrost_redis::RedisBus::connect(url, namespace)`.
-            Self::Redis(_) => Err(Error::Unavailable(format!(
+            Self::Redis(_) => Err(ClusterBusError(format!(
                 "the Redis cluster bus ({self}) is not available in this build; use \"postgres\" or nats://…"
             ))),
         }

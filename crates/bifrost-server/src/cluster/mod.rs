@@ -11,7 +11,7 @@
 mod bus;
 mod nats_bus;
 
-pub use bus::ClusterBusSpec;
+pub use bus::{ClusterBusError, ClusterBusSpec};
 pub use nats_bus::NatsBus;
 
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //!
 //! A topic is one subject token under `bifrost.bus.{namespace}.`, the namespace being the
 //! store's schema, so that two clusters on one NATS server do not hear each other. The bus
-//! subscribes once to the whole namespace (`…>`) when it connects, so a subscriber hears
+//! subscribes once to the whole namespace (`…>`) when it connects (and waits until its own
+//! probe comes back through that subscription), so a subscriber hears
 //! everything published after [`ClusterBus::subscribe`] returns, and dispatches by topic;
 //! NATS echoes a connection's own messages to it, so the sender's node hears itself. One
 //! connection: one publisher's messages arrive in the order sent. Nothing is stored — a
@@ -15,6 +16,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bifrost_core::cluster::{ClusterBus, MAX_BUS_PAYLOAD};
 use bifrost_core::{Error, Result};
@@ -23,6 +25,8 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::bus::ClusterBusError;
+
 /// Longest topic, as on the PostgreSQL bus.
 const MAX_TOPIC: usize = 200;
 /// Messages a subscriber may fall behind by before it loses the oldest.
@@ -30,6 +34,8 @@ const SUBSCRIBER_CAPACITY: usize = 4096;
 /// Messages the NATS client holds for the dispatcher before it drops some (a slow
 /// consumer); the dispatcher never waits, so this only fills when it gets no CPU.
 const INBOX_CAPACITY: usize = 16_384;
+/// How long NATS may take to confirm the bus's subscription at connect.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The mark that starts an escaped byte of a topic in its subject token.
 const ESCAPE: char = '~';
 
@@ -46,7 +52,7 @@ impl NatsBus {
     /// Connects to the NATS server(s) of `url` (credentials in it are used: `user:pass@` or
     /// a token), and subscribes to `namespace`'s subjects. An unreachable server is an error
     /// here, at start; later outages are bridged by the client's reconnects.
-    pub async fn connect(url: &str, namespace: &str) -> Result<Arc<Self>> {
+    pub async fn connect(url: &str, namespace: &str) -> std::result::Result<Arc<Self>, ClusterBusError> {
         let client = async_nats::ConnectOptions::new()
             .name("bifrost cluster bus")
             .subscription_capacity(INBOX_CAPACITY)
@@ -61,14 +67,37 @@ impl NatsBus {
             })
             .connect(url)
             .await
-            .map_err(|e| Error::Unavailable(format!("cannot connect to NATS: {e}")))?;
+            .map_err(|e| ClusterBusError(format!("cannot connect to NATS: {e}")))?;
         let prefix = format!("bifrost.bus.{}.", encode_token(namespace));
-        let subscriber = client
+        let mut subscriber = client
             .subscribe(format!("{prefix}>"))
             .await
-            .map_err(|e| Error::Unavailable(format!("cannot subscribe on NATS: {e}")))?;
-        // The subscription is in place on the server before anything is published.
-        client.flush().await.map_err(|e| Error::Unavailable(format!("NATS does not answer: {e}")))?;
+            .map_err(|e| ClusterBusError(format!("cannot subscribe on NATS: {e}")))?;
+        // A flush only sends; the subscription is surely in place on the server once a
+        // message published after it comes back through it.
+        let probe = format!("{prefix}{ESCAPE}00{}", uuid::Uuid::new_v4().simple());
+        client
+            .publish(probe.clone(), Bytes::new())
+            .await
+            .map_err(|e| ClusterBusError(format!("cannot publish on NATS: {e}")))?;
+        let echoed = async {
+            while let Some(message) = subscriber.next().await {
+                if message.subject.as_str() == probe {
+                    return true;
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(READY_TIMEOUT, echoed).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ClusterBusError("NATS closed the connection".to_owned())),
+            Err(_) => {
+                return Err(ClusterBusError(format!(
+                    "NATS did not confirm the subscription within {} s",
+                    READY_TIMEOUT.as_secs()
+                )));
+            }
+        }
         let topics = Arc::new(Topics::default());
         let dispatcher = tokio::spawn(dispatch(subscriber, prefix.clone(), topics.clone()));
         Ok(Arc::new(Self { client, prefix, topics, dispatcher: Mutex::new(Some(dispatcher)) }))
