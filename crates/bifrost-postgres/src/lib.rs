@@ -27,6 +27,11 @@
 //! notification travels in it, a larger one as a row of `bus_messages` that each node reads
 //! by id. Best effort: a node that is not listening at that moment misses it.
 //!
+//! **External bus.** With [`PostgresOptions::bus`] (NATS, Redis) that bus is the cluster
+//! bus, and the head's and the groups' wake-ups travel on it instead of `NOTIFY`: the
+//! writer announces a commit once it is committed, and no connection is held for `LISTEN`.
+//! A lost wake-up only delays delivery, by at most [`PostgresOptions::poll_interval`].
+//!
 //! **TLS** follows the connection string's libpq `sslmode`: `disable`, `prefer` (the
 //! default: TLS when the server offers it, certificate unchecked), `require` (TLS, unchecked
 //! unless an `sslrootcert` is named), `verify-ca` (the chain must reach a trusted root) and
@@ -35,6 +40,7 @@
 
 mod cluster;
 mod codec;
+mod external;
 mod groups;
 mod listener;
 mod outbox;
@@ -63,8 +69,9 @@ use uuid::Uuid;
 
 use crate::cluster::PgBus;
 use crate::codec::unavailable;
+use crate::external::HeadAnnouncer;
 use crate::groups::{StoreGroups, Wakeups};
-use crate::listener::Listener;
+use crate::listener::{Hearing, Listener};
 use crate::schema::Sql;
 use crate::writer::Writer;
 
@@ -80,7 +87,7 @@ const SESSION_SETTINGS: &str = "-c plan_cache_mode=force_custom_plan -c lock_tim
      -c idle_in_transaction_session_timeout=60s";
 
 /// Connection and pool settings (the seeds' pool size and timeouts).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresOptions {
     /// Schema that holds Bifrost's tables; created at start-up.
     pub schema: String,
@@ -94,8 +101,28 @@ pub struct PostgresOptions {
     pub idle_timeout: Duration,
     /// Most append requests committed in one transaction.
     pub max_batch: usize,
-    /// Fallback poll of the head, in case a notification is lost.
+    /// Fallback poll of the head and of the consumer groups' fetchers, in case a wake-up
+    /// is lost (`cluster.poll_ms`).
     pub poll_interval: Duration,
+    /// The cluster bus between the nodes, when it is not PostgreSQL's own `NOTIFY`: it
+    /// carries the head's and the groups' wake-ups too, and is the store's
+    /// [`StateStore::cluster_bus`]. Its owner closes it, after the store.
+    pub bus: Option<Arc<dyn ClusterBus>>,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_batch", &self.max_batch)
+            .field("poll_interval", &self.poll_interval)
+            .field("bus", &if self.bus.is_some() { "external" } else { "notify" })
+            .finish()
+    }
 }
 
 impl Default for PostgresOptions {
@@ -108,6 +135,7 @@ impl Default for PostgresOptions {
             idle_timeout: Duration::from_secs(30),
             max_batch: 1024,
             poll_interval: Duration::from_secs(1),
+            bus: None,
         }
     }
 }
@@ -124,8 +152,13 @@ pub struct PostgresStore {
     head_tx: Weak<watch::Sender<Position>>,
     /// The consumer groups kept in the database, shared by every node.
     groups: StoreGroups,
-    /// The cluster bus, on `NOTIFY`; the listener feeds its subscribers.
-    bus: Arc<PgBus>,
+    /// The cluster bus: the external one, or `NOTIFY`'s (`pg_bus`).
+    bus: Arc<dyn ClusterBus>,
+    /// The cluster bus on `NOTIFY`, when there is no external one; the listener feeds its
+    /// subscribers.
+    pg_bus: Option<Arc<PgBus>>,
+    /// Tells the other nodes of this node's commits, on the external bus.
+    announcer: Option<Arc<HeadAnnouncer>>,
 }
 
 impl PostgresStore {
@@ -146,7 +179,9 @@ impl PostgresStore {
             None => SESSION_SETTINGS.to_owned(),
         };
         config.options(&server_options);
-        let sql = Arc::new(Sql::new(&options.schema)?);
+        let mut sql = Sql::new(&options.schema)?;
+        sql.head_on_notify = options.bus.is_none();
+        let sql = Arc::new(sql);
         schema::migrate(&config, tls.clone(), &sql).await?;
         let manager = Manager::from_config(
             config.clone(),
@@ -166,7 +201,16 @@ impl PostgresStore {
         reader::analyze(&pool, &sql).await?;
         let head_tx = Arc::new(head_tx);
         let wakeups = Arc::new(Wakeups::default());
-        let (bus, inbox) = PgBus::start(pool.clone(), &sql);
+        let (bus, pg_bus, hearing, announcer): (Arc<dyn ClusterBus>, _, _, _) = match &options.bus {
+            Some(external) => {
+                let announcer = Arc::new(HeadAnnouncer::start(external.clone(), initial));
+                (external.clone(), None, Hearing::Bus(external.clone()), Some(announcer))
+            }
+            None => {
+                let (pg_bus, inbox) = PgBus::start(pool.clone(), &sql);
+                (pg_bus.clone(), Some(pg_bus), Hearing::Notify(inbox), None)
+            }
+        };
         let listener = Listener::start(
             config,
             tls,
@@ -174,20 +218,29 @@ impl PostgresStore {
             pool.clone(),
             head_tx.clone(),
             wakeups.clone(),
-            inbox,
+            hearing,
             &options,
         );
         let weak_head_tx = Arc::downgrade(&head_tx);
-        let writer = Writer::start(pool.clone(), sql.clone(), head_tx, options.max_batch.max(1));
-        let groups = StoreGroups::start(pool.clone(), &sql, head.clone(), wakeups, options.poll_interval);
-        Ok(Self { pool, sql, writer, listener, head, head_tx: weak_head_tx, groups, bus })
+        let writer =
+            Writer::start(pool.clone(), sql.clone(), head_tx, announcer.clone(), options.max_batch.max(1));
+        let groups = StoreGroups::start(
+            pool.clone(),
+            &sql,
+            head.clone(),
+            wakeups,
+            options.poll_interval,
+            options.bus.clone(),
+        );
+        Ok(Self { pool, sql, writer, listener, head, head_tx: weak_head_tx, groups, bus, pg_bus, announcer })
     }
 
     /// Opens a transaction for the application's own statements and its appends, committed
     /// together: the transactional outbox. See [`OutboxTransaction`] for the order it keeps,
     /// when it holds the head lock, and where the application's tables live.
     pub async fn begin(&self) -> Result<OutboxTransaction> {
-        OutboxTransaction::begin(&self.pool, self.sql.clone(), self.head_tx.clone()).await
+        OutboxTransaction::begin(&self.pool, self.sql.clone(), self.head_tx.clone(), self.announcer.clone())
+            .await
     }
 
     /// The schema this store uses.
@@ -253,7 +306,12 @@ impl EventStore for PostgresStore {
         self.groups.stop().await;
         self.writer.close().await;
         self.listener.stop().await;
-        self.bus.close().await;
+        if let Some(announcer) = &self.announcer {
+            announcer.stop();
+        }
+        if let Some(pg_bus) = &self.pg_bus {
+            pg_bus.close().await;
+        }
         self.pool.close();
         Ok(())
     }
@@ -279,7 +337,8 @@ impl StateStore for PostgresStore {
         Some(self.groups.engine(kind))
     }
 
-    /// `NOTIFY` on the schema's bus channel: every node on this schema hears it.
+    /// `NOTIFY` on the schema's bus channel, or the external bus: every node on this schema
+    /// hears it.
     fn cluster_bus(&self) -> Option<Arc<dyn ClusterBus>> {
         Some(self.bus.clone())
     }

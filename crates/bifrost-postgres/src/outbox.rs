@@ -14,6 +14,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::codec::{pg, pool as pool_error};
+use crate::external::HeadAnnouncer;
 use crate::schema::{OUTBOX_SETTING, Sql};
 use crate::writer::{Head, advance, finish, prepare_writes, write_locked};
 
@@ -77,6 +78,8 @@ pub struct OutboxTransaction {
     sql: Arc<Sql>,
     /// The store's head watch, gone once the store is closed.
     head: Weak<watch::Sender<Position>>,
+    /// Tells the other nodes of the commit, when the head travels on an external bus.
+    announcer: Option<Arc<HeadAnnouncer>>,
     /// This transaction's mark (`SET LOCAL`), so that `commit` knows it still runs in it.
     token: String,
     appends: Vec<Vec<StreamAppend>>,
@@ -87,6 +90,7 @@ impl OutboxTransaction {
         pool: &Pool,
         sql: Arc<Sql>,
         head: Weak<watch::Sender<Position>>,
+        announcer: Option<Arc<HeadAnnouncer>>,
     ) -> Result<Self> {
         let client = pool.get().await.map_err(pool_error)?;
         let token = Uuid::new_v4().simple().to_string();
@@ -95,7 +99,7 @@ impl OutboxTransaction {
             close(client);
             return Err(pg(e));
         }
-        Ok(Self { client: Some(client), sql, head, token, appends: Vec::new() })
+        Ok(Self { client: Some(client), sql, head, announcer, token, appends: Vec::new() })
     }
 
     /// The transaction's connection, for the application's own statements.
@@ -193,6 +197,9 @@ impl OutboxTransaction {
         client.batch_execute(COMMIT).await.map_err(pg)?;
         if let (Some(last), Some(head)) = (written, self.head.upgrade()) {
             head.send_if_modified(|h| advance(h, last));
+            if let Some(announcer) = &self.announcer {
+                announcer.committed(last);
+            }
         }
         Ok(results)
     }

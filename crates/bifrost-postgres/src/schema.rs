@@ -23,6 +23,9 @@ pub(crate) struct Sql {
     quoted: String,
     /// The notification channel's name, as `pg_notify` takes it.
     pub(crate) channel: String,
+    /// Whether an append transaction notifies `channel` of the new head; not when the head
+    /// travels on an external cluster bus.
+    pub(crate) head_on_notify: bool,
     pub(crate) listen: String,
     /// The consumer groups' channel: a payload is the id of a group whose fetchers should
     /// look again.
@@ -73,6 +76,7 @@ impl Sql {
         Ok(Self {
             schema: schema.to_owned(),
             channel: format!("bifrost_head_{schema}"),
+            head_on_notify: true,
             listen: format!("LISTEN \"bifrost_head_{schema}\""),
             groups_channel: format!("bifrost_groups_{schema}"),
             groups_listen: format!("LISTEN \"bifrost_groups_{schema}\""),

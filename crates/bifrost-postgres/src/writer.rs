@@ -19,6 +19,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::codec::{pg, pool as pool_error};
+use crate::external::HeadAnnouncer;
 use crate::schema::Sql;
 
 enum Command {
@@ -40,10 +41,11 @@ impl Writer {
         pool: Pool,
         sql: Arc<Sql>,
         head: Arc<watch::Sender<Position>>,
+        announcer: Option<Arc<HeadAnnouncer>>,
         max_batch: usize,
     ) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(pool, sql, head, receiver, max_batch));
+        let task = tokio::spawn(run(pool, sql, head, announcer, receiver, max_batch));
         Self { sender: Mutex::new(Some(sender)), task: tokio::sync::Mutex::new(Some(task)) }
     }
 
@@ -77,6 +79,7 @@ async fn run(
     pool: Pool,
     sql: Arc<Sql>,
     head: Arc<watch::Sender<Position>>,
+    announcer: Option<Arc<HeadAnnouncer>>,
     mut receiver: mpsc::UnboundedReceiver<Command>,
     max_batch: usize,
 ) {
@@ -112,6 +115,9 @@ async fn run(
                 let (results, committed) = commit_group(&pool, &sql, &requests).await;
                 if let Some(position) = committed {
                     head.send_if_modified(|h| advance(h, position));
+                    if let Some(announcer) = &announcer {
+                        announcer.committed(position);
+                    }
                 }
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
@@ -257,7 +263,8 @@ pub(crate) async fn prepare_writes<C: GenericClient>(tx: &C, sql: &Sql) -> Resul
 /// transaction that already holds the head lock — so nothing else can commit events until
 /// it ends, and the positions after `head` are this transaction's to give — with a fixed
 /// number of round trips: one pipelined bulk lookup of ids and streams, one `unnest`
-/// insert, one pipelined upsert/head/notify. The caller commits. Returns each request's
+/// insert, one pipelined upsert/head/notify (no notify when the head travels on an external
+/// bus: the caller announces it after the commit). The caller commits. Returns each request's
 /// plans or why it failed, and the last position written (`None`: nothing was).
 pub(crate) async fn write_locked<C: GenericClient>(
     tx: &C,
@@ -374,10 +381,12 @@ pub(crate) async fn write_locked<C: GenericClient>(
     let upsert_params: [&(dyn ToSql + Sync); 5] = [&names, &categories, &types, &versions, &now_micros];
     let head_params: [&(dyn ToSql + Sync); 2] = [&last_i, &now_micros];
     let notify_params: [&(dyn ToSql + Sync); 2] = [&sql.channel, &payload];
+    let notify_head =
+        async { if sql.head_on_notify { tx.execute(&notify, &notify_params).await } else { Ok(0) } };
     futures::try_join!(
         tx.execute(&upsert, &upsert_params),
         tx.execute(&update_head, &head_params),
-        tx.execute(&notify, &notify_params),
+        notify_head,
     )
     .map_err(pg)?;
     Ok((plans, Some(last)))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bifrost_postgres::PostgresOptions;
-use bifrost_server::{ClusterConfig, JwtKey, RealtimeConfig, ServerConfig};
+use bifrost_server::{ClusterBusSpec, ClusterConfig, JwtKey, RealtimeConfig, ServerConfig};
 use bifrost_sqlite::Durability;
 use clap::Args;
 use serde::Deserialize;
@@ -22,6 +22,8 @@ use crate::store::StoreSpec;
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub(crate) const DEFAULT_DATA_DIR: &str = "./bifrost-data";
 pub(crate) const DEFAULT_LOG: &str = "info";
+/// `cluster.poll_ms`: how long a lost wake-up between nodes may delay delivery.
+const DEFAULT_CLUSTER_POLL: Duration = Duration::from_secs(1);
 
 /// Every configurable key, each optional. The same struct is the flags (with their
 /// environment twins) and the TOML file, so a key cannot exist in one and not the other.
@@ -126,6 +128,19 @@ pub(crate) struct ConfigLayer {
     #[arg(long = "cluster-lease-timeout-ms", env = "BIFROST_CLUSTER_LEASE_TIMEOUT_MS", value_name = "MS")]
     #[serde(skip)]
     pub(crate) cluster_lease_timeout_ms: Option<u64>,
+
+    /// What carries wake-ups, presence and ephemeral messages between the nodes of one
+    /// store: `postgres` (LISTEN/NOTIFY), `nats://HOST[:PORT]` or `redis://HOST[:PORT]`
+    /// [default: postgres]. TOML: `cluster.bus`.
+    #[arg(long = "cluster-bus", env = "BIFROST_CLUSTER_BUS", value_name = "BUS")]
+    #[serde(skip)]
+    pub(crate) cluster_bus: Option<String>,
+
+    /// A lost wake-up between nodes delays delivery by at most this many ms: the fallback
+    /// poll of the head and of the consumer groups [default: 1000]. TOML: `cluster.poll_ms`.
+    #[arg(long = "cluster-poll-ms", env = "BIFROST_CLUSTER_POLL_MS", value_name = "MS")]
+    #[serde(skip)]
+    pub(crate) cluster_poll_ms: Option<u64>,
 
     /// The `[cluster]` table of the TOML file.
     #[arg(skip)]
@@ -266,6 +281,8 @@ pub(crate) struct RealtimeTable {
 pub(crate) struct ClusterTable {
     pub(crate) heartbeat_ms: Option<u64>,
     pub(crate) lease_timeout_ms: Option<u64>,
+    pub(crate) bus: Option<String>,
+    pub(crate) poll_ms: Option<u64>,
 }
 
 /// `[webhooks]` in the TOML file.
@@ -319,6 +336,8 @@ impl ConfigLayer {
             node_id: self.node_id.or(lower.node_id),
             cluster_heartbeat_ms: self.cluster_heartbeat_ms.or(lower.cluster_heartbeat_ms),
             cluster_lease_timeout_ms: self.cluster_lease_timeout_ms.or(lower.cluster_lease_timeout_ms),
+            cluster_bus: self.cluster_bus.or(lower.cluster_bus),
+            cluster_poll_ms: self.cluster_poll_ms.or(lower.cluster_poll_ms),
             cluster: self.cluster.or(lower.cluster),
             realtime_queue_size: self.realtime_queue_size.or(lower.realtime_queue_size),
             realtime_recovery_max_events: self
@@ -355,6 +374,21 @@ fn cluster_config(layer: &ConfigLayer) -> ClusterConfig {
             defaults.lease_timeout,
         ),
     }
+}
+
+/// The bus between the nodes and its fallback poll: flag or environment, else the
+/// `[cluster]` table, else `postgres` and 1 s.
+fn cluster_bus(layer: &ConfigLayer) -> Result<(ClusterBusSpec, Duration), BadSetting> {
+    let table = layer.cluster.clone().unwrap_or_default();
+    let bus = match layer.cluster_bus.clone().or(table.bus) {
+        Some(value) => ClusterBusSpec::parse(&value).map_err(BadSetting)?,
+        None => ClusterBusSpec::Postgres,
+    };
+    let poll = layer.cluster_poll_ms.or(table.poll_ms).map_or(DEFAULT_CLUSTER_POLL, Duration::from_millis);
+    if poll.is_zero() {
+        return Err(BadSetting("cluster.poll_ms must be greater than 0".to_owned()));
+    }
+    Ok((bus, poll))
 }
 
 /// The WebSocket settings: flag or environment, else the `[realtime]` and `[auth.jwt]`
@@ -462,6 +496,10 @@ pub(crate) struct Settings {
     pub(crate) webhook_allow_cidrs: Vec<String>,
     pub(crate) webhook_retry_after_max: Duration,
     pub(crate) cluster: ClusterConfig,
+    /// `cluster.bus`.
+    pub(crate) cluster_bus: ClusterBusSpec,
+    /// `cluster.poll_ms`.
+    pub(crate) cluster_poll: Duration,
     pub(crate) realtime: RealtimeConfig,
     /// Where `realtime.jwt` was read from, when it is a public key.
     pub(crate) jwt_public_key_file: Option<PathBuf>,
@@ -474,6 +512,7 @@ impl Settings {
         let layer = flags_and_env.over(file);
         let (realtime, jwt_public_key_file) = realtime_config(&layer)?;
         let cluster = cluster_config(&layer);
+        let (cluster_bus, cluster_poll) = cluster_bus(&layer)?;
         let defaults = ServerConfig::default();
         let pg = PostgresOptions::default();
         let millis = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
@@ -509,6 +548,8 @@ impl Settings {
                 .filter(|c| !c.is_empty())
                 .collect(),
             cluster,
+            cluster_bus,
+            cluster_poll,
             realtime,
             jwt_public_key_file,
             webhook_retry_after_max: Duration::from_secs(
@@ -585,6 +626,15 @@ impl Settings {
         if cluster.heartbeat.is_zero() || cluster.lease_timeout <= cluster.heartbeat {
             bail!("cluster.heartbeat_ms must be greater than 0 and less than cluster.lease_timeout_ms");
         }
+        // Only PostgreSQL is shared by several processes; the others are one node alone.
+        if !self.cluster_bus.is_postgres() && !matches!(self.store, StoreSpec::Postgres(_)) {
+            return Err(BadSetting(format!(
+                "cluster.bus {} needs a store shared by several nodes (postgres://…); the store {} \
+                 serves one process only",
+                self.cluster_bus, self.store
+            ))
+            .into());
+        }
         if self.webhook_retry_after_max > Duration::from_secs(86_400) {
             bail!("webhooks.retry_after_max_s is at most 86400 (a day)");
         }
@@ -619,6 +669,7 @@ impl Settings {
             connect_timeout: self.pg_connect_timeout,
             idle_timeout: self.pg_idle_timeout,
             wait_timeout: self.pg_wait_timeout,
+            poll_interval: self.cluster_poll,
             ..PostgresOptions::default()
         }
     }
@@ -653,6 +704,8 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "\n[cluster]");
         let _ = writeln!(out, "heartbeat_ms = {}", self.cluster.heartbeat.as_millis());
         let _ = writeln!(out, "lease_timeout_ms = {}", self.cluster.lease_timeout.as_millis());
+        let _ = writeln!(out, "bus = {}", quote(&self.cluster_bus.to_string()));
+        let _ = writeln!(out, "poll_ms = {}", self.cluster_poll.as_millis());
         let r = &self.realtime;
         let _ = writeln!(out, "\n[realtime]");
         let _ = writeln!(out, "queue_size = {}", r.queue_size);
@@ -800,6 +853,47 @@ mod tests {
         let message = bad_setting(flags(&["--jwt-secret", ""]), ConfigLayer::default());
         assert_eq!(message, "auth.jwt.secret: the JWT secret is empty");
         assert!(ConfigLayer::from_toml("[auth.jwt]\nleeway = 5").is_err(), "unknown keys are errors");
+    }
+
+    #[test]
+    fn the_cluster_bus_and_its_poll_follow_the_precedence_and_reach_the_store() {
+        let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
+        assert_eq!(
+            (s.cluster_bus.clone(), s.cluster_poll),
+            (ClusterBusSpec::Postgres, Duration::from_secs(1))
+        );
+        let pg = "store = \"postgres://u:secret@db/app\"\n";
+        let table = format!("{pg}[cluster]\nbus = \"nats://file:4222\"\npoll_ms = 250");
+        let s = Settings::resolve(ConfigLayer::default(), file(&table)).unwrap();
+        assert_eq!(s.cluster_bus, ClusterBusSpec::Nats("nats://file:4222".into()));
+        assert_eq!(s.postgres_options().poll_interval, Duration::from_millis(250));
+        let s = Settings::resolve(
+            flags(&["--cluster-bus", "nats://u:pw@flag:4222", "--cluster-poll-ms", "500"]),
+            file(&table),
+        )
+        .unwrap();
+        assert_eq!(s.cluster_bus, ClusterBusSpec::Nats("nats://u:pw@flag:4222".into()), "the flag wins");
+        assert_eq!(s.cluster_poll, Duration::from_millis(500));
+        let printed = s.to_string();
+        assert!(printed.contains("bus = \"nats://u:***@flag:4222\""), "{printed}");
+        assert!(!printed.contains(":pw@"), "{printed}");
+
+        let message = bad_setting(flags(&["--cluster-bus", "kafka://u:pw@h"]), file(pg));
+        assert!(message.starts_with("cluster.bus must be"), "{message}");
+        assert!(!message.contains("pw"), "{message}");
+        let message = bad_setting(flags(&["--cluster-poll-ms", "0"]), file(pg));
+        assert_eq!(message, "cluster.poll_ms must be greater than 0");
+        for store in [&[][..], &["--store", "memory:"][..]] {
+            let mut args = vec!["--cluster-bus", "nats://127.0.0.1:4222"];
+            args.extend_from_slice(store);
+            let message = bad_setting(flags(&args), ConfigLayer::default());
+            assert!(message.contains("needs a store shared by several nodes"), "{message}");
+        }
+        let s = Settings::resolve(
+            flags(&["--cluster-bus", "postgres", "--store", "memory:"]),
+            ConfigLayer::default(),
+        );
+        assert!(s.is_ok(), "postgres is the default and fits any store");
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! transaction-scoped advisory lock (the in-flight limit is exact, and a feed cannot
 //! re-insert what an ack just deleted); acks and nacks lock only their rows. Each node runs a
 //! sweeper that expires overdue leases of every group (`FOR UPDATE SKIP LOCKED`, so nodes
-//! share that work). Fetchers wait on the log's head, on `NOTIFY` from acks, nacks, sweeps
-//! and changes on any node, on the next retry's due time, and on a fallback poll.
+//! share that work). Fetchers wait on the log's head, on `NOTIFY` (or the external cluster
+//! bus's message) from acks, nacks, sweeps and changes on any node, on the next retry's due time, and on a fallback poll.
 
 mod sql;
 mod sweep;
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bifrost_core::backend::codec::{corrupt, u64_from};
+use bifrost_core::cluster::ClusterBus;
 use bifrost_core::group::{
     DeadLetter, DeadLetterEntry, Fetch, GroupConfig, GroupEngine, GroupFilter, GroupKind, GroupName,
     GroupStatus, Lease, LeaseToken, NACKED, NackAction, Put, ReplaySelection, Settled, Verdict, random,
@@ -35,6 +36,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::codec::{event_from_row, pg, pool as pool_error};
+use crate::external::{GROUPS_TOPIC, groups_payload};
 use crate::schema::Sql;
 
 pub(crate) use sql::GroupSql;
@@ -153,6 +155,7 @@ impl StoreGroups {
         head: watch::Receiver<Position>,
         wakeups: Arc<Wakeups>,
         poll: Duration,
+        bus: Option<Arc<dyn ClusterBus>>,
     ) -> Self {
         let sql = Arc::new(GroupSql::new(store_sql));
         let (notify, notes) = mpsc::unbounded_channel();
@@ -169,7 +172,7 @@ impl StoreGroups {
         });
         let (stop, stopped) = watch::channel(false);
         let notifier =
-            tokio::spawn(notifier(tables.pool.clone(), tables.sql.clone(), notes, stopped.clone()));
+            tokio::spawn(notifier(tables.pool.clone(), tables.sql.clone(), bus, notes, stopped.clone()));
         let sweeper = tokio::spawn(sweep::run(tables.clone(), stopped));
         let engine = |kind| {
             let (closed, _) = watch::channel(false);
@@ -495,11 +498,13 @@ impl GroupTables {
 }
 
 /// Sends the other nodes their wake-ups: whatever groups were changed while the previous
-/// `NOTIFY` went out, each once, in one statement outside any writing transaction. A lost
-/// one only delays a fetch until the fallback poll.
+/// `NOTIFY` went out, each once, in one statement outside any writing transaction — or, with
+/// an external cluster bus, in one message on it. A lost one only delays a fetch until the
+/// fallback poll.
 async fn notifier(
     pool: Pool,
     sql: Arc<GroupSql>,
+    bus: Option<Arc<dyn ClusterBus>>,
     mut notes: mpsc::UnboundedReceiver<i64>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -518,9 +523,12 @@ async fn notifier(
             }
         }
         let sent = async {
+            if let Some(bus) = &bus {
+                return bus.publish(GROUPS_TOPIC, groups_payload(&groups)).await;
+            }
             let client = pool.get().await.map_err(pool_error)?;
             let stmt = client.prepare_cached(&sql.notify).await.map_err(pg)?;
-            client.query(&stmt, &[&sql.channel, &groups]).await.map_err(pg)
+            client.query(&stmt, &[&sql.channel, &groups]).await.map_err(pg).map(drop)
         };
         if let Err(e) = sent.await {
             tracing::debug!(error = %e, "could not notify the other nodes of a group change");

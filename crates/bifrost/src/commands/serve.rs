@@ -19,10 +19,23 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr().context("the listening socket has no address")?;
 
-    let store = settings.store.open(settings.durability, settings.postgres_options()).await?;
+    // The bus first: an unreachable broker stops the start before the store opens. Its
+    // namespace is the schema, the cluster's name on a shared broker.
+    let mut postgres = settings.postgres_options();
+    postgres.bus = settings
+        .cluster_bus
+        .connect(&settings.pg_schema)
+        .await
+        .with_context(|| format!("cannot connect the cluster bus {}", settings.cluster_bus))?;
+    let store = settings.store.open(settings.durability, postgres).await?;
     match &settings.store {
         StoreSpec::Postgres(_) => {
-            tracing::info!(store = %settings.store, schema = %settings.pg_schema, "store open");
+            tracing::info!(
+                store = %settings.store,
+                schema = %settings.pg_schema,
+                bus = %settings.cluster_bus,
+                "store open"
+            );
         }
         _ => tracing::info!(store = %settings.store, durability = %settings.durability, "store open"),
     }

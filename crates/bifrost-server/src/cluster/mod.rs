@@ -4,6 +4,15 @@
 //! Each node writes its record (`cluster-nodes` scope) every `heartbeat`; a node whose last
 //! heartbeat is older than `lease_timeout` is shown dead, and its leases (`cluster-leases`,
 //! [`bifrost_core::lease`]) expire on the same clock, so its work is taken over by others.
+//!
+//! The bus between the nodes (`--cluster-bus`) is chosen and connected by [`bus`]; the NATS
+//! one is [`nats_bus`].
+
+mod bus;
+mod nats_bus;
+
+pub use bus::{ClusterBusError, ClusterBusSpec};
+pub use nats_bus::NatsBus;
 
 use std::sync::Arc;
 use std::time::Duration;
