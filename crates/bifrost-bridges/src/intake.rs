@@ -29,7 +29,8 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// What became of one fetched message.
 enum Outcome {
-    Appended,
+    /// Stored: `true` when new, `false` when it was stored already (a replay).
+    Appended(bool),
     Dead(DeadLetter),
 }
 
@@ -159,7 +160,7 @@ impl Runner {
             let scope = dead_letters::scope(&self.name);
             for (outcome, delivery) in outcomes.into_iter().zip(&batch) {
                 match outcome {
-                    Outcome::Appended => appended += 1,
+                    Outcome::Appended(new) => appended += u64::from(new),
                     Outcome::Dead(letter) => {
                         tracing::info!(bridge = %self.name, reason = %letter.reason, receipt = %delivery.receipt, "a message is not an event: dead-lettered");
                         let Ok(value) = serde_json::to_vec(&letter) else { continue };
@@ -206,17 +207,19 @@ impl Runner {
                 StreamAppend::new(stream.clone(), ExpectedVersion::Any, vec![event.clone()])
             })
             .collect();
+        // A replay's result is the original one: at or before the head as it was before.
+        let head = *self.store.head().borrow();
         let together = if all.is_empty() { Ok(Vec::new()) } else { self.store.append_many(all).await };
-        match together {
-            Ok(_) => {}
+        let mut results = match together {
+            Ok(results) => results.into_iter(),
             Err(e) if retryable(&e) => return Err(e),
-            Err(_) => return self.append_one_by_one(batch, events).await,
-        }
+            Err(_) => return self.append_one_by_one(batch, events, head).await,
+        };
         Ok(batch
             .iter()
             .zip(events)
             .map(|(delivery, event)| match event {
-                Ok(_) => Outcome::Appended,
+                Ok(_) => Outcome::Appended(results.next().is_some_and(|r| r.first_position > head)),
                 Err(reason) => Outcome::Dead(DeadLetter::new(reason, &delivery.message.body)),
             })
             .collect())
@@ -226,6 +229,7 @@ impl Runner {
         &self,
         batch: &[Delivery],
         events: Vec<Result<(StreamName, NewEvent), String>>,
+        mut head: u64,
     ) -> Result<Vec<Outcome>, CoreError> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for (delivery, event) in batch.iter().zip(events) {
@@ -233,7 +237,11 @@ impl Runner {
                 Err(reason) => Outcome::Dead(DeadLetter::new(reason, &delivery.message.body)),
                 Ok((stream, event)) => {
                     match self.store.append(stream, ExpectedVersion::Any, vec![event]).await {
-                        Ok(_) => Outcome::Appended,
+                        Ok(result) => {
+                            let new = result.first_position > head;
+                            head = head.max(result.last_position);
+                            Outcome::Appended(new)
+                        }
                         Err(e) if retryable(&e) => return Err(e),
                         Err(e) => Outcome::Dead(DeadLetter::new(e.to_string(), &delivery.message.body)),
                     }

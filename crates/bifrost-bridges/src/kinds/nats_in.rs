@@ -87,7 +87,12 @@ impl NatsConsumer {
             Some(wait) => (json!({ "batch": 1, "expires": wait.as_nanos() as u64 }), wait + REQUEST_SLACK),
             None => (json!({ "batch": 1, "no_wait": true }), CONNECT_TIMEOUT),
         };
-        let request = Request::new().payload(Bytes::from(body.to_string())).timeout(Some(timeout));
+        // A delivered message keeps its own subject, which the client's shared reply
+        // subscription cannot match to the request: each pull has an inbox of its own.
+        let request = Request::new()
+            .payload(Bytes::from(body.to_string()))
+            .timeout(Some(timeout))
+            .inbox(self.client.new_inbox());
         let subject = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.stream, self.durable);
         let message = self
             .client
