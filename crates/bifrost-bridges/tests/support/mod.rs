@@ -83,7 +83,7 @@ where
 }
 
 /// The event with `id`, if stored.
-pub fn find<'a>(events: &'a [RecordedEvent], id: uuid::Uuid) -> Option<&'a RecordedEvent> {
+pub fn find(events: &[RecordedEvent], id: uuid::Uuid) -> Option<&RecordedEvent> {
     events.iter().find(|e| e.id == id)
 }
 
