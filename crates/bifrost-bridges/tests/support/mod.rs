@@ -23,7 +23,10 @@ pub struct Node {
 
 impl Node {
     pub fn start() -> Self {
-        let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+        Self::start_on(InMemoryStore::shared())
+    }
+
+    pub fn start_on(store: Arc<dyn DurableStore>) -> Self {
         let state: Arc<dyn StateStore> = Arc::clone(&store) as _;
         let leases = Leases::new(state, "node-a", Duration::from_millis(2000));
         let bridges =
