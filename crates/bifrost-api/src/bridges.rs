@@ -92,7 +92,9 @@ pub struct BridgeRequest {
     pub event_type: Option<String>,
 }
 
-/// A bridge's settings, every default filled in (the URL's password shown as `***`).
+/// A bridge's settings, every default filled in (the URL's password shown as `***`). An
+/// in-bridge has `source` and `stream` (and `type` in raw mode); the out-bridges' `filter`,
+/// `target`, `start` and `max_len` do not apply to it and show as empty, `"end"` and 0.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BridgeConfigBody {

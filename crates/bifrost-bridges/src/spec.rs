@@ -4,7 +4,7 @@ use bifrost_api::{
     BridgeConfigBody, BridgeContentModeBody, BridgeDirectionBody, BridgeKindBody, BridgeRequest,
     GroupFilterRequest, StartBody,
 };
-use bifrost_core::{Category, EventType, LogFilter, TypePattern};
+use bifrost_core::{Category, EventType, LogFilter, StreamName, TypePattern};
 use serde::{Deserialize, Serialize};
 
 use crate::inbound::StreamTemplate;
@@ -153,7 +153,11 @@ impl BridgeSpec {
             ));
         };
         let stream = request.stream.unwrap_or_else(|| DEFAULT_STREAM.to_owned());
-        StreamTemplate::parse(&stream).map_err(InvalidBridge)?;
+        let template = StreamTemplate::parse(&stream).map_err(InvalidBridge)?;
+        // The fixed parts and the source must make a stream name (a bridge name, an event type
+        // and a broker subject or key always can: `x` stands in for them).
+        let sample = template.render("x", "x", &source, "x");
+        StreamName::new(&sample).map_err(|e| InvalidBridge(format!("stream {stream:?}: {e}")))?;
         let content_mode = request.content_mode.unwrap_or_default();
         let event_type = match (content_mode, request.event_type) {
             (BridgeContentModeBody::Raw, Some(t)) => {
@@ -292,6 +296,8 @@ mod tests {
             json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "target": "x"}),
             json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "stream": "x-{nope}"}),
             json!({"direction": "in", "kind": "rabbitmq", "url": "nats://h", "source": "q"}),
+            json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a.*", "stream": "in-{source}"}),
+            json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "stream": "has space"}),
             json!({"direction": "out", "kind": "nats", "url": "redis://h"}),
             json!({"direction": "out", "kind": "redis-pubsub", "url": "redis://h", "content_mode": "cloudevents-binary"}),
             json!({"direction": "out", "kind": "nats", "url": "nats://h", "content_mode": "raw"}),

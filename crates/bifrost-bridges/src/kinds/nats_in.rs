@@ -150,7 +150,8 @@ impl NatsConsumer {
         let reply = message.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
         let ack = AckSubject::parse(&reply);
         if let Some(ack) = &ack {
-            self.pending = Some(ack.pending + 1);
+            // The messages behind this one: what is left once the batch is acked.
+            self.pending = Some(ack.pending);
         }
         let headers = message.headers.as_ref();
         let incoming = Incoming {
