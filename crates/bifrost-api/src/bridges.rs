@@ -43,7 +43,7 @@ pub enum BridgeContentModeBody {
     CloudeventsStructured,
     /// The event's `data`, with the broker's CloudEvents binding in headers (not Redis Pub/Sub).
     CloudeventsBinary,
-    /// In-bridges only: the body is the event's `data`, typed by `type`.
+    /// In-bridges only: the body is the event's `data`, typed by the bridge's `type`.
     Raw,
 }
 
@@ -56,11 +56,11 @@ pub struct BridgeRequest {
     pub kind: BridgeKindBody,
     /// `nats://…`, `amqp://…`, `redis://…`.
     pub url: String,
-    /// Which events go out (as a group's filter); default every event.
+    /// Out-bridges: which events go out (as a group's filter); default every event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<GroupFilterRequest>,
-    /// Subject, routing key, stream key or channel template (`{type}`, `{stream}`,
-    /// `{category}`, `{tenant}`); default by kind.
+    /// Out-bridges: subject, routing key, stream key or channel template (`{type}`,
+    /// `{stream}`, `{category}`, `{tenant}`); default by kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,10 +79,12 @@ pub struct BridgeRequest {
     pub max_len: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// In-bridges: the subject, queue or stream key read.
+    /// In-bridges: the subject (NATS; a JetStream stream must capture it), queue
+    /// (RabbitMQ) or stream key (Redis) read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// In-bridges: the stream template appended to (default `ingest-{name}`).
+    /// In-bridges: the stream template appended to (`{type}`, `{source}`, `{subject}`;
+    /// default `ingest-{name}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
     /// In-bridges in `raw` mode: the event type.
@@ -90,7 +92,9 @@ pub struct BridgeRequest {
     pub event_type: Option<String>,
 }
 
-/// A bridge's settings, every default filled in (the URL's password shown as `***`).
+/// A bridge's settings, every default filled in (the URL's password shown as `***`). An
+/// in-bridge has `source` and `stream` (and `type` in raw mode); the out-bridges' `filter`,
+/// `target`, `start` and `max_len` do not apply to it and show as empty, `"end"` and 0.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BridgeConfigBody {
@@ -105,6 +109,16 @@ pub struct BridgeConfigBody {
     pub batch_timeout_ms: u64,
     pub max_len: u64,
     pub enabled: bool,
+    /// In-bridges: the subject (NATS), queue (RabbitMQ) or stream key (Redis) read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// In-bridges: the stream each message is appended to, a template of `{type}`,
+    /// `{source}` and `{subject}` (default `ingest-{name}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// In-bridges in `raw` mode: the type of every event.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
 }
 
 /// Whether a bridge is moving events.
@@ -137,11 +151,16 @@ pub struct BridgeBody {
     pub state: BridgeStateBody,
     /// The node that runs it, if any.
     pub node: Option<String>,
-    /// The position of the last event the broker confirmed.
+    /// Out: the position of the last event the broker confirmed. In: the broker messages
+    /// acked since the bridge was created (appended or dead-lettered); a message is acked
+    /// only once its event is stored.
     pub checkpoint: u64,
-    /// Matching events after the checkpoint.
+    /// Out: matching events after the checkpoint. In: the messages the broker still holds
+    /// for the bridge as its owner last saw them (JetStream consumer pending, RabbitMQ queue
+    /// depth, Redis group lag + pending); 0 until known.
     pub lag: u64,
-    /// Messages the broker confirmed, since the bridge was created.
+    /// Out: messages the broker confirmed. In: events appended. Both since the bridge was
+    /// created.
     pub published: u64,
     pub last_error: Option<BridgeErrorBody>,
 }

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use bifrost_api::{BridgeErrorBody, BridgeStateBody};
 use bifrost_core::lease::Leases;
-use bifrost_core::{DurableStore, Error as CoreError, StateChange, Timestamp};
+use bifrost_core::{DurableStore, Error as CoreError, LogFilter, StateChange, Timestamp};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::consume::{ConsumeError, Consumer};
 use crate::message::outgoing;
 use crate::publish::{PublishError, Publisher};
 use crate::spec::BridgeSpec;
@@ -24,9 +25,9 @@ use crate::spec::BridgeSpec;
 /// The scope of bridge states (checkpoint and status).
 pub(crate) const STATE_SCOPE: &str = "bridge-state";
 /// Backoff of a failing bridge: from this...
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// ...doubling up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Where a bridge is: its checkpoint and how it is doing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,9 @@ pub struct BridgeState {
     pub running: bool,
     pub failing: bool,
     pub last_error: Option<BridgeErrorBody>,
+    /// In-bridges: the broker's pending count as the owner last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
 }
 
 impl BridgeState {
@@ -52,10 +56,21 @@ impl BridgeState {
     }
 }
 
-/// Opens a publisher for a bridge (the brokers' modules; tests may stand one in).
+/// Opens a bridge's broker: a publisher for an out-bridge (the brokers' modules; tests may
+/// stand one in), a consumer for an in-bridge (by default the real broker's).
 #[async_trait::async_trait]
 pub trait Connector: Send + Sync + 'static {
     async fn connect(&self, spec: &BridgeSpec) -> Result<Box<dyn Publisher>, PublishError>;
+
+    /// The consumer of in-bridge `name`, run on node `node`.
+    async fn consume(
+        &self,
+        name: &str,
+        spec: &BridgeSpec,
+        node: &str,
+    ) -> Result<Box<dyn Consumer>, ConsumeError> {
+        crate::kinds::consumer(name, spec, node).await
+    }
 }
 
 /// The lease of a bridge.
@@ -73,7 +88,7 @@ pub(crate) struct Runner {
 }
 
 /// Why a runner stopped publishing for now.
-enum Stop {
+pub(crate) enum Stop {
     /// Asked to (shutdown, the bridge changed or was deleted).
     Asked,
     /// Another node moved the state: it holds the bridge now.
@@ -86,7 +101,7 @@ impl Runner {
         let lease = lease_name(&self.name);
         loop {
             match self.leases.acquire(&lease).await {
-                Ok(true) => match self.hold(&lease, &stop).await {
+                Ok(true) => match self.serve(&lease, &stop).await {
                     Stop::Asked => break,
                     Stop::Fenced => {}
                 },
@@ -102,6 +117,10 @@ impl Runner {
         if let Err(e) = self.leases.release(&lease).await {
             tracing::debug!(bridge = %self.name, error = %e, "cannot release the bridge's lease");
         }
+    }
+
+    async fn serve(&self, lease: &str, stop: &CancellationToken) -> Stop {
+        if self.spec.is_inbound() { self.take_in(lease, stop).await } else { self.hold(lease, stop).await }
     }
 
     /// Publishes while this node holds the lease.
@@ -120,13 +139,18 @@ impl Runner {
         let mut renewed = tokio::time::Instant::now();
         let mut head = self.store.head();
         let timeout = Duration::from_millis(self.spec.batch_timeout_ms);
+        let mut lag_counted: Option<tokio::time::Instant> = None;
         state.node = Some(self.leases.node().to_owned());
         state.running = true;
         loop {
             if stop.is_cancelled() {
                 state.running = false;
-                let _ = self.write_state(&state, &mut stored).await;
+                let _ = self.write_state(&state, &mut stored, Vec::new()).await;
                 return Stop::Asked;
+            }
+            if lag_counted.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+                lag_counted = Some(tokio::time::Instant::now());
+                self.set_lag_gauge(&filter, state.checkpoint).await;
             }
             if renewed.elapsed() >= self.heartbeat {
                 match self.leases.acquire(lease).await {
@@ -152,7 +176,7 @@ impl Runner {
                 if slice.next_position > state.checkpoint {
                     // Only events the filter skips: the checkpoint moves past them.
                     state.checkpoint = slice.next_position;
-                    if self.write_state(&state, &mut stored).await.is_err() {
+                    if self.write_state(&state, &mut stored, Vec::new()).await.is_err() {
                         return Stop::Fenced;
                     }
                 }
@@ -180,9 +204,11 @@ impl Runner {
                     state.failing = false;
                     metrics::counter!("bifrost_bridge_published_total", "bridge" => self.name.clone())
                         .increment(sent as u64);
-                    if self.write_state(&state, &mut stored).await.is_err() {
+                    if self.write_state(&state, &mut stored, Vec::new()).await.is_err() {
                         return Stop::Fenced;
                     }
+                    lag_counted = Some(tokio::time::Instant::now());
+                    self.set_lag_gauge(&filter, state.checkpoint).await;
                 }
                 Err(message) => {
                     tracing::warn!(bridge = %self.name, error = %message, "a bridge batch failed; retrying");
@@ -190,13 +216,24 @@ impl Runner {
                     publisher = None;
                     state.failing = true;
                     state.last_error = Some(BridgeErrorBody { message, at: Timestamp::now().to_string() });
-                    if self.write_state(&state, &mut stored).await.is_err() {
+                    if self.write_state(&state, &mut stored, Vec::new()).await.is_err() {
                         return Stop::Fenced;
                     }
                     wait(stop, backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
+        }
+    }
+
+    /// `bifrost_bridge_lag` of an out-bridge: the count the API shows.
+    async fn set_lag_gauge(&self, filter: &LogFilter, checkpoint: u64) {
+        match out_lag(self.store.as_ref(), filter, checkpoint).await {
+            Ok(lag) => {
+                metrics::gauge!("bifrost_bridge_lag", "bridge" => self.name.clone(), "direction" => "out")
+                    .set(lag as f64)
+            }
+            Err(e) => tracing::debug!(bridge = %self.name, error = %e, "cannot count the bridge's lag"),
         }
     }
 
@@ -225,7 +262,7 @@ impl Runner {
         }
     }
 
-    async fn read_state(&self) -> bifrost_core::Result<(BridgeState, Option<Bytes>)> {
+    pub(crate) async fn read_state(&self) -> bifrost_core::Result<(BridgeState, Option<Bytes>)> {
         let stored = self.store.read_state(STATE_SCOPE, &self.name).await?;
         let state = match &stored {
             Some(bytes) => serde_json::from_slice(bytes)
@@ -237,12 +274,19 @@ impl Runner {
 
     /// Writes `state` if the stored value is still the one last read (else another node
     /// holds the bridge now).
-    async fn write_state(&self, state: &BridgeState, stored: &mut Option<Bytes>) -> Result<(), ()> {
+    /// `extra` changes go with it, in the same write.
+    pub(crate) async fn write_state(
+        &self,
+        state: &BridgeState,
+        stored: &mut Option<Bytes>,
+        extra: Vec<StateChange>,
+    ) -> Result<(), ()> {
         let Ok(value) = serde_json::to_vec(state).map(Bytes::from) else { return Err(()) };
-        let write = vec![
+        let mut write = vec![
             StateChange::Expect { scope: STATE_SCOPE.into(), key: self.name.clone(), value: stored.clone() },
             StateChange::Put { scope: STATE_SCOPE.into(), key: self.name.clone(), value: value.clone() },
         ];
+        write.extend(extra);
         match self.store.write_state(write).await {
             Ok(()) => {
                 *stored = Some(value);
@@ -260,8 +304,40 @@ impl Runner {
     }
 }
 
+/// Out-bridges' lag is counted up to this many events (a larger backlog shows as this).
+const LAG_CAP: u64 = 1_000_000;
+/// How often an idle out-bridge's owner counts its lag for the gauge.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// An out-bridge's lag: events matching `filter` after `checkpoint` (counted up to
+/// [`LAG_CAP`]).
+pub(crate) async fn out_lag(
+    store: &dyn DurableStore,
+    filter: &LogFilter,
+    checkpoint: u64,
+) -> bifrost_core::Result<u64> {
+    let head = *store.head().borrow();
+    if checkpoint >= head {
+        return Ok(0);
+    }
+    if filter.is_empty() {
+        return Ok(head - checkpoint);
+    }
+    let mut count = 0;
+    let mut after = checkpoint;
+    while count < LAG_CAP && after < head {
+        let page = store.read_all(after, filter, 1000).await?;
+        if page.events.is_empty() {
+            break;
+        }
+        count += page.events.len() as u64;
+        after = page.next_position.max(page.events.last().map_or(after, |e| e.position));
+    }
+    Ok(count)
+}
+
 /// Sleeps `pause` unless `stop` comes first.
-async fn wait(stop: &CancellationToken, pause: Duration) {
+pub(crate) async fn wait(stop: &CancellationToken, pause: Duration) {
     tokio::select! {
         () = stop.cancelled() => {}
         () = tokio::time::sleep(pause) => {}

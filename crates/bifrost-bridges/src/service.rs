@@ -16,15 +16,14 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::runner::{BridgeState, Connector, Runner, STATE_SCOPE, lease_name};
+use crate::dead_letters::{self, DeadLetter};
+use crate::runner::{BridgeState, Connector, Runner, STATE_SCOPE, lease_name, out_lag};
 use crate::spec::{BridgeSpec, InvalidBridge, check_name};
 
 /// The scope of the bridges' settings.
 const SPEC_SCOPE: &str = "bridges";
 /// How often a node looks for changed bridges.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
-/// Lag is counted up to this many events (a larger backlog shows as this).
-const LAG_CAP: u64 = 1_000_000;
 
 /// What a bridge call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +32,8 @@ pub enum BridgeError {
     Invalid(#[from] InvalidBridge),
     #[error("no bridge named {0:?}")]
     NotFound(String),
+    #[error("bridge {bridge:?} has no dead letter {id:?}")]
+    DeadLetterNotFound { bridge: String, id: String },
     #[error(transparent)]
     Store(#[from] bifrost_core::Error),
 }
@@ -110,10 +111,45 @@ impl Bridges {
             .write_state(vec![
                 StateChange::Delete { scope: SPEC_SCOPE.into(), key: name.into() },
                 StateChange::Delete { scope: STATE_SCOPE.into(), key: name.into() },
+                StateChange::delete_scope(dead_letters::scope(name)),
             ])
             .await?;
         self.sync().await?;
         Ok(())
+    }
+
+    /// An in-bridge's dead letters, oldest first (an out-bridge has none).
+    pub async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>, BridgeError> {
+        check_name(name)?;
+        if self.read_spec(name).await?.is_none() {
+            return Err(BridgeError::NotFound(name.to_owned()));
+        }
+        let entries = bifrost_core::state::scan_all(self.store.as_ref(), &dead_letters::scope(name)).await?;
+        entries
+            .into_iter()
+            .map(|entry| serde_json::from_slice(&entry.value).map_err(|e| internal(&e)))
+            .collect()
+    }
+
+    /// Forgets one dead letter.
+    pub async fn delete_dead_letter(&self, name: &str, id: &str) -> Result<(), BridgeError> {
+        check_name(name)?;
+        if self.read_spec(name).await?.is_none() {
+            return Err(BridgeError::NotFound(name.to_owned()));
+        }
+        let scope = dead_letters::scope(name);
+        let missing = || BridgeError::DeadLetterNotFound { bridge: name.to_owned(), id: id.to_owned() };
+        if id.is_empty() || id.len() > bifrost_core::state::MAX_STATE_NAME_LEN {
+            return Err(missing());
+        }
+        let Some(value) = self.store.read_state(&scope, id).await? else { return Err(missing()) };
+        // Only if it is still the one read: a concurrent delete answers 404 once.
+        let write = vec![StateChange::expect(scope.clone(), id, Some(value)), StateChange::delete(scope, id)];
+        match self.store.write_state(write).await {
+            Ok(()) => Ok(()),
+            Err(bifrost_core::Error::StateConflict { .. }) => Err(missing()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Keeps this node's runners in line with the stored bridges until `shutdown`, then
@@ -183,7 +219,11 @@ impl Bridges {
             Some((_, lease)) if spec.enabled => (Some(lease.owner), state.state()),
             _ => (None, BridgeStateBody::Stopped),
         };
-        let lag = self.lag(&spec, state.checkpoint).await?;
+        let lag = if spec.is_inbound() {
+            state.lag.unwrap_or(0)
+        } else {
+            out_lag(self.store.as_ref(), &spec.log_filter()?, state.checkpoint).await?
+        };
         Ok(BridgeBody {
             name: name.to_owned(),
             config: spec.to_body(),
@@ -194,29 +234,6 @@ impl Bridges {
             published: state.published,
             last_error: state.last_error,
         })
-    }
-
-    /// Matching events after `checkpoint` (counted up to [`LAG_CAP`]).
-    async fn lag(&self, spec: &BridgeSpec, checkpoint: u64) -> Result<u64, BridgeError> {
-        let filter = spec.log_filter()?;
-        let head = *self.store.head().borrow();
-        if checkpoint >= head {
-            return Ok(0);
-        }
-        if filter.is_empty() {
-            return Ok(head - checkpoint);
-        }
-        let mut count = 0;
-        let mut after = checkpoint;
-        while count < LAG_CAP && after < head {
-            let page = self.store.read_all(after, &filter, 1000).await?;
-            if page.events.is_empty() {
-                break;
-            }
-            count += page.events.len() as u64;
-            after = page.next_position.max(page.events.last().map_or(after, |e| e.position));
-        }
-        Ok(count)
     }
 
     async fn read_spec(&self, name: &str) -> Result<Option<BridgeSpec>, BridgeError> {

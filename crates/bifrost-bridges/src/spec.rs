@@ -4,13 +4,16 @@ use bifrost_api::{
     BridgeConfigBody, BridgeContentModeBody, BridgeDirectionBody, BridgeKindBody, BridgeRequest,
     GroupFilterRequest, StartBody,
 };
-use bifrost_core::{Category, LogFilter, TypePattern};
+use bifrost_core::{Category, EventType, LogFilter, StreamName, TypePattern};
 use serde::{Deserialize, Serialize};
 
+use crate::inbound::StreamTemplate;
 use crate::message::Target;
 
 /// Most messages a bridge leaves unconfirmed at once.
 pub const MAX_BATCH_SIZE: u32 = 1000;
+/// The stream an in-bridge appends to unless told otherwise.
+pub const DEFAULT_STREAM: &str = "ingest-{name}";
 /// Longest bridge name.
 const MAX_NAME: usize = 128;
 
@@ -50,12 +53,6 @@ pub fn check_name(name: &str) -> Result<(), InvalidBridge> {
 impl BridgeSpec {
     pub fn from_request(request: BridgeRequest) -> Result<Self, InvalidBridge> {
         let bad = |why: String| Err(InvalidBridge(why));
-        if request.direction == BridgeDirectionBody::In {
-            return bad(
-                "in-bridges (broker → store) are not served by this version; only \"direction\": \"out\""
-                    .into(),
-            );
-        }
         let kind = request.kind;
         let schemes: &[&str] = match kind {
             BridgeKindBody::Nats => &["nats"],
@@ -71,6 +68,17 @@ impl BridgeSpec {
                 schemes.iter().map(|s| format!("{s}://…")).collect::<Vec<_>>().join(" or ")
             ));
         }
+        let batch_size = request.batch_size.unwrap_or(50);
+        if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
+            return bad(format!("batch_size is 1–{MAX_BATCH_SIZE}"));
+        }
+        let batch_timeout_ms = request.batch_timeout_ms.unwrap_or(5000);
+        if batch_timeout_ms == 0 {
+            return bad("batch_timeout_ms must be at least 1".into());
+        }
+        if request.direction == BridgeDirectionBody::In {
+            return Self::inbound(request, batch_size, batch_timeout_ms);
+        }
         let content_mode = request.content_mode.unwrap_or_default();
         match (content_mode, kind) {
             (BridgeContentModeBody::Raw, _) => return bad("content_mode raw is for in-bridges".into()),
@@ -83,14 +91,6 @@ impl BridgeSpec {
         log_filter(&filter)?;
         let target = request.target.unwrap_or_else(|| default_target(kind).to_owned());
         Target::parse(&target).map_err(InvalidBridge)?;
-        let batch_size = request.batch_size.unwrap_or(50);
-        if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
-            return bad(format!("batch_size is 1–{MAX_BATCH_SIZE}"));
-        }
-        let batch_timeout_ms = request.batch_timeout_ms.unwrap_or(5000);
-        if batch_timeout_ms == 0 {
-            return bad("batch_timeout_ms must be at least 1".into());
-        }
         let max_len = request.max_len.unwrap_or(1_000_000);
         if max_len == 0 {
             return bad("max_len must be at least 1".into());
@@ -114,7 +114,82 @@ impl BridgeSpec {
             batch_timeout_ms,
             max_len,
             enabled: request.enabled.unwrap_or(true),
+            source: None,
+            stream: None,
+            event_type: None,
         }))
+    }
+
+    /// An in-bridge: broker messages appended as events.
+    fn inbound(
+        request: BridgeRequest,
+        batch_size: u32,
+        batch_timeout_ms: u64,
+    ) -> Result<Self, InvalidBridge> {
+        let bad = |why: String| Err(InvalidBridge(why));
+        if request.kind == BridgeKindBody::RedisPubsub {
+            return bad(
+                "redis-pubsub keeps nothing for an absent reader: an in-bridge reads redis-stream".into()
+            );
+        }
+        for (field, given) in [
+            ("filter", request.filter.is_some()),
+            ("target", request.target.is_some()),
+            ("start", request.start.is_some()),
+            ("max_len", request.max_len.is_some()),
+        ] {
+            if given {
+                return bad(format!("{field} is for out-bridges"));
+            }
+        }
+        let Some(source) = request.source.filter(|s| !s.is_empty()) else {
+            return bad(format!(
+                "an in-bridge needs a source: the {} it reads",
+                match request.kind {
+                    BridgeKindBody::Nats => "subject",
+                    BridgeKindBody::Rabbitmq => "queue",
+                    _ => "stream key",
+                }
+            ));
+        };
+        let stream = request.stream.unwrap_or_else(|| DEFAULT_STREAM.to_owned());
+        let template = StreamTemplate::parse(&stream).map_err(InvalidBridge)?;
+        // The fixed parts and the source must make a stream name (a bridge name, an event type
+        // and a broker subject or key always can: `x` stands in for them).
+        let sample = template.render("x", "x", &source, "x");
+        StreamName::new(&sample).map_err(|e| InvalidBridge(format!("stream {stream:?}: {e}")))?;
+        let content_mode = request.content_mode.unwrap_or_default();
+        let event_type = match (content_mode, request.event_type) {
+            (BridgeContentModeBody::Raw, Some(t)) => {
+                EventType::new(&t).map_err(|e| InvalidBridge(format!("type: {e}")))?;
+                Some(t)
+            }
+            (BridgeContentModeBody::Raw, None) => {
+                return bad("content_mode raw needs the events' type (\"type\")".into());
+            }
+            (_, Some(_)) => return bad("type is for content_mode raw".into()),
+            (_, None) => None,
+        };
+        Ok(Self(BridgeConfigBody {
+            direction: BridgeDirectionBody::In,
+            kind: request.kind,
+            url: request.url,
+            filter: GroupFilterRequest::default(),
+            target: String::new(),
+            content_mode,
+            start: StartBody::End,
+            batch_size,
+            batch_timeout_ms,
+            max_len: 0,
+            enabled: request.enabled.unwrap_or(true),
+            source: Some(source),
+            stream: Some(stream),
+            event_type,
+        }))
+    }
+
+    pub fn is_inbound(&self) -> bool {
+        self.direction == BridgeDirectionBody::In
     }
 
     /// The events the bridge sends.
@@ -215,6 +290,14 @@ mod tests {
     fn bad_settings_are_refused() {
         for bad in [
             json!({"direction": "in", "kind": "nats", "url": "nats://h"}),
+            json!({"direction": "in", "kind": "redis-pubsub", "url": "redis://h", "source": "k"}),
+            json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "content_mode": "raw"}),
+            json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "type": "x"}),
+            json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "target": "x"}),
+            json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "stream": "x-{nope}"}),
+            json!({"direction": "in", "kind": "rabbitmq", "url": "nats://h", "source": "q"}),
+            json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a.*", "stream": "in-{source}"}),
+            json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "stream": "has space"}),
             json!({"direction": "out", "kind": "nats", "url": "redis://h"}),
             json!({"direction": "out", "kind": "redis-pubsub", "url": "redis://h", "content_mode": "cloudevents-binary"}),
             json!({"direction": "out", "kind": "nats", "url": "nats://h", "content_mode": "raw"}),
@@ -227,6 +310,21 @@ mod tests {
         }
         assert!(check_name("ok-name_1.x:y").is_ok());
         assert!(check_name("no spaces").is_err());
+    }
+
+    #[test]
+    fn in_bridges_take_a_source_a_stream_template_and_raw_needs_a_type() {
+        let spec = BridgeSpec::from_request(request(
+            json!({"direction": "in", "kind": "rabbitmq", "url": "amqp://h", "source": "orders"}),
+        ))
+        .unwrap();
+        assert!(spec.is_inbound());
+        assert_eq!((spec.source.as_deref(), spec.stream.as_deref()), (Some("orders"), Some("ingest-{name}")));
+        assert_eq!(spec.content_mode, BridgeContentModeBody::Bifrost);
+        let raw = BridgeSpec::from_request(request(json!({"direction": "in", "kind": "redis-stream",
+            "url": "redis://h", "source": "k", "content_mode": "raw", "type": "sensor.read", "stream": "s-{subject}"})))
+        .unwrap();
+        assert_eq!(raw.event_type.as_deref(), Some("sensor.read"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `/v1/bridges` over HTTP: create, replace, read (password masked), list, delete, and the
-//! refusals. (The brokers themselves are tested in `bifrost-bridges` and end to end in the
+//! refusals, for out- and in-bridges; an in-bridge's dead letters (the one test that makes
+//! some needs Redis: `BIFROST_TEST_REDIS_ADDR`, default `127.0.0.1:6379`). (The brokers themselves are tested in `bifrost-bridges` and end to end in the
 //! binary's tests.)
 
 #![allow(clippy::unwrap_used)]
@@ -89,4 +90,145 @@ async fn bad_bridges_are_refused() {
     }
     let (_, list) = node.call(Method::GET, "/v1/bridges", None).await;
     assert_eq!(list["bridges"], json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn in_bridges_are_created_and_read_with_their_source_and_stream() {
+    let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+    let node = Node::start(store, ServerConfig::default()).await;
+    let bridge = json!({"direction": "in", "kind": "rabbitmq", "url": "amqp://guest:s3cret@127.0.0.1:1/%2f",
+                        "source": "orders", "batch_timeout_ms": 200});
+    let (status, body) = node.call(Method::PUT, "/v1/bridges/orders-in", Some(bridge.clone())).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["config"]["direction"], "in");
+    assert_eq!(
+        (body["config"]["source"].as_str(), body["config"]["stream"].as_str()),
+        (Some("orders"), Some("ingest-{name}"))
+    );
+    assert_eq!(body["config"]["content_mode"], "bifrost");
+    assert_eq!(body["config"]["url"], "amqp://guest:***@127.0.0.1:1/%2f");
+    assert_eq!(node.call(Method::PUT, "/v1/bridges/orders-in", Some(bridge)).await.0, 200);
+
+    // Nobody listens at that address: the bridge says so, and has taken nothing.
+    let mut failing = None;
+    for _ in 0..100 {
+        let (_, body) = node.call(Method::GET, "/v1/bridges/orders-in", None).await;
+        if body["state"] == "failing" {
+            failing = Some(body);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let failing = failing.expect("the bridge reports its failure");
+    assert_eq!(
+        (failing["checkpoint"].as_u64(), failing["lag"].as_u64(), failing["published"].as_u64()),
+        (Some(0), Some(0), Some(0))
+    );
+    assert!(failing["last_error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{failing}");
+    assert!(!failing.to_string().contains("s3cret"));
+
+    let (status, letters) = node.call(Method::GET, "/v1/bridges/orders-in/dead-letters", None).await;
+    assert_eq!((status, letters), (200, json!({"dead_letters": []})));
+    let (status, problem) = node.call(Method::DELETE, "/v1/bridges/orders-in/dead-letters/nope", None).await;
+    assert_eq!((status, problem["type"].as_str()), (404, Some("bifrost:dead-letter-not-found")), "{problem}");
+    for (method, path) in
+        [(Method::GET, "/v1/bridges/nope/dead-letters"), (Method::DELETE, "/v1/bridges/nope/dead-letters/x")]
+    {
+        let (status, problem) = node.call(method, path, None).await;
+        assert_eq!(
+            (status, problem["type"].as_str()),
+            (404, Some("bifrost:bridge-not-found")),
+            "{path}: {problem}"
+        );
+    }
+    assert_eq!(node.call(Method::DELETE, "/v1/bridges/orders-in", None).await.0, 204);
+}
+
+#[tokio::test]
+async fn bad_in_bridges_are_refused() {
+    let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+    let node = Node::start(store, ServerConfig::default()).await;
+    for body in [
+        json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "content_mode": "raw"}),
+        json!({"direction": "in", "kind": "redis-pubsub", "url": "redis://h", "source": "a"}),
+        json!({"direction": "in", "kind": "nats", "url": "nats://h"}),
+        json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "target": "x"}),
+        json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "stream": "s-{nope}"}),
+        json!({"direction": "in", "kind": "nats", "url": "nats://h", "source": "a", "type": "only.for.raw"}),
+        json!({"direction": "in", "kind": "redis-stream", "url": "amqp://h", "source": "a"}),
+    ] {
+        let (status, problem) = node.call(Method::PUT, "/v1/bridges/in", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {problem}");
+        assert!(problem["type"].as_str().is_some_and(|t| t.starts_with("bifrost:")), "{problem}");
+    }
+    let (_, list) = node.call(Method::GET, "/v1/bridges", None).await;
+    assert_eq!(list["bridges"], json!([]), "nothing was stored");
+}
+
+/// A Redis command over a plain TCP connection (RESP), for the one test that needs Redis.
+async fn redis_command(args: &[&str]) -> Result<(), std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = std::env::var("BIFROST_TEST_REDIS_ADDR").unwrap_or_else(|_| "127.0.0.1:6379".into());
+    let mut connection = tokio::net::TcpStream::connect(address).await?;
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    connection.write_all(command.as_bytes()).await?;
+    let mut reply = [0_u8; 64];
+    let _ = connection.read(&mut reply).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_in_bridges_dead_letters_are_listed_and_deleted() {
+    if let Err(e) = redis_command(&["PING"]).await {
+        bifrost_core::testkit::service_unavailable::<()>("Redis", e);
+        return;
+    }
+    let key = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+    let node = Node::start(store, ServerConfig::default()).await;
+    // An out-bridge writes the event JSON to the key; an in-bridge that expects binary
+    // CloudEvents finds no CloudEvents attributes there: a dead letter.
+    let out =
+        json!({"direction": "out", "kind": "redis-stream", "url": "redis://127.0.0.1:6379", "target": key});
+    assert_eq!(node.call(Method::PUT, "/v1/bridges/out", Some(out)).await.0, 201);
+    let inb = json!({"direction": "in", "kind": "redis-stream", "url": "redis://127.0.0.1:6379", "source": key,
+                     "content_mode": "cloudevents-binary"});
+    assert_eq!(node.call(Method::PUT, "/v1/bridges/in", Some(inb)).await.0, 201);
+    let (status, _) = node
+        .call(
+            Method::POST,
+            "/v1/streams/order-1/events",
+            Some(json!({"events": [{"type": "order.placed", "data": {}}]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let mut letters = json!(null);
+    for _ in 0..200 {
+        let (status, body) = node.call(Method::GET, "/v1/bridges/in/dead-letters", None).await;
+        assert_eq!(status, 200);
+        if body["dead_letters"].as_array().is_some_and(|l| !l.is_empty()) {
+            letters = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = redis_command(&["DEL", &key]).await;
+    let letter = &letters["dead_letters"][0];
+    assert!(letter["reason"].as_str().is_some_and(|r| r.contains("specversion")), "{letters}");
+    assert!(
+        letter["received_at"].as_str().is_some() && letter["body"].as_str().is_some_and(|b| !b.is_empty()),
+        "{letters}"
+    );
+    let id = letter["id"].as_str().unwrap();
+    let path = format!("/v1/bridges/in/dead-letters/{id}");
+    assert_eq!(node.call(Method::DELETE, &path, None).await.0, 204);
+    assert_eq!(node.call(Method::DELETE, &path, None).await.0, 404);
+    let (_, body) = node.call(Method::GET, "/v1/bridges/in/dead-letters", None).await;
+    assert_eq!(body, json!({"dead_letters": []}));
+    let (_, inb) = node.call(Method::GET, "/v1/bridges/in", None).await;
+    assert_eq!((inb["checkpoint"].as_u64(), inb["published"].as_u64()), (Some(1), Some(0)), "{inb}");
 }

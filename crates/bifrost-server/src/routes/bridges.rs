@@ -5,7 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bifrost_api::{BridgeBody, BridgeListBody, BridgeRequest, Problem};
-use bifrost_bridges::BridgeError;
+use bifrost_bridges::{BridgeError, DeadLetter};
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ProblemType};
@@ -20,14 +21,21 @@ impl From<BridgeError> for ApiError {
             BridgeError::NotFound(name) => {
                 ApiError::new(ProblemType::BridgeNotFound, detail).with("bridge", name.into())
             }
+            BridgeError::DeadLetterNotFound { bridge, id } => {
+                ApiError::new(ProblemType::DeadLetterNotFound, detail)
+                    .with("bridge", bridge.into())
+                    .with("id", id.into())
+            }
             BridgeError::Store(e) => e.into(),
         }
     }
 }
 
-/// Creates (`201`) or replaces (`200`) a bridge: matching events out to NATS JetStream,
-/// RabbitMQ, Redis Streams or Redis Pub/Sub, at-least-once and in log order, run by one
-/// node at a time. `start` counts only at creation.
+/// Creates (`201`) or replaces (`200`) a bridge, run by one node at a time. Out: matching
+/// events to NATS JetStream, RabbitMQ, Redis Streams or Redis Pub/Sub, at-least-once and in
+/// log order; `start` counts only at creation. In: a JetStream durable consumer, a RabbitMQ
+/// queue or a Redis stream's group `bifrost`, each message appended as an event (idempotent
+/// by the message's id) and acked once stored.
 #[utoipa::path(
     put,
     path = "/v1/bridges/{name}",
@@ -91,4 +99,71 @@ pub(crate) async fn delete(State(state): State<AppState>, path: PathParams) -> A
 )]
 pub(crate) async fn list(State(state): State<AppState>) -> ApiResult<Json<BridgeListBody>> {
     Ok(Json(BridgeListBody { bridges: state.bridges.list().await? }))
+}
+
+/// An in-bridge's message that is not an event, acked and kept.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
+pub(crate) struct BridgeDeadLetterBody {
+    pub(crate) id: String,
+    /// Why it is not an event.
+    pub(crate) reason: String,
+    /// RFC 3339.
+    pub(crate) received_at: String,
+    /// The message body, base64, at most 64 KiB of it.
+    pub(crate) body: String,
+}
+
+/// `GET /v1/bridges/{name}/dead-letters`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
+pub(crate) struct BridgeDeadLetterListBody {
+    pub(crate) dead_letters: Vec<BridgeDeadLetterBody>,
+}
+
+impl From<DeadLetter> for BridgeDeadLetterBody {
+    fn from(letter: DeadLetter) -> Self {
+        Self { id: letter.id, reason: letter.reason, received_at: letter.received_at, body: letter.body }
+    }
+}
+
+/// An in-bridge's dead letters, oldest first: broker messages that were not valid events
+/// (JSON, names, schema, size), acked so the ones after them went on. At most 1000 are kept
+/// a bridge; an out-bridge has none.
+#[utoipa::path(
+    get,
+    path = "/v1/bridges/{name}/dead-letters",
+    tag = "bridges",
+    params(("name" = String, Path, description = "The bridge's name")),
+    responses(
+        (status = 200, description = "The dead letters", body = BridgeDeadLetterListBody),
+        (status = 404, description = "`bifrost:bridge-not-found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn dead_letters(
+    State(state): State<AppState>,
+    path: PathParams,
+) -> ApiResult<Json<BridgeDeadLetterListBody>> {
+    let letters = state.bridges.dead_letters(path.get("name")?).await?;
+    Ok(Json(BridgeDeadLetterListBody { dead_letters: letters.into_iter().map(Into::into).collect() }))
+}
+
+/// Forgets one dead letter of an in-bridge.
+#[utoipa::path(
+    delete,
+    path = "/v1/bridges/{name}/dead-letters/{id}",
+    tag = "bridges",
+    params(
+        ("name" = String, Path, description = "The bridge's name"),
+        ("id" = String, Path, description = "The dead letter's id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such bridge (`bifrost:bridge-not-found`) or dead letter (`bifrost:dead-letter-not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn delete_dead_letter(
+    State(state): State<AppState>,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    state.bridges.delete_dead_letter(path.get("name")?, path.get("id")?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
