@@ -22,6 +22,9 @@ use crate::spec::{BridgeSpec, InvalidBridge, check_name};
 
 /// The scope of the bridges' settings.
 const SPEC_SCOPE: &str = "bridges";
+/// The bridges a node's configuration file names (key: the name): the API may not change
+/// or delete them, on any node.
+const MANAGED_SCOPE: &str = "bridges-managed";
 /// How often a node looks for changed bridges.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -32,6 +35,8 @@ pub enum BridgeError {
     Invalid(#[from] InvalidBridge),
     #[error("no bridge named {0:?}")]
     NotFound(String),
+    #[error("bridge {0:?} is set in the configuration file; change it there")]
+    ConfigManaged(String),
     #[error("bridge {bridge:?} has no dead letter {id:?}")]
     DeadLetterNotFound { bridge: String, id: String },
     #[error(transparent)]
@@ -65,9 +70,50 @@ impl Bridges {
         Self { store, leases, heartbeat, connector, running: Mutex::new(HashMap::new()) }
     }
 
-    /// Creates (`true`) or replaces a bridge. `start` counts only at creation.
+    /// Creates (`true`) or replaces a bridge. `start` counts only at creation. A bridge of
+    /// the configuration file is [`BridgeError::ConfigManaged`].
     pub async fn put(&self, name: &str, request: BridgeRequest) -> Result<(bool, BridgeBody), BridgeError> {
         check_name(name)?;
+        self.refuse_managed(name).await?;
+        self.write(name, request).await
+    }
+
+    /// Puts the bridges of this node's configuration file and marks them managed; a bridge
+    /// the file named before but names no more is left as it is, now managed through the
+    /// API (nothing is deleted because a file changed).
+    pub async fn configure(&self, bridges: &[(String, BridgeRequest)]) -> Result<(), BridgeError> {
+        for (name, request) in bridges {
+            check_name(name)?;
+            self.write(name, request.clone()).await?;
+        }
+        let managed = bifrost_core::state::scan_all(self.store.as_ref(), MANAGED_SCOPE).await?;
+        let mut changes: Vec<StateChange> = managed
+            .into_iter()
+            .filter(|entry| !bridges.iter().any(|(name, _)| *name == entry.key))
+            .map(|entry| {
+                tracing::info!(bridge = %entry.key, "no longer in the configuration file; managed through the API now");
+                StateChange::Delete { scope: MANAGED_SCOPE.into(), key: entry.key }
+            })
+            .collect();
+        changes.extend(bridges.iter().map(|(name, _)| StateChange::Put {
+            scope: MANAGED_SCOPE.into(),
+            key: name.clone(),
+            value: Bytes::from_static(b"{}"),
+        }));
+        if !changes.is_empty() {
+            self.store.write_state(changes).await?;
+        }
+        Ok(())
+    }
+
+    async fn refuse_managed(&self, name: &str) -> Result<(), BridgeError> {
+        match self.store.read_state(MANAGED_SCOPE, name).await? {
+            Some(_) => Err(BridgeError::ConfigManaged(name.to_owned())),
+            None => Ok(()),
+        }
+    }
+
+    async fn write(&self, name: &str, request: BridgeRequest) -> Result<(bool, BridgeBody), BridgeError> {
         let spec = BridgeSpec::from_request(request)?;
         let existing = self.read_spec(name).await?;
         let value = serde_json::to_vec(&spec).map(Bytes::from).map_err(|e| internal(&e))?;
@@ -107,6 +153,7 @@ impl Bridges {
         if self.read_spec(name).await?.is_none() {
             return Err(BridgeError::NotFound(name.to_owned()));
         }
+        self.refuse_managed(name).await?;
         self.store
             .write_state(vec![
                 StateChange::Delete { scope: SPEC_SCOPE.into(), key: name.into() },

@@ -185,3 +185,34 @@ async fn one_node_runs_a_bridge_and_another_resumes_from_its_checkpoint() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(positions(&broker).len(), sent);
 }
+
+#[tokio::test]
+async fn a_file_dropping_a_bridge_leaves_it_in_place_and_hands_it_to_the_api() {
+    let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+    let broker = Arc::new(Broker::default());
+    let (bridges, stop) = node(&store, &broker, "a");
+    let file =
+        vec![("filed".to_owned(), request(json!({"direction": "out", "kind": "nats", "url": "nats://x"})))];
+    bridges.configure(&file).await.unwrap();
+    let managed =
+        bridges.put("filed", request(json!({"direction": "out", "kind": "nats", "url": "nats://y"}))).await;
+    assert!(matches!(managed, Err(bifrost_bridges::BridgeError::ConfigManaged(_))), "{managed:?}");
+    assert!(matches!(bridges.delete("filed").await, Err(bifrost_bridges::BridgeError::ConfigManaged(_))));
+
+    // Applied again (a restart) with the file changed: the new settings win.
+    let changed =
+        vec![("filed".to_owned(), request(json!({"direction": "out", "kind": "nats", "url": "nats://z"})))];
+    bridges.configure(&changed).await.unwrap();
+    assert_eq!(bridges.get("filed").await.unwrap().config.url, "nats://z");
+
+    // A file without it: the bridge stays, and the API may change and delete it.
+    bridges.configure(&[]).await.unwrap();
+    assert_eq!(bridges.get("filed").await.unwrap().config.url, "nats://z");
+    let (created, _) = bridges
+        .put("filed", request(json!({"direction": "out", "kind": "nats", "url": "nats://y"})))
+        .await
+        .unwrap();
+    assert!(!created);
+    bridges.delete("filed").await.unwrap();
+    stop.cancel();
+}

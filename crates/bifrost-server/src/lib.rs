@@ -65,6 +65,11 @@ pub struct ServerConfig {
     pub realtime: RealtimeConfig,
     /// This node's identity and heartbeat among the nodes that share its store.
     pub cluster: ClusterConfig,
+    /// Bridges named in the configuration file (`[[bridges]]`), by name: put at start, and
+    /// refused (`409 bifrost:bridge-config-managed`) to `PUT` and `DELETE` over the API, on
+    /// every node. `None` (the file has no `bridges`): this node leaves the managed set as it
+    /// is; a list, even empty, is the whole set (a bridge it no longer names goes to the API).
+    pub bridges: Option<Vec<(String, bifrost_api::BridgeRequest)>>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +81,7 @@ impl Default for ServerConfig {
             sse_heartbeat: Duration::from_secs(15),
             realtime: RealtimeConfig::default(),
             cluster: ClusterConfig::default(),
+            bridges: None,
         }
     }
 }
@@ -254,6 +260,19 @@ pub async fn serve(
     state.webhooks = webhooks.clone();
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     state.listen = Some(Arc::from(listen.as_str()));
+    // The file's bridges are in place before any node's runner can meet them half-written.
+    let configured = match &state.config.bridges {
+        Some(bridges) => state.bridges.configure(bridges).await,
+        None => Ok(()),
+    };
+    if let Err(e) = configured {
+        if let Some(w) = &webhooks {
+            let _ = w.close().await;
+        }
+        let _ = groups.close().await;
+        let _ = store.close().await;
+        return Err(std::io::Error::other(format!("cannot apply the configured bridges: {e}")));
+    }
     let heartbeat = tokio::spawn(Arc::clone(&state.cluster).run(listen, token.clone()));
     let bridging = state.bridges.start(token.clone());
     state.realtime.start_cluster().await;

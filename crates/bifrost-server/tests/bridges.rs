@@ -232,3 +232,39 @@ async fn an_in_bridges_dead_letters_are_listed_and_deleted() {
     let (_, inb) = node.call(Method::GET, "/v1/bridges/in", None).await;
     assert_eq!((inb["checkpoint"].as_u64(), inb["published"].as_u64()), (Some(1), Some(0)), "{inb}");
 }
+
+#[tokio::test]
+async fn bridges_of_the_configuration_file_are_in_place_at_start_and_refused_to_put_and_delete() {
+    let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+    let request = serde_json::from_value(json!({"direction": "out", "kind": "redis-stream",
+        "url": "redis://:pw@127.0.0.1:1", "filter": {"types": ["order.#"]}, "start": "beginning"}))
+    .unwrap();
+    // An API-made bridge that an earlier start's file had named: only the file's are managed.
+    let config =
+        ServerConfig { bridges: Some(vec![("from-file".into(), request)]), ..ServerConfig::default() };
+    let node = Node::start(Arc::clone(&store), config).await;
+
+    let (status, body) = node.call(Method::GET, "/v1/bridges/from-file", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["config"]["url"], "redis://:***@127.0.0.1:1");
+    assert_eq!(body["config"]["start"], "beginning");
+
+    let change = json!({"direction": "out", "kind": "nats", "url": "nats://127.0.0.1:1"});
+    let (status, body) = node.call(Method::PUT, "/v1/bridges/from-file", Some(change.clone())).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["type"], "bifrost:bridge-config-managed");
+    assert_eq!(body["bridge"], "from-file");
+    let (status, body) = node.call(Method::DELETE, "/v1/bridges/from-file", None).await;
+    assert_eq!((status, body["type"].as_str()), (409, Some("bifrost:bridge-config-managed")));
+    let (_, body) = node.call(Method::GET, "/v1/bridges/from-file", None).await;
+    assert_eq!(body["config"]["kind"], "redis-stream", "nothing changed");
+
+    // Another node on the store, whose file has no bridges, refuses it the same way.
+    let other = Node::start(Arc::clone(&store), ServerConfig::default()).await;
+    let (status, _) = other.call(Method::PUT, "/v1/bridges/from-file", Some(change.clone())).await;
+    assert_eq!(status, 409);
+
+    // Other bridges stay the API's.
+    assert_eq!(other.call(Method::PUT, "/v1/bridges/by-api", Some(change)).await.0, 201);
+    assert_eq!(node.call(Method::DELETE, "/v1/bridges/by-api", None).await.0, 204);
+}

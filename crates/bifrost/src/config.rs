@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bifrost_api::BridgeRequest;
 use bifrost_postgres::PostgresOptions;
 use bifrost_server::{ClusterBusSpec, ClusterConfig, JwtKey, RealtimeConfig, ServerConfig};
 use bifrost_sqlite::Durability;
@@ -145,6 +146,11 @@ pub(crate) struct ConfigLayer {
     /// The `[cluster]` table of the TOML file.
     #[arg(skip)]
     pub(crate) cluster: Option<ClusterTable>,
+
+    /// `[[bridges]]` in the TOML file: each a `name` and the body of `PUT /v1/bridges/{name}`.
+    /// Applied at start; the API cannot change or delete them.
+    #[arg(skip)]
+    pub(crate) bridges: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
 
     /// WebSocket: frames queued for one connection before it counts as a slow consumer
     /// [default: 1000]. TOML: `realtime.queue_size`.
@@ -339,6 +345,7 @@ impl ConfigLayer {
             cluster_bus: self.cluster_bus.or(lower.cluster_bus),
             cluster_poll_ms: self.cluster_poll_ms.or(lower.cluster_poll_ms),
             cluster: self.cluster.or(lower.cluster),
+            bridges: self.bridges.or(lower.bridges),
             realtime_queue_size: self.realtime_queue_size.or(lower.realtime_queue_size),
             realtime_recovery_max_events: self
                 .realtime_recovery_max_events
@@ -358,6 +365,48 @@ impl ConfigLayer {
             jwt_leeway_s: self.jwt_leeway_s.or(lower.jwt_leeway_s),
             auth: self.auth.or(lower.auth),
         }
+    }
+}
+
+/// `[[bridges]]`: each table's `name` and the rest as the API's bridge body, checked as the
+/// API checks it, so that a bad bridge stops the start instead of failing later.
+fn configured_bridges(
+    tables: &[serde_json::Map<String, serde_json::Value>],
+) -> anyhow::Result<Vec<(String, BridgeRequest)>> {
+    let mut out: Vec<(String, BridgeRequest)> = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        let mut body = table.clone();
+        let name = match body.remove("name") {
+            Some(serde_json::Value::String(name)) => name,
+            _ => bail!("bridges[{i}] needs a name = \"…\""),
+        };
+        let request: BridgeRequest = serde_json::from_value(serde_json::Value::Object(body))
+            .map_err(|e| anyhow::anyhow!("bridges[{i}] {name:?}: {e}"))?;
+        bifrost_bridges::spec::check_name(&name).map_err(|e| anyhow::anyhow!("bridges[{i}]: {}", e.0))?;
+        bifrost_bridges::BridgeSpec::from_request(request.clone())
+            .map_err(|e| anyhow::anyhow!("bridges[{i}] {name:?}: {}", e.0))?;
+        if out.iter().any(|(other, _)| *other == name) {
+            bail!("bridges[{i}]: the name {name:?} is used twice");
+        }
+        out.push((name, request));
+    }
+    Ok(out)
+}
+
+/// A JSON value as a TOML value (inline tables for objects): how `bifrost config` prints a
+/// bridge's settings.
+fn toml_value(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Array(items) => {
+            format!("[{}]", items.iter().map(toml_value).collect::<Vec<_>>().join(", "))
+        }
+        serde_json::Value::Object(map) => {
+            let fields: Vec<String> = map.iter().map(|(k, v)| format!("{k} = {}", toml_value(v))).collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
+        // A JSON string, number or boolean is written the same in TOML (null never occurs:
+        // the body leaves absent settings out).
+        other => other.to_string(),
     }
 }
 
@@ -500,6 +549,8 @@ pub(crate) struct Settings {
     pub(crate) cluster_bus: ClusterBusSpec,
     /// `cluster.poll_ms`.
     pub(crate) cluster_poll: Duration,
+    /// `[[bridges]]`, checked, by name; `None` when the file has none.
+    pub(crate) bridges: Option<Vec<(String, BridgeRequest)>>,
     pub(crate) realtime: RealtimeConfig,
     /// Where `realtime.jwt` was read from, when it is a public key.
     pub(crate) jwt_public_key_file: Option<PathBuf>,
@@ -513,6 +564,7 @@ impl Settings {
         let (realtime, jwt_public_key_file) = realtime_config(&layer)?;
         let cluster = cluster_config(&layer);
         let (cluster_bus, cluster_poll) = cluster_bus(&layer)?;
+        let bridges = layer.bridges.as_deref().map(configured_bridges).transpose()?;
         let defaults = ServerConfig::default();
         let pg = PostgresOptions::default();
         let millis = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
@@ -550,6 +602,7 @@ impl Settings {
             cluster,
             cluster_bus,
             cluster_poll,
+            bridges,
             realtime,
             jwt_public_key_file,
             webhook_retry_after_max: Duration::from_secs(
@@ -649,6 +702,7 @@ impl Settings {
             sse_heartbeat: self.sse_heartbeat,
             realtime: self.realtime.clone(),
             cluster: self.cluster.clone(),
+            bridges: self.bridges.clone(),
         }
     }
 
@@ -697,6 +751,10 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "pg_wait_timeout_ms = {}", self.pg_wait_timeout.as_millis());
         let _ = writeln!(out, "log = {}", quote(&self.log));
         let _ = writeln!(out, "node_id = {}", quote(&self.cluster.node_id));
+        if self.bridges.as_ref().is_some_and(Vec::is_empty) {
+            // A top-level key: before the first table.
+            let _ = writeln!(out, "bridges = []");
+        }
         let _ = writeln!(out, "\n[webhooks]");
         let cidrs: Vec<String> = self.webhook_allow_cidrs.iter().map(|c| quote(c)).collect();
         let _ = writeln!(out, "allow_cidrs = [{}]", cidrs.join(", "));
@@ -727,6 +785,16 @@ impl fmt::Display for Settings {
             let _ = writeln!(out, "public_key_file = {}", quote(&path.to_string_lossy()));
         }
         let _ = write!(out, "leeway_s = {}", r.jwt_leeway_s);
+        for (name, request) in self.bridges.iter().flatten() {
+            let _ = write!(out, "\n\n[[bridges]]\nname = {}", quote(name));
+            let mut request = request.clone();
+            request.url = bifrost_bridges::spec::mask_password(&request.url);
+            if let Ok(serde_json::Value::Object(body)) = serde_json::to_value(&request) {
+                for (key, value) in &body {
+                    let _ = write!(out, "\n{key} = {}", toml_value(value));
+                }
+            }
+        }
         f.write_str(&out)
     }
 }
@@ -853,6 +921,72 @@ mod tests {
         let message = bad_setting(flags(&["--jwt-secret", ""]), ConfigLayer::default());
         assert_eq!(message, "auth.jwt.secret: the JWT secret is empty");
         assert!(ConfigLayer::from_toml("[auth.jwt]\nleeway = 5").is_err(), "unknown keys are errors");
+    }
+
+    #[test]
+    fn bridges_of_the_file_are_checked_reach_the_server_and_print_without_their_password() {
+        let text = r#"
+[[bridges]]
+name = "orders"
+direction = "out"
+kind = "redis-stream"
+url = "redis://:s3cret@127.0.0.1:6379"
+filter = { types = ["order.#"] }
+start = "beginning"
+batch_size = 10
+
+[[bridges]]
+name = "ingest"
+direction = "in"
+kind = "rabbitmq"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+source = "incoming"
+"#;
+        let s = Settings::resolve(ConfigLayer::default(), file(text)).unwrap();
+        let server = s.server_config();
+        let bridges = server.bridges.unwrap();
+        let names: Vec<&str> = bridges.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["orders", "ingest"]);
+        assert_eq!(bridges[0].1.batch_size, Some(10));
+
+        // `bifrost config` prints them as TOML that reads back the same, bar the passwords.
+        let printed = s.to_string();
+        assert!(!printed.contains("s3cret") && printed.contains("redis://:***@127.0.0.1:6379"), "{printed}");
+        let again = Settings::resolve(ConfigLayer::default(), file(&printed)).unwrap().bridges.unwrap();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0].1.filter, bridges[0].1.filter);
+        assert_eq!(again[1].1.source.as_deref(), Some("incoming"));
+
+        // No bridges in the file: this node manages none; `bridges = []`: it manages an empty set.
+        assert_eq!(Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap().bridges, None);
+        let empty = Settings::resolve(ConfigLayer::default(), file("bridges = []")).unwrap();
+        assert_eq!(empty.bridges, Some(Vec::new()));
+        let printed = empty.to_string();
+        assert_eq!(
+            Settings::resolve(ConfigLayer::default(), file(&printed)).unwrap().bridges,
+            Some(Vec::new())
+        );
+
+        for (bad, says) in [
+            ("[[bridges]]\ndirection = \"out\"\nkind = \"nats\"\nurl = \"nats://x\"", "needs a name"),
+            ("[[bridges]]\nname = \"a\"\nkind = \"nats\"\nurl = \"nats://x\"", "direction"),
+            (
+                "[[bridges]]\nname = \"a\"\ndirection = \"out\"\nkind = \"nats\"\nurl = \"nats://x\"\nbatch_size = 0",
+                "batch_size",
+            ),
+            (
+                "[[bridges]]\nname = \"a b\"\ndirection = \"out\"\nkind = \"nats\"\nurl = \"nats://x\"",
+                "bridges[0]",
+            ),
+            (
+                "[[bridges]]\nname = \"a\"\ndirection = \"out\"\nkind = \"nats\"\nurl = \"nats://x\"\n\
+              [[bridges]]\nname = \"a\"\ndirection = \"out\"\nkind = \"nats\"\nurl = \"nats://x\"",
+                "used twice",
+            ),
+        ] {
+            let e = Settings::resolve(ConfigLayer::default(), file(bad)).unwrap_err().to_string();
+            assert!(e.contains(says) && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -21,6 +21,9 @@ impl From<BridgeError> for ApiError {
             BridgeError::NotFound(name) => {
                 ApiError::new(ProblemType::BridgeNotFound, detail).with("bridge", name.into())
             }
+            BridgeError::ConfigManaged(name) => {
+                ApiError::new(ProblemType::BridgeConfigManaged, detail).with("bridge", name.into())
+            }
             BridgeError::DeadLetterNotFound { bridge, id } => {
                 ApiError::new(ProblemType::DeadLetterNotFound, detail)
                     .with("bridge", bridge.into())
@@ -46,6 +49,7 @@ impl From<BridgeError> for ApiError {
         (status = 200, description = "Replaced", body = BridgeBody),
         (status = 201, description = "Created", body = BridgeBody),
         (status = 400, description = "A bad field", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Set in the configuration file (`bifrost:bridge-config-managed`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn put(
@@ -83,6 +87,7 @@ pub(crate) async fn get(State(state): State<AppState>, path: PathParams) -> ApiR
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "`bifrost:bridge-not-found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Set in the configuration file (`bifrost:bridge-config-managed`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn delete(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {

@@ -57,6 +57,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::test))
         .routes(routes!(bridges::put, bridges::get, bridges::delete))
         .routes(routes!(bridges::list))
+        .routes(routes!(bridges::dead_letters))
+        .routes(routes!(bridges::delete_dead_letter))
         .routes(routes!(cluster::nodes))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
