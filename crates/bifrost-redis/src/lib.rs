@@ -38,8 +38,16 @@
 //! connect, reported by [`RedisStore::durable`] (a server that refuses `CONFIG GET`, as
 //! managed ones do, counts as not durable).
 //!
+//! **Reads** are scripts too, each seeing Redis between two appends. A filtered log read
+//! decodes and filters in the store, a chunk of the log at a time: a very selective filter
+//! over a long log reads much of it.
+//!
 //! **Cluster bus.** [`StateStore::cluster_bus`] is Pub/Sub on `{prefix}:bus`
 //! ([`RedisBus`], also usable on its own by nodes of another store).
+//!
+//! **Consumer groups** are not kept in Redis yet: [`StateStore::shared_groups`] is `None`,
+//! so a process runs its groups itself from the state space (`bifrost-bus`), which is
+//! right only while one node serves a prefix's groups.
 //!
 //! **TLS** (`rediss://`) is not built in: such a URL is refused with a clear error.
 
@@ -104,18 +112,18 @@ impl Default for RedisOptions {
     }
 }
 
-/// A prefix is 1-128 printable ASCII characters without spaces or glob characters (it is
-/// used in `SCAN MATCH` patterns).
+/// A prefix is 1-128 characters of `A-Z a-z 0-9 _ . @ -`. No `:`, so the first `:` of a
+/// key ends its prefix and two stores' keys can never meet (stream names may hold `:`);
+/// no glob characters, since `remove_prefix` matches `{prefix}:*`.
 pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
     let valid = !prefix.is_empty()
         && prefix.len() <= MAX_PREFIX
-        && prefix.bytes().all(|b| b.is_ascii_graphic() && !b"*?[]\\".contains(&b));
+        && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.@-".contains(&b));
     if valid {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "invalid Redis key prefix {prefix:?}: use 1-{MAX_PREFIX} printable ASCII characters \
-             without spaces, *, ?, [, ] or \\"
+            "invalid Redis key prefix {prefix:?}: use 1-{MAX_PREFIX} characters of A-Z a-z 0-9 _ . @ -"
         )))
     }
 }

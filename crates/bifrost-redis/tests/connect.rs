@@ -51,7 +51,7 @@ async fn a_tls_url_is_refused_with_a_clear_error_not_a_panic() {
 #[tokio::test]
 async fn a_prefix_that_cannot_name_keys_safely_is_refused() {
     let long = "p".repeat(129);
-    for prefix in ["", "has space", "glob*", "a?b", "[x]", long.as_str()] {
+    for prefix in ["", "has space", "glob*", "a?b", "[x]", "nested:prefix", long.as_str()] {
         let err = RedisStore::connect(&support::url(), options(prefix)).await.err().unwrap();
         assert!(matches!(err, Error::InvalidArgument(_)), "{prefix:?}: {err:?}");
     }
