@@ -151,6 +151,14 @@ impl RedisBus {
     }
 }
 
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            listener.abort();
+        }
+    }
+}
+
 #[async_trait]
 impl ClusterBus for RedisBus {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {

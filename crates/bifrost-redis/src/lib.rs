@@ -45,14 +45,18 @@
 //! **Cluster bus.** [`StateStore::cluster_bus`] is Pub/Sub on `{prefix}:bus`
 //! ([`RedisBus`], also usable on its own by nodes of another store).
 //!
-//! **Consumer groups** are not kept in Redis yet: [`StateStore::shared_groups`] is `None`,
-//! so a process runs its groups itself from the state space (`bifrost-bus`), which is
-//! right only while one node serves a prefix's groups.
+//! **Consumer groups** ([`StateStore::shared_groups`], `groups/`) are kept in Redis, so
+//! every node on a prefix serves the same ones: a group's unsettled events are rows fed
+//! from the log by whichever node fetches, a lease is a row with a deadline and a nonce,
+//! and every operation (feed, lease, ack, nack, expiry, replay, change) is one script, so
+//! a lease fetched on one node is acked on another and a dead node's leases expire
+//! through the others.
 //!
 //! **TLS** (`rediss://`) is not built in: such a URL is refused with a clear error.
 
 mod bus;
 mod codec;
+mod groups;
 mod listener;
 mod reader;
 mod scripts;
@@ -66,6 +70,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bifrost_core::backend::rules::{validate_appends, validate_state_changes};
 use bifrost_core::cluster::ClusterBus;
+use bifrost_core::group::{GroupEngine, GroupKind};
 use bifrost_core::{
     AppendResult, DeleteMode, Direction, Error, EventId, EventStore, LogFilter, LogSlice, Position,
     RecordedEvent, Result, StateChange, StateEntry, StateStore, StreamAppend, StreamInfo, StreamListQuery,
@@ -77,6 +82,7 @@ use tokio::sync::watch;
 
 pub use crate::bus::RedisBus;
 use crate::codec::{closed, int, redis_error};
+use crate::groups::StoreGroups;
 use crate::listener::HeadListener;
 use crate::scripts::{DELETE, Keys};
 use crate::writer::Writer;
@@ -166,6 +172,8 @@ pub struct RedisStore {
     listener: HeadListener,
     head: watch::Receiver<Position>,
     bus: Arc<RedisBus>,
+    /// The consumer groups kept in Redis, shared by every node on the prefix.
+    groups: StoreGroups,
     durable: bool,
     closed: AtomicBool,
 }
@@ -192,8 +200,9 @@ impl RedisStore {
             options.poll_interval,
         );
         let writer = Writer::start(conn.clone(), keys.clone(), head_tx, options.max_batch);
+        let groups = StoreGroups::start(client.clone(), conn.clone(), keys.clone(), head.clone());
         let bus = RedisBus::start(client, conn.clone(), &options.prefix);
-        Ok(Self { conn, keys, writer, listener, head, bus, durable, closed: AtomicBool::new(false) })
+        Ok(Self { conn, keys, writer, listener, head, bus, groups, durable, closed: AtomicBool::new(false) })
     }
 
     /// Whether an acknowledged write survives a crash of the Redis server: `appendonly yes`
@@ -297,6 +306,7 @@ impl EventStore for RedisStore {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
+        self.groups.stop().await;
         self.writer.close().await;
         self.listener.stop().await;
         self.bus.close().await;
@@ -317,6 +327,11 @@ impl StateStore for RedisStore {
 
     async fn scan_state(&self, scope: &str, after: Option<&str>, limit: usize) -> Result<Vec<StateEntry>> {
         state::scan(&mut self.conn()?, &self.keys, scope, after, limit).await
+    }
+
+    /// Groups are kept in Redis: every node on this prefix serves the same ones.
+    fn shared_groups(&self, kind: GroupKind) -> Option<Arc<dyn GroupEngine>> {
+        Some(self.groups.engine(kind))
     }
 
     /// Pub/Sub on `{prefix}:bus`: every node on this prefix hears it.

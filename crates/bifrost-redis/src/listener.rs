@@ -126,3 +126,12 @@ impl HeadListener {
         }
     }
 }
+
+impl Drop for HeadListener {
+    /// A store dropped without `close` (a crash, in tests) stops listening all the same.
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}

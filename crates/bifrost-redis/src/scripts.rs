@@ -332,3 +332,18 @@ return out
 "#,
     )
 });
+
+/// Stored events by position. KEYS: log. ARGV: positions. Returns one entry per position,
+/// `false` when no event is stored there (deleted).
+pub(crate) static EVENTS_AT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for i, position in ipairs(ARGV) do
+  local found = redis.call('ZRANGEBYSCORE', KEYS[1], position, position)
+  out[i] = found[1] or false
+end
+return out
+"#,
+    )
+});
