@@ -1,12 +1,14 @@
 //! Opening a Redis store: the durability it reports, the URLs and prefixes it refuses, and
-//! what a closed store answers.
+//! what a closed store (and a closed group engine) answers.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use bifrost_core::group::{Fetch, GroupConfig, GroupKind, GroupName};
 use bifrost_core::testkit::{events, stream};
 use bifrost_core::{Direction, Error, EventStore, ExpectedVersion, LogFilter, StateStore};
 use bifrost_redis::{RedisBus, RedisOptions, RedisStore};
@@ -86,4 +88,24 @@ async fn a_closed_store_answers_unavailable_to_reads_writes_and_state() {
     unavailable(store.stream_info(&stream("a-1")).await.map(|_| ()));
     unavailable(store.read_state("s", "k").await.map(|_| ()));
     unavailable(store.write_state(vec![bifrost_core::StateChange::put("s", "k", "v")]).await);
+    let groups = store.shared_groups(GroupKind::Group).unwrap();
+    unavailable(groups.list().await.map(|_| ()));
+}
+
+/// A fetch waiting on a group ends when its engine closes, instead of waiting out its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_group_engine_ends_its_waiting_fetches() {
+    let Some((store, _guard)) = store_with(options(&fresh_prefix())).await else { return };
+    let groups = store.shared_groups(GroupKind::Group).unwrap();
+    let g = GroupName::new("g").unwrap();
+    groups.put(&g, GroupConfig::default()).await.unwrap();
+    let waiting = {
+        let (groups, g) = (groups.clone(), g.clone());
+        tokio::spawn(async move { groups.fetch(&g, Fetch::new("c", 1, Duration::from_secs(60))).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    groups.close().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert!(matches!(ended, Err(Error::Unavailable(_))), "{ended:?}");
+    store.close().await.unwrap();
 }

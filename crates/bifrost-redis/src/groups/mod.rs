@@ -57,6 +57,8 @@ struct Core {
     head: watch::Receiver<Position>,
     wake: watch::Sender<u64>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// Set when the store closes: every kind's engine answers `Unavailable` from then on.
+    closed: AtomicBool,
 }
 
 /// The groups of one store, all kinds.
@@ -73,7 +75,14 @@ impl StoreGroups {
     ) -> Self {
         let (wake, _) = watch::channel(0u64);
         let channel = format!("{}:groups", keys.prefix);
-        let core = Arc::new(Core { conn, keys, head, wake, listener: Mutex::new(None) });
+        let core = Arc::new(Core {
+            conn,
+            keys,
+            head,
+            wake,
+            listener: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
         let heard = Arc::downgrade(&core);
         let caught_up = heard.clone();
         let bump = |core: &std::sync::Weak<Core>| {
@@ -92,6 +101,7 @@ impl StoreGroups {
     }
 
     pub(crate) async fn stop(&self) {
+        self.core.closed.store(true, Ordering::Release);
         let listener = self.core.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(listener) = listener {
             listener.abort();
@@ -136,7 +146,7 @@ fn micros(d: Duration) -> u64 {
 
 impl RedisGroups {
     fn conn(&self) -> Result<ConnectionManager> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || self.core.closed.load(Ordering::Acquire) {
             return Err(closed());
         }
         Ok(self.core.conn.clone())
@@ -550,6 +560,8 @@ impl GroupEngine for RedisGroups {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
+        // Waiting fetches look again, find the engine closed and end.
+        self.core.wake.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 }
