@@ -3,7 +3,7 @@
 //! scripts touch keys they compute).
 //!
 //! **Exact global order and atomicity.** Every append goes through one Lua script
-//! ([`scripts`](crate::scripts)), and Redis runs a script alone, start to end. The script
+//! (`scripts.rs`), and Redis runs a script alone, start to end. The script
 //! checks every expected version of a request and that none of its event ids is stored,
 //! then numbers its events after the stored head, writes them and moves the head; or it
 //! writes nothing of that request. So appends from any number of nodes are serialised by
@@ -27,6 +27,8 @@
 //! the live stream names are a sorted set, so listings page in name order. Readers' state
 //! is a hash and a sorted set of keys per scope. Every key starts with the prefix
 //! ([`RedisOptions::prefix`]). **The whole log lives in RAM**: size the server for it.
+//! The key layout and the stored event's form (`scripts.rs`, `codec.rs`) are what an
+//! existing Redis holds: change them like a database schema, never in place.
 //!
 //! **Wake-ups.** The append script publishes the new head on `{prefix}:head`; each store
 //! listens on a connection of its own (reconnecting with backoff) and moves its `head()`
@@ -36,7 +38,9 @@
 //! **Durability.** An append is acknowledged once Redis has run the script. That survives
 //! a crash of the server only with `appendonly yes` and `appendfsync always`: read at
 //! connect, reported by [`RedisStore::durable`] (a server that refuses `CONFIG GET`, as
-//! managed ones do, counts as not durable).
+//! managed ones do, counts as not durable). An append whose answer was lost (a timeout,
+//! a dropped connection) may have been applied: re-sending it with the same event ids
+//! returns the original result.
 //!
 //! **Reads** are scripts too, each seeing Redis between two appends. A filtered log read
 //! decodes and filters in the store, a chunk of the log at a time: a very selective filter
@@ -50,7 +54,8 @@
 //! from the log by whichever node fetches, a lease is a row with a deadline and a nonce,
 //! and every operation (feed, lease, ack, nack, expiry, replay, change) is one script, so
 //! a lease fetched on one node is acked on another and a dead node's leases expire
-//! through the others.
+//! through the others. A fetch costs a few round trips (feed, lease, events); a group's
+//! status counts its lag by reading the matching log beyond what was fed.
 //!
 //! **TLS** (`rediss://`) is not built in: such a URL is refused with a clear error.
 
