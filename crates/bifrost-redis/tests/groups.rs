@@ -346,6 +346,34 @@ mod nodes {
         c.finish().await;
     }
 
+    /// A filter widened on one node delivers, through another, the events above the
+    /// checkpoint that match only now, including those the group already read past.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_widened_filter_delivers_events_above_the_checkpoint_that_the_group_read_past() {
+        let Some(c) = Cluster::start(2).await else { return };
+        let (a, b) = (c.groups(0), c.groups(1));
+        for (s, t) in [("order-1", "order.placed"), ("order-2", "order.placed"), ("user-1", "user.created")] {
+            let e = bifrost_core::testkit::event(t, "{}");
+            c.node(0).append(stream(s), ExpectedVersion::Any, vec![e]).await.unwrap();
+        }
+        let orders = GroupConfig { filter: GroupFilter::types(["order.#"]), ..GroupConfig::default() };
+        a.put(&g(), orders.clone()).await.unwrap();
+        // Both orders out, the second acked: the group has read to 3, its checkpoint is 0.
+        let out = a.fetch(&g(), Fetch::new("x", 10, WAIT)).await.unwrap();
+        assert_eq!(out.len(), 2);
+        a.settle(&g(), &[out[1].token], Verdict::Ack, false).await.unwrap();
+        let wider = GroupConfig { filter: GroupFilter::types(["order.#", "user.#"]), ..orders };
+        assert_eq!(b.put(&g(), wider).await.unwrap(), Put::Updated);
+        let got = b.fetch(&g(), Fetch::new("y", 10, WAIT)).await.unwrap();
+        assert_eq!(got.iter().map(|l| l.event.position).collect::<Vec<_>>(), [3], "the user event, once");
+        b.settle(&g(), &[got[0].token, out[0].token], Verdict::Ack, false).await.unwrap();
+        let s = a.status(&g()).await.unwrap();
+        assert_eq!((s.checkpoint, s.lag, s.in_flight), (3, 0, 0));
+        assert!(b.fetch(&g(), Fetch::new("y", 10, Duration::from_millis(200))).await.unwrap().is_empty());
+        drop((a, b));
+        c.finish().await;
+    }
+
     /// The in-process bus on two nodes: one durable consumer name, one group between them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn durable_bus_consumers_of_one_name_in_two_processes_share_the_events() {

@@ -282,6 +282,32 @@ impl RedisGroups {
         Ok((leases, next))
     }
 
+    /// Position and stream of the events in `(after, to]` that match `new` but not `old`.
+    async fn newly_matching(
+        &self,
+        mut after: Position,
+        to: Position,
+        old: &LogFilter,
+        new: &LogFilter,
+    ) -> Result<Vec<String>> {
+        let mut conn = self.conn()?;
+        let mut out = Vec::new();
+        while after < to {
+            let page = reader::read_all(&mut conn, &self.core.keys, after, new, COUNT_CHUNK).await?;
+            for e in page.events.iter().take_while(|e| e.position <= to) {
+                if !old.matches(&e.event_type, &e.stream, None, e.recorded_at) {
+                    out.push(e.position.to_string());
+                    out.push(e.stream.to_string());
+                }
+            }
+            if page.events.len() < COUNT_CHUNK || page.next_position <= after {
+                break;
+            }
+            after = page.next_position;
+        }
+        Ok(out)
+    }
+
     /// Matching events after `read_to`, up to the head.
     async fn unread(&self, read_to: Position, filter: &LogFilter) -> Result<u64> {
         let mut conn = self.conn()?;
@@ -367,10 +393,12 @@ impl GroupEngine for RedisGroups {
         if outcome.as_deref() == Some("created") {
             return Ok(Put::Created);
         }
-        // A changed filter: rows that no longer match are dropped (their leases end); the
-        // log beyond `read_to` is read with the new filter as it is fed.
-        if before.is_some_and(|b| b.filter != config.filter) {
-            let filter = config.filter.to_log_filter()?;
+        // A changed filter applies from the checkpoint on: rows that no longer match are
+        // dropped (their leases end), events above the checkpoint that match only now are
+        // added (they were never fed, so never settled), and the log beyond `read_to` is
+        // read with the new filter as it is fed.
+        if let Some(before) = before.filter(|b| b.filter != config.filter) {
+            let (old, new) = (before.filter.to_log_filter()?, config.filter.to_log_filter()?);
             let info = self.info(name, true).await?;
             let events = self.events_at(&info.positions).await?;
             let unmatched: Vec<Position> = info
@@ -378,11 +406,19 @@ impl GroupEngine for RedisGroups {
                 .iter()
                 .zip(events)
                 .filter(|(_, e)| {
-                    e.as_ref().is_none_or(|e| !filter.matches(&e.event_type, &e.stream, None, e.recorded_at))
+                    e.as_ref().is_none_or(|e| !new.matches(&e.event_type, &e.stream, None, e.recorded_at))
                 })
                 .map(|(p, _)| *p)
                 .collect();
             self.drop_rows(name, &unmatched).await?;
+            let checkpoint = info.positions.iter().min().map_or(info.read_to, |p| p - 1);
+            let newly = self.newly_matching(checkpoint, info.read_to, &old, &new).await?;
+            if !newly.is_empty() {
+                self.call(&scripts::ADD_ROWS, name, |i| {
+                    i.arg(&newly);
+                })
+                .await?;
+            }
         }
         Ok(Put::Updated)
     }

@@ -376,6 +376,23 @@ return {'ok'}
     )
 });
 
+/// KEYS: kinds hash, log. ARGV: prefix, name, then position and stream of each event to
+/// add as a row (one that matches a changed filter only now), unless it is one already.
+pub(crate) static ADD_ROWS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+for i = 3, #ARGV, 2 do
+  if not redis.call('ZSCORE', rows_key, ARGV[i]) then
+    redis.call('ZADD', rows_key, ARGV[i], ARGV[i])
+    redis.call('HSET', row_key, ARGV[i], '0|0|0|0|0|' .. ARGV[i + 1] .. '|')
+  end
+end
+redis.call('PUBLISH', prefix .. ':groups', id)
+return {'ok'}
+"#,
+    )
+});
+
 /// KEYS: kinds hash, log. ARGV: prefix, name. Removes the group and everything it keeps.
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     script(
