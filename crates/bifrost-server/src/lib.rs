@@ -39,7 +39,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::error::{ApiError, PROBLEM_JSON, ProblemType};
 
 pub use crate::cluster::{ClusterBusError, ClusterBusSpec, ClusterConfig, NatsBus, default_node_id};
-pub use crate::metrics::install_metrics_recorder;
+pub use crate::metrics::{install_metrics_recorder, set_store_durable};
 pub use crate::openapi::openapi_json;
 pub use crate::realtime::{JwtKey, RealtimeConfig};
 

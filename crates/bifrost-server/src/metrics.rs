@@ -62,7 +62,18 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
+/// `bifrost_store_durable`: 1 when what the store acknowledges survives a crash of its
+/// server (the embedded store with `durability = full`, PostgreSQL, Redis with `appendonly
+/// yes` and `appendfsync always`), else 0. Set once at start, after the recorder.
+pub fn set_store_durable(durable: bool) {
+    metrics::gauge!("bifrost_store_durable").set(if durable { 1.0 } else { 0.0 });
+}
+
 fn describe() {
+    metrics::describe_gauge!(
+        "bifrost_store_durable",
+        "1 when an acknowledged append survives a crash of the store's server, else 0"
+    );
     metrics::describe_counter!(APPENDS_TOTAL, "Successful append requests");
     metrics::describe_counter!("bifrost_webhook_attempts_total", "Webhook attempts, by endpoint and outcome");
     metrics::describe_counter!(

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bifrost_api::BridgeRequest;
 use bifrost_postgres::PostgresOptions;
+use bifrost_redis::RedisOptions;
 use bifrost_server::{ClusterBusSpec, ClusterConfig, JwtKey, RealtimeConfig, ServerConfig};
 use bifrost_sqlite::Durability;
 use clap::Args;
@@ -68,6 +69,11 @@ pub(crate) struct ConfigLayer {
     /// PostgreSQL: the schema that holds Bifrost's tables, created if missing [default: bifrost].
     #[arg(long, env = "BIFROST_PG_SCHEMA", value_name = "NAME")]
     pub(crate) pg_schema: Option<String>,
+
+    /// Redis store: the prefix of every key, so that several clusters can share one Redis
+    /// [default: bifrost].
+    #[arg(long, env = "BIFROST_REDIS_PREFIX", value_name = "PREFIX")]
+    pub(crate) redis_prefix: Option<String>,
 
     /// PostgreSQL: most pooled connections, shared by reads and the writer [default: 10].
     #[arg(long, env = "BIFROST_PG_POOL_SIZE", value_name = "N")]
@@ -331,6 +337,7 @@ impl ConfigLayer {
             max_events_per_append: self.max_events_per_append.or(lower.max_events_per_append),
             sse_heartbeat_ms: self.sse_heartbeat_ms.or(lower.sse_heartbeat_ms),
             pg_schema: self.pg_schema.or(lower.pg_schema),
+            redis_prefix: self.redis_prefix.or(lower.redis_prefix),
             pg_pool_size: self.pg_pool_size.or(lower.pg_pool_size),
             pg_connect_timeout_ms: self.pg_connect_timeout_ms.or(lower.pg_connect_timeout_ms),
             pg_idle_timeout_ms: self.pg_idle_timeout_ms.or(lower.pg_idle_timeout_ms),
@@ -536,6 +543,7 @@ pub(crate) struct Settings {
     pub(crate) max_events_per_append: usize,
     pub(crate) sse_heartbeat: Duration,
     pub(crate) pg_schema: String,
+    pub(crate) redis_prefix: String,
     pub(crate) pg_pool_size: usize,
     pub(crate) pg_connect_timeout: Duration,
     pub(crate) pg_idle_timeout: Duration,
@@ -586,6 +594,7 @@ impl Settings {
             max_events_per_append: layer.max_events_per_append.unwrap_or(defaults.max_events_per_append),
             sse_heartbeat: layer.sse_heartbeat_ms.map_or(defaults.sse_heartbeat, Duration::from_millis),
             pg_schema: layer.pg_schema.unwrap_or(pg.schema),
+            redis_prefix: layer.redis_prefix.unwrap_or_else(|| RedisOptions::default().prefix),
             pg_pool_size: layer.pg_pool_size.unwrap_or(pg.pool_size),
             pg_connect_timeout: millis(layer.pg_connect_timeout_ms, pg.connect_timeout),
             pg_idle_timeout: millis(layer.pg_idle_timeout_ms, pg.idle_timeout),
@@ -679,7 +688,16 @@ impl Settings {
         if cluster.heartbeat.is_zero() || cluster.lease_timeout <= cluster.heartbeat {
             bail!("cluster.heartbeat_ms must be greater than 0 and less than cluster.lease_timeout_ms");
         }
-        // Only PostgreSQL is shared by several processes; the others are one node alone.
+        // The Redis store carries its wake-ups on its own Pub/Sub.
+        if !self.cluster_bus.is_postgres() && matches!(self.store, StoreSpec::Redis(_)) {
+            return Err(BadSetting(format!(
+                "cluster.bus {} applies to the PostgreSQL store; the Redis store {} is its own bus \
+                 (leave cluster.bus out)",
+                self.cluster_bus, self.store
+            ))
+            .into());
+        }
+        // Only PostgreSQL and Redis are shared by several processes; the others are one node alone.
         if !self.cluster_bus.is_postgres() && !matches!(self.store, StoreSpec::Postgres(_)) {
             return Err(BadSetting(format!(
                 "cluster.bus {} needs a store shared by several nodes (postgres://…); the store {} \
@@ -716,6 +734,14 @@ impl Settings {
         })
     }
 
+    pub(crate) fn redis_options(&self) -> RedisOptions {
+        RedisOptions {
+            prefix: self.redis_prefix.clone(),
+            poll_interval: self.cluster_poll,
+            ..RedisOptions::default()
+        }
+    }
+
     pub(crate) fn postgres_options(&self) -> PostgresOptions {
         PostgresOptions {
             schema: self.pg_schema.clone(),
@@ -745,6 +771,7 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "max_events_per_append = {}", self.max_events_per_append);
         let _ = writeln!(out, "sse_heartbeat_ms = {}", self.sse_heartbeat.as_millis());
         let _ = writeln!(out, "pg_schema = {}", quote(&self.pg_schema));
+        let _ = writeln!(out, "redis_prefix = {}", quote(&self.redis_prefix));
         let _ = writeln!(out, "pg_pool_size = {}", self.pg_pool_size);
         let _ = writeln!(out, "pg_connect_timeout_ms = {}", self.pg_connect_timeout.as_millis());
         let _ = writeln!(out, "pg_idle_timeout_ms = {}", self.pg_idle_timeout.as_millis());

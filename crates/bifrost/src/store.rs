@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use bifrost_core::{DurableStore, InMemoryStore};
 use bifrost_postgres::{PostgresOptions, PostgresStore};
+use bifrost_redis::{RedisOptions, RedisStore};
 use bifrost_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// A parsed `store` setting.
@@ -18,6 +19,15 @@ pub(crate) enum StoreSpec {
     Memory,
     /// A PostgreSQL URL (it may carry a password: print it only through `Display`).
     Postgres(String),
+    /// A Redis URL, `redis://` or `rediss://` (the same care with its password).
+    Redis(String),
+}
+
+/// An open store, and whether what it acknowledges survives a crash of its server
+/// (`bifrost_store_durable`).
+pub(crate) struct OpenStore {
+    pub(crate) store: Arc<dyn DurableStore>,
+    pub(crate) durable: bool,
 }
 
 impl StoreSpec {
@@ -33,6 +43,9 @@ impl StoreSpec {
         if value.starts_with("postgres://") || value.starts_with("postgresql://") {
             return Ok(Self::Postgres(value.to_owned()));
         }
+        if value.starts_with("redis://") || value.starts_with("rediss://") {
+            return Ok(Self::Redis(value.to_owned()));
+        }
         if let Some(dir) = value.strip_prefix("sqlite://").or_else(|| value.strip_prefix("sqlite:")) {
             if dir.is_empty() {
                 bail!("store {value:?} names no directory; use sqlite://DIR");
@@ -40,18 +53,20 @@ impl StoreSpec {
             return Ok(Self::Sqlite(PathBuf::from(dir)));
         }
         // Not `{value:?}`: a mistyped PostgreSQL URL may still carry a password.
-        bail!("unknown store {:?}: use sqlite://DIR, memory: or postgres://…", redact_url(value));
+        bail!("unknown store {:?}: use sqlite://DIR, memory:, postgres://… or redis://…", redact_url(value));
     }
 
     /// Opens the store: the log and the state space beside it (consumer groups keep their
     /// cursors there). `durability` applies to the embedded store, `postgres` to PostgreSQL
-    /// (whose durability is the database's own `synchronous_commit`).
+    /// (whose durability is the database's own `synchronous_commit`), `redis` to Redis (whose
+    /// durability is read from its `appendonly` and `appendfsync`).
     pub(crate) async fn open(
         &self,
         durability: Durability,
         postgres: PostgresOptions,
-    ) -> anyhow::Result<Arc<dyn DurableStore>> {
-        match self {
+        redis: RedisOptions,
+    ) -> anyhow::Result<OpenStore> {
+        let store: Arc<dyn DurableStore> = match self {
             Self::Sqlite(dir) => {
                 let dir = dir.clone();
                 // SQLite opens with blocking file I/O (and may wait on the directory lock).
@@ -62,9 +77,9 @@ impl StoreSpec {
                 })
                 .await
                 .context("opening the store stopped unexpectedly")??;
-                Ok(Arc::new(store))
+                Arc::new(store)
             }
-            Self::Memory => Ok(InMemoryStore::shared()),
+            Self::Memory => InMemoryStore::shared(),
             Self::Postgres(url) => {
                 // The driver bounds each connection attempt, but not a server that accepts
                 // the connection and then says nothing; start-up must not hang on one. The
@@ -78,9 +93,28 @@ impl StoreSpec {
                 let store = connected.with_context(|| {
                     format!("cannot open the PostgreSQL store {self} (schema {schema:?})")
                 })?;
-                Ok(Arc::new(store))
+                Arc::new(store)
             }
-        }
+            Self::Redis(url) => {
+                let limit = redis.connect_timeout.saturating_mul(2);
+                let prefix = redis.prefix.clone();
+                let connected = tokio::time::timeout(limit, RedisStore::connect(url, redis))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("Redis did not answer within {} ms", limit.as_millis()))
+                    .and_then(|r| r.map_err(anyhow::Error::from));
+                let store = connected
+                    .with_context(|| format!("cannot open the Redis store {self} (prefix {prefix:?})"))?;
+                let durable = store.durable();
+                return Ok(OpenStore { store: Arc::new(store), durable });
+            }
+        };
+        let durable = match self {
+            Self::Sqlite(_) => durability == Durability::Full,
+            Self::Memory => false,
+            // Commits wait for the WAL's flush unless the database says otherwise.
+            Self::Postgres(_) | Self::Redis(_) => true,
+        };
+        Ok(OpenStore { store, durable })
     }
 }
 
@@ -89,7 +123,7 @@ impl fmt::Display for StoreSpec {
         match self {
             Self::Sqlite(dir) => write!(f, "sqlite://{}", dir.display()),
             Self::Memory => f.write_str("memory:"),
-            Self::Postgres(url) => f.write_str(&redact_url(url)),
+            Self::Postgres(url) | Self::Redis(url) => f.write_str(&redact_url(url)),
         }
     }
 }
@@ -188,9 +222,26 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(2),
             ..PostgresOptions::default()
         };
-        let err = spec.open(Durability::Full, options).await.err().unwrap();
+        let err = spec.open(Durability::Full, options, RedisOptions::default()).await.err().unwrap();
         let text = format!("{err:#}");
         assert!(text.contains("postgres://u:***@127.0.0.1:1/test"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn redis_urls_are_the_redis_store_and_an_unreachable_one_is_an_error_without_its_password() {
+        assert_eq!(
+            parse(Some("redis://127.0.0.1:6379/2")).unwrap(),
+            StoreSpec::Redis("redis://127.0.0.1:6379/2".into())
+        );
+        assert_eq!(parse(Some("rediss://h:6380")).unwrap(), StoreSpec::Redis("rediss://h:6380".into()));
+        let spec = parse(Some("redis://:secret@127.0.0.1:1")).unwrap();
+        assert_eq!(spec.to_string(), "redis://:***@127.0.0.1:1");
+        let options =
+            RedisOptions { connect_timeout: std::time::Duration::from_secs(2), ..RedisOptions::default() };
+        let err = spec.open(Durability::Full, PostgresOptions::default(), options).await.err().unwrap();
+        let text = format!("{err:#}");
+        assert!(text.contains("redis://:***@127.0.0.1:1"), "{text}");
         assert!(!text.contains("secret"), "{text}");
     }
 }

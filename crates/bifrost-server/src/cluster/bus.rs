@@ -66,10 +66,12 @@ impl ClusterBusSpec {
                 let bus: Arc<dyn ClusterBus> = NatsBus::connect(url, namespace).await?;
                 Ok(Some(bus))
             }
-            // The Redis bus plugs in here: `bifrost_redis::RedisBus::connect(url, namespace)`.
-            Self::Redis(_) => Err(ClusterBusError(format!(
-                "the Redis cluster bus ({self}) is not available in this build; use \"postgres\" or nats://…"
-            ))),
+            Self::Redis(url) => {
+                let bus: Arc<dyn ClusterBus> = bifrost_redis::RedisBus::connect(url, namespace)
+                    .await
+                    .map_err(|e| ClusterBusError(format!("cannot connect to Redis: {e}")))?;
+                Ok(Some(bus))
+            }
         }
     }
 }

@@ -27,7 +27,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         .connect(&settings.pg_schema)
         .await
         .with_context(|| format!("cannot connect the cluster bus {}", settings.cluster_bus))?;
-    let store = settings.store.open(settings.durability, postgres).await?;
+    let opened = settings.store.open(settings.durability, postgres, settings.redis_options()).await?;
+    let store = opened.store;
     match &settings.store {
         StoreSpec::Postgres(_) => {
             tracing::info!(
@@ -36,6 +37,17 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
                 bus = %settings.cluster_bus,
                 "store open"
             );
+        }
+        StoreSpec::Redis(_) => {
+            // Acknowledged once Redis has it: durable only if Redis fsyncs every write.
+            let durability = if opened.durable { "full" } else { "relaxed" };
+            tracing::info!(store = %settings.store, prefix = %settings.redis_prefix, durability = %durability, bus = %"redis", "store open");
+            if !opened.durable {
+                tracing::warn!(
+                    "Redis is not configured with appendonly yes and appendfsync always: an acknowledged \
+                     append can be lost if the Redis server crashes"
+                );
+            }
         }
         _ => tracing::info!(store = %settings.store, durability = %settings.durability, "store open"),
     }
@@ -52,7 +64,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         };
 
     let metrics = match bifrost_server::install_metrics_recorder() {
-        Ok(handle) => Some(handle),
+        Ok(handle) => {
+            bifrost_server::set_store_durable(opened.durable);
+            Some(handle)
+        }
         Err(e) => {
             tracing::warn!("metrics are disabled: {e}");
             None

@@ -58,14 +58,15 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub(crate) workload: Vec<WorkloadArg>,
 
-    /// The store: `sqlite://DIR`, `memory:` or `postgres://…` [default: the embedded store in
-    /// a fresh temporary directory, removed afterwards unless --keep]. PostgreSQL runs in a
-    /// fresh schema `bifrost_bench_<hex>`, dropped afterwards unless --keep.
+    /// The store: `sqlite://DIR`, `memory:`, `postgres://…` or `redis://…` [default: the
+    /// embedded store in a fresh temporary directory, removed afterwards unless --keep].
+    /// PostgreSQL runs in a fresh schema `bifrost_bench_<hex>`, Redis under a fresh key prefix
+    /// of that name, removed afterwards unless --keep.
     #[arg(long, value_name = "URL")]
     pub(crate) store: Option<String>,
 
     /// PostgreSQL: run in this schema instead of a fresh one (it is created if missing and
-    /// never dropped; the log may already hold events).
+    /// never dropped; the log may already hold events). Redis: this key prefix.
     #[arg(long, value_name = "NAME")]
     pub(crate) pg_schema: Option<String>,
 
@@ -270,11 +271,19 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // own unless one is named.
     let schema = match (&spec, &args.pg_schema) {
         (StoreSpec::Postgres(url), named) => Some(BenchSchema {
+            kind: SchemaKind::Postgres,
             url: url.clone(),
             name: named.clone().unwrap_or_else(|| format!("bifrost_bench_{run_id}")),
             fresh: named.is_none(),
         }),
-        (_, Some(_)) => bail!("--pg-schema applies only to a postgres:// store"),
+        // Redis: a key prefix of the run's own, the same way.
+        (StoreSpec::Redis(url), named) => Some(BenchSchema {
+            kind: SchemaKind::Redis,
+            url: url.clone(),
+            name: named.clone().unwrap_or_else(|| format!("bifrost_bench_{run_id}")),
+            fresh: named.is_none(),
+        }),
+        (_, Some(_)) => bail!("--pg-schema applies only to a postgres:// or redis:// store"),
         (_, None) => None,
     };
     // Only a store this run made starts empty, so only then must the log hold exactly what
@@ -287,7 +296,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             schema: schema.as_ref().map_or_else(|| PostgresOptions::default().schema, |s| s.name.clone()),
             ..PostgresOptions::default()
         };
-        let opened = spec.open(durability, postgres).await;
+        let redis = bifrost_redis::RedisOptions {
+            prefix: schema
+                .as_ref()
+                .map_or_else(|| bifrost_redis::RedisOptions::default().prefix, |s| s.name.clone()),
+            ..bifrost_redis::RedisOptions::default()
+        };
+        let opened = spec.open(durability, postgres, redis).await.map(|opened| opened.store);
         // A fresh schema is dropped even when connecting failed half way (after creating it).
         if let (Err(_), Some(schema)) = (&opened, &schema) {
             let _ = schema.finish(false).await;
@@ -314,6 +329,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ("embedded SQLite in a temporary directory".to_owned(), durability.to_string())
         }
         _ => match &schema {
+            Some(schema) if schema.kind == SchemaKind::Redis => (
+                format!("Redis {spec}, prefix {}", schema.name),
+                "as Redis is configured (appendonly, appendfsync)".to_owned(),
+            ),
             Some(schema) => (
                 format!("PostgreSQL {spec}, schema {}", schema.name),
                 "as the database is configured (synchronous_commit)".to_owned(),
@@ -378,8 +397,15 @@ async fn run_ws(
     Ok(())
 }
 
-/// The PostgreSQL schema a bench runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaKind {
+    Postgres,
+    Redis,
+}
+
+/// The PostgreSQL schema, or the Redis key prefix, a bench runs in.
 struct BenchSchema {
+    kind: SchemaKind,
     url: String,
     name: String,
     /// Made by this run (and so dropped by it, unless --keep).
@@ -387,23 +413,37 @@ struct BenchSchema {
 }
 
 impl BenchSchema {
-    /// Drops a schema this run made, or says where it is kept.
+    /// Drops a schema (or the keys of a prefix) this run made, or says where it is kept.
     async fn finish(&self, keep: bool) -> anyhow::Result<()> {
         if !self.fresh {
             return Ok(());
         }
+        let what = match self.kind {
+            SchemaKind::Postgres => "PostgreSQL schema",
+            SchemaKind::Redis => "Redis key prefix",
+        };
         if keep {
-            eprintln!("the PostgreSQL schema is kept: {}", self.name);
+            eprintln!("the {what} is kept: {}", self.name);
             return Ok(());
         }
-        // Dropping connects afresh, with no timeout of its own: a database that went silent
+        // Dropping connects afresh, with no timeout of its own: a server that went silent
         // must not keep the bench from ending.
-        let limit = PostgresOptions::default().connect_timeout;
-        let dropped = tokio::time::timeout(limit, bifrost_postgres::drop_schema(&self.url, &self.name))
-            .await
-            .map_err(|_| anyhow::anyhow!("PostgreSQL did not answer within {} ms", limit.as_millis()))
+        let limit = PostgresOptions::default().connect_timeout.saturating_mul(6);
+        let dropped = match self.kind {
+            SchemaKind::Postgres => {
+                tokio::time::timeout(limit, bifrost_postgres::drop_schema(&self.url, &self.name)).await
+            }
+            SchemaKind::Redis => {
+                tokio::time::timeout(limit, async {
+                    bifrost_redis::remove_prefix(&self.url, &self.name).await.map(drop)
+                })
+                .await
+            }
+        };
+        let dropped = dropped
+            .map_err(|_| anyhow::anyhow!("the server did not answer within {} ms", limit.as_millis()))
             .and_then(|r| r.map_err(anyhow::Error::from));
-        dropped.with_context(|| format!("cannot drop the bench schema {}", self.name))
+        dropped.with_context(|| format!("cannot remove the bench's {what} {}", self.name))
     }
 }
 
