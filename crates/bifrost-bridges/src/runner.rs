@@ -15,6 +15,7 @@ use bifrost_core::lease::Leases;
 use bifrost_core::{DurableStore, Error as CoreError, LogFilter, StateChange, Timestamp};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::consume::{ConsumeError, Consumer};
@@ -140,12 +141,18 @@ impl Runner {
         let mut head = self.store.head();
         let timeout = Duration::from_millis(self.spec.batch_timeout_ms);
         let mut lag_counted: Option<tokio::time::Instant> = None;
+        // The checkpoint of the last confirmed batch, being written while the next batch is
+        // read and sent: a crash repeats at most that batch (same dedupe ids), and the
+        // broker's round trip and the store's commit overlap instead of adding up.
+        let mut pending: Option<JoinHandle<Result<(), ()>>> = None;
         state.node = Some(self.leases.node().to_owned());
         state.running = true;
         loop {
             if stop.is_cancelled() {
                 state.running = false;
-                let _ = self.write_state(&state, &mut stored, Vec::new()).await;
+                if landed(&mut pending).await {
+                    let _ = self.write_state(&state, &mut stored, Vec::new()).await;
+                }
                 return Stop::Asked;
             }
             if lag_counted.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
@@ -173,6 +180,9 @@ impl Runner {
                     }
                 };
             if slice.events.is_empty() {
+                if !landed(&mut pending).await {
+                    return Stop::Fenced;
+                }
                 if slice.next_position > state.checkpoint {
                     // Only events the filter skips: the checkpoint moves past them.
                     state.checkpoint = slice.next_position;
@@ -204,11 +214,11 @@ impl Runner {
                     state.failing = false;
                     metrics::counter!("bifrost_bridge_published_total", "bridge" => self.name.clone())
                         .increment(sent as u64);
-                    if self.write_state(&state, &mut stored, Vec::new()).await.is_err() {
+                    // Each write expects the one before it: the fencing chain stays whole.
+                    if !landed(&mut pending).await {
                         return Stop::Fenced;
                     }
-                    lag_counted = Some(tokio::time::Instant::now());
-                    self.set_lag_gauge(&filter, state.checkpoint).await;
+                    pending = Some(self.spawn_write_state(&state, &mut stored));
                 }
                 Err(message) => {
                     tracing::warn!(bridge = %self.name, error = %message, "a bridge batch failed; retrying");
@@ -216,7 +226,9 @@ impl Runner {
                     publisher = None;
                     state.failing = true;
                     state.last_error = Some(BridgeErrorBody { message, at: Timestamp::now().to_string() });
-                    if self.write_state(&state, &mut stored, Vec::new()).await.is_err() {
+                    if !landed(&mut pending).await
+                        || self.write_state(&state, &mut stored, Vec::new()).await.is_err()
+                    {
                         return Stop::Fenced;
                     }
                     wait(stop, backoff).await;
@@ -224,6 +236,26 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Starts writing `state` after `stored` (the same fenced write as
+    /// [`Self::write_state`]) and takes it as stored: the caller awaits the task before any
+    /// other write.
+    fn spawn_write_state(
+        &self,
+        state: &BridgeState,
+        stored: &mut Option<Bytes>,
+    ) -> JoinHandle<Result<(), ()>> {
+        let Ok(value) = serde_json::to_vec(state).map(Bytes::from) else {
+            return tokio::spawn(async { Err(()) });
+        };
+        let expected = stored.replace(value.clone());
+        let write = vec![
+            StateChange::Expect { scope: STATE_SCOPE.into(), key: self.name.clone(), value: expected },
+            StateChange::Put { scope: STATE_SCOPE.into(), key: self.name.clone(), value },
+        ];
+        let (store, name) = (Arc::clone(&self.store), self.name.clone());
+        tokio::spawn(async move { report_write(&name, store.write_state(write).await) })
     }
 
     /// `bifrost_bridge_lag` of an out-bridge: the count the API shows.
@@ -287,20 +319,32 @@ impl Runner {
             StateChange::Put { scope: STATE_SCOPE.into(), key: self.name.clone(), value: value.clone() },
         ];
         write.extend(extra);
-        match self.store.write_state(write).await {
-            Ok(()) => {
-                *stored = Some(value);
-                Ok(())
-            }
-            Err(CoreError::StateConflict { .. }) => {
-                tracing::info!(bridge = %self.name, "another node runs this bridge now");
-                Err(())
-            }
-            Err(e) => {
-                tracing::warn!(bridge = %self.name, error = %e, "cannot write the bridge's checkpoint");
-                Err(())
-            }
+        report_write(&self.name, self.store.write_state(write).await)?;
+        *stored = Some(value);
+        Ok(())
+    }
+}
+
+/// A fenced state write's outcome, logged: `Err` means this node no longer runs the bridge.
+fn report_write(bridge: &str, written: bifrost_core::Result<()>) -> Result<(), ()> {
+    match written {
+        Ok(()) => Ok(()),
+        Err(CoreError::StateConflict { .. }) => {
+            tracing::info!(bridge, "another node runs this bridge now");
+            Err(())
         }
+        Err(e) => {
+            tracing::warn!(bridge, error = %e, "cannot write the bridge's checkpoint");
+            Err(())
+        }
+    }
+}
+
+/// Waits for the checkpoint write in flight, if any; `false` when it failed.
+async fn landed(pending: &mut Option<JoinHandle<Result<(), ()>>>) -> bool {
+    match pending.take() {
+        Some(task) => matches!(task.await, Ok(Ok(()))),
+        None => true,
     }
 }
 
