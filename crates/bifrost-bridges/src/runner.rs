@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bifrost_api::{BridgeErrorBody, BridgeStateBody};
 use bifrost_core::lease::Leases;
-use bifrost_core::{DurableStore, Error as CoreError, LogFilter, StateChange, Timestamp};
+use bifrost_core::{DurableStore, Error as CoreError, LogFilter, LogSlice, StateChange, Timestamp};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -145,6 +145,7 @@ impl Runner {
         // read and sent: a crash repeats at most that batch (same dedupe ids), and the
         // broker's round trip and the store's commit overlap instead of adding up.
         let mut pending: Option<JoinHandle<Result<(), ()>>> = None;
+        let mut next: Option<(u64, JoinHandle<bifrost_core::Result<LogSlice>>)> = None;
         state.node = Some(self.leases.node().to_owned());
         state.running = true;
         loop {
@@ -170,15 +171,30 @@ impl Runner {
             }
             // The head before the read: a commit after it wakes the wait below.
             head.borrow_and_update();
-            let slice =
-                match self.store.read_all(state.checkpoint, &filter, self.spec.batch_size as usize).await {
-                    Ok(slice) => slice,
-                    Err(e) => {
-                        tracing::warn!(bridge = %self.name, error = %e, "the bridge cannot read the log");
-                        wait(stop, backoff).await;
-                        continue;
-                    }
-                };
+            // The batch read ahead while the last one was sent, if it starts where we are.
+            let ahead = match next.take() {
+                Some((from, task)) if from == state.checkpoint => task.await.ok(),
+                _ => None,
+            };
+            let read = match ahead {
+                Some(read) => read,
+                None => self.store.read_all(state.checkpoint, &filter, self.spec.batch_size as usize).await,
+            };
+            let slice = match read {
+                Ok(slice) => slice,
+                Err(e) => {
+                    tracing::warn!(bridge = %self.name, error = %e, "the bridge cannot read the log");
+                    wait(stop, backoff).await;
+                    continue;
+                }
+            };
+            if !slice.events.is_empty() {
+                // Read the next batch while this one is on its way to the broker: the store's
+                // read and the broker's round trip overlap. Used only if this one succeeds.
+                let (store, filter, from) = (Arc::clone(&self.store), filter.clone(), slice.next_position);
+                let limit = self.spec.batch_size as usize;
+                next = Some((from, tokio::spawn(async move { store.read_all(from, &filter, limit).await })));
+            }
             if slice.events.is_empty() {
                 if !landed(&mut pending).await {
                     return Stop::Fenced;

@@ -1,10 +1,11 @@
-//! Cross-node SSE and groups with the NATS cluster bus: three `bifrost serve` processes on
-//! one PostgreSQL schema with `--cluster-bus nats://…`. The fallback poll is set far beyond
-//! the test's patience, so everything that arrives in time was woken over NATS: an event
-//! appended on A reaches B's SSE, a group's fetch on B gets A's appends and acks on C
-//! count, an ephemeral WebSocket message crosses nodes, and after A is SIGKILLed the
-//! others go on. Without PostgreSQL or NATS the test skips with a clear line, or fails
-//! when `BIFROST_REQUIRE_SERVICES=1`.
+//! Cross-node SSE and groups over each cluster bus: three `bifrost serve` processes on one
+//! PostgreSQL schema with `--cluster-bus nats://…` and with `--cluster-bus redis://…`, and
+//! three on one Redis store (its own Pub/Sub). The fallback poll is set far beyond the test's
+//! patience, so everything that arrives in time was woken over the bus: an event appended on
+//! A reaches B's SSE, a group's fetch on B gets A's appends and acks on C count, an
+//! ephemeral WebSocket message crosses nodes, and after A is SIGKILLed the others go on.
+//! Without PostgreSQL, NATS or Redis a test skips with a clear line, or fails when
+//! `BIFROST_REQUIRE_SERVICES=1`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -29,12 +30,16 @@ fn nats_url() -> String {
     std::env::var("BIFROST_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-/// Whether NATS answers; `false` (skip) when it does not.
-fn nats_reachable() -> bool {
-    let spec = ClusterBusSpec::parse(&nats_url()).unwrap();
+fn redis_url() -> String {
+    std::env::var("BIFROST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Whether the broker of `url` answers; `false` (skip) when it does not.
+fn reachable(name: &str, url: &str) -> bool {
+    let spec = ClusterBusSpec::parse(url).unwrap();
     match block_on(spec.connect("reachability_probe")) {
         Ok(_) => true,
-        Err(e) => service_unavailable::<()>("NATS", e).is_some(),
+        Err(e) => service_unavailable::<()>(name, e).is_some(),
     }
 }
 
@@ -125,18 +130,57 @@ async fn next_op(socket: &mut Socket, op: &str) -> Value {
 #[test]
 fn cross_node_sse_and_groups_with_the_nats_cluster_bus() {
     let Some(schema) = Schema::fresh() else { return };
-    if !nats_reachable() {
+    if !reachable("NATS", &nats_url()) {
         return;
     }
-    let nats = nats_url();
     let mut args: Vec<String> = schema.serve_args().to_vec();
-    args.extend(["--cluster-bus".into(), nats.clone(), "--cluster-poll-ms".into(), POLL_MS.into()]);
+    args.extend(["--cluster-bus".into(), nats_url()]);
+    three_nodes(&args, &nats_url());
+    drop(schema);
+}
+
+#[test]
+fn cross_node_sse_and_groups_with_the_redis_cluster_bus() {
+    let Some(schema) = Schema::fresh() else { return };
+    if !reachable("Redis", &redis_url()) {
+        return;
+    }
+    let mut args: Vec<String> = schema.serve_args().to_vec();
+    args.extend(["--cluster-bus".into(), redis_url()]);
+    three_nodes(&args, &redis_url());
+    drop(schema);
+}
+
+/// Removes a Redis store's keys when the test ends, also when it failed.
+struct RedisPrefix(String);
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let _ = block_on(bifrost_redis::remove_prefix(&redis_url(), &self.0));
+    }
+}
+
+#[test]
+fn cross_node_sse_and_groups_on_the_redis_store() {
+    if !reachable("Redis", &redis_url()) {
+        return;
+    }
+    let prefix = RedisPrefix(format!("bifrost_test_{}", uuid::Uuid::new_v4().simple()));
+    let args: Vec<String> = vec!["--store".into(), redis_url(), "--redis-prefix".into(), prefix.0.clone()];
+    three_nodes(&args, "bus=redis");
+}
+
+/// The run every bus shares, with `args` for each node; `marker` is what the start line
+/// says about the bus.
+fn three_nodes(args: &[String], marker: &str) {
+    let mut args = args.to_vec();
+    args.extend(["--cluster-poll-ms".into(), POLL_MS.into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let a = Server::start(dirs[0].path(), "127.0.0.1:0", &args);
     let b = Server::start(dirs[1].path(), "127.0.0.1:0", &args);
     let c = Server::start(dirs[2].path(), "127.0.0.1:0", &args);
-    let named = b.stderr_lines().iter().any(|line| line.contains("store open") && line.contains(&nats));
+    let named = b.stderr_lines().iter().any(|line| line.contains("store open") && line.contains(marker));
     assert!(named, "the log names the bus: {:?}", b.stderr_lines());
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -201,5 +245,4 @@ fn cross_node_sse_and_groups_with_the_nats_cluster_bus() {
         let (status, _) = node.terminate();
         assert_eq!(status.code(), Some(0));
     }
-    drop(schema);
 }
