@@ -47,6 +47,9 @@ pub(super) struct BridgeSpec<'a> {
     pub(super) streams: u64,
     pub(super) urls: &'a BrokerUrls,
     pub(super) run_id: &'a str,
+    /// Skip a broker that does not answer (with a line on stderr) instead of failing: how
+    /// `--workload all` runs on a machine without every broker.
+    pub(super) skip_unreachable: bool,
 }
 
 /// Events forwarded per second to each kind in `spec.kinds`, one after the other, from one
@@ -59,7 +62,11 @@ pub(super) async fn throughput(
     // Every broker first, so that one that is down fails the run before the backlog is written.
     let mut sinks = Vec::new();
     for &kind in spec.kinds {
-        sinks.push(Sink::open(kind, spec.urls, run_id).await?);
+        match Sink::open(kind, spec.urls, run_id).await {
+            Ok(sink) => sinks.push(sink),
+            Err(e) if spec.skip_unreachable => eprintln!("bridges: skipped: {e:#}"),
+            Err(e) => return Err(e),
+        }
     }
     let before = *store.head().borrow();
     backlog(store, spec.total, spec.streams, EVENT_TYPE, &format!("brbench{run_id}")).await?;

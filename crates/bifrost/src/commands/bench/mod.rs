@@ -532,6 +532,7 @@ async fn run_workloads(
                 streams: args.streams,
                 urls: &urls,
                 run_id,
+                skip_unreachable: !args.workload.contains(&WorkloadArg::Bridges),
             };
             for report in bridges::throughput(store, &spec).await? {
                 summary.push(report);
