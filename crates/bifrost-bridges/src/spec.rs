@@ -57,12 +57,12 @@ impl BridgeSpec {
         let schemes: &[&str] = match kind {
             BridgeKindBody::Nats => &["nats"],
             BridgeKindBody::Rabbitmq => &["amqp"],
-            BridgeKindBody::RedisStream | BridgeKindBody::RedisPubsub => &["redis"],
+            BridgeKindBody::RedisStream | BridgeKindBody::RedisPubsub => &["redis", "rediss"],
         };
         let scheme = request.url.split_once("://").map(|(s, _)| s);
         if !scheme.is_some_and(|s| schemes.contains(&s)) {
             return bad(format!(
-                "url {:?}: a {} bridge takes {} (TLS brokers are not supported yet)",
+                "url {:?}: a {} bridge takes {} (NATS and AMQP over TLS are not supported yet)",
                 mask_password(&request.url),
                 kind_name(kind),
                 schemes.iter().map(|s| format!("{s}://…")).collect::<Vec<_>>().join(" or ")

@@ -112,6 +112,10 @@ impl Publisher for RedisPubSubPublisher {
 }
 
 async fn connect(url: &str) -> Result<ConnectionManager, PublishError> {
+    if url.starts_with("rediss://") {
+        // The redis client's TLS takes rustls's process-wide provider; the build holds two.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     // The URL may carry a password: errors name the problem, never the URL.
     let client =
         Client::open(url).map_err(|e| PublishError::Unreachable(format!("invalid Redis URL: {e}")))?;
