@@ -8,13 +8,12 @@
 //! Best effort, like the trait says: a node that is not listening at that moment (down,
 //! reconnecting) misses what is published meanwhile.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bifrost_core::cluster::{ClusterBus, MAX_BUS_PAYLOAD};
-use bifrost_core::{Error, Result};
+use bifrost_core::Result;
+use bifrost_core::cluster::{ClusterBus, Topics, check_message};
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use tokio::sync::broadcast;
@@ -23,84 +22,14 @@ use tokio::task::JoinHandle;
 use crate::codec::{closed, redis_error};
 use crate::listener::listen;
 
-/// Longest topic, the same as the other buses'.
-const MAX_TOPIC: usize = 200;
-/// Messages a subscriber may fall behind by before it loses the oldest.
-const SUBSCRIBER_CAPACITY: usize = 4096;
-
-/// Checks a message before it is sent.
-fn checked(topic: &str, payload: &[u8]) -> Result<()> {
-    let valid_topic = !topic.is_empty()
-        && topic.len() <= MAX_TOPIC
-        && topic.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-    if !valid_topic {
-        return Err(Error::InvalidArgument(format!(
-            "invalid bus topic {topic:?}: use 1-{MAX_TOPIC} printable ASCII characters"
-        )));
-    }
-    if payload.len() > MAX_BUS_PAYLOAD {
-        return Err(Error::InvalidArgument(format!(
-            "a bus payload holds at most {MAX_BUS_PAYLOAD} bytes, not {}",
-            payload.len()
-        )));
-    }
-    std::str::from_utf8(payload)
-        .map_err(|e| Error::InvalidArgument(format!("a bus payload must be UTF-8 text: {e}")))?;
-    Ok(())
-}
-
-/// This node's subscribed topics: the bus adds them, the listener delivers to them.
-#[derive(Default)]
-struct Topics {
-    inner: Mutex<TopicsInner>,
-}
-
-#[derive(Default)]
-struct TopicsInner {
-    senders: HashMap<String, broadcast::Sender<Bytes>>,
-    /// Set when the bus closes: subscribers see the end of their topic.
-    closed: bool,
-}
-
-impl Topics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, TopicsInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn subscribe(&self, topic: &str) -> broadcast::Receiver<Bytes> {
-        let mut inner = self.lock();
-        if inner.closed {
-            // Its sender is gone at once: the receiver reports the end.
-            return broadcast::channel(1).1;
-        }
-        inner
-            .senders
-            .entry(topic.to_owned())
-            .or_insert_with(|| broadcast::channel(SUBSCRIBER_CAPACITY).0)
-            .subscribe()
-    }
-
-    /// Delivers one message as heard on the channel.
-    fn deliver(&self, message: &[u8]) {
-        let Some(split) = message.iter().position(|b| *b == b'\n') else {
-            tracing::debug!("ignoring a malformed cluster bus message");
-            return;
-        };
-        let Ok(topic) = std::str::from_utf8(&message[..split]) else { return };
-        let mut inner = self.lock();
-        if let Some(sender) = inner.senders.get(topic)
-            && sender.send(Bytes::copy_from_slice(&message[split + 1..])).is_err()
-        {
-            // Its last subscriber is gone: forget the topic until someone subscribes again.
-            inner.senders.remove(topic);
-        }
-    }
-
-    fn close(&self) {
-        let mut inner = self.lock();
-        inner.closed = true;
-        inner.senders.clear();
-    }
+/// Splits a message heard on the channel (`topic\npayload`) and delivers it.
+fn deliver(topics: &Topics, message: &[u8]) {
+    let Some(split) = message.iter().position(|b| *b == b'\n') else {
+        tracing::debug!("ignoring a malformed cluster bus message");
+        return;
+    };
+    let Ok(topic) = std::str::from_utf8(&message[..split]) else { return };
+    topics.deliver(topic, Bytes::copy_from_slice(&message[split + 1..]));
 }
 
 /// A cluster bus on Redis Pub/Sub. A Redis store gives one on its prefix
@@ -129,7 +58,7 @@ impl RedisBus {
         let channel = format!("{namespace}:bus");
         let topics = Arc::new(Topics::default());
         let heard = topics.clone();
-        let listener = listen(client, channel.clone(), move |message| heard.deliver(message), || {});
+        let listener = listen(client, channel.clone(), move |message| deliver(&heard, message), || {});
         Arc::new(Self {
             conn,
             channel,
@@ -162,7 +91,7 @@ impl Drop for RedisBus {
 #[async_trait]
 impl ClusterBus for RedisBus {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
-        checked(topic, &payload)?;
+        check_message(topic, &payload)?;
         if self.closed.load(Ordering::Acquire) {
             return Err(closed());
         }
@@ -190,23 +119,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn topics_and_payloads_are_checked() {
-        assert!(checked("a.b-c_d e", b"{}").is_ok());
-        for topic in ["", "a\nb", "tab\t", "caf\u{e9}", &"x".repeat(MAX_TOPIC + 1)] {
-            assert!(matches!(checked(topic, b"{}"), Err(Error::InvalidArgument(_))), "{topic:?}");
-        }
-        assert!(matches!(checked("t", b"\xff"), Err(Error::InvalidArgument(_))));
-        assert!(matches!(checked("t", &vec![b'a'; MAX_BUS_PAYLOAD + 1]), Err(Error::InvalidArgument(_))));
-        assert!(checked("t", &vec![b'a'; MAX_BUS_PAYLOAD]).is_ok());
-    }
-
-    #[test]
-    fn a_message_goes_to_its_topic_only_and_a_closed_bus_ends_subscriptions() {
+    fn a_message_heard_goes_to_its_topic_only_and_a_malformed_one_nowhere() {
         let topics = Topics::default();
         let mut x = topics.subscribe("x");
         let mut y = topics.subscribe("y");
-        topics.deliver(b"x\n{\"a\":\"line\\nbreak\"}\nmore");
-        topics.deliver(b"malformed");
+        deliver(&topics, b"x\n{\"a\":\"line\\nbreak\"}\nmore");
+        deliver(&topics, b"malformed");
         assert_eq!(x.try_recv().unwrap(), Bytes::from_static(b"{\"a\":\"line\\nbreak\"}\nmore"));
         assert!(y.try_recv().is_err());
         topics.close();

@@ -11,14 +11,13 @@
 //! node that is disconnected (async-nats reconnects by itself) misses what is sent
 //! meanwhile, as the bus's contract allows.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bifrost_core::cluster::{ClusterBus, MAX_BUS_PAYLOAD};
+use bifrost_core::cluster::{ClusterBus, Topics, check_message};
 use bifrost_core::{Error, Result};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,10 +26,6 @@ use tokio::task::JoinHandle;
 
 use super::bus::ClusterBusError;
 
-/// Longest topic, as on the PostgreSQL bus.
-const MAX_TOPIC: usize = 200;
-/// Messages a subscriber may fall behind by before it loses the oldest.
-const SUBSCRIBER_CAPACITY: usize = 4096;
 /// Messages the NATS client holds for the dispatcher before it drops some (a slow
 /// consumer); the dispatcher never waits, so this only fills when it gets no CPU.
 const INBOX_CAPACITY: usize = 16_384;
@@ -137,7 +132,7 @@ impl ClusterBus for NatsBus {
         Self: 'f,
     {
         Box::pin(async move {
-            check(topic, &payload)?;
+            check_message(topic, &payload)?;
             let subject = format!("{}{}", self.prefix, encode_token(topic));
             self.client
                 .publish(subject, payload)
@@ -149,27 +144,6 @@ impl ClusterBus for NatsBus {
     fn subscribe(&self, topic: &str) -> broadcast::Receiver<Bytes> {
         self.topics.subscribe(topic)
     }
-}
-
-/// The same rules as the PostgreSQL bus, so that what one bus takes the other takes too.
-fn check(topic: &str, payload: &[u8]) -> Result<()> {
-    let valid_topic = !topic.is_empty()
-        && topic.len() <= MAX_TOPIC
-        && topic.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-    if !valid_topic {
-        return Err(Error::InvalidArgument(format!(
-            "invalid bus topic {topic:?}: use 1-{MAX_TOPIC} printable ASCII characters"
-        )));
-    }
-    if payload.len() > MAX_BUS_PAYLOAD {
-        return Err(Error::InvalidArgument(format!(
-            "a bus payload holds at most {MAX_BUS_PAYLOAD} bytes, not {}",
-            payload.len()
-        )));
-    }
-    std::str::from_utf8(payload)
-        .map_err(|e| Error::InvalidArgument(format!("a bus payload must be UTF-8 text: {e}")))?;
-    Ok(())
 }
 
 /// `text` as one NATS subject token: letters, digits, `-` and `_` as they are, every other
@@ -201,54 +175,6 @@ fn decode_token(token: &str) -> Option<String> {
         }
     }
     String::from_utf8(bytes).ok()
-}
-
-/// This node's subscribed topics.
-#[derive(Default)]
-struct Topics {
-    inner: Mutex<TopicsInner>,
-}
-
-#[derive(Default)]
-struct TopicsInner {
-    senders: HashMap<String, broadcast::Sender<Bytes>>,
-    /// Set when the bus closes: subscribers see the end of their topic.
-    closed: bool,
-}
-
-impl Topics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, TopicsInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn subscribe(&self, topic: &str) -> broadcast::Receiver<Bytes> {
-        let mut inner = self.lock();
-        if inner.closed {
-            // Its sender is gone at once: the receiver reports the end.
-            return broadcast::channel(1).1;
-        }
-        inner
-            .senders
-            .entry(topic.to_owned())
-            .or_insert_with(|| broadcast::channel(SUBSCRIBER_CAPACITY).0)
-            .subscribe()
-    }
-
-    fn deliver(&self, topic: &str, payload: Bytes) {
-        let mut inner = self.lock();
-        if let Some(sender) = inner.senders.get(topic)
-            && sender.send(payload).is_err()
-        {
-            // Its last subscriber is gone: forget the topic until someone subscribes again.
-            inner.senders.remove(topic);
-        }
-    }
-
-    fn close(&self) {
-        let mut inner = self.lock();
-        inner.closed = true;
-        inner.senders.clear();
-    }
 }
 
 /// Hands every message of the namespace to its topic's subscribers, in the order NATS
@@ -283,16 +209,5 @@ mod tests {
         assert_eq!(encode_token("store.head"), "store~2Ehead");
         assert_eq!(decode_token("bad~"), None);
         assert_eq!(decode_token("bad~G1"), None);
-    }
-
-    #[test]
-    fn topics_and_payloads_are_checked() {
-        assert!(check("a.b-c_d e", b"{}").is_ok());
-        for topic in ["", "a\nb", "caf\u{e9}", &"x".repeat(MAX_TOPIC + 1)] {
-            assert!(matches!(check(topic, b"{}"), Err(Error::InvalidArgument(_))), "{topic:?}");
-        }
-        assert!(matches!(check("t", b"\xff"), Err(Error::InvalidArgument(_))));
-        assert!(matches!(check("t", &vec![b'a'; MAX_BUS_PAYLOAD + 1]), Err(Error::InvalidArgument(_))));
-        assert!(check("t", &vec![b'a'; MAX_BUS_PAYLOAD]).is_ok());
     }
 }
