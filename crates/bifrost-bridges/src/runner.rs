@@ -141,6 +141,8 @@ impl Runner {
         let mut head = self.store.head();
         let timeout = Duration::from_millis(self.spec.batch_timeout_ms);
         let mut lag_counted: Option<tokio::time::Instant> = None;
+        // The gauge's count reads the backlog (up to a million events): off the send loop.
+        let mut lag_count: Option<JoinHandle<()>> = None;
         // The checkpoint of the last confirmed batch, being written while the next batch is
         // read and sent: a crash repeats at most that batch (same dedupe ids), and the
         // broker's round trip and the store's commit overlap instead of adding up.
@@ -156,9 +158,11 @@ impl Runner {
                 }
                 return Stop::Asked;
             }
-            if lag_counted.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+            if lag_counted.is_none_or(|at| at.elapsed() >= LAG_EVERY)
+                && lag_count.as_ref().is_none_or(JoinHandle::is_finished)
+            {
                 lag_counted = Some(tokio::time::Instant::now());
-                self.set_lag_gauge(&filter, state.checkpoint).await;
+                lag_count = Some(self.count_lag(&filter, state.checkpoint));
             }
             if renewed.elapsed() >= self.heartbeat {
                 match self.leases.acquire(lease).await {
@@ -274,15 +278,17 @@ impl Runner {
         tokio::spawn(async move { report_write(&name, store.write_state(write).await) })
     }
 
-    /// `bifrost_bridge_lag` of an out-bridge: the count the API shows.
-    async fn set_lag_gauge(&self, filter: &LogFilter, checkpoint: u64) {
-        match out_lag(self.store.as_ref(), filter, checkpoint).await {
-            Ok(lag) => {
-                metrics::gauge!("bifrost_bridge_lag", "bridge" => self.name.clone(), "direction" => "out")
-                    .set(lag as f64)
+    /// `bifrost_bridge_lag` of an out-bridge: the count the API shows, counted in a task of
+    /// its own.
+    fn count_lag(&self, filter: &LogFilter, checkpoint: u64) -> JoinHandle<()> {
+        let (store, filter, name) = (Arc::clone(&self.store), filter.clone(), self.name.clone());
+        tokio::spawn(async move {
+            match out_lag(store.as_ref(), &filter, checkpoint).await {
+                Ok(lag) => metrics::gauge!("bifrost_bridge_lag", "bridge" => name, "direction" => "out")
+                    .set(lag as f64),
+                Err(e) => tracing::debug!(bridge = %name, error = %e, "cannot count the bridge's lag"),
             }
-            Err(e) => tracing::debug!(bridge = %self.name, error = %e, "cannot count the bridge's lag"),
-        }
+        })
     }
 
     /// One batch through the publisher (connected first if need be), within `timeout`.

@@ -61,8 +61,13 @@ impl NatsPublisher {
                 let tx = tx.clone();
                 async move {
                     match event {
-                        Event::Disconnected | Event::Closed => {
-                            tracing::warn!(%event, "NATS connection lost");
+                        Event::Disconnected => {
+                            tracing::warn!("NATS connection lost");
+                            tx.send_modify(|n| *n += 1);
+                        }
+                        // Our own close (the bridge stopped or changed): nothing went wrong.
+                        Event::Closed => {
+                            tracing::debug!("NATS connection closed");
                             tx.send_modify(|n| *n += 1);
                         }
                         Event::Connected => tracing::info!("NATS connection (re)established"),
