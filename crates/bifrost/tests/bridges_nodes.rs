@@ -8,31 +8,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bifrost_core::testkit::service_unavailable;
-use common::Server;
-use common::pg::Schema;
-use serde_json::{Value, json};
+use common::pg::{Schema, block_on};
+use common::{Server, append_orders, call, eventually};
+use serde_json::json;
 
 fn redis_url() -> String {
     std::env::var("BIFROST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
-}
-
-fn call(server: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    block_on(async {
-        let mut request = reqwest::Client::new().request(method, format!("{}{path}", server.url()));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    })
 }
 
 /// `(event id, position)` of every entry of the stream, in stream order.
@@ -73,40 +57,6 @@ fn redis_up() -> bool {
     .unwrap_or(false)
 }
 
-fn append(server: &Server, stream: &str, n: usize) -> Vec<String> {
-    let events: Vec<Value> = (0..n).map(|i| json!({"type": "order.placed", "data": {"i": i}})).collect();
-    let (status, body) = call(
-        server,
-        reqwest::Method::POST,
-        &format!("/v1/streams/{stream}/events"),
-        Some(json!({"events": events})),
-    );
-    assert_eq!(status, 201, "{body}");
-    let first = body["first_position"].as_u64().unwrap();
-    let last = body["last_position"].as_u64().unwrap();
-    let (_, read) = call(
-        server,
-        reqwest::Method::GET,
-        &format!("/v1/events?from_position={}&limit=1000", first - 1),
-        None,
-    );
-    read["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["position"].as_u64().unwrap() <= last)
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} did not happen in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn node(nodes: &[Option<Server>], i: usize) -> &Server {
     nodes[i].as_ref().unwrap()
 }
@@ -142,7 +92,7 @@ fn a_killed_owners_bridge_resumes_on_another_node_without_loss() {
 
     let mut sent = Vec::new();
     for round in 0..5 {
-        sent.extend(append(node(&nodes, round % 3), &format!("order-{round}"), 10));
+        sent.extend(append_orders(node(&nodes, round % 3), &format!("order-{round}"), 10));
     }
     eventually("the first 50 in Redis", Duration::from_secs(20), || entries(&key).len() >= 50);
     let (_, body) = call(node(&nodes, 1), reqwest::Method::GET, "/v1/bridges/orders", None);
@@ -153,7 +103,7 @@ fn a_killed_owners_bridge_resumes_on_another_node_without_loss() {
     nodes[owner_index].take().unwrap().kill();
     let alive: Vec<usize> = (0..3).filter(|&i| i != owner_index).collect();
     for round in 0..5 {
-        sent.extend(append(node(&nodes, alive[round % 2]), &format!("order-{}", round + 5), 10));
+        sent.extend(append_orders(node(&nodes, alive[round % 2]), &format!("order-{}", round + 5), 10));
     }
     eventually("all 100 in Redis", Duration::from_secs(30), || {
         let ids: std::collections::HashSet<String> = entries(&key).into_iter().map(|(id, _)| id).collect();

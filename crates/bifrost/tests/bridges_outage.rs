@@ -19,50 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bifrost_core::testkit::service_unavailable;
-use common::Server;
+use common::pg::block_on;
+use common::{Server, append_orders, call, eventually};
 use serde_json::{Value, json};
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
-}
-
-fn call(server: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    block_on(async {
-        let mut request = reqwest::Client::new().request(method, format!("{}{path}", server.url()));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    })
-}
-
-/// Appends `n` events to `stream`; their ids.
-fn append(server: &Server, stream: &str, n: usize) -> Vec<String> {
-    let events: Vec<Value> = (0..n).map(|i| json!({"type": "order.placed", "data": {"i": i}})).collect();
-    let path = format!("/v1/streams/{stream}/events");
-    let (status, body) = call(server, reqwest::Method::POST, &path, Some(json!({"events": events})));
-    assert_eq!(status, 201, "{body}");
-    let (first, last) = (body["first_position"].as_u64().unwrap(), body["last_position"].as_u64().unwrap());
-    let path = format!("/v1/events?from_position={}&limit=1000", first - 1);
-    let (_, read) = call(server, reqwest::Method::GET, &path, None);
-    read["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["position"].as_u64().unwrap() <= last)
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} did not happen in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -151,13 +110,13 @@ fn outage_run(broker: &mut Broker, bridge: Value, landed: impl Fn() -> Vec<(Stri
 
     let mut sent = Vec::new();
     for round in 0..5 {
-        sent.extend(append(&server, &format!("order-{round}"), 10));
+        sent.extend(append_orders(&server, &format!("order-{round}"), 10));
     }
     eventually("the first 50 on the broker", Duration::from_secs(20), || landed().len() >= 50);
 
     broker.kill();
     for round in 5..10 {
-        sent.extend(append(&server, &format!("order-{round}"), 10));
+        sent.extend(append_orders(&server, &format!("order-{round}"), 10));
     }
     eventually("the bridge reporting the outage", Duration::from_secs(30), || {
         let state = bridge_state(&server);
@@ -168,7 +127,7 @@ fn outage_run(broker: &mut Broker, bridge: Value, landed: impl Fn() -> Vec<(Stri
 
     broker.restart();
     for round in 10..15 {
-        sent.extend(append(&server, &format!("order-{round}"), 10));
+        sent.extend(append_orders(&server, &format!("order-{round}"), 10));
     }
     eventually("all 150 on the broker", Duration::from_secs(60), || {
         let ids: HashSet<String> = landed().into_iter().map(|(id, _)| id).collect();

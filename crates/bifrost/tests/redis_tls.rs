@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bifrost_core::testkit::service_unavailable;
-use common::{Server, bifrost, run, stderr};
-use serde_json::{Value, json};
+use common::{Server, bifrost, call, run, stderr};
+use serde_json::json;
 
 const CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 const KEY: &str = "/etc/ssl/private/ssl-cert-snakeoil.key";
@@ -62,19 +62,6 @@ impl Drop for TlsRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn call(server: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut request = reqwest::Client::new().request(method, format!("{}{path}", server.url()));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    })
 }
 
 #[test]

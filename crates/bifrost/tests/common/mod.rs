@@ -165,3 +165,50 @@ pub fn http_get_status(addr: &str, path: &str) -> Option<u16> {
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// `(status, JSON body)` of one request to `server`, from a test's own thread.
+pub fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    pg::block_on(async {
+        let mut request = reqwest::Client::new().request(method, format!("{}{path}", server.url()));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    })
+}
+
+/// Appends `n` `order.placed` events to `stream` through `server`; their ids, in order.
+pub fn append_orders(server: &Server, stream: &str, n: usize) -> Vec<String> {
+    let events: Vec<serde_json::Value> =
+        (0..n).map(|i| serde_json::json!({"type": "order.placed", "data": {"i": i}})).collect();
+    let path = format!("/v1/streams/{stream}/events");
+    let (status, body) =
+        call(server, reqwest::Method::POST, &path, Some(serde_json::json!({"events": events})));
+    assert_eq!(status, 201, "{body}");
+    let (first, last) = (body["first_position"].as_u64().unwrap(), body["last_position"].as_u64().unwrap());
+    let path = format!("/v1/events?from_position={}&limit=1000", first - 1);
+    let (_, read) = call(server, reqwest::Method::GET, &path, None);
+    read["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["position"].as_u64().unwrap() <= last)
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Polls `check` every 100 ms until it holds; fails the test after `limit`.
+pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} did not happen in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
