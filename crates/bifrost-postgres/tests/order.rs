@@ -108,39 +108,11 @@ async fn readers_never_skip_an_event_with_concurrent_writers_on_two_nodes() {
     }
 }
 
-/// 64 tasks on two nodes race to append at the same expected version, round after round:
-/// exactly one wins each version; every loser is told the actual version.
+/// 64 tasks on two nodes race to append at the same expected version: one wins each version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_one_of_64_racing_appends_wins_each_version() {
     let Some((a, b, _guard)) = two_nodes().await else { return };
-    let name = stream("race-1");
-    a.append(name.clone(), ExpectedVersion::NoStream, events(1)).await.unwrap();
-    for round in 1..=5u64 {
-        let mut tasks = Vec::new();
-        for t in 0..64 {
-            let store = if t % 2 == 0 { a.clone() } else { b.clone() };
-            let name = name.clone();
-            tasks.push(tokio::spawn(async move {
-                store.append(name, ExpectedVersion::Exact(round), events(1)).await
-            }));
-        }
-        let mut winners = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                Ok(r) => {
-                    winners += 1;
-                    assert_eq!(r.first_version, round + 1);
-                }
-                Err(Error::WrongExpectedVersion(c)) => {
-                    assert_eq!(c.len(), 1);
-                    assert_eq!(c[0].actual, Some(round + 1), "a loser must see the winner's version");
-                }
-                Err(e) => panic!("unexpected error {e}"),
-            }
-        }
-        assert_eq!(winners, 1, "round {round}");
-    }
-    assert_eq!(a.stream_info(&name).await.unwrap().version, 6);
+    bifrost_core::testkit::node_cases::racing_appends_on_two_nodes(a, b).await;
 }
 
 /// Connections are killed from the server side in the middle of a load: the failed appends

@@ -16,6 +16,7 @@ use crate::store::EventStore;
 
 pub mod cases;
 pub mod group_cases;
+pub mod node_cases;
 pub mod properties;
 pub mod state_cases;
 
