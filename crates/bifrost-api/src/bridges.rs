@@ -65,7 +65,7 @@ pub struct BridgeRequest {
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_mode: Option<BridgeContentModeBody>,
-    /// At creation only; default `"end"`.
+    /// At creation only; default `"beginning"`, as a group's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartBody>,
     /// Most unconfirmed messages (50).

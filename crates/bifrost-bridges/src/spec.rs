@@ -109,7 +109,8 @@ impl BridgeSpec {
             filter,
             target,
             content_mode,
-            start: request.start.unwrap_or(StartBody::End),
+            // As a group's: from the beginning unless told otherwise.
+            start: request.start.unwrap_or(StartBody::Beginning),
             batch_size,
             batch_timeout_ms,
             max_len,
@@ -277,7 +278,7 @@ mod tests {
         );
         assert_eq!(
             (spec.start, spec.enabled, spec.content_mode),
-            (StartBody::End, true, BridgeContentModeBody::Bifrost)
+            (StartBody::Beginning, true, BridgeContentModeBody::Bifrost)
         );
         let nats = BridgeSpec::from_request(request(
             json!({"direction": "out", "kind": "nats", "url": "nats://h:4222"}),

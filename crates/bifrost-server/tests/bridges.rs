@@ -31,7 +31,7 @@ async fn bridges_are_created_read_listed_and_deleted() {
         (body["config"]["batch_size"].as_u64(), body["config"]["max_len"].as_u64()),
         (Some(50), Some(1_000_000))
     );
-    assert_eq!(body["config"]["start"], "end");
+    assert_eq!(body["config"]["start"], "beginning", "start defaults as a group's");
     assert_eq!(node.call(Method::PUT, "/v1/bridges/orders", Some(bridge)).await.0, 200);
 
     // Some event for it to try: it fails, retries, and says so.
