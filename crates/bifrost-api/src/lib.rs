@@ -26,6 +26,7 @@ mod bridges;
 mod cluster;
 mod event;
 mod groups;
+mod keys;
 mod lenient;
 mod ops;
 mod problem;
@@ -45,6 +46,7 @@ pub use groups::{
     GroupFilterRequest, GroupListBody, MAX_LEASES_PER_REQUEST, MAX_REASON_CHARS, MessageBody, NackActionBody,
     NackBody, NackRequest, ReplayBody, ReplayRequest, StartBody,
 };
+pub use keys::{KeyBody, KeyListBody, KeyRequest, NameRuleBody, RestrictBody, ScopeBody};
 pub use lenient::Lenient;
 pub use ops::StatusBody;
 pub use problem::{ConflictBody, Problem, ProblemType, UnknownProblemType};

@@ -39,11 +39,20 @@ pub enum ProblemType {
     BridgeNotFound,
     Unauthorized,
     BridgeConfigManaged,
+    Forbidden,
+    RateLimited,
+    KeyNotFound,
+    SchemaNotFound,
+    SchemaExists,
+    SchemaIncompatible,
+    InvalidSchema,
+    SchemaViolation,
+    SchemaNotRegistered,
 }
 
 impl ProblemType {
     /// Every problem type, in the order above.
-    pub const ALL: [ProblemType; 26] = [
+    pub const ALL: [ProblemType; 35] = [
         Self::InvalidRequest,
         Self::UnsupportedMediaType,
         Self::InvalidStreamName,
@@ -70,6 +79,15 @@ impl ProblemType {
         Self::BridgeNotFound,
         Self::Unauthorized,
         Self::BridgeConfigManaged,
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::KeyNotFound,
+        Self::SchemaNotFound,
+        Self::SchemaExists,
+        Self::SchemaIncompatible,
+        Self::InvalidSchema,
+        Self::SchemaViolation,
+        Self::SchemaNotRegistered,
     ];
 
     /// The `type` member, e.g. `bifrost:wrong-expected-version`.
@@ -101,6 +119,15 @@ impl ProblemType {
             Self::BridgeNotFound => "bifrost:bridge-not-found",
             Self::Unauthorized => "bifrost:unauthorized",
             Self::BridgeConfigManaged => "bifrost:bridge-config-managed",
+            Self::Forbidden => "bifrost:forbidden",
+            Self::RateLimited => "bifrost:rate-limited",
+            Self::KeyNotFound => "bifrost:key-not-found",
+            Self::SchemaNotFound => "bifrost:schema-not-found",
+            Self::SchemaExists => "bifrost:schema-exists",
+            Self::SchemaIncompatible => "bifrost:schema-incompatible",
+            Self::InvalidSchema => "bifrost:invalid-schema",
+            Self::SchemaViolation => "bifrost:schema-violation",
+            Self::SchemaNotRegistered => "bifrost:schema-not-registered",
         }
     }
 
@@ -111,7 +138,8 @@ impl ProblemType {
             | Self::InvalidStreamName
             | Self::InvalidEventType
             | Self::InvalidArgument
-            | Self::OutOfRange => 400,
+            | Self::OutOfRange
+            | Self::InvalidSchema => 400,
             Self::StreamNotFound
             | Self::EventNotFound
             | Self::GroupNotFound
@@ -119,6 +147,8 @@ impl ProblemType {
             | Self::WebhookNotFound
             | Self::MessageNotFound
             | Self::BridgeNotFound
+            | Self::KeyNotFound
+            | Self::SchemaNotFound
             | Self::NotFound => 404,
             Self::Unauthorized => 401,
             Self::MethodNotAllowed => 405,
@@ -126,11 +156,15 @@ impl ProblemType {
             | Self::DuplicateEventId
             | Self::StateConflict
             | Self::WebhookDisabled
-            | Self::BridgeConfigManaged => 409,
+            | Self::BridgeConfigManaged
+            | Self::SchemaExists
+            | Self::SchemaIncompatible => 409,
             Self::StreamDeleted => 410,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::WebhookUrlForbidden => 422,
+            Self::WebhookUrlForbidden | Self::SchemaViolation | Self::SchemaNotRegistered => 422,
+            Self::Forbidden => 403,
+            Self::RateLimited => 429,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
@@ -165,6 +199,15 @@ impl ProblemType {
             Self::BridgeNotFound => "Bridge not found",
             Self::Unauthorized => "Unauthorized",
             Self::BridgeConfigManaged => "Bridge managed by the configuration file",
+            Self::Forbidden => "Forbidden",
+            Self::RateLimited => "Too many requests",
+            Self::KeyNotFound => "API key not found",
+            Self::SchemaNotFound => "Schema not found",
+            Self::SchemaExists => "Schema already registered",
+            Self::SchemaIncompatible => "Schema incompatible",
+            Self::InvalidSchema => "Invalid schema",
+            Self::SchemaViolation => "Schema violation",
+            Self::SchemaNotRegistered => "Schema version not registered",
         }
     }
 
@@ -172,10 +215,13 @@ impl ProblemType {
     /// handlers: routing, body limits, panics).
     pub fn for_status(status: u16) -> Self {
         match status {
+            401 => Self::Unauthorized,
+            403 => Self::Forbidden,
             404 => Self::NotFound,
             405 => Self::MethodNotAllowed,
             413 => Self::PayloadTooLarge,
             415 => Self::UnsupportedMediaType,
+            429 => Self::RateLimited,
             503 => Self::Unavailable,
             400..=499 => Self::InvalidRequest,
             _ => Self::Internal,

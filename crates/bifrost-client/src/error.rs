@@ -202,7 +202,8 @@ fn problem_into_store_error(problem: Problem, stream: Option<&StreamName>) -> Co
             }
             _ => CoreError::InvalidArgument(detail()),
         },
-        ProblemType::Unavailable => CoreError::Unavailable(detail()),
+        // Both pass with time: a retry after `Retry-After` gets through.
+        ProblemType::Unavailable | ProblemType::RateLimited => CoreError::Unavailable(detail()),
         // The server keeps the cause of a 500 to its log: from here it may as well be a
         // storage failure, which a retry may get past.
         ProblemType::Internal => server_failed(&problem, detail()),
@@ -224,6 +225,14 @@ fn problem_into_store_error(problem: Problem, stream: Option<&StreamName>) -> Co
         | ProblemType::BridgeNotFound
         | ProblemType::Unauthorized
         | ProblemType::BridgeConfigManaged
+        | ProblemType::Forbidden
+        | ProblemType::KeyNotFound
+        | ProblemType::SchemaNotFound
+        | ProblemType::SchemaExists
+        | ProblemType::SchemaIncompatible
+        | ProblemType::InvalidSchema
+        | ProblemType::SchemaViolation
+        | ProblemType::SchemaNotRegistered
         | ProblemType::MethodNotAllowed => CoreError::InvalidArgument(detail()),
     }
 }

@@ -7,6 +7,7 @@
 //! `application/problem+json` made by [`error::ApiError`]; bad input never touches the
 //! store; a panicking handler answers 500 and the process lives on.
 
+mod auth;
 mod cluster;
 pub mod error;
 mod extract;
@@ -38,17 +39,11 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::{ApiError, PROBLEM_JSON, ProblemType};
 
+pub use crate::auth::{AuthConfig, JwtConfig, JwtKey, MIN_ADMIN_KEY_CHARS};
 pub use crate::cluster::{ClusterBusError, ClusterBusSpec, ClusterConfig, NatsBus, default_node_id};
 pub use crate::metrics::{install_metrics_recorder, set_store_durable};
 pub use crate::openapi::openapi_json;
-pub use crate::realtime::{JwtKey, RealtimeConfig};
-
-/// Checks that the JWT key of `config` can verify connection tokens: a non-empty secret, or
-/// a PEM RSA (≥ 2048 bits) or P-256 public key. The binary calls it at start, so a bad key
-/// stops the server before it serves instead of refusing every connection. `Err` says why.
-pub fn check_jwt_key(config: &RealtimeConfig) -> Result<(), String> {
-    realtime::auth::Verifier::new(config).map(|_| ())
-}
+pub use crate::realtime::RealtimeConfig;
 
 /// Limits and timings of the HTTP service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +58,8 @@ pub struct ServerConfig {
     pub sse_heartbeat: Duration,
     /// WebSocket connections (`/v1/ws`).
     pub realtime: RealtimeConfig,
+    /// Who may call the API (`[auth]`).
+    pub auth: AuthConfig,
     /// This node's identity and heartbeat among the nodes that share its store.
     pub cluster: ClusterConfig,
     /// Bridges named in the configuration file (`[[bridges]]`), by name: put at start, and
@@ -80,6 +77,7 @@ impl Default for ServerConfig {
             max_events_per_append: 1000,
             sse_heartbeat: Duration::from_secs(15),
             realtime: RealtimeConfig::default(),
+            auth: AuthConfig::default(),
             cluster: ClusterConfig::default(),
             bridges: None,
         }
@@ -106,6 +104,8 @@ pub(crate) struct AppState {
     pub(crate) bridges: Arc<Bridges>,
     /// The address this node serves on, once [`serve`] knows it.
     pub(crate) listen: Option<Arc<str>>,
+    /// Credentials: the admin key, API keys, JWTs.
+    pub(crate) auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -116,7 +116,9 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
         shutdown: CancellationToken,
     ) -> Self {
-        let realtime = Arc::new(realtime::Hub::new(Arc::clone(&store), &config, shutdown.clone()));
+        let auth = Arc::new(auth::Auth::new(&config.auth, Arc::clone(&store)));
+        let realtime =
+            Arc::new(realtime::Hub::new(Arc::clone(&store), &config, Arc::clone(&auth), shutdown.clone()));
         let cluster = Arc::new(cluster::Cluster::new(Arc::clone(&store), config.cluster.clone()));
         let bridges = Arc::new(Bridges::new(
             Arc::clone(&store),
@@ -135,6 +137,7 @@ impl AppState {
             cluster,
             bridges,
             listen: None,
+            auth,
         }
     }
 }
@@ -184,15 +187,18 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
     let body_limit = state.config.max_body_bytes;
     let node = HeaderValue::from_str(state.cluster.node_id())
         .unwrap_or_else(|_| HeaderValue::from_static("unnamed"));
+    let auth = Arc::clone(&state.auth);
     let mut app = api.with_state(state);
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
     // Innermost first: the body limit applies to extraction, panics become 500 problems,
+    // every request's credential is checked against its route before any handler runs,
     // anything else that is not a problem yet becomes one, and the metrics see the final
     // status under the matched route template.
     app.layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
         .layer(axum::middleware::map_response(problems_only))
         .layer(axum::middleware::from_fn(metrics::track_requests))
         .layer(axum::middleware::map_response_with_state(node, name_the_node))
@@ -293,6 +299,8 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    // The client's address reaches the handlers (rate limits per IP, the audit's actor).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app).with_graceful_shutdown(signal).await;
     token.cancel();
     if let Some(task) = upkeep {

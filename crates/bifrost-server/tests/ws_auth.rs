@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bifrost_core::{DurableStore, InMemoryStore};
-use bifrost_server::{JwtKey, RealtimeConfig, ServerConfig};
+use bifrost_server::{AuthConfig, JwtConfig, JwtKey, RealtimeConfig, ServerConfig};
 use common::ws::{Node, assert_quiet, close_code, next_frame, request, send};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
@@ -26,9 +26,14 @@ fn token(claims: Value) -> String {
 }
 
 async fn node(realtime: RealtimeConfig) -> Node {
+    node_with_leeway(realtime, JwtConfig::default().leeway_s).await
+}
+
+async fn node_with_leeway(realtime: RealtimeConfig, leeway_s: u64) -> Node {
     let store: Arc<dyn DurableStore> = InMemoryStore::shared();
-    let realtime = RealtimeConfig { jwt: JwtKey::Secret(SECRET.into()), ..realtime };
-    Node::start(store, ServerConfig { realtime, ..ServerConfig::default() }).await
+    let jwt = JwtConfig { key: JwtKey::Secret(SECRET.into()), leeway_s, ..JwtConfig::default() };
+    let auth = AuthConfig { jwt, ..AuthConfig::default() };
+    Node::start(store, ServerConfig { realtime, auth, ..ServerConfig::default() }).await
 }
 
 #[tokio::test]
@@ -114,7 +119,7 @@ async fn without_a_token_the_client_must_authenticate_in_a_frame_in_time() {
 
 #[tokio::test]
 async fn the_session_ends_at_exp_unless_a_new_token_for_the_same_user_extends_it() {
-    let node = node(RealtimeConfig { jwt_leeway_s: 0, ..RealtimeConfig::default() }).await;
+    let node = node_with_leeway(RealtimeConfig::default(), 0).await;
     let short = token(json!({"sub": "carol", "exp": now() + 2}));
     let mut socket = node.open(&format!("/v1/ws?access_token={short}")).await.unwrap();
     next_frame(&mut socket).await;
@@ -217,7 +222,9 @@ async fn anonymous_connections_see_only_their_channels_publish_nothing_and_are_n
         request(&mut guest, json!({"op": "publish", "channel": "room:lobby", "type": "t.x", "data": 1}))
             .await;
     assert_eq!(reply["code"], "bifrost:forbidden");
-    let (_, presence) = node.call(reqwest::Method::GET, "/v1/realtime/rooms/lobby/presence", None).await;
+    let admin = token(json!({"sub": "ops", "scope": "admin", "exp": now() + 600}));
+    let (_, presence) =
+        node.call_as(Some(&admin), reqwest::Method::GET, "/v1/realtime/rooms/lobby/presence", None).await;
     assert_eq!(presence["user_count"], 0);
 
     // A member joining is seen by the guest; the guest's own arrival was seen by nobody.

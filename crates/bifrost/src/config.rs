@@ -14,7 +14,10 @@ use anyhow::{Context, bail};
 use bifrost_api::BridgeRequest;
 use bifrost_postgres::PostgresOptions;
 use bifrost_redis::RedisOptions;
-use bifrost_server::{ClusterBusSpec, ClusterConfig, JwtKey, RealtimeConfig, ServerConfig};
+use bifrost_server::{
+    AuthConfig, ClusterBusSpec, ClusterConfig, JwtConfig, JwtKey, MIN_ADMIN_KEY_CHARS, RealtimeConfig,
+    ServerConfig,
+};
 use bifrost_sqlite::Durability;
 use clap::Args;
 use serde::Deserialize;
@@ -227,17 +230,52 @@ pub(crate) struct ConfigLayer {
     #[arg(skip)]
     pub(crate) realtime: Option<RealtimeTable>,
 
-    /// JWTs signed with this HS256 secret authenticate WebSocket connections. TOML:
-    /// `auth.jwt.secret`.
+    /// The admin key: a credential with every scope of the default tenant (at least 32
+    /// characters); setting it switches auth on. TOML: `auth.admin_key`.
+    #[arg(long, env = "BIFROST_ADMIN_KEY", value_name = "KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub(crate) admin_key: Option<String>,
+
+    /// Every /v1 route needs a credential even with no admin key and no JWT key (API keys
+    /// only) [default: false]. TOML: `auth.required`.
+    #[arg(long, env = "BIFROST_AUTH_REQUIRED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip)]
+    pub(crate) auth_required: Option<bool>,
+
+    /// /metrics needs an admin credential when auth is on [default: false]. TOML:
+    /// `auth.protect_metrics`.
+    #[arg(long, env = "BIFROST_AUTH_PROTECT_METRICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip)]
+    pub(crate) auth_protect_metrics: Option<bool>,
+
+    /// JWTs signed with this HS256 secret authenticate API calls and WebSocket connections
+    /// (and switch auth on). TOML: `auth.jwt.secret`.
     #[arg(long, env = "BIFROST_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
     #[serde(skip)]
     pub(crate) jwt_secret: Option<String>,
 
     /// JWTs signed with the private half of this PEM public key (RSA: RS256, P-256: ES256)
-    /// authenticate WebSocket connections; read at start. TOML: `auth.jwt.public_key_file`.
+    /// authenticate API calls and WebSocket connections; read at start. TOML:
+    /// `auth.jwt.public_key_file`.
     #[arg(long, env = "BIFROST_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
     #[serde(skip)]
     pub(crate) jwt_public_key_file: Option<PathBuf>,
+
+    /// JWTs are checked with the keys of this JSON Web Key Set file, by `kid` (RSA: RS256,
+    /// P-256: ES256); read at start. TOML: `auth.jwt.jwks_file`.
+    #[arg(long, env = "BIFROST_JWT_JWKS_FILE", value_name = "FILE")]
+    #[serde(skip)]
+    pub(crate) jwt_jwks_file: Option<PathBuf>,
+
+    /// A JWT's `iss` must be this. TOML: `auth.jwt.issuer`.
+    #[arg(long, env = "BIFROST_AUTH_JWT_ISSUER", value_name = "ISS")]
+    #[serde(skip)]
+    pub(crate) jwt_issuer: Option<String>,
+
+    /// A JWT's `aud` must name this. TOML: `auth.jwt.audience`.
+    #[arg(long, env = "BIFROST_AUTH_JWT_AUDIENCE", value_name = "AUD")]
+    #[serde(skip)]
+    pub(crate) jwt_audience: Option<String>,
 
     /// Seconds of clock skew allowed on a JWT's `exp` and `nbf` [default: 60]. TOML:
     /// `auth.jwt.leeway_s`.
@@ -254,6 +292,9 @@ pub(crate) struct ConfigLayer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct AuthTable {
+    pub(crate) admin_key: Option<String>,
+    pub(crate) required: Option<bool>,
+    pub(crate) protect_metrics: Option<bool>,
     pub(crate) jwt: Option<JwtTable>,
 }
 
@@ -263,6 +304,9 @@ pub(crate) struct AuthTable {
 pub(crate) struct JwtTable {
     pub(crate) secret: Option<String>,
     pub(crate) public_key_file: Option<PathBuf>,
+    pub(crate) jwks_file: Option<PathBuf>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) audience: Option<String>,
     pub(crate) leeway_s: Option<u64>,
 }
 
@@ -367,6 +411,12 @@ impl ConfigLayer {
                 .or(lower.realtime_anonymous_channels),
             realtime_presence_grace_s: self.realtime_presence_grace_s.or(lower.realtime_presence_grace_s),
             realtime: self.realtime.or(lower.realtime),
+            admin_key: self.admin_key.or(lower.admin_key),
+            auth_required: self.auth_required.or(lower.auth_required),
+            auth_protect_metrics: self.auth_protect_metrics.or(lower.auth_protect_metrics),
+            jwt_jwks_file: self.jwt_jwks_file.or(lower.jwt_jwks_file),
+            jwt_issuer: self.jwt_issuer.or(lower.jwt_issuer),
+            jwt_audience: self.jwt_audience.or(lower.jwt_audience),
             jwt_secret: self.jwt_secret.or(lower.jwt_secret),
             jwt_public_key_file: self.jwt_public_key_file.or(lower.jwt_public_key_file),
             jwt_leeway_s: self.jwt_leeway_s.or(lower.jwt_leeway_s),
@@ -447,14 +497,12 @@ fn cluster_bus(layer: &ConfigLayer) -> Result<(ClusterBusSpec, Duration), BadSet
     Ok((bus, poll))
 }
 
-/// The WebSocket settings: flag or environment, else the `[realtime]` and `[auth.jwt]`
-/// tables, else default. Reads the JWT public key file, and returns its path for printing.
-fn realtime_config(layer: &ConfigLayer) -> Result<(RealtimeConfig, Option<PathBuf>), BadSetting> {
+/// The WebSocket settings: flag or environment, else the `[realtime]` table, else default.
+fn realtime_config(layer: &ConfigLayer) -> Result<RealtimeConfig, BadSetting> {
     let table = layer.realtime.clone().unwrap_or_default();
-    let jwt_table = layer.auth.as_ref().and_then(|auth| auth.jwt.clone()).unwrap_or_default();
     let defaults = RealtimeConfig::default();
     let seconds = |s: Option<u64>, default: Duration| s.map_or(default, Duration::from_secs);
-    let mut realtime = RealtimeConfig {
+    let realtime = RealtimeConfig {
         queue_size: layer.realtime_queue_size.or(table.queue_size).unwrap_or(defaults.queue_size),
         recovery_max_events: layer
             .realtime_recovery_max_events
@@ -485,34 +533,72 @@ fn realtime_config(layer: &ConfigLayer) -> Result<(RealtimeConfig, Option<PathBu
             Some(patterns) => anonymous_channels(patterns)?,
             None => defaults.anonymous_channels.clone(),
         },
-        jwt_leeway_s: layer.jwt_leeway_s.or(jwt_table.leeway_s).unwrap_or(defaults.jwt_leeway_s),
         ..defaults
     };
+    Ok(realtime)
+}
+
+/// The `[auth]` settings: flag or environment, else the file, else default (open). Reads
+/// the JWT key files, and returns their paths for printing.
+fn auth_config(layer: &ConfigLayer) -> Result<(AuthConfig, Option<PathBuf>), BadSetting> {
+    let table = layer.auth.clone().unwrap_or_default();
+    let jwt_table = table.jwt.clone().unwrap_or_default();
+    let defaults = JwtConfig::default();
+    let mut auth = AuthConfig {
+        admin_key: layer.admin_key.clone().or(table.admin_key),
+        required: layer.auth_required.or(table.required).unwrap_or(false),
+        protect_metrics: layer.auth_protect_metrics.or(table.protect_metrics).unwrap_or(false),
+        jwt: JwtConfig {
+            key: JwtKey::None,
+            issuer: layer.jwt_issuer.clone().or(jwt_table.issuer),
+            audience: layer.jwt_audience.clone().or(jwt_table.audience),
+            leeway_s: layer.jwt_leeway_s.or(jwt_table.leeway_s).unwrap_or(defaults.leeway_s),
+        },
+    };
+    if let Some(key) = &auth.admin_key
+        && key.chars().count() < MIN_ADMIN_KEY_CHARS
+    {
+        return Err(BadSetting(format!(
+            "auth.admin_key (--admin-key, BIFROST_ADMIN_KEY) must be at least {MIN_ADMIN_KEY_CHARS} characters"
+        )));
+    }
     let secret = layer.jwt_secret.clone().or(jwt_table.secret);
     let key_file = layer.jwt_public_key_file.clone().or(jwt_table.public_key_file);
-    let named = match (secret, &key_file) {
-        (Some(_), Some(_)) => {
-            return Err(BadSetting(
-                "auth.jwt.secret (--jwt-secret, BIFROST_JWT_SECRET) and auth.jwt.public_key_file \
-                 (--jwt-public-key-file, BIFROST_JWT_PUBLIC_KEY_FILE) are both set: give one of them"
-                    .to_owned(),
-            ));
-        }
-        (Some(secret), None) => {
-            realtime.jwt = JwtKey::Secret(secret);
-            "auth.jwt.secret".to_owned()
-        }
-        (None, Some(path)) => {
-            let named = format!("auth.jwt.public_key_file {}", path.display());
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| BadSetting(format!("{named}: cannot read it: {e}")))?;
-            realtime.jwt = JwtKey::PublicKeyPem(pem);
-            named
-        }
-        (None, None) => return Ok((realtime, None)),
+    let jwks_file = layer.jwt_jwks_file.clone().or(jwt_table.jwks_file);
+    let given =
+        usize::from(secret.is_some()) + usize::from(key_file.is_some()) + usize::from(jwks_file.is_some());
+    if given > 1 {
+        return Err(BadSetting(
+            "auth.jwt.secret (--jwt-secret), auth.jwt.public_key_file (--jwt-public-key-file) and \
+             auth.jwt.jwks_file (--jwt-jwks-file) are exclusive: give one of them"
+                .to_owned(),
+        ));
+    }
+    let read = |setting: &str, path: &Path| {
+        let named = format!("{setting} {}", path.display());
+        std::fs::read_to_string(path)
+            .map(|text| (named.clone(), text))
+            .map_err(|e| BadSetting(format!("{named}: cannot read it: {e}")))
     };
-    bifrost_server::check_jwt_key(&realtime).map_err(|e| BadSetting(format!("{named}: {e}")))?;
-    Ok((realtime, key_file))
+    let (named, path) = match (secret, key_file, jwks_file) {
+        (Some(secret), _, _) => {
+            auth.jwt.key = JwtKey::Secret(secret);
+            ("auth.jwt.secret".to_owned(), None)
+        }
+        (None, Some(path), _) => {
+            let (named, pem) = read("auth.jwt.public_key_file", &path)?;
+            auth.jwt.key = JwtKey::PublicKeyPem(pem);
+            (named, Some(path))
+        }
+        (None, None, Some(path)) => {
+            let (named, jwks) = read("auth.jwt.jwks_file", &path)?;
+            auth.jwt.key = JwtKey::Jwks(jwks);
+            (named, Some(path))
+        }
+        (None, None, None) => return Ok((auth, None)),
+    };
+    auth.check().map_err(|e| BadSetting(format!("{named}: {e}")))?;
+    Ok((auth, path))
 }
 
 /// Trimmed, without empty ones; each must name a channel kind, so a typo (`rooms:*`) is
@@ -560,8 +646,9 @@ pub(crate) struct Settings {
     /// `[[bridges]]`, checked, by name; `None` when the file has none.
     pub(crate) bridges: Option<Vec<(String, BridgeRequest)>>,
     pub(crate) realtime: RealtimeConfig,
-    /// Where `realtime.jwt` was read from, when it is a public key.
-    pub(crate) jwt_public_key_file: Option<PathBuf>,
+    pub(crate) auth: AuthConfig,
+    /// Where the JWT key was read from, when it is a public key or a key set.
+    pub(crate) jwt_key_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -569,7 +656,8 @@ impl Settings {
     /// file over the defaults, and checks every value.
     pub(crate) fn resolve(flags_and_env: ConfigLayer, file: ConfigLayer) -> anyhow::Result<Self> {
         let layer = flags_and_env.over(file);
-        let (realtime, jwt_public_key_file) = realtime_config(&layer)?;
+        let realtime = realtime_config(&layer)?;
+        let (auth, jwt_key_file) = auth_config(&layer)?;
         let cluster = cluster_config(&layer);
         let (cluster_bus, cluster_poll) = cluster_bus(&layer)?;
         let bridges = layer.bridges.as_deref().map(configured_bridges).transpose()?;
@@ -613,7 +701,8 @@ impl Settings {
             cluster_poll,
             bridges,
             realtime,
-            jwt_public_key_file,
+            auth,
+            jwt_key_file,
             webhook_retry_after_max: Duration::from_secs(
                 layer
                     .webhook_retry_after_max_s
@@ -719,6 +808,7 @@ impl Settings {
             max_events_per_append: self.max_events_per_append,
             sse_heartbeat: self.sse_heartbeat,
             realtime: self.realtime.clone(),
+            auth: self.auth.clone(),
             cluster: self.cluster.clone(),
             bridges: self.bridges.clone(),
         }
@@ -803,15 +893,33 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "allow_anonymous = {}", r.allow_anonymous);
         let channels: Vec<String> = r.anonymous_channels.iter().map(|c| quote(c)).collect();
         let _ = writeln!(out, "anonymous_channels = [{}]", channels.join(", "));
+        let a = &self.auth;
+        let _ = writeln!(out, "\n[auth]");
+        if a.admin_key.is_some() {
+            // Secrets are never printed; a file read back without them is open again, so say so.
+            let _ = writeln!(out, "# admin_key = \"***\" (set, not shown)");
+        }
+        let _ = writeln!(out, "required = {}", a.required);
+        let _ = writeln!(out, "protect_metrics = {}", a.protect_metrics);
         let _ = writeln!(out, "\n[auth.jwt]");
-        if let JwtKey::Secret(_) = r.jwt {
-            // Never printed; a file read back without it is open again, so say so.
-            let _ = writeln!(out, "# secret = \"***\" (set, not shown)");
+        match (&a.jwt.key, &self.jwt_key_file) {
+            (JwtKey::Secret(_), _) => {
+                let _ = writeln!(out, "# secret = \"***\" (set, not shown)");
+            }
+            (JwtKey::PublicKeyPem(_), Some(path)) => {
+                let _ = writeln!(out, "public_key_file = {}", quote(&path.to_string_lossy()));
+            }
+            (JwtKey::Jwks(_), Some(path)) => {
+                let _ = writeln!(out, "jwks_file = {}", quote(&path.to_string_lossy()));
+            }
+            _ => {}
         }
-        if let Some(path) = &self.jwt_public_key_file {
-            let _ = writeln!(out, "public_key_file = {}", quote(&path.to_string_lossy()));
+        for (name, value) in [("issuer", &a.jwt.issuer), ("audience", &a.jwt.audience)] {
+            if let Some(value) = value {
+                let _ = writeln!(out, "{name} = {}", quote(value));
+            }
         }
-        let _ = write!(out, "leeway_s = {}", r.jwt_leeway_s);
+        let _ = write!(out, "leeway_s = {}", a.jwt.leeway_s);
         for (name, request) in self.bridges.iter().flatten() {
             let _ = write!(out, "\n\n[[bridges]]\nname = {}", quote(name));
             let mut request = request.clone();
@@ -882,29 +990,29 @@ mod tests {
     #[test]
     fn jwt_settings_follow_the_precedence_and_reach_the_server() {
         let s = Settings::resolve(ConfigLayer::default(), ConfigLayer::default()).unwrap();
-        assert_eq!(s.realtime.jwt, JwtKey::None, "no key by default: dev mode");
-        assert_eq!(s.realtime.jwt_leeway_s, 60);
-        assert_eq!(s.jwt_public_key_file, None);
+        assert_eq!(s.auth.jwt.key, JwtKey::None, "no key by default: dev mode");
+        assert_eq!(s.auth.jwt.leeway_s, 60);
+        assert_eq!(s.jwt_key_file, None);
 
         let table = "[auth.jwt]\nsecret = \"from-file\"\nleeway_s = 30";
         let s = Settings::resolve(ConfigLayer::default(), file(table)).unwrap();
-        assert_eq!(s.server_config().realtime.jwt, JwtKey::Secret("from-file".into()));
-        assert_eq!(s.realtime.jwt_leeway_s, 30);
+        assert_eq!(s.server_config().auth.jwt.key, JwtKey::Secret("from-file".into()));
+        assert_eq!(s.auth.jwt.leeway_s, 30);
         let s = Settings::resolve(flags(&["--jwt-secret", "from-flag", "--jwt-leeway-s", "5"]), file(table))
             .unwrap();
-        assert_eq!(s.realtime.jwt, JwtKey::Secret("from-flag".into()), "the flag wins over the file");
-        assert_eq!(s.realtime.jwt_leeway_s, 5);
+        assert_eq!(s.auth.jwt.key, JwtKey::Secret("from-flag".into()), "the flag wins over the file");
+        assert_eq!(s.auth.jwt.leeway_s, 5);
 
         // A public key file is read at start; its contents reach the server.
         let table = format!("[auth.jwt]\npublic_key_file = {RS256_PUBLIC:?}");
         let s = Settings::resolve(ConfigLayer::default(), file(&table)).unwrap();
         let pem = std::fs::read_to_string(RS256_PUBLIC).unwrap();
-        assert_eq!(s.server_config().realtime.jwt, JwtKey::PublicKeyPem(pem));
-        assert_eq!(s.jwt_public_key_file.as_deref(), Some(Path::new(RS256_PUBLIC)));
+        assert_eq!(s.server_config().auth.jwt.key, JwtKey::PublicKeyPem(pem));
+        assert_eq!(s.jwt_key_file.as_deref(), Some(Path::new(RS256_PUBLIC)));
         let again = Settings::resolve(ConfigLayer::default(), file(&s.to_string())).unwrap();
         assert_eq!(again, s, "the printed configuration reads back");
         let s = Settings::resolve(flags(&["--jwt-public-key-file", ES256_PUBLIC]), file(&table)).unwrap();
-        assert_eq!(s.jwt_public_key_file.as_deref(), Some(Path::new(ES256_PUBLIC)), "the flag wins");
+        assert_eq!(s.jwt_key_file.as_deref(), Some(Path::new(ES256_PUBLIC)), "the flag wins");
     }
 
     #[test]
@@ -1099,7 +1207,7 @@ source = "incoming"
         assert!(text.contains("# secret = \"***\""), "{text}");
         // The printed file still parses (the secret line is a comment).
         let again = Settings::resolve(ConfigLayer::default(), file(&text)).unwrap();
-        assert_eq!(again.realtime.jwt, JwtKey::None);
+        assert_eq!(again.auth.jwt.key, JwtKey::None);
     }
 
     #[test]

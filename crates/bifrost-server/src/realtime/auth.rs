@@ -1,68 +1,30 @@
-//! Who a WebSocket connection is and what it may do: JWT checks ([`Verifier`]) and the
-//! channel rules of the resulting [`Principal`].
-//!
-//! The key decides the one accepted `alg` (HS256 for a secret; RS256 or ES256 from the PEM
-//! key's type), so a token can never choose how it is checked: an HS256 token "signed"
-//! with the text of a public key, or `alg: none`, is refused before any signature check.
-//! `exp` and `nbf` are checked here against an injected clock rather than by the JWT
-//! library, so the rules (and the leeway) are testable without waiting.
+//! Who a WebSocket connection is and what it may do: the claims of its token
+//! ([`Verifier`], over the server's JWT checks in `crate::auth::jwt`) and the channel rules
+//! of the resulting [`Principal`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind, Validation};
 use serde_json::{Map, Value};
 
-use super::config::{JwtKey, RealtimeConfig};
+pub(crate) use crate::auth::jwt::AuthError;
+#[cfg(test)]
+use crate::auth::jwt::{JwtConfig, JwtVerifier, unix_now};
 
 /// Largest `info` claim, serialized.
 const MAX_INFO_BYTES: usize = 1024;
-/// Shorter RSA keys are refused: they no longer protect a signature.
-const MIN_RSA_BITS: usize = 2048;
-/// Length of an uncompressed SEC1 P-256 point (`0x04 || x || y`).
-const P256_POINT_BYTES: usize = 65;
 
-/// Checks connection tokens with the configured key.
+/// Checks connection tokens with the configured key: the JWT path of
+/// `Hub::authenticate`, whole, for the unit tests of the claim rules.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Verifier {
-    key: DecodingKey,
-    alg: Algorithm,
-    validation: Validation,
-    leeway_s: u64,
+    jwt: JwtVerifier,
 }
 
-/// Why a token was refused, as a client may read it ("the token expired", "bad signature").
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct AuthError(pub(crate) String);
-
-impl AuthError {
-    fn new(reason: impl Into<String>) -> Self {
-        Self(reason.into())
-    }
-}
-
+#[cfg(test)]
 impl Verifier {
-    /// None when no key is configured (dev mode). Err(message) for an unusable key (bad PEM,
-    /// empty secret).
-    pub(crate) fn new(config: &RealtimeConfig) -> Result<Option<Self>, String> {
-        let (key, alg) = match &config.jwt {
-            JwtKey::None => return Ok(None),
-            JwtKey::Secret(secret) if secret.is_empty() => return Err("the JWT secret is empty".to_owned()),
-            JwtKey::Secret(secret) => (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256),
-            JwtKey::PublicKeyPem(pem) => public_key(pem)?,
-        };
-        // Only the signature and the alg are left to the library; the claims are checked
-        // in `verify_at`, against the caller's clock.
-        let mut validation = Validation::new(alg);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        // No audience is configured, so none is checked.
-        validation.validate_aud = false;
-        validation.leeway = 0;
-        Ok(Some(Self { key, alg, validation, leeway_s: config.jwt_leeway_s }))
+    /// None when no key is configured. Err(message) for an unusable key (bad PEM, empty
+    /// secret).
+    pub(crate) fn new(config: &JwtConfig) -> Result<Option<Self>, String> {
+        Ok(JwtVerifier::new(config)?.map(|jwt| Self { jwt }))
     }
 
     /// Checks signature, alg (HS256 for a secret; RS256 or ES256 matching a PEM key,
@@ -75,39 +37,17 @@ impl Verifier {
 
     /// [`Verifier::verify`] at `now` (unix seconds).
     pub(crate) fn verify_at(&self, token: &str, now: u64) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::Json(_) => AuthError::new("the token's header is not JSON naming a known alg"),
-            _ => AuthError::new("not a JWT"),
-        })?;
-        if header.alg != self.alg {
-            return Err(AuthError(format!(
-                "alg {:?} is refused: this server takes {:?}",
-                header.alg, self.alg
-            )));
-        }
-        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => AuthError::new("bad signature"),
-                ErrorKind::InvalidAlgorithm => AuthError(format!("only {:?} is accepted", self.alg)),
-                ErrorKind::Json(_) => AuthError::new("the token's claims are not a JSON object"),
-                ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
-                    AuthError::new("not a JWT")
-                }
-                _ => AuthError(format!("the token cannot be checked: {e}")),
-            })?
-            .claims;
+        let claims = self.jwt.verify_at(token, now, false)?;
+        Principal::from_claims(&claims.map, claims.expires_at)
+    }
+}
 
-        let expires_at = seconds_claim(&claims, "exp")?;
-        if let Some(exp) = expires_at
-            && exp.saturating_add(self.leeway_s) < now
-        {
-            return Err(AuthError::new("the token expired"));
-        }
-        if let Some(nbf) = seconds_claim(&claims, "nbf")?
-            && nbf > now.saturating_add(self.leeway_s)
-        {
-            return Err(AuthError::new("the token is not valid yet (nbf)"));
-        }
+impl Principal {
+    /// A connection's rights from a verified token's claims.
+    pub(crate) fn from_claims(
+        claims: &Map<String, Value>,
+        expires_at: Option<u64>,
+    ) -> Result<Self, AuthError> {
         let user_id = match claims.get("sub") {
             Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
             None | Some(Value::Null) => return Err(AuthError::new("the token has no sub (user id)")),
@@ -140,67 +80,8 @@ impl Verifier {
             }
             Some(_) => return Err(AuthError::new("scope must be a space-separated string")),
         };
-        Ok(Principal { user_id: Some(user_id), admin, append, channels, info, expires_at, anonymous: false })
+        Ok(Self { user_id: Some(user_id), admin, append, channels, info, expires_at, anonymous: false })
     }
-}
-
-/// The key of a PEM public key and the one alg it verifies.
-fn public_key(pem: &str) -> Result<(DecodingKey, Algorithm), String> {
-    // A private key would parse (the library takes RSA private keys too) and then fail every
-    // check, or hand a secret to the server; the operator meant its public half.
-    if pem.contains("PRIVATE KEY-----") {
-        return Err("this is a private key: give its public half (openssl pkey -in KEY -pubout)".to_owned());
-    }
-    if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
-        let DecodingKeyKind::SecretOrDer(der) = key.kind() else {
-            return Err("not a usable RSA public key".to_owned());
-        };
-        let (modulus, _exponent) = (DEFAULT_PROVIDER.key_utils.rsa_pub_components_from_public_key)(der)
-            .map_err(|e| format!("not a usable RSA public key: {e}"))?;
-        let bits = modulus.iter().skip_while(|b| **b == 0).count() * 8;
-        if bits < MIN_RSA_BITS {
-            return Err(format!("the RSA key has {bits} bits; at least {MIN_RSA_BITS} are needed"));
-        }
-        return Ok((key, Algorithm::RS256));
-    }
-    if let Ok(key) = DecodingKey::from_ec_pem(pem.as_bytes()) {
-        let point_len = match key.kind() {
-            DecodingKeyKind::SecretOrDer(point) => point.len(),
-            DecodingKeyKind::RsaModulusExponent { .. } => 0,
-        };
-        if point_len != P256_POINT_BYTES {
-            return Err("the EC key is not on P-256: only ES256 is accepted".to_owned());
-        }
-        // Parses the point, so a damaged key stops the start rather than every connection.
-        (DEFAULT_PROVIDER.verifier_factory)(&Algorithm::ES256, &key)
-            .map_err(|e| format!("not a usable P-256 public key: {e}"))?;
-        return Ok((key, Algorithm::ES256));
-    }
-    Err("not a PEM RSA or EC (P-256) public key".to_owned())
-}
-
-/// A `NumericDate` claim as whole seconds; absent or null: None.
-fn seconds_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(seconds) = n.as_u64() {
-                return Ok(Some(seconds));
-            }
-            // RFC 7519 allows fractions; a negative or non-finite date is malformed.
-            match n.as_f64() {
-                // Truncation is the intent: whole seconds.
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
-                _ => Err(AuthError(format!("{name} must be a date in seconds since 1970"))),
-            }
-        }
-        Some(_) => Err(AuthError(format!("{name} must be a date in seconds since 1970"))),
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// An authenticated (or anonymous, or dev-mode) connection's identity and rights.
@@ -298,10 +179,11 @@ fn grants(grant: &str, channel: &str) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use jsonwebtoken::{EncodingKey, Header, encode};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     use serde_json::json;
 
     use super::*;
+    use crate::auth::jwt::JwtKey;
 
     const SECRET: &str = "a-test-secret-of-thirty-two-bytes";
     const NOW: u64 = 1_800_000_000;
@@ -312,7 +194,7 @@ mod tests {
     const ES384_PUBLIC: &str = include_str!("../../tests/fixtures/jwt_es384_public.pem");
 
     fn verifier(jwt: JwtKey) -> Verifier {
-        Verifier::new(&RealtimeConfig { jwt, ..RealtimeConfig::default() }).unwrap().unwrap()
+        Verifier::new(&JwtConfig { key: jwt, ..JwtConfig::default() }).unwrap().unwrap()
     }
 
     fn hs256(claims: &Value) -> String {
@@ -391,9 +273,9 @@ mod tests {
         let p = v.verify_at(&within, NOW).unwrap();
         assert_eq!(p.remaining(NOW, 60), Some(0));
 
-        let strict = Verifier::new(&RealtimeConfig {
-            jwt: JwtKey::Secret(SECRET.into()),
-            jwt_leeway_s: 0,
+        let strict = Verifier::new(&JwtConfig {
+            key: JwtKey::Secret(SECRET.into()),
+            leeway_s: 0,
             ..Default::default()
         })
         .unwrap()
@@ -451,13 +333,11 @@ mod tests {
     fn rs256_and_es256_keys_verify_their_own_alg() {
         let claims = json!({"sub": "bob", "exp": NOW + 60});
         let rs = verifier(JwtKey::PublicKeyPem(RS256_PUBLIC.into()));
-        assert_eq!(rs.alg, Algorithm::RS256);
         let signing = EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes()).unwrap();
         let token = encode(&Header::new(Algorithm::RS256), &claims, &signing).unwrap();
         assert_eq!(rs.verify_at(&token, NOW).unwrap().user_id.as_deref(), Some("bob"));
 
         let es = verifier(JwtKey::PublicKeyPem(ES256_PUBLIC.into()));
-        assert_eq!(es.alg, Algorithm::ES256);
         let signing = EncodingKey::from_ec_pem(ES256_PRIVATE.as_bytes()).unwrap();
         let es_token = encode(&Header::new(Algorithm::ES256), &claims, &signing).unwrap();
         assert_eq!(es.verify_at(&es_token, NOW).unwrap().user_id.as_deref(), Some("bob"));
@@ -505,7 +385,7 @@ mod tests {
 
     #[test]
     fn unusable_keys_are_refused_at_start_and_no_key_is_dev_mode() {
-        let new = |jwt| Verifier::new(&RealtimeConfig { jwt, ..RealtimeConfig::default() });
+        let new = |key| Verifier::new(&JwtConfig { key, ..JwtConfig::default() });
         assert!(new(JwtKey::None).unwrap().is_none());
         assert_eq!(new(JwtKey::Secret(String::new())).unwrap_err(), "the JWT secret is empty");
         assert_eq!(

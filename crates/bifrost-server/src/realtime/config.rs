@@ -1,18 +1,7 @@
-//! The settings of real-time delivery (`[realtime]`, `--realtime-*`, JWT keys).
+//! The settings of real-time delivery (`[realtime]`, `--realtime-*`); tokens are checked
+//! with the server's `[auth.jwt]` settings.
 
 use std::time::Duration;
-
-/// How WebSocket connections authenticate.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum JwtKey {
-    /// No key (the default): every connection is admin and names itself with `?user_id=`.
-    #[default]
-    None,
-    /// HS256 with this shared secret.
-    Secret(String),
-    /// RS256 or ES256 with this PEM public key (the file's contents).
-    PublicKeyPem(String),
-}
 
 /// Limits and timings of WebSocket connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,10 +27,6 @@ pub struct RealtimeConfig {
     pub allow_anonymous: bool,
     /// Channel patterns an anonymous connection may subscribe to (`["room:*"]`).
     pub anonymous_channels: Vec<String>,
-    /// The key that checks connection tokens.
-    pub jwt: JwtKey,
-    /// Seconds of clock skew allowed on `exp` and `nbf` (60).
-    pub jwt_leeway_s: u64,
     /// How long a connection may take to send `auth` when it came without a token (10 s).
     pub auth_timeout: Duration,
 }
@@ -59,8 +44,6 @@ impl Default for RealtimeConfig {
             presence_grace: Duration::from_secs(5),
             allow_anonymous: false,
             anonymous_channels: vec!["room:*".to_owned()],
-            jwt: JwtKey::None,
-            jwt_leeway_s: 60,
             auth_timeout: Duration::from_secs(10),
         }
     }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Verifier;
+use super::auth::Principal;
 use super::bridges::Bridges;
 use super::channel::Channel;
 use super::config::RealtimeConfig;
@@ -39,6 +39,7 @@ use super::presence::{Change, Presence, UserState};
 use super::publish::{Ephemeral, Publish};
 use super::queue::{OutQueue, Refused};
 use super::route::{Route, routes};
+use crate::auth::{Auth, Scope, Scopes};
 
 /// The bus topic of real-time traffic.
 const TOPIC: &str = "realtime";
@@ -174,13 +175,33 @@ enum BusMessage {
     Hello { node: String },
 }
 
+/// Why a connection's credential was refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// No valid credential (401; close 4001).
+    Unauthorized(String),
+    /// A valid credential without the `subscribe` scope (403).
+    Forbidden(String),
+}
+
+impl Refusal {
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            Self::Unauthorized(m) | Self::Forbidden(m) => m,
+        }
+    }
+}
+
 /// Real-time delivery of one node.
 pub(crate) struct Hub {
     store: Arc<dyn DurableStore>,
     pub(crate) config: RealtimeConfig,
     pub(crate) max_event_bytes: usize,
     node: String,
-    verifier: Result<Option<Verifier>, String>,
+    /// The server's credentials: tokens of connections are checked with them.
+    pub(crate) auth: Arc<Auth>,
+    /// Seconds of clock skew allowed on a token's `exp`.
+    pub(crate) jwt_leeway_s: u64,
     subs: RwLock<Subscriptions>,
     next_id: AtomicU64,
     started: tokio::sync::OnceCell<()>,
@@ -200,6 +221,7 @@ impl Hub {
     pub(crate) fn new(
         store: Arc<dyn DurableStore>,
         server: &crate::ServerConfig,
+        auth: Arc<Auth>,
         shutdown: CancellationToken,
     ) -> Self {
         let config = server.realtime.clone();
@@ -207,10 +229,6 @@ impl Hub {
         let node = server.cluster.node_id.clone();
         let heartbeat = server.cluster.heartbeat;
         let node_timeout = server.cluster.lease_timeout;
-        let verifier = Verifier::new(&config);
-        if let Err(e) = &verifier {
-            tracing::error!(error = %e, "the JWT key is unusable: WebSocket connections are refused");
-        }
         Self {
             bus: store.cluster_bus(),
             bridges: Bridges::new(Arc::clone(&store)),
@@ -219,7 +237,8 @@ impl Hub {
             max_event_bytes,
             presence: Mutex::new(Presence::new(node.clone())),
             node,
-            verifier,
+            auth,
+            jwt_leeway_s: server.auth.jwt.leeway_s,
             subs: RwLock::default(),
             next_id: AtomicU64::new(1),
             started: tokio::sync::OnceCell::new(),
@@ -231,8 +250,49 @@ impl Hub {
         }
     }
 
-    pub(crate) fn verifier(&self) -> Result<Option<&Verifier>, &str> {
-        self.verifier.as_ref().map(Option::as_ref).map_err(String::as_str)
+    /// The rights of a connection that presents `token`: a JWT's claims (`sub` required,
+    /// `channels`, `scope`, `info`), or an API key's or the admin key's scopes (`subscribe`
+    /// lets it subscribe to every channel its read restriction allows). Auth off: admin.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, Refusal> {
+        if !self.auth.is_on() {
+            return Ok(Principal::dev(None));
+        }
+        let authenticated =
+            self.auth.authenticate(token, None, false).await.map_err(|e| Refusal::Unauthorized(e.0))?;
+        let caller = authenticated.principal;
+        if let Some(claims) = &authenticated.claims {
+            // A connection token of the WebSocket contract (`sub`, `channels`, maybe `append`
+            // or `admin`) connects; a token whose scopes are all for other routes does not.
+            let scopes = caller.scopes;
+            if scopes != Scopes::default()
+                && ![Scope::Subscribe, Scope::Append].iter().any(|s| scopes.allows(*s))
+            {
+                return Err(Refusal::Forbidden("this token has no subscribe scope".to_owned()));
+            }
+            return Principal::from_claims(&claims.map, claims.expires_at)
+                .map_err(|e| Refusal::Unauthorized(e.0));
+        }
+        if !caller.scopes.allows(Scope::Subscribe) {
+            return Err(Refusal::Forbidden("this credential has no subscribe scope".to_owned()));
+        }
+        let channels = match &caller.restrict.read {
+            // type: channels would carry events of streams it may not read.
+            Some(rule) => {
+                let mut channels = vec!["room:*".to_owned()];
+                channels.extend(rule.channel_grants());
+                channels
+            }
+            None => vec!["room:*".to_owned(), "stream:*".to_owned(), "type:*".to_owned()],
+        };
+        Ok(Principal {
+            user_id: Some(caller.actor.id.unwrap_or_else(|| "admin".to_owned())),
+            admin: caller.scopes.is_admin(),
+            append: caller.scopes.allows(Scope::Append),
+            channels,
+            info: None,
+            expires_at: None,
+            anonymous: false,
+        })
     }
 
     /// Starts the node's presence work once: the bus receiver, which asks the other nodes

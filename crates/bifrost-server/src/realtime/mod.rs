@@ -26,7 +26,7 @@ mod route;
 
 pub(crate) use auth::Principal;
 pub(crate) use channel::check_room;
-pub use config::{JwtKey, RealtimeConfig};
+pub use config::RealtimeConfig;
 pub(crate) use connection::serve;
-pub(crate) use hub::Hub;
+pub(crate) use hub::{Hub, Refusal};
 pub(crate) use publish::Publish;

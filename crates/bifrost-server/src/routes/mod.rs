@@ -3,6 +3,7 @@
 pub(crate) mod bridges;
 pub(crate) mod cluster;
 pub(crate) mod groups;
+pub(crate) mod keys;
 pub(crate) mod live;
 pub(crate) mod log;
 pub(crate) mod ops;
@@ -60,6 +61,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(bridges::dead_letters))
         .routes(routes!(bridges::delete_dead_letter))
         .routes(routes!(cluster::nodes))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

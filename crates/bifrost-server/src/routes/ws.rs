@@ -2,15 +2,16 @@
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::{IntoResponse, Response};
-use bifrost_api::{Problem, ProblemType};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bifrost_api::Problem;
 
 use crate::AppState;
+use crate::auth::{bearer, forbidden, unauthorized};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
-use crate::realtime::{self, Principal};
+use crate::realtime::{self, Principal, Refusal};
 
 /// A tungstenite read buffer that grows on demand: an idle connection keeps it small.
 const READ_BUFFER: usize = 4096;
@@ -32,32 +33,34 @@ const READ_BUFFER: usize = 4096;
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "A bad token (`bifrost:unauthorized`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A credential without the subscribe scope (`bifrost:forbidden`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn ws(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: QueryParams,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let hub = &state.realtime;
     let config = &hub.config;
-    let verifier =
-        hub.verifier().map_err(|e| ApiError::unavailable(format!("WebSocket auth is unusable: {e}")))?;
     let token = match query.one("access_token")? {
         Some(token) => Some(token.to_owned()),
         None => bearer(&headers),
     };
-    let principal = match (verifier, token) {
-        (None, _) => Some(Principal::dev(query.one("user_id")?.map(str::to_owned))),
-        (Some(verifier), Some(token)) => match verifier.verify(&token) {
+    let principal = match token {
+        _ if !state.auth.is_on() => Some(Principal::dev(query.one("user_id")?.map(str::to_owned))),
+        Some(token) => match hub.authenticate(&token).await {
             Ok(principal) => Some(principal),
-            Err(e) => return Ok(unauthorized(&e.0)),
+            Err(Refusal::Unauthorized(e)) => return Ok(unauthorized(&e)),
+            Err(Refusal::Forbidden(e)) => return Err(forbidden(e)),
         },
-        (Some(_), None) if config.allow_anonymous => Some(Principal::anonymous(&config.anonymous_channels)),
+        None if config.allow_anonymous => Some(Principal::anonymous(&config.anonymous_channels)),
         // It has the auth timeout to send `auth {"token"}`.
-        (Some(_), None) => None,
+        None => None,
     };
+    // The credential is judged first, as on every route: 401, then 403, then the rest.
+    let upgrade = upgrade.map_err(|e| ApiError::invalid_request(format!("not a WebSocket upgrade: {e}")))?;
     let max_frame = config.max_frame_bytes;
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
@@ -65,18 +68,4 @@ pub(crate) async fn ws(
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| realtime::serve(socket, state, principal)))
-}
-
-/// The token of an `Authorization: Bearer` header.
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
-}
-
-fn unauthorized(reason: &str) -> Response {
-    let mut response =
-        ApiError::new(ProblemType::Unauthorized, format!("the token was refused: {reason}")).into_response();
-    response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
 }

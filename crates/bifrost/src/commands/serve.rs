@@ -74,6 +74,20 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
 
+    let auth = &settings.auth;
+    if auth.is_on() {
+        let mut how = Vec::new();
+        if auth.admin_key.is_some() {
+            how.push("admin key");
+        }
+        if auth.jwt.key != bifrost_server::JwtKey::None {
+            how.push("JWT");
+        }
+        how.push("API keys");
+        announce(&format!("bifrost auth=on ({})", how.join(", ")));
+    } else {
+        announce("bifrost auth=off (open, single-user dev mode)");
+    }
     announce(&format!("bifrost listening on http://{addr}"));
     bifrost_server::serve(
         listener,
