@@ -65,6 +65,7 @@ mod client;
 mod error;
 mod groups;
 mod head;
+mod keys;
 mod realtime;
 pub mod sse;
 #[cfg(test)]

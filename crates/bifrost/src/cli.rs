@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    append::AppendArgs, bench::BenchArgs, dlq::DlqArgs, groups::GroupsArgs, read::ReadArgs,
+    append::AppendArgs, bench::BenchArgs, dlq::DlqArgs, groups::GroupsArgs, keys::KeysArgs, read::ReadArgs,
     realtime::RealtimeArgs, tail::TailArgs, webhooks::WebhooksArgs, ws::WsArgs,
 };
 use crate::config::ConfigLayer;
@@ -43,6 +43,8 @@ pub(crate) enum Command {
     /// Real-time: publish messages to rooms, users and streams, show a room's presence, and
     /// manage the bridges that send stored events to rooms and users.
     Realtime(RealtimeArgs),
+    /// API keys: create them (the secret is printed once), list and revoke them.
+    Keys(KeysArgs),
     /// Measure write, read and delivery throughput and latency.
     Bench(BenchArgs),
 }
@@ -57,12 +59,23 @@ pub(crate) struct ServeArgs {
     pub(crate) settings: ConfigLayer,
 }
 
-/// Where the CLI commands find the server.
+/// Where the CLI commands find the server, and the credential they present.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArg {
     /// The base URL of a running `bifrost serve`.
-    #[arg(long, env = "BIFROST_SERVER", value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long = "url",
+        visible_alias = "server",
+        env = "BIFROST_URL",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub(crate) server: String,
+
+    /// The credential to send (`Authorization: Bearer`): an API key (`bfk_…`), the admin
+    /// key or a JWT; needed once the server has auth on.
+    #[arg(long, env = "BIFROST_KEY", value_name = "KEY", hide_env_values = true)]
+    pub(crate) key: Option<String>,
 }
 
 /// [`ServerArg`] for commands with subcommands: accepted before or after the subcommand.
@@ -70,11 +83,43 @@ pub(crate) struct ServerArg {
 pub(crate) struct GlobalServerArg {
     /// The base URL of a running `bifrost serve`.
     #[arg(
-        long,
-        env = "BIFROST_SERVER",
+        long = "url",
+        visible_alias = "server",
+        env = "BIFROST_URL",
         value_name = "URL",
         default_value = "http://127.0.0.1:7070",
         global = true
     )]
     pub(crate) server: String,
+
+    /// The credential to send (`Authorization: Bearer`): an API key (`bfk_…`), the admin
+    /// key or a JWT; needed once the server has auth on.
+    #[arg(long, env = "BIFROST_KEY", value_name = "KEY", hide_env_values = true, global = true)]
+    pub(crate) key: Option<String>,
+}
+
+/// A server and the credential for it, whichever form of the flags gave them.
+pub(crate) trait Target {
+    fn url(&self) -> &str;
+    fn key(&self) -> Option<&str>;
+}
+
+impl Target for ServerArg {
+    fn url(&self) -> &str {
+        &self.server
+    }
+
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+}
+
+impl Target for GlobalServerArg {
+    fn url(&self) -> &str {
+        &self.server
+    }
+
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
 }

@@ -17,7 +17,7 @@ use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{append, bench, dlq, groups, read, realtime, serve, tail, webhooks, ws};
+use crate::commands::{append, bench, dlq, groups, keys, read, realtime, serve, tail, webhooks, ws};
 use crate::config::{BadSetting, Settings};
 use crate::output::one_line;
 
@@ -91,6 +91,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Realtime(args) => {
             init_tracing(&client_log())?;
             current_thread()?.block_on(realtime::run(args))
+        }
+        Command::Keys(args) => {
+            init_tracing(&client_log())?;
+            current_thread()?.block_on(keys::run(args))
         }
         Command::Bench(args) => {
             init_tracing(&client_log())?;

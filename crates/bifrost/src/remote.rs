@@ -6,20 +6,26 @@ use bifrost_api::{Problem, ProblemType};
 use bifrost_client::{Client, ClientBuilder, Error};
 use reqwest::Url;
 
+use crate::cli::Target;
 use crate::output::one_line;
 
-/// A client of the server at `server` (plain `http://`).
-pub(crate) fn connect(server: &str) -> anyhow::Result<Client> {
-    builder(server)?.build().map_err(describe)
+/// A client of the server `target` names (plain `http://`), with its credential.
+pub(crate) fn connect(target: &impl Target) -> anyhow::Result<Client> {
+    builder(target)?.build().map_err(describe)
 }
 
 /// The builder of [`connect`], for commands that need more settings.
-pub(crate) fn builder(server: &str) -> anyhow::Result<ClientBuilder> {
+pub(crate) fn builder(target: &impl Target) -> anyhow::Result<ClientBuilder> {
+    let server = target.url();
     let url = Url::parse(server).map_err(|e| anyhow!("invalid server URL {server:?}: {e}"))?;
     if url.scheme() != "http" {
         bail!("server URL {url} is not supported: use http://HOST:PORT");
     }
-    Ok(Client::builder(server))
+    let builder = Client::builder(server);
+    Ok(match target.key() {
+        Some(key) => builder.bearer_token(key),
+        None => builder,
+    })
 }
 
 /// An argument the server would refuse, refused before sending: the line reads as the
@@ -76,11 +82,15 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
+    fn server(url: &str) -> crate::cli::ServerArg {
+        crate::cli::ServerArg { server: url.to_owned(), key: Some("bfk_test".to_owned()) }
+    }
+
     #[test]
     fn only_plain_http_is_accepted() {
-        assert!(connect("https://example.org").is_err());
-        assert!(connect("not a url").is_err());
-        assert!(connect("http://127.0.0.1:7070").is_ok());
+        assert!(connect(&server("https://example.org")).is_err());
+        assert!(connect(&server("not a url")).is_err());
+        assert!(connect(&server("http://127.0.0.1:7070")).is_ok());
     }
 
     #[test]

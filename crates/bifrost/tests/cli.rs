@@ -205,7 +205,7 @@ fn append_and_read_round_trip_through_the_server() {
                 "no_stream",
             ])
             .args(["--metadata", r#"{"correlation_id":"c-1"}"#])
-            .env("BIFROST_SERVER", &url),
+            .env("BIFROST_URL", &url),
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));

@@ -98,7 +98,7 @@ pub(crate) async fn run(args: AppendArgs) -> anyhow::Result<()> {
         _ => read_stdin()?,
     };
     let event = new_event(&args, &data)?;
-    let client = remote::connect(&args.server.server)?;
+    let client = remote::connect(&args.server)?;
     let append = StreamAppend::new(stream, args.expected_version.into(), vec![event]);
     let results = client.append_streams(&[append]).await.map_err(remote::describe)?;
     let mut out = JsonLines::stdout();
@@ -154,7 +154,7 @@ mod tests {
             expected_version: expected.parse().unwrap(),
             metadata: metadata.map(str::to_owned),
             id: None,
-            server: ServerArg { server: "http://127.0.0.1:7070".into() },
+            server: ServerArg { server: "http://127.0.0.1:7070".into(), key: None },
         }
     }
 

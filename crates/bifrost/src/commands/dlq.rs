@@ -57,7 +57,7 @@ pub(crate) enum DlqCommand {
 const MAX_PAGE: usize = 1000;
 
 pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let client = remote::connect(&args.server.server)?;
+    let client = remote::connect(&args.server)?;
     let mut out = JsonLines::stdout();
     let outcome = run_command(&client, &args.command, &mut out).await;
     // What was printed before a failure still reaches the terminal.

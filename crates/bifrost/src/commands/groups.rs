@@ -213,7 +213,7 @@ impl From<BackoffArg> for BackoffKindBody {
 }
 
 pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
-    let client = remote::connect(&args.server.server)?;
+    let client = remote::connect(&args.server)?;
     let mut out = JsonLines::stdout();
     let outcome = run_command(&client, &args.command, &mut out).await;
     // What was printed before a failure still reaches the terminal.

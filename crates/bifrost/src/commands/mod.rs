@@ -4,6 +4,7 @@ pub(crate) mod append;
 pub(crate) mod bench;
 pub(crate) mod dlq;
 pub(crate) mod groups;
+pub(crate) mod keys;
 pub(crate) mod read;
 pub(crate) mod realtime;
 pub(crate) mod serve;

@@ -57,7 +57,7 @@ pub(crate) struct ReadArgs {
 }
 
 pub(crate) async fn run(args: ReadArgs) -> anyhow::Result<()> {
-    let client = remote::connect(&args.server.server)?;
+    let client = remote::connect(&args.server)?;
     let mut out = JsonLines::stdout();
     let outcome = match &args.stream {
         Some(stream) => read_stream(&client, &args, &StreamName::new(stream)?, &mut out).await,

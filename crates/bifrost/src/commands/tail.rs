@@ -39,7 +39,7 @@ pub(crate) struct TailArgs {
 
 pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
     let filter = LogFilter::default().with_types(&args.types).map_err(remote::invalid_argument)?;
-    let client = remote::builder(&args.server.server)?
+    let client = remote::builder(&args.server)?
         .reconnect_delay(FIRST_BACKOFF, MAX_BACKOFF)
         .max_reconnects(args.max_retries)
         .build()
