@@ -84,9 +84,17 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(problem = self.kind.uri(), detail = %self.detail, "request failed");
         }
+        // A rate-limited answer says when to come back in whole seconds, rounded up.
+        let retry_after = (self.kind == ProblemType::RateLimited)
+            .then(|| self.extra.get("retry_after_ms").and_then(Value::as_u64))
+            .flatten()
+            .map(|ms| ms.div_ceil(1000).max(1));
         let body = serde_json::to_vec(&self.into_body()).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

@@ -11,6 +11,7 @@ mod auth;
 mod cluster;
 pub mod error;
 mod extract;
+mod limits;
 mod metrics;
 mod openapi;
 mod realtime;
@@ -41,6 +42,7 @@ use crate::error::{ApiError, PROBLEM_JSON, ProblemType};
 
 pub use crate::auth::{AuthConfig, JwtConfig, JwtKey, MIN_ADMIN_KEY_CHARS};
 pub use crate::cluster::{ClusterBusError, ClusterBusSpec, ClusterConfig, NatsBus, default_node_id};
+pub use crate::limits::LimitsConfig;
 pub use crate::metrics::{install_metrics_recorder, set_store_durable};
 pub use crate::openapi::openapi_json;
 pub use crate::realtime::RealtimeConfig;
@@ -60,6 +62,8 @@ pub struct ServerConfig {
     pub realtime: RealtimeConfig,
     /// Who may call the API (`[auth]`).
     pub auth: AuthConfig,
+    /// Rate limits per caller (`[limits]`).
+    pub limits: LimitsConfig,
     /// This node's identity and heartbeat among the nodes that share its store.
     pub cluster: ClusterConfig,
     /// Bridges named in the configuration file (`[[bridges]]`), by name: put at start, and
@@ -78,6 +82,7 @@ impl Default for ServerConfig {
             sse_heartbeat: Duration::from_secs(15),
             realtime: RealtimeConfig::default(),
             auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
             bridges: None,
         }
@@ -106,6 +111,8 @@ pub(crate) struct AppState {
     pub(crate) listen: Option<Arc<str>>,
     /// Credentials: the admin key, API keys, JWTs.
     pub(crate) auth: Arc<auth::Auth>,
+    /// Rate limits per caller.
+    pub(crate) limits: Arc<limits::Limits>,
 }
 
 impl AppState {
@@ -117,6 +124,7 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> Self {
         let auth = Arc::new(auth::Auth::new(&config.auth, Arc::clone(&store)));
+        let limits = Arc::new(limits::Limits::new(&config.limits));
         let realtime =
             Arc::new(realtime::Hub::new(Arc::clone(&store), &config, Arc::clone(&auth), shutdown.clone()));
         let cluster = Arc::new(cluster::Cluster::new(Arc::clone(&store), config.cluster.clone()));
@@ -137,6 +145,7 @@ impl AppState {
             cluster,
             bridges,
             listen: None,
+            limits,
             auth,
         }
     }
@@ -187,7 +196,7 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
     let body_limit = state.config.max_body_bytes;
     let node = HeaderValue::from_str(state.cluster.node_id())
         .unwrap_or_else(|_| HeaderValue::from_static("unnamed"));
-    let auth = Arc::clone(&state.auth);
+    let guard = auth::Guard { auth: Arc::clone(&state.auth), limits: Arc::clone(&state.limits) };
     let mut app = api.with_state(state);
     if let Some(extra) = extra {
         app = app.merge(extra);
@@ -198,7 +207,7 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
     // status under the matched route template.
     app.layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(guard, auth::authorize))
         .layer(axum::middleware::map_response(problems_only))
         .layer(axum::middleware::from_fn(metrics::track_requests))
         .layer(axum::middleware::map_response_with_state(node, name_the_node))

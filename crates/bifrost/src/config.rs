@@ -15,8 +15,8 @@ use bifrost_api::BridgeRequest;
 use bifrost_postgres::PostgresOptions;
 use bifrost_redis::RedisOptions;
 use bifrost_server::{
-    AuthConfig, ClusterBusSpec, ClusterConfig, JwtConfig, JwtKey, MIN_ADMIN_KEY_CHARS, RealtimeConfig,
-    ServerConfig,
+    AuthConfig, ClusterBusSpec, ClusterConfig, JwtConfig, JwtKey, LimitsConfig, MIN_ADMIN_KEY_CHARS,
+    RealtimeConfig, ServerConfig,
 };
 use bifrost_sqlite::Durability;
 use clap::Args;
@@ -286,6 +286,36 @@ pub(crate) struct ConfigLayer {
     /// The `[auth]` table of the TOML file.
     #[arg(skip)]
     pub(crate) auth: Option<AuthTable>,
+
+    /// Requests per second of one caller (credential, or IP address when auth is off); 0:
+    /// no limit [default: 0]. Over it: 429 with Retry-After. TOML: `limits.requests_per_s`.
+    #[arg(long, env = "BIFROST_LIMITS_REQUESTS_PER_S", value_name = "N")]
+    #[serde(skip)]
+    pub(crate) limits_requests_per_s: Option<u32>,
+
+    /// Appended events per second of one caller; 0: no limit [default: 0]. TOML:
+    /// `limits.events_per_s`.
+    #[arg(long, env = "BIFROST_LIMITS_EVENTS_PER_S", value_name = "N")]
+    #[serde(skip)]
+    pub(crate) limits_events_per_s: Option<u32>,
+
+    /// Seconds of its rate a caller may spend at once [default: 1]. TOML: `limits.burst_s`.
+    #[arg(long, env = "BIFROST_LIMITS_BURST_S", value_name = "S")]
+    #[serde(skip)]
+    pub(crate) limits_burst_s: Option<u32>,
+
+    /// The `[limits]` table of the TOML file.
+    #[arg(skip)]
+    pub(crate) limits: Option<LimitsTable>,
+}
+
+/// `[limits]` in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsTable {
+    pub(crate) requests_per_s: Option<u32>,
+    pub(crate) events_per_s: Option<u32>,
+    pub(crate) burst_s: Option<u32>,
 }
 
 /// `[auth]` in the TOML file.
@@ -396,6 +426,10 @@ impl ConfigLayer {
             cluster_bus: self.cluster_bus.or(lower.cluster_bus),
             cluster_poll_ms: self.cluster_poll_ms.or(lower.cluster_poll_ms),
             cluster: self.cluster.or(lower.cluster),
+            limits_requests_per_s: self.limits_requests_per_s.or(lower.limits_requests_per_s),
+            limits_events_per_s: self.limits_events_per_s.or(lower.limits_events_per_s),
+            limits_burst_s: self.limits_burst_s.or(lower.limits_burst_s),
+            limits: self.limits.or(lower.limits),
             bridges: self.bridges.or(lower.bridges),
             realtime_queue_size: self.realtime_queue_size.or(lower.realtime_queue_size),
             realtime_recovery_max_events: self
@@ -468,6 +502,24 @@ fn toml_value(value: &serde_json::Value) -> String {
 }
 
 /// Node identity and heartbeat: flag or environment, else the `[cluster]` table, else default.
+/// The rate limits: flag or environment, else `[limits]`, else off.
+fn limits_config(layer: &ConfigLayer) -> Result<LimitsConfig, BadSetting> {
+    let table = layer.limits.clone().unwrap_or_default();
+    let defaults = LimitsConfig::default();
+    let limits = LimitsConfig {
+        requests_per_s: layer
+            .limits_requests_per_s
+            .or(table.requests_per_s)
+            .unwrap_or(defaults.requests_per_s),
+        events_per_s: layer.limits_events_per_s.or(table.events_per_s).unwrap_or(defaults.events_per_s),
+        burst_s: layer.limits_burst_s.or(table.burst_s).unwrap_or(defaults.burst_s),
+    };
+    if limits.burst_s == 0 {
+        return Err(BadSetting("limits.burst_s (--limits-burst-s) must be at least 1".to_owned()));
+    }
+    Ok(limits)
+}
+
 fn cluster_config(layer: &ConfigLayer) -> ClusterConfig {
     let table = layer.cluster.clone().unwrap_or_default();
     let defaults = ClusterConfig::default();
@@ -647,6 +699,7 @@ pub(crate) struct Settings {
     pub(crate) bridges: Option<Vec<(String, BridgeRequest)>>,
     pub(crate) realtime: RealtimeConfig,
     pub(crate) auth: AuthConfig,
+    pub(crate) limits: LimitsConfig,
     /// Where the JWT key was read from, when it is a public key or a key set.
     pub(crate) jwt_key_file: Option<PathBuf>,
 }
@@ -658,6 +711,7 @@ impl Settings {
         let layer = flags_and_env.over(file);
         let realtime = realtime_config(&layer)?;
         let (auth, jwt_key_file) = auth_config(&layer)?;
+        let limits = limits_config(&layer)?;
         let cluster = cluster_config(&layer);
         let (cluster_bus, cluster_poll) = cluster_bus(&layer)?;
         let bridges = layer.bridges.as_deref().map(configured_bridges).transpose()?;
@@ -702,6 +756,7 @@ impl Settings {
             bridges,
             realtime,
             auth,
+            limits,
             jwt_key_file,
             webhook_retry_after_max: Duration::from_secs(
                 layer
@@ -809,6 +864,7 @@ impl Settings {
             sse_heartbeat: self.sse_heartbeat,
             realtime: self.realtime.clone(),
             auth: self.auth.clone(),
+            limits: self.limits.clone(),
             cluster: self.cluster.clone(),
             bridges: self.bridges.clone(),
         }
@@ -919,7 +975,12 @@ impl fmt::Display for Settings {
                 let _ = writeln!(out, "{name} = {}", quote(value));
             }
         }
-        let _ = write!(out, "leeway_s = {}", a.jwt.leeway_s);
+        let _ = writeln!(out, "leeway_s = {}", a.jwt.leeway_s);
+        let l = &self.limits;
+        let _ = writeln!(out, "\n[limits]");
+        let _ = writeln!(out, "requests_per_s = {}", l.requests_per_s);
+        let _ = writeln!(out, "events_per_s = {}", l.events_per_s);
+        let _ = write!(out, "burst_s = {}", l.burst_s);
         for (name, request) in self.bridges.iter().flatten() {
             let _ = write!(out, "\n\n[[bridges]]\nname = {}", quote(name));
             let mut request = request.clone();

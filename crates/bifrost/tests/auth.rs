@@ -95,9 +95,7 @@ fn keys_are_made_listed_used_and_revoked_with_the_cli() {
     assert_eq!(listed.len(), 1);
     assert!(listed[0].get("secret").is_none(), "{}", listed[0]);
 
-    let append = |key: &str, stream: &str| {
-        cli(&server, Some(key), &["append", stream, "order.placed", "{}"])
-    };
+    let append = |key: &str, stream: &str| cli(&server, Some(key), &["append", stream, "order.placed", "{}"]);
     assert!(append(&secret, "order-1").status.success());
     let elsewhere = append(&secret, "invoice-1");
     assert!(!elsewhere.status.success());

@@ -6,7 +6,8 @@
 //! or `auth.required` is set; then every `/v1` route needs a credential. The order of
 //! refusals is fixed: `401` (no, bad, expired or revoked credential), then `403` (scope or
 //! restriction, decided from the route and the names in its path), then whatever the
-//! handler finds (`404` and the rest).
+//! handler finds (`404` and the rest). A caller over its rate gets `429` once its
+//! credential is known.
 
 pub(crate) mod access;
 pub(crate) mod jwt;
@@ -34,6 +35,7 @@ pub use self::jwt::{JwtConfig, JwtKey};
 use self::keys::{KEY_PREFIX, KeyStore, check_tenant};
 pub(crate) use self::principal::{Actor, ActorKind, Principal, Restrict, Scope, Scopes};
 use crate::error::{ApiError, ProblemType};
+use crate::limits::Limits;
 
 /// Shortest admin key.
 pub const MIN_ADMIN_KEY_CHARS: usize = 32;
@@ -211,15 +213,19 @@ pub(crate) fn client_ip(parts: &Parts) -> Option<String> {
     parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())
 }
 
+/// What the `authorize` layer needs.
+#[derive(Clone)]
+pub(crate) struct Guard {
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) limits: Arc<Limits>,
+}
+
 /// The layer: checks the credential of every request against the route's access, then
 /// hands the handler its [`Principal`] (in the request's extensions; see [`Caller`]).
-pub(crate) async fn authorize(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let Guard { auth, limits } = guard;
     let (mut parts, body) = request.into_parts();
     let ip = client_ip(&parts);
-    if !auth.on {
-        parts.extensions.insert(Principal::open(ip));
-        return next.run(Request::from_parts(parts, body)).await;
-    }
     let template = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let access = match &template {
         Some(template) => access::required(&parts.method, template).unwrap_or(Access::Scope(Scope::Admin)),
@@ -227,6 +233,16 @@ pub(crate) async fn authorize(State(auth): State<Arc<Auth>>, request: Request, n
         None if !parts.uri.path().starts_with("/v1") => Access::Open,
         None => Access::Scope(Scope::Read),
     };
+    if !auth.on {
+        let principal = Principal::open(ip);
+        if !matches!(access, Access::Open | Access::Metrics)
+            && let Err(limited) = limits.request(&principal)
+        {
+            return limited.into_response();
+        }
+        parts.extensions.insert(principal);
+        return next.run(Request::from_parts(parts, body)).await;
+    }
     let scope = match access {
         Access::Open | Access::WebSocket => return next.run(Request::from_parts(parts, body)).await,
         Access::Metrics if !auth.protect_metrics => return next.run(Request::from_parts(parts, body)).await,
@@ -242,6 +258,9 @@ pub(crate) async fn authorize(State(auth): State<Arc<Auth>>, request: Request, n
         Ok(authenticated) => authenticated.principal,
         Err(e) => return unauthorized(&e.0),
     };
+    if let Err(limited) = limits.request(&principal) {
+        return limited.into_response();
+    }
     if template.is_some() && !principal.scopes.allows(scope) {
         return forbidden(format!("this route needs the {} scope", scope.as_str())).into_response();
     }

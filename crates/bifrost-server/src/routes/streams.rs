@@ -11,6 +11,7 @@ use bifrost_api::{
 use bifrost_core::{DeleteMode, Direction, StreamAppend, StreamListQuery, StreamName};
 
 use crate::AppState;
+use crate::auth::{Caller, forbidden};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBytes, QueryParams, StreamPath};
 use crate::metrics;
@@ -35,12 +36,14 @@ use crate::wire;
 )]
 pub(crate) async fn append(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     StreamPath(stream): StreamPath,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<(StatusCode, Json<AppendResultBody>)> {
     let request: AppendRequest<'_> = wire::parse_body(&body)?;
     let count = request.events.len();
     check_event_count(&state, count)?;
+    state.limits.events(&caller, count)?;
     let expected = wire::parse_expected_version(request.expected_version)?;
     let events = wire::to_new_events(&body, request.events, &state.config)?;
     let result = metrics::timed_append(count, state.store.append(stream, expected, events)).await?;
@@ -64,6 +67,7 @@ pub(crate) async fn append(
 )]
 pub(crate) async fn append_many(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<(StatusCode, Json<MultiAppendResultBody>)> {
     let request: MultiAppendRequest<'_> = wire::parse_body(&body)?;
@@ -73,6 +77,14 @@ pub(crate) async fn append_many(
     let count = request.appends.iter().map(|a| a.events.len()).sum();
     check_event_count(&state, count)?;
     let mut appends = Vec::with_capacity(request.appends.len());
+    for append in &request.appends {
+        let stream = StreamName::new(&append.stream)?;
+        // `restrict.append` judges the whole request.
+        if !caller.may_append(&stream) {
+            return Err(forbidden(format!("this credential may not append to stream {stream}")));
+        }
+    }
+    state.limits.events(&caller, count)?;
     for append in request.appends {
         let stream = StreamName::new(&append.stream)?;
         let expected = wire::parse_expected_version(append.expected_version)?;
