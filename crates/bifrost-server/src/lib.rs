@@ -16,6 +16,7 @@ mod metrics;
 mod openapi;
 mod realtime;
 mod routes;
+mod tls;
 mod wire;
 
 use std::any::Any;
@@ -46,6 +47,7 @@ pub use crate::limits::LimitsConfig;
 pub use crate::metrics::{install_metrics_recorder, set_store_durable};
 pub use crate::openapi::openapi_json;
 pub use crate::realtime::RealtimeConfig;
+pub use crate::tls::{TlsFiles, load_tls};
 
 /// Limits and timings of the HTTP service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Rate limits per caller (`[limits]`).
     pub limits: LimitsConfig,
+    /// HTTPS only, with this certificate and key (`--tls-cert`, `--tls-key`).
+    pub tls: Option<TlsFiles>,
     /// This node's identity and heartbeat among the nodes that share its store.
     pub cluster: ClusterConfig,
     /// Bridges named in the configuration file (`[[bridges]]`), by name: put at start, and
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             realtime: RealtimeConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            tls: None,
             cluster: ClusterConfig::default(),
             bridges: None,
         }
@@ -269,6 +274,17 @@ pub async fn serve(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = match config.tls.as_ref().map(tls::load_tls).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            if let Some(w) = &webhooks {
+                let _ = w.close().await;
+            }
+            let _ = groups.close().await;
+            let _ = store.close().await;
+            return Err(std::io::Error::other(e));
+        }
+    };
     let token = CancellationToken::new();
     let mut state =
         AppState::new(Arc::clone(&store), Arc::clone(&groups), config, metrics.clone(), token.clone());
@@ -301,16 +317,25 @@ pub async fn serve(
             token.cancel();
         }
     };
-    // Responses are small and latency matters (SSE frames above all): without NODELAY, Nagle
-    // holds a frame back until the client's delayed ACK, tens of milliseconds later.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    let served = match tls {
+        Some(tls) => {
+            tokio::spawn(signal);
+            tls::serve_tls(listener, app, tls, token.clone()).await
         }
-    });
-    // The client's address reaches the handlers (rate limits per IP, the audit's actor).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(signal).await;
+        None => {
+            // Responses are small and latency matters (SSE frames above all): without
+            // NODELAY, Nagle holds a frame back until the client's delayed ACK, tens of
+            // milliseconds later.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            // The client's address reaches the handlers (rate limits per IP).
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app).with_graceful_shutdown(signal).await
+        }
+    };
     token.cancel();
     if let Some(task) = upkeep {
         let _ = task.await;

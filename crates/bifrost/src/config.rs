@@ -16,7 +16,7 @@ use bifrost_postgres::PostgresOptions;
 use bifrost_redis::RedisOptions;
 use bifrost_server::{
     AuthConfig, ClusterBusSpec, ClusterConfig, JwtConfig, JwtKey, LimitsConfig, MIN_ADMIN_KEY_CHARS,
-    RealtimeConfig, ServerConfig,
+    RealtimeConfig, ServerConfig, TlsFiles,
 };
 use bifrost_sqlite::Durability;
 use clap::Args;
@@ -307,6 +307,29 @@ pub(crate) struct ConfigLayer {
     /// The `[limits]` table of the TOML file.
     #[arg(skip)]
     pub(crate) limits: Option<LimitsTable>,
+
+    /// Serve HTTPS (and WSS) only, with this PEM certificate chain; needs --tls-key. TOML:
+    /// `tls.cert`.
+    #[arg(long, env = "BIFROST_TLS_CERT", value_name = "FILE")]
+    #[serde(skip)]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert. TOML: `tls.key`.
+    #[arg(long, env = "BIFROST_TLS_KEY", value_name = "FILE")]
+    #[serde(skip)]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// The `[tls]` table of the TOML file.
+    #[arg(skip)]
+    pub(crate) tls: Option<TlsTable>,
+}
+
+/// `[tls]` in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TlsTable {
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// `[limits]` in the TOML file.
@@ -430,6 +453,9 @@ impl ConfigLayer {
             limits_events_per_s: self.limits_events_per_s.or(lower.limits_events_per_s),
             limits_burst_s: self.limits_burst_s.or(lower.limits_burst_s),
             limits: self.limits.or(lower.limits),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls: self.tls.or(lower.tls),
             bridges: self.bridges.or(lower.bridges),
             realtime_queue_size: self.realtime_queue_size.or(lower.realtime_queue_size),
             realtime_recovery_max_events: self
@@ -518,6 +544,26 @@ fn limits_config(layer: &ConfigLayer) -> Result<LimitsConfig, BadSetting> {
         return Err(BadSetting("limits.burst_s (--limits-burst-s) must be at least 1".to_owned()));
     }
     Ok(limits)
+}
+
+/// `--tls-cert` and `--tls-key`, both or neither; the files are read and checked here, so
+/// a bad one stops the start.
+fn tls_files(layer: &ConfigLayer) -> Result<Option<TlsFiles>, BadSetting> {
+    let table = layer.tls.clone().unwrap_or_default();
+    let cert = layer.tls_cert.clone().or(table.cert);
+    let key = layer.tls_key.clone().or(table.key);
+    let files = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => TlsFiles { cert, key },
+        (Some(_), None) => {
+            return Err(BadSetting("tls.cert (--tls-cert) is set without tls.key (--tls-key)".to_owned()));
+        }
+        (None, Some(_)) => {
+            return Err(BadSetting("tls.key (--tls-key) is set without tls.cert (--tls-cert)".to_owned()));
+        }
+    };
+    bifrost_server::load_tls(&files).map_err(BadSetting)?;
+    Ok(Some(files))
 }
 
 fn cluster_config(layer: &ConfigLayer) -> ClusterConfig {
@@ -700,6 +746,7 @@ pub(crate) struct Settings {
     pub(crate) realtime: RealtimeConfig,
     pub(crate) auth: AuthConfig,
     pub(crate) limits: LimitsConfig,
+    pub(crate) tls: Option<TlsFiles>,
     /// Where the JWT key was read from, when it is a public key or a key set.
     pub(crate) jwt_key_file: Option<PathBuf>,
 }
@@ -712,6 +759,7 @@ impl Settings {
         let realtime = realtime_config(&layer)?;
         let (auth, jwt_key_file) = auth_config(&layer)?;
         let limits = limits_config(&layer)?;
+        let tls = tls_files(&layer)?;
         let cluster = cluster_config(&layer);
         let (cluster_bus, cluster_poll) = cluster_bus(&layer)?;
         let bridges = layer.bridges.as_deref().map(configured_bridges).transpose()?;
@@ -757,6 +805,7 @@ impl Settings {
             realtime,
             auth,
             limits,
+            tls,
             jwt_key_file,
             webhook_retry_after_max: Duration::from_secs(
                 layer
@@ -865,6 +914,7 @@ impl Settings {
             realtime: self.realtime.clone(),
             auth: self.auth.clone(),
             limits: self.limits.clone(),
+            tls: self.tls.clone(),
             cluster: self.cluster.clone(),
             bridges: self.bridges.clone(),
         }
@@ -981,6 +1031,10 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "requests_per_s = {}", l.requests_per_s);
         let _ = writeln!(out, "events_per_s = {}", l.events_per_s);
         let _ = write!(out, "burst_s = {}", l.burst_s);
+        if let Some(tls) = &self.tls {
+            let _ = write!(out, "\n\n[tls]\ncert = {}", quote(&tls.cert.to_string_lossy()));
+            let _ = write!(out, "\nkey = {}", quote(&tls.key.to_string_lossy()));
+        }
         for (name, request) in self.bridges.iter().flatten() {
             let _ = write!(out, "\n\n[[bridges]]\nname = {}", quote(name));
             let mut request = request.clone();

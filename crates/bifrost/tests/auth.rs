@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Server, bifrost, eventually, pg, run, stderr, stdout};
@@ -41,12 +43,17 @@ fn the_start_line_says_whether_auth_is_on() {
 }
 
 #[test]
-fn bad_auth_settings_exit_2_naming_the_setting() {
+fn bad_auth_and_tls_settings_exit_2_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let pem = dir.path().join("key.pem");
     std::fs::write(&pem, "not a key").unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/../bifrost-server/tests/fixtures/tls");
+    let (cert, key, ca) = (format!("{tls}/server.pem"), format!("{tls}/server.key"), format!("{tls}/ca.pem"));
+    let cases: [(&[&str], &str); 7] = [
+        (&["--tls-cert", &cert], "tls.key"),
+        (&["--tls-key", &key], "tls.cert"),
+        (&["--tls-cert", &ca, "--tls-key", &key], "does not fit"),
         (&["--admin-key", "short"], "auth.admin_key"),
         (&["--jwt-secret", "s", "--jwt-jwks-file", "/nonexistent"], "exclusive"),
         (&["--jwt-public-key-file", pem.to_str().unwrap()], "auth.jwt.public_key_file"),
@@ -58,6 +65,26 @@ fn bad_auth_settings_exit_2_naming_the_setting() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(named), "{args:?}: {}", stderr(&out));
     }
+}
+
+#[test]
+fn with_tls_the_server_announces_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/../bifrost-server/tests/fixtures/tls");
+    let mut cmd = bifrost();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap()]).args([
+        "--tls-cert",
+        &format!("{tls}/server.pem"),
+        "--tls-key",
+        &format!("{tls}/server.key"),
+    ]);
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let announced = lines.by_ref().map_while(Result::ok).find(|l| l.contains("listening on"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let announced = announced.unwrap();
+    assert!(announced.contains("bifrost listening on https://127.0.0.1:"), "{announced}");
 }
 
 #[test]

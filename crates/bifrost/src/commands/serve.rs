@@ -88,7 +88,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         announce("bifrost auth=off (open, single-user dev mode)");
     }
-    announce(&format!("bifrost listening on http://{addr}"));
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    announce(&format!("bifrost listening on {scheme}://{addr}"));
     bifrost_server::serve(
         listener,
         store,
