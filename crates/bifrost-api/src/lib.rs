@@ -31,6 +31,7 @@ mod lenient;
 mod ops;
 mod problem;
 mod realtime;
+mod schemas;
 mod streams;
 mod webhooks;
 
@@ -55,6 +56,7 @@ pub use realtime::{
     PublishTargetRequest, PublishedBody, RealtimeBridgeBody, RealtimeBridgeListBody, RealtimeBridgeRequest,
     StoredPublishBody,
 };
+pub use schemas::{CompatibilityBody, SchemaBody, SchemaListBody, SchemaRequest};
 pub use streams::{
     AppendRequest, AppendResultBody, ExpectedVersion, HeadBody, LogEventsBody, MultiAppendRequest,
     MultiAppendResultBody, StreamAppendRequest, StreamEventsBody, StreamInfoBody, StreamListBody,

@@ -16,6 +16,7 @@ mod metrics;
 mod openapi;
 mod realtime;
 mod routes;
+mod schemas;
 mod tls;
 mod wire;
 
@@ -47,6 +48,7 @@ pub use crate::limits::LimitsConfig;
 pub use crate::metrics::{install_metrics_recorder, set_store_durable};
 pub use crate::openapi::openapi_json;
 pub use crate::realtime::RealtimeConfig;
+pub use crate::schemas::SchemasConfig;
 pub use crate::tls::{TlsFiles, load_tls};
 
 /// Limits and timings of the HTTP service.
@@ -66,6 +68,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Rate limits per caller (`[limits]`).
     pub limits: LimitsConfig,
+    /// The schema registry's rules (`[schemas]`).
+    pub schemas: SchemasConfig,
     /// HTTPS only, with this certificate and key (`--tls-cert`, `--tls-key`).
     pub tls: Option<TlsFiles>,
     /// This node's identity and heartbeat among the nodes that share its store.
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             realtime: RealtimeConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            schemas: SchemasConfig::default(),
             tls: None,
             cluster: ClusterConfig::default(),
             bridges: None,
@@ -118,6 +123,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Arc<auth::Auth>,
     /// Rate limits per caller.
     pub(crate) limits: Arc<limits::Limits>,
+    /// JSON Schemas of event types, checked on append.
+    pub(crate) schemas: Arc<schemas::Registry>,
 }
 
 impl AppState {
@@ -130,6 +137,7 @@ impl AppState {
     ) -> Self {
         let auth = Arc::new(auth::Auth::new(&config.auth, Arc::clone(&store)));
         let limits = Arc::new(limits::Limits::new(&config.limits));
+        let schemas = Arc::new(schemas::Registry::new(Arc::clone(&store), config.schemas.clone()));
         let realtime =
             Arc::new(realtime::Hub::new(Arc::clone(&store), &config, Arc::clone(&auth), shutdown.clone()));
         let cluster = Arc::new(cluster::Cluster::new(Arc::clone(&store), config.cluster.clone()));
@@ -151,6 +159,7 @@ impl AppState {
             bridges,
             listen: None,
             limits,
+            schemas,
             auth,
         }
     }

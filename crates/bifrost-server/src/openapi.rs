@@ -23,6 +23,8 @@ use bifrost_api::{ConflictBody, EventBody, Problem, StreamSummaryBody};
         (name = "groups", description = "Consumer groups: competing consumers with leases, acks, retries and dead letters (at-least-once)"),
         (name = "webhooks", description = "Webhooks: integration events delivered to HTTP endpoints with Standard Webhooks signing, retries, an attempt log and replay"),
         (name = "bridges", description = "Broker bridges: the log out to NATS JetStream, RabbitMQ and Redis, at-least-once and in order"),
+        (name = "schemas", description = "The schema registry: JSON Schemas per event type and version, checked on append"),
+        (name = "security", description = "API keys"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

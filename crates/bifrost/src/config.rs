@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bifrost_api::BridgeRequest;
+use bifrost_api::{BridgeRequest, CompatibilityBody};
 use bifrost_postgres::PostgresOptions;
 use bifrost_redis::RedisOptions;
 use bifrost_server::{
     AuthConfig, ClusterBusSpec, ClusterConfig, JwtConfig, JwtKey, LimitsConfig, MIN_ADMIN_KEY_CHARS,
-    RealtimeConfig, ServerConfig, TlsFiles,
+    RealtimeConfig, SchemasConfig, ServerConfig, TlsFiles,
 };
 use bifrost_sqlite::Durability;
 use clap::Args;
@@ -322,6 +322,37 @@ pub(crate) struct ConfigLayer {
     /// The `[tls]` table of the TOML file.
     #[arg(skip)]
     pub(crate) tls: Option<TlsTable>,
+
+    /// The compatibility a new schema version must keep when it names none: backward or
+    /// none [default: backward]. TOML: `schemas.compatibility`.
+    #[arg(long, env = "BIFROST_SCHEMAS_COMPATIBILITY", value_name = "MODE")]
+    #[serde(skip)]
+    pub(crate) schemas_compatibility: Option<String>,
+
+    /// An event whose version of a registered type has no schema: reject or accept
+    /// [default: reject]. TOML: `schemas.unknown_version`.
+    #[arg(long, env = "BIFROST_SCHEMAS_UNKNOWN_VERSION", value_name = "MODE")]
+    #[serde(skip)]
+    pub(crate) schemas_unknown_version: Option<String>,
+
+    /// Events of a type with no schema are refused [default: false]. TOML:
+    /// `schemas.required`.
+    #[arg(long, env = "BIFROST_SCHEMAS_REQUIRED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip)]
+    pub(crate) schemas_required: Option<bool>,
+
+    /// The `[schemas]` table of the TOML file.
+    #[arg(skip)]
+    pub(crate) schemas: Option<SchemasTable>,
+}
+
+/// `[schemas]` in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SchemasTable {
+    pub(crate) compatibility: Option<String>,
+    pub(crate) unknown_version: Option<String>,
+    pub(crate) required: Option<bool>,
 }
 
 /// `[tls]` in the TOML file.
@@ -456,6 +487,10 @@ impl ConfigLayer {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls: self.tls.or(lower.tls),
+            schemas_compatibility: self.schemas_compatibility.or(lower.schemas_compatibility),
+            schemas_unknown_version: self.schemas_unknown_version.or(lower.schemas_unknown_version),
+            schemas_required: self.schemas_required.or(lower.schemas_required),
+            schemas: self.schemas.or(lower.schemas),
             bridges: self.bridges.or(lower.bridges),
             realtime_queue_size: self.realtime_queue_size.or(lower.realtime_queue_size),
             realtime_recovery_max_events: self
@@ -564,6 +599,32 @@ fn tls_files(layer: &ConfigLayer) -> Result<Option<TlsFiles>, BadSetting> {
     };
     bifrost_server::load_tls(&files).map_err(BadSetting)?;
     Ok(Some(files))
+}
+
+/// The schema registry's rules: flag or environment, else `[schemas]`, else default.
+fn schemas_config(layer: &ConfigLayer) -> Result<SchemasConfig, BadSetting> {
+    let table = layer.schemas.clone().unwrap_or_default();
+    let compatibility = match layer.schemas_compatibility.clone().or(table.compatibility).as_deref() {
+        None | Some("backward") => CompatibilityBody::Backward,
+        Some("none") => CompatibilityBody::None,
+        Some(other) => {
+            return Err(BadSetting(format!(
+                "schemas.compatibility must be \"backward\" or \"none\", not {other:?}"
+            )));
+        }
+    };
+    let accept_unknown_versions =
+        match layer.schemas_unknown_version.clone().or(table.unknown_version).as_deref() {
+            None | Some("reject") => false,
+            Some("accept") => true,
+            Some(other) => {
+                return Err(BadSetting(format!(
+                    "schemas.unknown_version must be \"reject\" or \"accept\", not {other:?}"
+                )));
+            }
+        };
+    let required = layer.schemas_required.or(table.required).unwrap_or(false);
+    Ok(SchemasConfig { compatibility, accept_unknown_versions, required })
 }
 
 fn cluster_config(layer: &ConfigLayer) -> ClusterConfig {
@@ -747,6 +808,7 @@ pub(crate) struct Settings {
     pub(crate) auth: AuthConfig,
     pub(crate) limits: LimitsConfig,
     pub(crate) tls: Option<TlsFiles>,
+    pub(crate) schemas: SchemasConfig,
     /// Where the JWT key was read from, when it is a public key or a key set.
     pub(crate) jwt_key_file: Option<PathBuf>,
 }
@@ -760,6 +822,7 @@ impl Settings {
         let (auth, jwt_key_file) = auth_config(&layer)?;
         let limits = limits_config(&layer)?;
         let tls = tls_files(&layer)?;
+        let schemas = schemas_config(&layer)?;
         let cluster = cluster_config(&layer);
         let (cluster_bus, cluster_poll) = cluster_bus(&layer)?;
         let bridges = layer.bridges.as_deref().map(configured_bridges).transpose()?;
@@ -806,6 +869,7 @@ impl Settings {
             auth,
             limits,
             tls,
+            schemas,
             jwt_key_file,
             webhook_retry_after_max: Duration::from_secs(
                 layer
@@ -915,6 +979,7 @@ impl Settings {
             auth: self.auth.clone(),
             limits: self.limits.clone(),
             tls: self.tls.clone(),
+            schemas: self.schemas.clone(),
             cluster: self.cluster.clone(),
             bridges: self.bridges.clone(),
         }
@@ -1031,6 +1096,17 @@ impl fmt::Display for Settings {
         let _ = writeln!(out, "requests_per_s = {}", l.requests_per_s);
         let _ = writeln!(out, "events_per_s = {}", l.events_per_s);
         let _ = write!(out, "burst_s = {}", l.burst_s);
+        let sc = &self.schemas;
+        let _ = write!(
+            out,
+            "\n\n[schemas]\ncompatibility = {}",
+            quote(match sc.compatibility {
+                CompatibilityBody::Backward => "backward",
+                CompatibilityBody::None => "none",
+            })
+        );
+        let unknown = if sc.accept_unknown_versions { "accept" } else { "reject" };
+        let _ = write!(out, "\nunknown_version = {}\nrequired = {}", quote(unknown), sc.required);
         if let Some(tls) = &self.tls {
             let _ = write!(out, "\n\n[tls]\ncert = {}", quote(&tls.cert.to_string_lossy()));
             let _ = write!(out, "\nkey = {}", quote(&tls.key.to_string_lossy()));

@@ -8,6 +8,7 @@ pub(crate) mod live;
 pub(crate) mod log;
 pub(crate) mod ops;
 pub(crate) mod realtime;
+pub(crate) mod schemas;
 pub(crate) mod streams;
 pub(crate) mod webhooks;
 pub(crate) mod ws;
@@ -63,6 +64,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(cluster::nodes))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
+        .routes(routes!(schemas::put, schemas::get))
+        .routes(routes!(schemas::list))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

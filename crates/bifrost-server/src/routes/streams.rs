@@ -16,6 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBytes, QueryParams, StreamPath};
 use crate::metrics;
 use crate::routes::json_bytes;
+use crate::schemas::Checked;
 use crate::wire;
 
 /// Appends events to one stream, atomically, with an optional expected version.
@@ -46,6 +47,10 @@ pub(crate) async fn append(
     state.limits.events(&caller, count)?;
     let expected = wire::parse_expected_version(request.expected_version)?;
     let events = wire::to_new_events(&body, request.events, &state.config)?;
+    let checked: Vec<Checked<'_>> =
+        events.iter().enumerate().map(|(index, event)| Checked { stream: &stream, index, event }).collect();
+    state.schemas.check(caller.tenant.as_deref(), &checked).await?;
+    drop(checked);
     let result = metrics::timed_append(count, state.store.append(stream, expected, events)).await?;
     Ok((StatusCode::CREATED, Json(wire::append_result(result))))
 }
@@ -91,6 +96,14 @@ pub(crate) async fn append_many(
         let events = wire::to_new_events(&body, append.events, &state.config)?;
         appends.push(StreamAppend::new(stream, expected, events));
     }
+    let checked: Vec<Checked<'_>> = appends
+        .iter()
+        .flat_map(|a| {
+            a.events.iter().enumerate().map(|(index, event)| Checked { stream: &a.stream, index, event })
+        })
+        .collect();
+    state.schemas.check(caller.tenant.as_deref(), &checked).await?;
+    drop(checked);
     let results = metrics::timed_append(count, state.store.append_many(appends)).await?;
     let results = results.into_iter().map(wire::append_result).collect();
     Ok((StatusCode::CREATED, Json(MultiAppendResultBody { results })))
