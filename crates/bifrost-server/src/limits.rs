@@ -77,19 +77,24 @@ impl Limits {
         }
     }
 
-    /// One request of `caller`.
-    pub(crate) fn request(&self, caller: &Principal) -> Result<(), RateLimited> {
+    /// One request of `caller` from `ip`.
+    pub(crate) fn request(&self, caller: &Principal, ip: Option<&str>) -> Result<(), RateLimited> {
         match &self.requests {
-            Some(limiter) => limiter.check(&key(caller), 1).map_err(RateLimited),
+            Some(limiter) => limiter.check(&key(caller, ip), 1).map_err(RateLimited),
             None => Ok(()),
         }
     }
 
-    /// `count` events appended by `caller`.
-    pub(crate) fn events(&self, caller: &Principal, count: usize) -> Result<(), RateLimited> {
+    /// `count` events appended by `caller` from `ip`.
+    pub(crate) fn events(
+        &self,
+        caller: &Principal,
+        ip: Option<&str>,
+        count: usize,
+    ) -> Result<(), RateLimited> {
         match &self.events {
             Some(limiter) => {
-                limiter.check(&key(caller), u32::try_from(count).unwrap_or(u32::MAX)).map_err(RateLimited)
+                limiter.check(&key(caller, ip), u32::try_from(count).unwrap_or(u32::MAX)).map_err(RateLimited)
             }
             None => Ok(()),
         }
@@ -97,7 +102,7 @@ impl Limits {
 }
 
 /// Who is counted: the credential, or the address when there is none.
-fn key(caller: &Principal) -> String {
+fn key(caller: &Principal, ip: Option<&str>) -> String {
     let actor = &caller.actor;
     match actor.kind {
         ActorKind::Key => format!("key:{}", actor.id.as_deref().unwrap_or_default()),
@@ -107,7 +112,7 @@ fn key(caller: &Principal) -> String {
             caller.tenant.as_deref().unwrap_or_default(),
             actor.sub.as_deref().unwrap_or_default()
         ),
-        ActorKind::Open => format!("ip:{}", actor.ip.as_deref().unwrap_or("unknown")),
+        ActorKind::Open => format!("ip:{}", ip.unwrap_or("unknown")),
     }
 }
 

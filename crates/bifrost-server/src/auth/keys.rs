@@ -23,6 +23,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::jwt::AuthError;
+use super::principal::{Actor, ActorKind, Principal, Restrict, Scopes};
 use crate::error::{ApiError, ProblemType};
 
 /// The prefix of every key's secret.
@@ -68,18 +69,33 @@ impl KeyRecord {
     }
 }
 
+/// What a node remembers of a checked key: when it read it, and the caller it makes.
+type Cached = (Instant, Option<Timestamp>, Arc<Principal>);
+
 /// The API keys of a store.
 pub(crate) struct KeyStore {
     store: Arc<dyn DurableStore>,
-    cache: Mutex<HashMap<String, (Instant, Arc<KeyRecord>)>>,
-    used: Mutex<HashMap<Uuid, Instant>>,
+    /// By the SHA-256 of the secret.
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    used: Mutex<HashMap<String, Instant>>,
     random: SystemRandom,
 }
 
-/// Hex SHA-256 of a secret.
+/// SHA-256 of a secret.
+fn digest_secret(secret: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, secret.as_bytes()).as_ref());
+    out
+}
+
+/// Hex SHA-256 of a secret: how the store names it.
 pub(crate) fn hash_secret(secret: &str) -> String {
+    hex(&digest_secret(secret))
+}
+
+fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    digest(&SHA256, secret.as_bytes()).as_ref().iter().fold(String::with_capacity(64), |mut hex, b| {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut hex, b| {
         let _ = write!(hex, "{b:02x}");
         hex
     })
@@ -216,36 +232,45 @@ impl KeyStore {
             ])
             .await
             .map_err(storage)?;
-        self.lock_cache().remove(&record.hash);
+        // This node refuses it at once; the others within the cache's lifetime.
+        self.lock_cache().clear();
         Ok(record)
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<KeyRecord>)>> {
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached>> {
         self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The key whose secret is `secret`, if it exists and has not expired.
-    pub(crate) async fn verify(&self, secret: &str, now: Timestamp) -> Result<Arc<KeyRecord>, AuthError> {
-        let hash = hash_secret(secret);
-        let cached =
-            self.lock_cache().get(&hash).filter(|(at, _)| at.elapsed() < CACHE_TTL).map(|(_, r)| r.clone());
-        let record = match cached {
-            Some(record) => record,
+    /// The caller whose key's secret is `secret`, if the key exists and has not expired.
+    pub(crate) async fn verify(&self, secret: &str, now: Timestamp) -> Result<Arc<Principal>, AuthError> {
+        let hash = digest_secret(secret);
+        let cached = self.lock_cache().get(&hash).filter(|(at, ..)| at.elapsed() < CACHE_TTL).cloned();
+        let (_, expires_at, principal) = match cached {
+            Some(cached) => cached,
             None => {
-                let record = Arc::new(self.load(&hash).await?);
+                let record = self.load(&hex(&hash)).await?;
+                let principal = Arc::new(Principal {
+                    tenant: record.tenant.clone(),
+                    scopes: Scopes::of(record.scopes.iter().copied()),
+                    restrict: record.restrict.as_ref().map(Restrict::from).unwrap_or_default(),
+                    actor: Actor { kind: ActorKind::Key, id: Some(record.id.to_string()), sub: None },
+                });
+                let cached = (Instant::now(), record.expires_at, principal);
                 let mut cache = self.lock_cache();
                 if cache.len() >= CACHE_MAX {
                     cache.clear();
                 }
-                cache.insert(hash, (Instant::now(), record.clone()));
-                record
+                cache.insert(hash, cached.clone());
+                cached
             }
         };
-        if record.expires_at.is_some_and(|t| t <= now) {
+        if expires_at.is_some_and(|t| t <= now) {
             return Err(AuthError::new("the API key expired"));
         }
-        self.note_use(record.id);
-        Ok(record)
+        if let Some(id) = &principal.actor.id {
+            self.note_use(id);
+        }
+        Ok(principal)
     }
 
     async fn load(&self, hash: &str) -> Result<KeyRecord, AuthError> {
@@ -267,21 +292,22 @@ impl KeyStore {
     }
 
     /// Writes `last_used_at`, at most once a minute per key from this node, off the request.
-    fn note_use(&self, id: Uuid) {
+    fn note_use(&self, id: &str) {
         {
             let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if used.get(&id).is_some_and(|at| at.elapsed() < USED_EVERY) {
+            if used.get(id).is_some_and(|at| at.elapsed() < USED_EVERY) {
                 return;
             }
             if used.len() >= CACHE_MAX {
                 used.clear();
             }
-            used.insert(id, Instant::now());
+            used.insert(id.to_owned(), Instant::now());
         }
+        let id = id.to_owned();
         let store = Arc::clone(&self.store);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
-            let change = StateChange::put(USED, id.to_string(), Timestamp::now().to_string().into_bytes());
+            let change = StateChange::put(USED, id, Timestamp::now().to_string().into_bytes());
             if let Err(e) = store.write_state_unflushed(vec![change]).await {
                 tracing::debug!(error = %e, "cannot note when an API key was last used");
             }

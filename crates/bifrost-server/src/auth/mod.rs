@@ -75,7 +75,7 @@ impl AuthConfig {
 
 /// A checked credential.
 pub(crate) struct Authenticated {
-    pub(crate) principal: Principal,
+    pub(crate) principal: Arc<Principal>,
     /// A JWT's claims (the WebSocket reads `channels` and `info` from them).
     pub(crate) claims: Option<Claims>,
 }
@@ -85,8 +85,12 @@ pub(crate) struct Auth {
     on: bool,
     protect_metrics: bool,
     admin_key: Option<[u8; 32]>,
+    /// The admin key's principal, made once.
+    admin: Arc<Principal>,
     jwt: Result<Option<JwtVerifier>, String>,
     pub(crate) keys: KeyStore,
+    /// Everyone's principal while auth is off.
+    open: Arc<Principal>,
 }
 
 fn sha256(text: &str) -> [u8; 32] {
@@ -105,8 +109,15 @@ impl Auth {
             on: config.is_on(),
             protect_metrics: config.protect_metrics,
             admin_key: config.admin_key.as_deref().map(sha256),
+            admin: Arc::new(Principal {
+                tenant: None,
+                scopes: Scopes::ALL,
+                restrict: Restrict::default(),
+                actor: Actor { kind: ActorKind::AdminKey, id: None, sub: None },
+            }),
             jwt,
             keys: KeyStore::new(store),
+            open: Arc::new(Principal::open()),
         }
     }
 
@@ -119,30 +130,16 @@ impl Auth {
     pub(crate) async fn authenticate(
         &self,
         token: &str,
-        ip: Option<String>,
         require_exp: bool,
     ) -> Result<Authenticated, AuthError> {
-        let actor = |kind, id, sub| Actor { kind, id, sub, ip: ip.clone() };
         if token.starts_with(KEY_PREFIX) {
-            let record = self.keys.verify(token, Timestamp::now()).await?;
-            let principal = Principal {
-                tenant: record.tenant.clone(),
-                scopes: Scopes::of(record.scopes.iter().copied()),
-                restrict: record.restrict.as_ref().map(Restrict::from).unwrap_or_default(),
-                actor: actor(ActorKind::Key, Some(record.id.to_string()), None),
-            };
+            let principal = self.keys.verify(token, Timestamp::now()).await?;
             return Ok(Authenticated { principal, claims: None });
         }
         if let Some(admin) = &self.admin_key
             && bool::from(sha256(token).ct_eq(admin))
         {
-            let principal = Principal {
-                tenant: None,
-                scopes: Scopes::ALL,
-                restrict: Restrict::default(),
-                actor: actor(ActorKind::AdminKey, None, None),
-            };
-            return Ok(Authenticated { principal, claims: None });
+            return Ok(Authenticated { principal: Arc::clone(&self.admin), claims: None });
         }
         let verifier = match &self.jwt {
             Ok(Some(verifier)) => verifier,
@@ -176,7 +173,8 @@ impl Auth {
                 Restrict::from(&body)
             }
         };
-        let principal = Principal { tenant, scopes, restrict, actor: actor(ActorKind::Jwt, None, sub) };
+        let actor = Actor { kind: ActorKind::Jwt, id: None, sub };
+        let principal = Arc::new(Principal { tenant, scopes, restrict, actor });
         Ok(Authenticated { principal, claims: Some(claims) })
     }
 }
@@ -226,7 +224,8 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
     let Guard { auth, limits } = guard;
     let (mut parts, body) = request.into_parts();
     let ip = client_ip(&parts);
-    let template = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let template = parts.extensions.get::<MatchedPath>().cloned();
+    let template = template.as_ref().map(MatchedPath::as_str);
     let access = match &template {
         Some(template) => access::required(&parts.method, template).unwrap_or(Access::Scope(Scope::Admin)),
         // No route: outside /v1 a plain 404; inside, a credential first (no probing).
@@ -234,9 +233,9 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
         None => Access::Scope(Scope::Read),
     };
     if !auth.on {
-        let principal = Principal::open(ip);
+        let principal = Arc::clone(&auth.open);
         if !matches!(access, Access::Open | Access::Metrics)
-            && let Err(limited) = limits.request(&principal)
+            && let Err(limited) = limits.request(&principal, ip.as_deref())
         {
             return limited.into_response();
         }
@@ -250,21 +249,21 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
         Access::Scope(scope) => scope,
     };
     let token = bearer(&parts.headers)
-        .or_else(|| (template.as_deref() == Some("/v1/subscribe")).then(|| query_token(&parts)).flatten());
+        .or_else(|| (template == Some("/v1/subscribe")).then(|| query_token(&parts)).flatten());
     let Some(token) = token else {
         return unauthorized("this route needs Authorization: Bearer <API key or JWT>");
     };
-    let principal = match auth.authenticate(&token, ip, true).await {
+    let principal = match auth.authenticate(&token, true).await {
         Ok(authenticated) => authenticated.principal,
         Err(e) => return unauthorized(&e.0),
     };
-    if let Err(limited) = limits.request(&principal) {
+    if let Err(limited) = limits.request(&principal, ip.as_deref()) {
         return limited.into_response();
     }
     if template.is_some() && !principal.scopes.allows(scope) {
         return forbidden(format!("this route needs the {} scope", scope.as_str())).into_response();
     }
-    if let Some(template) = &template
+    if let Some(template) = template
         && access::restricted_stream(template)
         && let Ok(Path(params)) = Path::<Vec<(String, String)>>::from_request_parts(&mut parts, &()).await
         && let Some((_, stream)) = params.iter().find(|(k, _)| k == "stream")
@@ -284,7 +283,7 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
 }
 
 /// The caller of a `/v1` route, as the `authorize` layer checked it.
-pub(crate) struct Caller(pub(crate) Principal);
+pub(crate) struct Caller(pub(crate) Arc<Principal>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -292,9 +291,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         parts
             .extensions
-            .get::<Principal>()
+            .get::<Arc<Principal>>()
             .cloned()
             .map(Self)
             .ok_or_else(|| ApiError::internal("this route was reached without its credential check"))
+    }
+}
+
+/// The client's address, when the server knows it.
+pub(crate) struct ClientIp(pub(crate) Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_ip(parts)))
     }
 }

@@ -113,7 +113,8 @@ pub(crate) enum ActorKind {
     Jwt,
 }
 
-/// The caller as the audit log names it: `{"kind", "id", "sub", "ip"}`.
+/// The caller as the audit log names it: `{"kind", "id", "sub"}` (and the request's
+/// address, which is the request's, not the credential's).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Actor {
     pub(crate) kind: ActorKind,
@@ -121,7 +122,6 @@ pub(crate) struct Actor {
     pub(crate) id: Option<String>,
     /// The JWT's `sub`.
     pub(crate) sub: Option<String>,
-    pub(crate) ip: Option<String>,
 }
 
 /// The credential of one request, after the `authorize` layer checked it.
@@ -136,12 +136,12 @@ pub(crate) struct Principal {
 
 impl Principal {
     /// Auth off: every scope, the default tenant, no restriction.
-    pub(crate) fn open(ip: Option<String>) -> Self {
+    pub(crate) fn open() -> Self {
         Self {
             tenant: None,
             scopes: Scopes::ALL,
             restrict: Restrict::default(),
-            actor: Actor { kind: ActorKind::Open, id: None, sub: None, ip },
+            actor: Actor { kind: ActorKind::Open, id: None, sub: None },
         }
     }
 

@@ -258,7 +258,7 @@ impl Hub {
             return Ok(Principal::dev(None));
         }
         let authenticated =
-            self.auth.authenticate(token, None, false).await.map_err(|e| Refusal::Unauthorized(e.0))?;
+            self.auth.authenticate(token, false).await.map_err(|e| Refusal::Unauthorized(e.0))?;
         let caller = authenticated.principal;
         if let Some(claims) = &authenticated.claims {
             // A connection token of the WebSocket contract (`sub`, `channels`, maybe `append`
@@ -285,7 +285,7 @@ impl Hub {
             None => vec!["room:*".to_owned(), "stream:*".to_owned(), "type:*".to_owned()],
         };
         Ok(Principal {
-            user_id: Some(caller.actor.id.unwrap_or_else(|| "admin".to_owned())),
+            user_id: Some(caller.actor.id.clone().unwrap_or_else(|| "admin".to_owned())),
             admin: caller.scopes.is_admin(),
             append: caller.scopes.allows(Scope::Append),
             channels,

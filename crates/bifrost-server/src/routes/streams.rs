@@ -11,7 +11,7 @@ use bifrost_api::{
 use bifrost_core::{DeleteMode, Direction, StreamAppend, StreamListQuery, StreamName};
 
 use crate::AppState;
-use crate::auth::{Caller, forbidden};
+use crate::auth::{Caller, ClientIp, forbidden};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBytes, QueryParams, StreamPath};
 use crate::metrics;
@@ -38,13 +38,14 @@ use crate::wire;
 pub(crate) async fn append(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    ClientIp(ip): ClientIp,
     StreamPath(stream): StreamPath,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<(StatusCode, Json<AppendResultBody>)> {
     let request: AppendRequest<'_> = wire::parse_body(&body)?;
     let count = request.events.len();
     check_event_count(&state, count)?;
-    state.limits.events(&caller, count)?;
+    state.limits.events(&caller, ip.as_deref(), count)?;
     let expected = wire::parse_expected_version(request.expected_version)?;
     let events = wire::to_new_events(&body, request.events, &state.config)?;
     let checked: Vec<Checked<'_>> =
@@ -73,6 +74,7 @@ pub(crate) async fn append(
 pub(crate) async fn append_many(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    ClientIp(ip): ClientIp,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<(StatusCode, Json<MultiAppendResultBody>)> {
     let request: MultiAppendRequest<'_> = wire::parse_body(&body)?;
@@ -89,7 +91,7 @@ pub(crate) async fn append_many(
             return Err(forbidden(format!("this credential may not append to stream {stream}")));
         }
     }
-    state.limits.events(&caller, count)?;
+    state.limits.events(&caller, ip.as_deref(), count)?;
     for append in request.appends {
         let stream = StreamName::new(&append.stream)?;
         let expected = wire::parse_expected_version(append.expected_version)?;

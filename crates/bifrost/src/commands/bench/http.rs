@@ -254,7 +254,8 @@ pub(super) async fn delivery(
         format!(r#"{{"expected_version":"no_stream","events":[{{"type":"{event_type}","data":{{}}}}]}}"#);
     let start_after = append(client, &stream, marker.into_bytes()).await?.last_position;
 
-    let subscriber = reqwest::Client::builder().build().context("cannot create the SSE client")?;
+    // The node's client: its default headers carry the credential, if any.
+    let subscriber = sse_node.http().clone();
     let url = sse_node.url(
         &["v1", "subscribe"],
         &[("from_position", start_after.to_string()), ("type", event_type.into())],

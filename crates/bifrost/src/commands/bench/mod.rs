@@ -87,6 +87,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub(crate) url: Vec<String>,
 
+    /// The credential the HTTP workloads send to a --url server with auth on (an API key
+    /// with the scopes they use, or the admin key).
+    #[arg(long, env = "BIFROST_KEY", value_name = "KEY", hide_env_values = true)]
+    pub(crate) key: Option<String>,
+
     /// Concurrent writers (w1, w2) or connections (w4) instead of each workload's default.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) writers: Option<u64>,
@@ -575,7 +580,7 @@ async fn run_http(
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let connections = args.writers.unwrap_or(64);
-    let http = reqwest::Client::builder()
+    let http = bearer(reqwest::Client::builder(), args.key.as_deref())?
         .pool_max_idle_per_host(usize::try_from(connections).unwrap_or(usize::MAX))
         .tcp_nodelay(true)
         .build()
@@ -627,4 +632,19 @@ async fn run_http(
         }
     }
     Ok(())
+}
+
+/// Every request of `builder`'s client carries `Authorization: Bearer <key>`, when a key is
+/// given.
+pub(super) fn bearer(
+    builder: reqwest::ClientBuilder,
+    key: Option<&str>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let Some(key) = key else { return Ok(builder) };
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+        .context("the key is not a valid header value")?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(builder.default_headers(headers))
 }
