@@ -3,6 +3,7 @@
 //! events (n events are n cells, capped at the burst so that one large append can always
 //! pass a fresh limiter). Probes and `/metrics` are never limited.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -78,7 +79,7 @@ impl Limits {
     }
 
     /// One request of `caller` from `ip`.
-    pub(crate) fn request(&self, caller: &Principal, ip: Option<&str>) -> Result<(), RateLimited> {
+    pub(crate) fn request(&self, caller: &Principal, ip: Option<IpAddr>) -> Result<(), RateLimited> {
         match &self.requests {
             Some(limiter) => limiter.check(&key(caller, ip), 1).map_err(RateLimited),
             None => Ok(()),
@@ -89,7 +90,7 @@ impl Limits {
     pub(crate) fn events(
         &self,
         caller: &Principal,
-        ip: Option<&str>,
+        ip: Option<IpAddr>,
         count: usize,
     ) -> Result<(), RateLimited> {
         match &self.events {
@@ -102,7 +103,7 @@ impl Limits {
 }
 
 /// Who is counted: the credential, or the address when there is none.
-fn key(caller: &Principal, ip: Option<&str>) -> String {
+fn key(caller: &Principal, ip: Option<IpAddr>) -> String {
     let actor = &caller.actor;
     match actor.kind {
         ActorKind::Key => format!("key:{}", actor.id.as_deref().unwrap_or_default()),
@@ -112,7 +113,10 @@ fn key(caller: &Principal, ip: Option<&str>) -> String {
             caller.tenant.as_deref().unwrap_or_default(),
             actor.sub.as_deref().unwrap_or_default()
         ),
-        ActorKind::Open => format!("ip:{}", ip.unwrap_or("unknown")),
+        ActorKind::Open => match ip {
+            Some(ip) => format!("ip:{ip}"),
+            None => "ip:unknown".to_owned(),
+        },
     }
 }
 

@@ -14,7 +14,7 @@ pub(crate) mod jwt;
 pub(crate) mod keys;
 pub(crate) mod principal;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State};
@@ -207,8 +207,8 @@ pub(crate) fn query_token(parts: &Parts) -> Option<String> {
 }
 
 /// The client's address, when the server was started with connection info.
-pub(crate) fn client_ip(parts: &Parts) -> Option<String> {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())
+pub(crate) fn client_ip(parts: &Parts) -> Option<IpAddr> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
 /// What the `authorize` layer needs.
@@ -235,7 +235,7 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
     if !auth.on {
         let principal = Arc::clone(&auth.open);
         if !matches!(access, Access::Open | Access::Metrics)
-            && let Err(limited) = limits.request(&principal, ip.as_deref())
+            && let Err(limited) = limits.request(&principal, ip)
         {
             return limited.into_response();
         }
@@ -257,13 +257,17 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
         Ok(authenticated) => authenticated.principal,
         Err(e) => return unauthorized(&e.0),
     };
-    if let Err(limited) = limits.request(&principal, ip.as_deref()) {
+    if let Err(limited) = limits.request(&principal, ip) {
         return limited.into_response();
     }
     if template.is_some() && !principal.scopes.allows(scope) {
         return forbidden(format!("this route needs the {} scope", scope.as_str())).into_response();
     }
-    if let Some(template) = template
+    // The names in the path matter only to a restricted credential, or for a `$` stream.
+    let path = parts.uri.path();
+    let named = principal.restrict != Restrict::default() || path.contains('$') || path.contains("%24");
+    if named
+        && let Some(template) = template
         && access::restricted_stream(template)
         && let Ok(Path(params)) = Path::<Vec<(String, String)>>::from_request_parts(&mut parts, &()).await
         && let Some((_, stream)) = params.iter().find(|(k, _)| k == "stream")
@@ -299,7 +303,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 /// The client's address, when the server knows it.
-pub(crate) struct ClientIp(pub(crate) Option<String>);
+pub(crate) struct ClientIp(pub(crate) Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;

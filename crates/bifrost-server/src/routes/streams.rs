@@ -45,7 +45,7 @@ pub(crate) async fn append(
     let request: AppendRequest<'_> = wire::parse_body(&body)?;
     let count = request.events.len();
     check_event_count(&state, count)?;
-    state.limits.events(&caller, ip.as_deref(), count)?;
+    state.limits.events(&caller, ip, count)?;
     let expected = wire::parse_expected_version(request.expected_version)?;
     let events = wire::to_new_events(&body, request.events, &state.config)?;
     let checked: Vec<Checked<'_>> =
@@ -91,7 +91,7 @@ pub(crate) async fn append_many(
             return Err(forbidden(format!("this credential may not append to stream {stream}")));
         }
     }
-    state.limits.events(&caller, ip.as_deref(), count)?;
+    state.limits.events(&caller, ip, count)?;
     for append in request.appends {
         let stream = StreamName::new(&append.stream)?;
         let expected = wire::parse_expected_version(append.expected_version)?;
