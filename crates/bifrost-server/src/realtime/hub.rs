@@ -164,6 +164,9 @@ fn is_targeted(channel: &str) -> bool {
     channel.starts_with("room:") || channel.starts_with("user:")
 }
 
+/// Every this many heartbeats a node tells the others its whole local presence again.
+const PRESENCE_REFRESH_HEARTBEATS: u64 = 5;
+
 /// What nodes tell each other. Externally tagged: an internally tagged enum would buffer
 /// its fields, and a buffered `RawValue` (a message's `data`) cannot be read back.
 #[derive(Serialize, Deserialize)]
@@ -692,6 +695,7 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heartbeat = Instant::now();
         let mut last_reload = Instant::now();
+        let mut heartbeats: u64 = 0;
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -710,7 +714,16 @@ impl Hub {
             }
             if now.duration_since(last_heartbeat) >= self.heartbeat {
                 last_heartbeat = now;
+                heartbeats += 1;
                 self.tell(&BusMessage::Alive { node: self.node.clone() }).await;
+                // Anti-entropy: a presence message another node missed (it was starting, or
+                // the bus dropped it) is repaired by the next refresh, not left for ever.
+                if heartbeats.is_multiple_of(PRESENCE_REFRESH_HEARTBEATS) {
+                    let pairs = self.presence.lock().map(|p| p.local_pairs()).unwrap_or_default();
+                    for (room, user) in pairs {
+                        self.tell_presence(&room, &user).await;
+                    }
+                }
                 let gone = self
                     .presence
                     .lock()
