@@ -98,6 +98,26 @@ pub(crate) struct GlobalServerArg {
     pub(crate) key: Option<String>,
 }
 
+/// [`GlobalServerArg`] for `bifrost webhooks`, whose `--url` is an endpoint's: the server is
+/// `--server` (or `BIFROST_URL`) there.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WebhooksServerArg {
+    /// The base URL of a running `bifrost serve`.
+    #[arg(
+        long = "server",
+        env = "BIFROST_URL",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub(crate) server: String,
+
+    /// The credential to send (`Authorization: Bearer`): an API key (`bfk_…`), the admin
+    /// key or a JWT; needed once the server has auth on.
+    #[arg(long, env = "BIFROST_KEY", value_name = "KEY", hide_env_values = true, global = true)]
+    pub(crate) key: Option<String>,
+}
+
 /// A server and the credential for it, whichever form of the flags gave them.
 pub(crate) trait Target {
     fn url(&self) -> &str;
@@ -115,6 +135,16 @@ impl Target for ServerArg {
 }
 
 impl Target for GlobalServerArg {
+    fn url(&self) -> &str {
+        &self.server
+    }
+
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+}
+
+impl Target for WebhooksServerArg {
     fn url(&self) -> &str {
         &self.server
     }

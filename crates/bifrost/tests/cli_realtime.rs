@@ -403,7 +403,11 @@ fn server_ws_authenticates_with_its_token() {
     let ws = Ws::open(&url, &["room:project:5", "--token", &token]);
     assert_eq!(ws.next("connected")["user_id"], "u-5");
     assert_eq!(ws.next("subscribed")["channel"], "room:project:5");
-    let presence = one_json(&url, &["presence", "project:5"]);
+    // With a JWT key the HTTP routes need a credential too.
+    let denied = realtime(&url, &["presence", "project:5"]);
+    assert!(stderr(&denied).contains("Unauthorized"), "{}", stderr(&denied));
+    let admin = jwt(SECRET, &json!({"sub": "ops", "scope": "admin", "exp": 4_000_000_000u64}));
+    let presence = one_json(&url, &["presence", "project:5", "--key", &admin]);
     assert_eq!(presence["users"][0]["user_id"], "u-5", "{presence}");
 
     // A channel the token does not allow: the subscription is refused, one line, exit 1.

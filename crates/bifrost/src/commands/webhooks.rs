@@ -20,7 +20,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::cli::GlobalServerArg;
+use crate::cli::WebhooksServerArg;
 use crate::commands::groups::StartArg;
 use crate::output::{JsonLines, one_line};
 use crate::remote;
@@ -34,7 +34,7 @@ pub(crate) struct WebhooksArgs {
     pub(crate) command: WebhooksCommand,
 
     #[command(flatten)]
-    pub(crate) server: GlobalServerArg,
+    pub(crate) server: WebhooksServerArg,
 }
 
 #[derive(Debug, Subcommand)]
