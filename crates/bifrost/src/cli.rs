@@ -59,6 +59,15 @@ pub(crate) struct ServeArgs {
     pub(crate) settings: ConfigLayer,
 }
 
+/// The credential the client commands present (`Authorization: Bearer`).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KeyArg {
+    /// The credential to send (`Authorization: Bearer`): an API key (`bfk_…`), the admin
+    /// key or a JWT; needed once the server has auth on.
+    #[arg(long, env = "BIFROST_KEY", value_name = "KEY", hide_env_values = true, global = true)]
+    pub(crate) key: Option<String>,
+}
+
 /// Where the CLI commands find the server, and the credential they present.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArg {
@@ -72,10 +81,8 @@ pub(crate) struct ServerArg {
     )]
     pub(crate) server: String,
 
-    /// The credential to send (`Authorization: Bearer`): an API key (`bfk_…`), the admin
-    /// key or a JWT; needed once the server has auth on.
-    #[arg(long, env = "BIFROST_KEY", value_name = "KEY", hide_env_values = true)]
-    pub(crate) key: Option<String>,
+    #[command(flatten)]
+    pub(crate) key: KeyArg,
 }
 
 /// [`ServerArg`] for commands with subcommands: accepted before or after the subcommand.
@@ -92,10 +99,8 @@ pub(crate) struct GlobalServerArg {
     )]
     pub(crate) server: String,
 
-    /// The credential to send (`Authorization: Bearer`): an API key (`bfk_…`), the admin
-    /// key or a JWT; needed once the server has auth on.
-    #[arg(long, env = "BIFROST_KEY", value_name = "KEY", hide_env_values = true, global = true)]
-    pub(crate) key: Option<String>,
+    #[command(flatten)]
+    pub(crate) key: KeyArg,
 }
 
 /// [`GlobalServerArg`] for `bifrost webhooks`, whose `--url` is an endpoint's: the server is
@@ -112,10 +117,8 @@ pub(crate) struct WebhooksServerArg {
     )]
     pub(crate) server: String,
 
-    /// The credential to send (`Authorization: Bearer`): an API key (`bfk_…`), the admin
-    /// key or a JWT; needed once the server has auth on.
-    #[arg(long, env = "BIFROST_KEY", value_name = "KEY", hide_env_values = true, global = true)]
-    pub(crate) key: Option<String>,
+    #[command(flatten)]
+    pub(crate) key: KeyArg,
 }
 
 /// A server and the credential for it, whichever form of the flags gave them.
@@ -124,32 +127,18 @@ pub(crate) trait Target {
     fn key(&self) -> Option<&str>;
 }
 
-impl Target for ServerArg {
-    fn url(&self) -> &str {
-        &self.server
-    }
+macro_rules! target {
+    ($($arg:ty),*) => {$(
+        impl Target for $arg {
+            fn url(&self) -> &str {
+                &self.server
+            }
 
-    fn key(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
+            fn key(&self) -> Option<&str> {
+                self.key.key.as_deref()
+            }
+        }
+    )*};
 }
 
-impl Target for GlobalServerArg {
-    fn url(&self) -> &str {
-        &self.server
-    }
-
-    fn key(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
-}
-
-impl Target for WebhooksServerArg {
-    fn url(&self) -> &str {
-        &self.server
-    }
-
-    fn key(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
-}
+target!(ServerArg, GlobalServerArg, WebhooksServerArg);

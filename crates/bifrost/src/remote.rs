@@ -83,7 +83,10 @@ mod tests {
     use super::*;
 
     fn server(url: &str) -> crate::cli::ServerArg {
-        crate::cli::ServerArg { server: url.to_owned(), key: Some("bfk_test".to_owned()) }
+        crate::cli::ServerArg {
+            server: url.to_owned(),
+            key: crate::cli::KeyArg { key: Some("bfk_test".to_owned()) },
+        }
     }
 
     #[test]

@@ -154,7 +154,10 @@ mod tests {
             expected_version: expected.parse().unwrap(),
             metadata: metadata.map(str::to_owned),
             id: None,
-            server: ServerArg { server: "http://127.0.0.1:7070".into(), key: None },
+            server: ServerArg {
+                server: "http://127.0.0.1:7070".into(),
+                key: crate::cli::KeyArg { key: None },
+            },
         }
     }
 

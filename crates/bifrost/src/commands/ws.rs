@@ -52,7 +52,7 @@ pub(crate) async fn run(args: WsArgs) -> anyhow::Result<()> {
         url.query_pairs_mut().append_pair("user_id", user);
     }
     let mut request = url.as_str().into_client_request().context("cannot make the WebSocket request")?;
-    if let Some(token) = args.token.as_ref().or(args.server.key.as_ref()) {
+    if let Some(token) = args.token.as_ref().or(args.server.key.key.as_ref()) {
         let value =
             HeaderValue::from_str(&format!("Bearer {token}")).context("the token is not a valid header")?;
         request.headers_mut().insert("authorization", value);
