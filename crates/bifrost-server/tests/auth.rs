@@ -399,3 +399,21 @@ fn time_in(seconds: i64) -> String {
     let micros = bifrost_core::Timestamp::now().as_micros() + seconds * 1_000_000;
     bifrost_core::Timestamp::from_micros(micros).to_string()
 }
+
+#[tokio::test]
+async fn protect_metrics_puts_metrics_behind_admin_and_probes_stay_open() {
+    let mut config = auth_on();
+    config.auth.protect_metrics = true;
+    let app = TestApp::memory_with(config).await;
+    call(&app, "GET", "/metrics", None).await.assert_problem(401, "bifrost:unauthorized");
+    let reader = key(&app, json!({"name": "r", "scopes": ["read"]})).await;
+    call(&app, "GET", "/metrics", reader["secret"].as_str()).await.assert_problem(403, "bifrost:forbidden");
+    let metrics = status(&app, "GET", "/metrics", Some(ADMIN_KEY)).await;
+    assert!(metrics != StatusCode::UNAUTHORIZED && metrics != StatusCode::FORBIDDEN, "{metrics}");
+    for probe in ["/healthz", "/readyz", "/openapi.json"] {
+        assert_eq!(status(&app, "GET", probe, None).await, StatusCode::OK, "{probe}");
+    }
+    // An unknown /v1 path asks for a credential before it says there is nothing there.
+    call(&app, "GET", "/v1/nothing-here", None).await.assert_problem(401, "bifrost:unauthorized");
+    call(&app, "GET", "/v1/nothing-here", Some(ADMIN_KEY)).await.assert_problem(404, "bifrost:not-found");
+}

@@ -295,3 +295,102 @@ pub(crate) fn seconds_claim(claims: &Map<String, Value>, name: &str) -> Result<O
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+    const RS256_PRIVATE: &str = include_str!("../../tests/fixtures/jwt_rs256_private.pem");
+    const ES256_PRIVATE: &str = include_str!("../../tests/fixtures/jwt_es256_private.pem");
+
+    fn rsa() -> EncodingKey {
+        EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes()).unwrap()
+    }
+
+    fn ec() -> EncodingKey {
+        EncodingKey::from_ec_pem(ES256_PRIVATE.as_bytes()).unwrap()
+    }
+
+    /// A JWK of `key`'s public half, named `kid`.
+    fn jwk(key: &EncodingKey, alg: Algorithm, kid: &str) -> Value {
+        let mut jwk = serde_json::to_value(Jwk::from_encoding_key(key, alg).unwrap()).unwrap();
+        jwk["kid"] = kid.into();
+        jwk
+    }
+
+    fn verifier(config: JwtConfig) -> JwtVerifier {
+        JwtVerifier::new(&config).unwrap().unwrap()
+    }
+
+    fn token(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        encode(&header, claims, key).unwrap()
+    }
+
+    #[test]
+    fn a_jwks_picks_the_key_by_kid_and_each_key_its_alg() {
+        let set = json!({"keys": [jwk(&rsa(), Algorithm::RS256, "r1"), jwk(&ec(), Algorithm::ES256, "e1")]});
+        let v = verifier(JwtConfig { key: JwtKey::Jwks(set.to_string()), ..JwtConfig::default() });
+        let claims = json!({"sub": "a", "exp": NOW + 60});
+        assert!(v.verify_at(&token(Algorithm::RS256, Some("r1"), &rsa(), &claims), NOW, true).is_ok());
+        assert!(v.verify_at(&token(Algorithm::ES256, Some("e1"), &ec(), &claims), NOW, true).is_ok());
+        // The RSA key's kid on an EC-signed token: the key decides the alg.
+        let wrong = v.verify_at(&token(Algorithm::ES256, Some("r1"), &ec(), &claims), NOW, true);
+        assert!(wrong.unwrap_err().0.contains("refused"));
+        let unknown = v.verify_at(&token(Algorithm::RS256, Some("zz"), &rsa(), &claims), NOW, true);
+        assert_eq!(unknown.unwrap_err().0, "no key has the token's kid");
+        let nameless = v.verify_at(&token(Algorithm::RS256, None, &rsa(), &claims), NOW, true);
+        assert_eq!(nameless.unwrap_err().0, "the token names no kid");
+        // HS256 "signed" with nothing the set holds.
+        let hs = token(Algorithm::HS256, Some("r1"), &EncodingKey::from_secret(b"x"), &claims);
+        assert!(v.verify_at(&hs, NOW, true).is_err());
+    }
+
+    #[test]
+    fn a_bad_jwks_stops_the_start() {
+        let bad = |set: Value| {
+            JwtVerifier::new(&JwtConfig { key: JwtKey::Jwks(set.to_string()), ..JwtConfig::default() })
+        };
+        assert!(bad(json!({"keys": []})).unwrap_err().contains("no keys"));
+        assert!(
+            bad(json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]}))
+                .unwrap_err()
+                .contains("only RSA")
+        );
+        let r = jwk(&rsa(), Algorithm::RS256, "same");
+        assert!(bad(json!({"keys": [r.clone(), r]})).unwrap_err().contains("two keys"));
+        assert!(
+            JwtVerifier::new(&JwtConfig { key: JwtKey::Jwks("not json".into()), ..JwtConfig::default() })
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn exp_issuer_and_audience_are_checked_when_asked_for() {
+        let secret = JwtKey::Secret("s3cret-of-enough-length-0123456789".into());
+        let key = EncodingKey::from_secret(b"s3cret-of-enough-length-0123456789");
+        let v = verifier(JwtConfig {
+            key: secret,
+            issuer: Some("https://id.example".into()),
+            audience: Some("bifrost".into()),
+            ..JwtConfig::default()
+        });
+        let sign = |claims: Value| token(Algorithm::HS256, None, &key, &claims);
+        let good = json!({"exp": NOW + 60, "iss": "https://id.example", "aud": ["other", "bifrost"]});
+        assert!(v.verify_at(&sign(good), NOW, true).is_ok());
+        let no_exp = json!({"iss": "https://id.example", "aud": "bifrost"});
+        assert_eq!(v.verify_at(&sign(no_exp.clone()), NOW, true).unwrap_err().0, "the token has no exp");
+        assert!(v.verify_at(&sign(no_exp), NOW, false).is_ok(), "a WebSocket token may have no exp");
+        let other_iss = json!({"exp": NOW + 60, "iss": "https://evil.example", "aud": "bifrost"});
+        assert!(v.verify_at(&sign(other_iss), NOW, true).unwrap_err().0.contains("iss"));
+        let other_aud = json!({"exp": NOW + 60, "iss": "https://id.example", "aud": "elsewhere"});
+        assert!(v.verify_at(&sign(other_aud), NOW, true).unwrap_err().0.contains("aud"));
+    }
+}
