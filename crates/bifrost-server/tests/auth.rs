@@ -417,3 +417,85 @@ async fn protect_metrics_puts_metrics_behind_admin_and_probes_stay_open() {
     call(&app, "GET", "/v1/nothing-here", None).await.assert_problem(401, "bifrost:unauthorized");
     call(&app, "GET", "/v1/nothing-here", Some(ADMIN_KEY)).await.assert_problem(404, "bifrost:not-found");
 }
+
+#[tokio::test]
+async fn a_read_restriction_hides_other_streams_from_lists_the_log_and_sse() {
+    let app = TestApp::memory_with(auth_on()).await;
+    for stream in ["order-1", "payment-1", "order-2"] {
+        let resp = app
+            .call(
+                Request::post(format!("/v1/streams/{stream}/events"))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}"))
+                    .body(Body::from(json!({"events": [{"type": "t.x", "data": {}}]}).to_string()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED);
+    }
+    let reader = key(
+        &app,
+        json!({"name": "orders", "scopes": ["read", "subscribe"],
+        "restrict": {"read": {"categories": ["order"]}}}),
+    )
+    .await;
+    let secret = reader["secret"].as_str().unwrap().to_owned();
+
+    let listed = call(&app, "GET", "/v1/streams", Some(&secret)).await.json();
+    let names: Vec<&str> =
+        listed["streams"].as_array().unwrap().iter().map(|s| s["stream"].as_str().unwrap()).collect();
+    assert_eq!(names, ["order-1", "order-2"], "{listed}");
+
+    let log = call(&app, "GET", "/v1/events", Some(&secret)).await.json();
+    let streams: Vec<&str> =
+        log["events"].as_array().unwrap().iter().map(|e| e["stream"].as_str().unwrap()).collect();
+    assert_eq!(streams, ["order-1", "order-2"], "{log}");
+    assert_eq!(log["next_position"], 3, "the page still moves past the hidden event: {log}");
+
+    // The hidden event by id: 403, as a direct read of its stream.
+    let all = call(&app, "GET", "/v1/events", Some(ADMIN_KEY)).await.json();
+    let payment =
+        all["events"].as_array().unwrap().iter().find(|e| e["stream"] == "payment-1").unwrap().clone();
+    let by_id = format!("/v1/events/{}", payment["id"].as_str().unwrap());
+    call(&app, "GET", &by_id, Some(&secret)).await.assert_problem(403, "bifrost:forbidden");
+    assert_eq!(call(&app, "GET", &by_id, Some(ADMIN_KEY)).await.status, StatusCode::OK);
+
+    // SSE from the start: the two order events, then (after a later payment and order) only
+    // the order.
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get(format!("/v1/subscribe?from_position=0&access_token={secret}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    for stream in ["payment-2", "order-3"] {
+        let resp = app
+            .call(
+                Request::post(format!("/v1/streams/{stream}/events"))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}"))
+                    .body(Body::from(json!({"events": [{"type": "t.x", "data": {}}]}).to_string()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED);
+    }
+    let mut seen = String::new();
+    while seen.matches("event: t.x").count() < 3 {
+        let chunk =
+            tokio::time::timeout(std::time::Duration::from_secs(5), futures::StreamExt::next(&mut body))
+                .await
+                .expect("the SSE stream went quiet")
+                .unwrap()
+                .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("order-1") && seen.contains("order-2") && seen.contains("order-3"), "{seen}");
+    assert!(!seen.contains("payment"), "{seen}");
+}

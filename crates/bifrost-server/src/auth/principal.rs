@@ -153,6 +153,12 @@ impl Principal {
         self.restrict.read.as_ref().is_none_or(|rule| rule.allows(stream))
     }
 
+    /// Whether some streams are hidden from this caller (a read restriction, or `$` streams
+    /// for a caller without `admin`): lists, the log and live feeds must then be filtered.
+    pub(crate) fn filters_reads(&self) -> bool {
+        self.restrict.read.is_some() || !self.scopes.is_admin()
+    }
+
     /// May this caller append to `stream`?
     pub(crate) fn may_append(&self, stream: &str) -> bool {
         self.restrict.append.as_ref().is_none_or(|rule| rule.allows(stream))

@@ -14,6 +14,7 @@ use bifrost_core::{LogFilter, RecordedEvent, SubscribeFrom};
 use futures::StreamExt;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
 use crate::metrics::{self, SseClientGuard};
@@ -38,6 +39,7 @@ use crate::wire;
 )]
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     query: QueryParams,
 ) -> ApiResult<Response> {
@@ -71,7 +73,8 @@ pub(crate) async fn subscribe(
         })
         .filter_map(move |item| {
             let _connected = &guard;
-            ready(item.ok().map(|event| Ok::<_, Infallible>(sse_event(&event))))
+            let visible = item.ok().filter(|event| !caller.filters_reads() || caller.may_read(&event.stream));
+            ready(visible.map(|event| Ok::<_, Infallible>(sse_event(&event))))
         });
     let keep_alive = KeepAlive::new().interval(state.config.sse_heartbeat).text("heartbeat");
     Ok(Sse::new(events).keep_alive(keep_alive).into_response())

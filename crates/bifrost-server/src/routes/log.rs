@@ -6,6 +6,7 @@ use axum::response::Response;
 use bifrost_api::{EventBody, HeadBody, LogEventsBody, Problem};
 
 use crate::AppState;
+use crate::auth::{Caller, forbidden};
 use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::extract::{PathParams, QueryParams};
 use crate::metrics;
@@ -31,11 +32,19 @@ use crate::wire;
         (status = 400, description = "Bad argument or pattern, or a position past the end", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn read_log(State(state): State<AppState>, query: QueryParams) -> ApiResult<Response> {
+pub(crate) async fn read_log(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    query: QueryParams,
+) -> ApiResult<Response> {
     let after = query.u64("from_position")?.unwrap_or(0);
     let limit = query.limit()?;
     let filter = query.log_filter()?;
-    let slice = state.store.read_all(after, &filter, limit).await?;
+    let mut slice = state.store.read_all(after, &filter, limit).await?;
+    // Hidden streams leave gaps in a page; `next_position` still moves past them.
+    if caller.filters_reads() {
+        slice.events.retain(|e| caller.may_read(&e.stream));
+    }
     metrics::events_read(slice.events.len());
     Ok(json_bytes(wire::log_events_json(&slice.events, slice.next_position)))
 }
@@ -57,15 +66,23 @@ pub(crate) async fn head(State(state): State<AppState>) -> Json<HeadBody> {
     responses(
         (status = 200, description = "The event", body = EventBody),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The event's stream is outside the credential's read restriction", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn event_by_id(State(state): State<AppState>, path: PathParams) -> ApiResult<Response> {
+pub(crate) async fn event_by_id(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<Response> {
     let id = path.uuid("id")?;
     let event = state.store.event(id).await?.ok_or_else(|| {
         ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}"))
             .with("id", id.to_string().into())
     })?;
+    if !caller.may_read(&event.stream) {
+        return Err(forbidden(format!("this credential may not read stream {}", event.stream)));
+    }
     metrics::events_read(1);
     Ok(json_bytes(wire::event_json(&event)))
 }

@@ -226,6 +226,7 @@ pub(crate) async fn delete(
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     query: QueryParams,
 ) -> ApiResult<Json<StreamListBody>> {
     let listing_query = StreamListQuery {
@@ -234,7 +235,11 @@ pub(crate) async fn list(
         after: query.one("after")?.map(str::to_owned),
         limit: query.limit()?,
     };
-    let listing = state.store.list_streams(&listing_query).await?;
+    let mut listing = state.store.list_streams(&listing_query).await?;
+    // Hidden streams leave a page short; `next` still continues after them.
+    if caller.filters_reads() {
+        listing.streams.retain(|s| caller.may_read(&s.stream));
+    }
     Ok(Json(StreamListBody {
         streams: listing.streams.into_iter().map(wire::stream_summary).collect(),
         next: listing.next.map(|s| s.to_string()),
