@@ -3,7 +3,8 @@
 
 use std::sync::OnceLock;
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use bifrost_api::{ConflictBody, EventBody, Problem, StreamSummaryBody};
 
@@ -15,6 +16,7 @@ use bifrost_api::{ConflictBody, EventBody, Problem, StreamSummaryBody};
             Every error is application/problem+json with a stable `type` such as `bifrost:wrong-expected-version`."
     ),
     components(schemas(EventBody, Problem, ConflictBody, StreamSummaryBody)),
+    modifiers(&BearerAuth),
     tags(
         (name = "streams", description = "Append to and read streams"),
         (name = "log", description = "The global log of every event"),
@@ -29,6 +31,26 @@ use bifrost_api::{ConflictBody, EventBody, Problem, StreamSummaryBody};
     )
 )]
 pub(crate) struct ApiDoc;
+
+/// `Authorization: Bearer` (an API key, the admin key or a JWT): needed by every `/v1`
+/// route once auth is on, and by none while it is off (hence the empty alternative).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("An API key (bfk_…), the admin key, or a JWT"))
+            .build();
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        }
+        openapi.security = Some(vec![
+            SecurityRequirement::default(),
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+        ]);
+    }
+}
 
 /// The OpenAPI document of this API, as JSON (built once).
 pub fn openapi_json() -> &'static str {
