@@ -394,6 +394,52 @@ async fn an_expired_key_is_refused_and_a_tenant_admin_cannot_make_keys_for_anoth
     call(&app, "DELETE", &foreign, Some(ADMIN_KEY)).await.assert_problem(404, "bifrost:key-not-found");
 }
 
+/// One `t.x` event appended to `stream` with `token`.
+async fn append_as(app: &TestApp, token: &str, stream: &str, metadata: Value) -> Resp {
+    let body = json!({"events": [{"type": "t.x", "data": {}, "metadata": metadata}]});
+    app.call(
+        Request::post(format!("/v1/streams/{stream}/events"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn appends_carry_the_credentials_tenant_and_the_jwts_sub() {
+    let app = TestApp::memory_with(auth_on()).await;
+    let acme = jwt(&json!({"sub": "ann", "scope": "append read", "tenant": "acme", "exp": now() + 600}));
+    assert_eq!(append_as(&app, &acme, "order-1", json!({})).await.status, StatusCode::CREATED);
+    // A user named by the event wins over `sub`; the tenant it names must be its own.
+    let named = json!({"user_id": "bob", "tenant_id": "acme"});
+    assert_eq!(append_as(&app, &acme, "order-1", named).await.status, StatusCode::CREATED);
+    append_as(&app, &acme, "order-1", json!({"tenant_id": "globex"}))
+        .await
+        .assert_problem(403, "bifrost:forbidden");
+    append_as(&app, ADMIN_KEY, "order-2", json!({"tenant_id": "acme"}))
+        .await
+        .assert_problem(403, "bifrost:forbidden");
+    let (events, _) = app.snapshot().await;
+    let stamped: Vec<(Value, Value)> = events
+        .iter()
+        .map(|e| {
+            let metadata: Value = serde_json::from_slice(&e.metadata).unwrap();
+            (metadata["tenant_id"].clone(), metadata["user_id"].clone())
+        })
+        .collect();
+    assert_eq!(stamped, [(json!("acme"), json!("ann")), (json!("acme"), json!("bob"))]);
+
+    // Auth off: kept as sent.
+    let open = TestApp::memory().await;
+    open.append("order-1", json!({"events": [{"type": "t.x", "data": {}, "metadata": {"tenant_id": "x"}}]}))
+        .await;
+    let (events, _) = open.snapshot().await;
+    let metadata: Value = serde_json::from_slice(&events[0].metadata).unwrap();
+    assert_eq!(metadata["tenant_id"], "x");
+}
+
 /// RFC 3339, `seconds` from now.
 fn time_in(seconds: i64) -> String {
     let micros = bifrost_core::Timestamp::now().as_micros() + seconds * 1_000_000;
@@ -422,16 +468,7 @@ async fn protect_metrics_puts_metrics_behind_admin_and_probes_stay_open() {
 async fn a_read_restriction_hides_other_streams_from_lists_the_log_and_sse() {
     let app = TestApp::memory_with(auth_on()).await;
     for stream in ["order-1", "payment-1", "order-2"] {
-        let resp = app
-            .call(
-                Request::post(format!("/v1/streams/{stream}/events"))
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .header(header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}"))
-                    .body(Body::from(json!({"events": [{"type": "t.x", "data": {}}]}).to_string()))
-                    .unwrap(),
-            )
-            .await;
-        assert_eq!(resp.status, StatusCode::CREATED);
+        assert_eq!(append_as(&app, ADMIN_KEY, stream, json!({})).await.status, StatusCode::CREATED);
     }
     let reader = key(
         &app,
@@ -475,16 +512,7 @@ async fn a_read_restriction_hides_other_streams_from_lists_the_log_and_sse() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body().into_data_stream();
     for stream in ["payment-2", "order-3"] {
-        let resp = app
-            .call(
-                Request::post(format!("/v1/streams/{stream}/events"))
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .header(header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}"))
-                    .body(Body::from(json!({"events": [{"type": "t.x", "data": {}}]}).to_string()))
-                    .unwrap(),
-            )
-            .await;
-        assert_eq!(resp.status, StatusCode::CREATED);
+        assert_eq!(append_as(&app, ADMIN_KEY, stream, json!({})).await.status, StatusCode::CREATED);
     }
     let mut seen = String::new();
     while seen.matches("event: t.x").count() < 3 {

@@ -2,7 +2,10 @@
 //! name of one request's credential.
 
 use bifrost_api::{NameRuleBody, RestrictBody, ScopeBody};
+use bifrost_core::NewEvent;
 use serde::Serialize;
+
+use crate::error::{ApiError, ProblemType};
 
 /// One scope of the scope table.
 pub(crate) type Scope = ScopeBody;
@@ -157,6 +160,29 @@ impl Principal {
     /// for a caller without `admin`): lists, the log and live feeds must then be filtered.
     pub(crate) fn filters_reads(&self) -> bool {
         self.restrict.read.is_some() || !self.scopes.is_admin()
+    }
+
+    /// Stamps appended events with who appends them, once auth is on: `metadata.tenant_id`
+    /// is the credential's tenant (a different one in the request: 403), and a JWT's `sub`
+    /// is `metadata.user_id` unless the event names one. Auth off: kept as sent.
+    pub(crate) fn stamp(&self, events: &mut [NewEvent]) -> Result<(), ApiError> {
+        if self.actor.kind == ActorKind::Open {
+            return Ok(());
+        }
+        for event in events {
+            let metadata = &mut event.metadata;
+            if metadata.tenant_id.is_some() && metadata.tenant_id != self.tenant {
+                return Err(ApiError::new(
+                    ProblemType::Forbidden,
+                    "metadata.tenant_id names another tenant than the credential's",
+                ));
+            }
+            metadata.tenant_id.clone_from(&self.tenant);
+            if metadata.user_id.is_none() {
+                metadata.user_id.clone_from(&self.actor.sub);
+            }
+        }
+        Ok(())
     }
 
     /// May this caller append to `stream`?

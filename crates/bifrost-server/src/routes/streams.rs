@@ -47,7 +47,8 @@ pub(crate) async fn append(
     check_event_count(&state, count)?;
     state.limits.events(&caller, ip, count)?;
     let expected = wire::parse_expected_version(request.expected_version)?;
-    let events = wire::to_new_events(&body, request.events, &state.config)?;
+    let mut events = wire::to_new_events(&body, request.events, &state.config)?;
+    caller.stamp(&mut events)?;
     let checked: Vec<Checked<'_>> =
         events.iter().enumerate().map(|(index, event)| Checked { stream: &stream, index, event }).collect();
     state.schemas.check(caller.tenant.as_deref(), &checked).await?;
@@ -95,7 +96,8 @@ pub(crate) async fn append_many(
     for append in request.appends {
         let stream = StreamName::new(&append.stream)?;
         let expected = wire::parse_expected_version(append.expected_version)?;
-        let events = wire::to_new_events(&body, append.events, &state.config)?;
+        let mut events = wire::to_new_events(&body, append.events, &state.config)?;
+        caller.stamp(&mut events)?;
         appends.push(StreamAppend::new(stream, expected, events));
     }
     let checked: Vec<Checked<'_>> = appends
