@@ -50,12 +50,12 @@ impl Limiter {
     }
 
     /// `Err(wait)` when `cells` more would break the caller's rate.
-    fn check(&self, key: &str, cells: u32) -> Result<(), Duration> {
+    fn check(&self, key: &String, cells: u32) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
             self.limiter.retain_recent();
         }
         let cells = NonZeroU32::new(cells.min(self.burst.get())).unwrap_or(NonZeroU32::MIN);
-        match self.limiter.check_key_n(&key.to_owned(), cells) {
+        match self.limiter.check_key_n(key, cells) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
             // Cannot happen: cells are capped at the burst.
@@ -76,6 +76,11 @@ impl Limits {
             requests: Limiter::new(config.requests_per_s, config.burst_s),
             events: Limiter::new(config.events_per_s, config.burst_s),
         }
+    }
+
+    /// Whether requests are limited at all.
+    pub(crate) fn limits_requests(&self) -> bool {
+        self.requests.is_some()
     }
 
     /// One request of `caller` from `ip`.

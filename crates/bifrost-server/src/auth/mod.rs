@@ -226,15 +226,17 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
     let ip = client_ip(&parts);
     let template = parts.extensions.get::<MatchedPath>().cloned();
     let template = template.as_ref().map(MatchedPath::as_str);
-    let access = match &template {
+    let access = || match template {
         Some(template) => access::required(&parts.method, template).unwrap_or(Access::Scope(Scope::Admin)),
         // No route: outside /v1 a plain 404; inside, a credential first (no probing).
         None if !parts.uri.path().starts_with("/v1") => Access::Open,
         None => Access::Scope(Scope::Read),
     };
     if !auth.on {
+        // Open: every caller is everything; only a request limit needs the route's access.
         let principal = Arc::clone(&auth.open);
-        if !matches!(access, Access::Open | Access::Metrics)
+        if limits.limits_requests()
+            && !matches!(access(), Access::Open | Access::Metrics)
             && let Err(limited) = limits.request(&principal, ip)
         {
             return limited.into_response();
@@ -242,6 +244,7 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
         parts.extensions.insert(principal);
         return next.run(Request::from_parts(parts, body)).await;
     }
+    let access = access();
     let scope = match access {
         Access::Open | Access::WebSocket => return next.run(Request::from_parts(parts, body)).await,
         Access::Metrics if !auth.protect_metrics => return next.run(Request::from_parts(parts, body)).await,
