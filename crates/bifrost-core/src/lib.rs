@@ -14,6 +14,7 @@ pub mod json_out;
 pub mod lease;
 pub mod memory;
 pub mod name;
+pub mod tenant;
 pub mod pattern;
 pub mod state;
 pub mod store;
@@ -34,5 +35,6 @@ pub use store::{
     StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamSlice, StreamSummary, SubscribeFrom,
     Version,
 };
+pub use tenant::TenantScope;
 pub use subscription::EventStream;
 pub use timestamp::Timestamp;

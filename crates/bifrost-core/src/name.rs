@@ -18,19 +18,96 @@ pub const MAX_NAME_LEN: usize = 256;
 pub struct StreamName(Arc<str>);
 
 impl StreamName {
+    /// A name as clients give it. Tenant prefixes and `$` system names are the server's
+    /// to make ([`StreamName::in_tenant`], [`StreamName::system`]), never a client's.
     pub fn new(name: &str) -> Result<Self, Error> {
         validate_stream(name)?;
         Ok(Self(name.into()))
+    }
+
+    /// A name as the store keeps it: a client's name or a `$` system name, optionally
+    /// behind a tenant prefix (`acme/order-1`). For names read back from storage.
+    pub fn stored(name: &str) -> Result<Self, Error> {
+        let local = match name.split_once(TENANT_SEPARATOR) {
+            Some((tenant, local)) => {
+                validate_tenant(tenant).map_err(|reason| Error::InvalidStreamName {
+                    name: name.chars().take(MAX_STORED_NAME_LEN + 8).collect(),
+                    reason,
+                })?;
+                local
+            }
+            None => name,
+        };
+        validate_stream(local.strip_prefix(SYSTEM_PREFIX).unwrap_or(local))?;
+        Ok(Self(name.into()))
+    }
+
+    /// A server-written `$` stream (`$bifrost-audit`): `name` without its `$`.
+    pub fn system(name: &str) -> Result<Self, Error> {
+        validate_stream(name)?;
+        Ok(Self(format!("{SYSTEM_PREFIX}{name}").into()))
+    }
+
+    /// `local` as tenant `tenant` names it in the store (`None`: the default tenant, whose
+    /// names carry no prefix). `tenant` must be a valid tenant id ([`validate_tenant`]).
+    pub fn in_tenant(tenant: Option<&str>, local: &StreamName) -> StreamName {
+        match tenant {
+            None => local.clone(),
+            Some(tenant) => Self(format!("{tenant}{TENANT_SEPARATOR}{local}").into()),
+        }
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// The part before the first `-` (the whole name when there is none).
-    pub fn category(&self) -> &str {
-        self.0.split_once('-').map_or(&self.0, |(c, _)| c)
+    /// The tenant whose name this is (`None`: the default tenant).
+    pub fn tenant(&self) -> Option<&str> {
+        self.0.split_once(TENANT_SEPARATOR).map(|(tenant, _)| tenant)
     }
+
+    /// The name as its tenant sees it (without the tenant prefix).
+    pub fn local(&self) -> &str {
+        self.0.split_once(TENANT_SEPARATOR).map_or(&self.0, |(_, local)| local)
+    }
+
+    /// A `$` stream: written by the server only.
+    pub fn is_system(&self) -> bool {
+        self.local().starts_with(SYSTEM_PREFIX)
+    }
+
+    /// The part before the first `-` (the whole name when there is none), behind the
+    /// tenant prefix when there is one: categories are per tenant too.
+    pub fn category(&self) -> &str {
+        let prefix = self.0.len() - self.local().len();
+        &self.0[..prefix + self.local_category().len()]
+    }
+
+    /// The category as the name's tenant sees it (no tenant prefix): the default
+    /// `aggregate_type`.
+    pub fn local_category(&self) -> &str {
+        let local = self.local();
+        local.split_once('-').map_or(local, |(c, _)| c)
+    }
+}
+
+/// Between a tenant and a stream name in the store (`acme/order-1`); not a name character.
+pub const TENANT_SEPARATOR: char = '/';
+/// The first character of server-written stream names; not a name character either.
+pub const SYSTEM_PREFIX: char = '$';
+const MAX_STORED_NAME_LEN: usize = MAX_TENANT_LEN + 2 + MAX_NAME_LEN;
+/// Longest tenant id, in characters.
+pub const MAX_TENANT_LEN: usize = 64;
+
+/// A tenant id: 1–64 characters of `a–z 0–9 _ -`. The error says why not.
+pub fn validate_tenant(tenant: &str) -> Result<(), String> {
+    if tenant.is_empty() || tenant.len() > MAX_TENANT_LEN {
+        return Err(format!("a tenant is 1-{MAX_TENANT_LEN} characters, got {}", tenant.len()));
+    }
+    if let Some(c) = tenant.chars().find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')) {
+        return Err(format!("{c:?} is not allowed in a tenant; use a-z 0-9 _ -"));
+    }
+    Ok(())
 }
 
 fn validate_stream(name: &str) -> Result<(), Error> {
@@ -92,8 +169,10 @@ impl serde::Serialize for StreamName {
 pub struct Category(String);
 
 impl Category {
+    /// A category as clients give it; a leading `$` names the category of `$` streams
+    /// (`$bifrost`).
     pub fn new(name: &str) -> Result<Self, Error> {
-        validate_stream(name).map_err(|_| {
+        validate_stream(name.strip_prefix(SYSTEM_PREFIX).unwrap_or(name)).map_err(|_| {
             Error::InvalidArgument(format!(
                 "invalid category {name:?}: use 1-256 characters of A-Z a-z 0-9 _ . : @"
             ))
@@ -106,8 +185,22 @@ impl Category {
         Ok(Self(name.to_owned()))
     }
 
+    /// `category` as tenant `tenant` names it in the store (see [`StreamName::in_tenant`]).
+    pub fn in_tenant(tenant: Option<&str>, category: &Category) -> Category {
+        match tenant {
+            None => category.clone(),
+            Some(tenant) => Self(format!("{tenant}{TENANT_SEPARATOR}{}", category.0)),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The category of `$` streams.
+    pub fn is_system(&self) -> bool {
+        let local = self.0.split_once(TENANT_SEPARATOR).map_or(self.0.as_str(), |(_, local)| local);
+        local.starts_with(SYSTEM_PREFIX)
     }
 }
 
@@ -203,7 +296,7 @@ impl NameCache {
         if let Some(s) = self.streams.get(name) {
             return Ok(s.clone());
         }
-        let s = StreamName::new(name)?;
+        let s = StreamName::stored(name)?;
         if self.streams.len() < Self::MAX {
             self.streams.insert(name.into(), s.clone());
         }
@@ -241,6 +334,38 @@ mod tests {
         assert_eq!(StreamName::new("order-12-3").unwrap().category(), "order");
         assert_eq!(StreamName::new("order").unwrap().category(), "order");
         assert_eq!(StreamName::new("-x").unwrap().category(), "");
+    }
+
+    #[test]
+    fn tenant_and_system_names_are_the_servers_to_make() {
+        let local = StreamName::new("order-1").unwrap();
+        let name = StreamName::in_tenant(Some("a-b"), &local);
+        assert_eq!(name.as_str(), "a-b/order-1");
+        assert_eq!(name.tenant(), Some("a-b"));
+        assert_eq!(name.local(), "order-1");
+        assert_eq!(name.category(), "a-b/order");
+        assert_eq!(name.local_category(), "order");
+        assert_eq!(StreamName::in_tenant(None, &local), local);
+        assert_eq!(local.tenant(), None);
+
+        let audit = StreamName::system("bifrost-audit").unwrap();
+        assert_eq!(audit.as_str(), "$bifrost-audit");
+        assert!(audit.is_system() && !local.is_system());
+        assert_eq!(StreamName::in_tenant(Some("t"), &audit).category(), "t/$bifrost");
+        assert!(Category::in_tenant(Some("t"), &Category::new("$bifrost").unwrap()).is_system());
+
+        for stored in ["a-b/order-1", "$bifrost-audit", "t/$bifrost-audit", "order-1"] {
+            assert_eq!(StreamName::stored(stored).unwrap().as_str(), stored);
+        }
+        for bad in ["Upper/x", "/x", "t/", "t/a/b", "$$x", "t/$", "x$"] {
+            assert!(StreamName::stored(bad).is_err(), "{bad:?}");
+        }
+        // Clients name neither.
+        for bad in ["t/order-1", "$bifrost-audit"] {
+            assert!(StreamName::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_tenant(&"x".repeat(65)).is_err());
+        assert!(validate_tenant("acme_1-eu").is_ok());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::event::{EventId, NewEvent, RecordedEvent};
 use crate::name::{Category, StreamName};
 use crate::pattern::TypePattern;
 use crate::subscription::{self, EventStream};
+use crate::tenant::TenantScope;
 use crate::timestamp::Timestamp;
 
 /// A place in the global log (`$all`). Strictly increasing; `0` is "before the first event".
@@ -104,7 +105,8 @@ pub struct LogSlice {
     pub next_position: Position,
 }
 
-/// Which events of the global log a read or subscription wants. Empty matches everything.
+/// Which events of the global log a read or subscription wants. Empty matches everything
+/// but `$` streams, which only a filter on their category (`$bifrost`) lets through.
 #[derive(Clone, Debug, Default)]
 pub struct LogFilter {
     /// Any of these patterns (none: every type).
@@ -115,6 +117,8 @@ pub struct LogFilter {
     pub since: Option<Timestamp>,
     /// `recorded_at < until`.
     pub until: Option<Timestamp>,
+    /// Whose streams: every tenant's by default.
+    pub tenant: TenantScope,
 }
 
 impl LogFilter {
@@ -137,6 +141,14 @@ impl LogFilter {
         Ok(self)
     }
 
+    /// Whether the filter lets `stream` through on its name alone: the tenant scope, and
+    /// `$` streams only under a `$` category. Backends that filter in a query apply it to the
+    /// rows they read.
+    pub fn admits(&self, stream: &StreamName) -> bool {
+        (!stream.is_system() || self.category.as_ref().is_some_and(Category::is_system))
+            && self.tenant.admits(stream)
+    }
+
     pub fn matches_type(&self, event_type: &str) -> bool {
         self.types.is_empty() || self.types.iter().any(|p| p.matches(event_type))
     }
@@ -150,6 +162,7 @@ impl LogFilter {
         recorded_at: Timestamp,
     ) -> bool {
         self.matches_type(event_type)
+            && self.admits(stream)
             && self.category.as_ref().is_none_or(|c| c.as_str() == stream.category())
             && self.correlation_id.as_deref().is_none_or(|c| Some(c) == correlation_id)
             && self.since.is_none_or(|s| recorded_at >= s)

@@ -279,7 +279,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, after: Position, filter: &LogFilter, limit: usize) -> Result<LogSlice> {
-        reader::read_all(&self.pool, &self.sql, after, filter, limit).await
+        let mut slice = reader::read_all(&self.pool, &self.sql, after, filter, limit).await?;
+        // The name rules (tenant, `$` streams) after the query: a page may come back short,
+        // its `next_position` still past every row read.
+        slice.events.retain(|e| filter.admits(&e.stream));
+        Ok(slice)
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<RecordedEvent>> {

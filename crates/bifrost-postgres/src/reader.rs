@@ -193,7 +193,7 @@ pub(crate) async fn list_streams(pool: &Pool, sql: &Sql, query: &StreamListQuery
         .take(limit)
         .map(|r| {
             Ok(StreamSummary {
-                stream: StreamName::new(r.get(0))?,
+                stream: StreamName::stored(r.get(0))?,
                 version: u64_from(r.get(1), "version")?,
                 aggregate_type: r.get(2),
                 updated_at: Timestamp::from_micros(r.get(3)),

@@ -292,7 +292,7 @@ pub(crate) async fn write_locked<C: GenericClient>(
         fetched.events.insert(
             row.get(0),
             StoredEventRef {
-                stream: StreamName::new(stream)?,
+                stream: StreamName::stored(stream)?,
                 version: u64_from(row.get(2), "version")?,
                 position: u64_from(row.get(3), "position")?,
                 event_type: EventType::new(event_type)?,
@@ -303,7 +303,7 @@ pub(crate) async fn write_locked<C: GenericClient>(
     for row in stream_rows {
         let state = StreamState::from_i64(i64::from(row.get::<_, i16>(2)))?;
         let name: &str = row.get(0);
-        fetched.streams.insert(StreamName::new(name)?, (u64_from(row.get(1), "version")?, state));
+        fetched.streams.insert(StreamName::stored(name)?, (u64_from(row.get(1), "version")?, state));
     }
 
     // Every id was fetched, so the planner can check them all: nothing fails while writing.

@@ -7,7 +7,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use bifrost_bus::GroupName;
-use bifrost_core::{Category, LogFilter, StreamName, Timestamp, TypePattern};
+use bifrost_core::{Category, LogFilter, StreamName, TenantScope, Timestamp, TypePattern};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -75,7 +75,7 @@ fn is_json(headers: &HeaderMap) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
-/// The `{stream}` path segment, percent-decoded and validated.
+/// The `{stream}` path segment, percent-decoded, validated and put in the caller's tenant.
 pub(crate) struct StreamPath(pub(crate) StreamName);
 
 impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
@@ -88,7 +88,13 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
                 format!("invalid stream name in the path: {rejection}"),
             )
         })?;
-        Ok(Self(StreamName::new(&name)?))
+        let local = StreamName::new(&name)?;
+        // The caller's tenant's stream of that name: no handler can reach another tenant's.
+        let principal = parts
+            .extensions
+            .get::<std::sync::Arc<crate::auth::Principal>>()
+            .ok_or_else(|| ApiError::internal("this route was reached without its credential check"))?;
+        Ok(Self(principal.view().stream(&local)))
     }
 }
 
@@ -225,6 +231,7 @@ impl QueryParams {
             correlation_id: self.one("correlation_id")?.map(str::to_owned),
             since: self.timestamp("since")?,
             until: self.timestamp("until")?,
+            tenant: TenantScope::All,
         })
     }
 }

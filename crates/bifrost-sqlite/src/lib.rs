@@ -261,11 +261,16 @@ impl EventStore for SqliteStore {
 
     async fn read_all(&self, after: Position, filter: &LogFilter, limit: usize) -> Result<LogSlice> {
         let head = *self.head.borrow();
-        if filter.is_empty() && limit >= PARALLEL_READ_MIN && after < head {
-            return self.read_all_parallel(after, head, limit).await;
-        }
-        let filter = filter.clone();
-        self.reads.run(move |conn| reader::read_all(conn, after, &filter, limit)).await
+        let mut slice = if filter.is_empty() && limit >= PARALLEL_READ_MIN && after < head {
+            self.read_all_parallel(after, head, limit).await?
+        } else {
+            let owned = filter.clone();
+            self.reads.run(move |conn| reader::read_all(conn, after, &owned, limit)).await?
+        };
+        // The name rules (tenant, `$` streams) after the query: a page may come back short,
+        // its `next_position` still past every row read.
+        slice.events.retain(|e| filter.admits(&e.stream));
+        Ok(slice)
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<RecordedEvent>> {

@@ -331,7 +331,7 @@ pub(crate) fn list_streams(conn: &Connection, query: &StreamListQuery) -> Result
         }
         let name: String = row.get(0).map_err(sql)?;
         streams.push(StreamSummary {
-            stream: StreamName::new(&name)?,
+            stream: StreamName::stored(&name)?,
             version: u64_from(row.get(1).map_err(sql)?, "version")?,
             aggregate_type: row.get(2).map_err(sql)?,
             updated_at: Timestamp::from_micros(row.get(3).map_err(sql)?),

@@ -283,7 +283,7 @@ impl PlanLookup for Lookup<'_> {
         let Some(row) = rows.next().map_err(sql)? else { return Ok(None) };
         let text = |i: usize| -> Result<String> { row.get::<_, String>(i).map_err(sql) };
         Ok(Some(StoredEventRef {
-            stream: StreamName::new(&text(0)?)?,
+            stream: StreamName::stored(&text(0)?)?,
             version: u64_from(row.get(1).map_err(sql)?, "version")?,
             position: u64_from(row.get(2).map_err(sql)?, "position")?,
             event_type: EventType::new(&text(3)?)?,

@@ -204,7 +204,7 @@ impl Spec {
         let first = self.retry_schedule_ms.first().copied().unwrap_or(5_000).max(1);
         let last = self.retry_schedule_ms.iter().copied().max().unwrap_or(first).max(first);
         GroupConfig {
-            filter: GroupFilter { types: self.types.clone(), category: self.category.clone() },
+            filter: GroupFilter { types: self.types.clone(), category: self.category.clone(), ..GroupFilter::default() },
             start: self.start,
             ack_timeout: self.timeout() + LEASE_MARGIN,
             max_attempts: self.max_attempts(),

@@ -139,7 +139,7 @@ pub fn check_expected(
 
 /// Default `aggregate_type`: the event's own, else the stream's category.
 pub fn aggregate_type_of<'a>(event: &'a NewEvent, stream: &'a StreamName) -> &'a str {
-    event.aggregate_type.as_deref().unwrap_or_else(|| stream.category())
+    event.aggregate_type.as_deref().unwrap_or_else(|| stream.local_category())
 }
 
 /// The versions a stream read covers, and where the next page starts.

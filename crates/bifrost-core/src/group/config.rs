@@ -4,7 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::{Category, Error, LogFilter, Position, Result, TypePattern};
+use crate::name::{TENANT_SEPARATOR, validate_tenant};
+use crate::{Category, Error, LogFilter, Position, Result, TenantScope, TypePattern};
 use serde::{Deserialize, Serialize};
 
 /// Longest group name, in characters.
@@ -32,15 +33,45 @@ impl GroupName {
         Ok(Self(name.to_owned()))
     }
 
+    /// `local` as tenant `tenant` names it in the store (`acme/orders`; `None`: the default
+    /// tenant, no prefix). `tenant` must be a valid tenant id.
+    pub fn in_tenant(tenant: Option<&str>, local: &GroupName) -> GroupName {
+        match tenant {
+            None => local.clone(),
+            Some(tenant) => Self(format!("{tenant}{TENANT_SEPARATOR}{}", local.0)),
+        }
+    }
+
+    /// A name as the store keeps it: a client's, optionally behind a tenant prefix.
+    pub fn stored(name: &str) -> Result<Self> {
+        if let Some((tenant, local)) = name.split_once(TENANT_SEPARATOR) {
+            validate_tenant(tenant)
+                .map_err(|why| Error::InvalidArgument(format!("invalid group name {name:?}: {why}")))?;
+            Self::new(local)?;
+            return Ok(Self(name.to_owned()));
+        }
+        Self::new(name)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The tenant whose group this is (`None`: the default tenant).
+    pub fn tenant(&self) -> Option<&str> {
+        self.0.split_once(TENANT_SEPARATOR).map(|(tenant, _)| tenant)
+    }
+
+    /// The name as its tenant sees it.
+    pub fn local(&self) -> &str {
+        self.0.split_once(TENANT_SEPARATOR).map_or(&self.0, |(_, local)| local)
     }
 }
 
 impl TryFrom<String> for GroupName {
     type Error = Error;
     fn try_from(name: String) -> Result<Self> {
-        Self::new(&name)
+        Self::stored(&name)
     }
 }
 
@@ -64,17 +95,32 @@ impl fmt::Debug for GroupName {
 
 /// Which events a group receives: any of `types` (AMQP topic patterns; none means every
 /// type) in streams of `category` (any when `None`).
+///
+/// `category` is as the group's tenant names it; `tenant` keeps the group inside its
+/// tenant's streams (every tenant's for groups made while auth is off, and embedded ones).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupFilter {
     #[serde(default)]
     pub types: Vec<String>,
     #[serde(default)]
     pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "is_all")]
+    pub tenant: TenantScope,
+}
+
+fn is_all(scope: &TenantScope) -> bool {
+    *scope == TenantScope::All
 }
 
 impl GroupFilter {
     pub fn types<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
-        Self { types: types.into_iter().map(Into::into).collect(), category: None }
+        Self { types: types.into_iter().map(Into::into).collect(), ..Self::default() }
+    }
+
+    /// Only `tenant`'s streams.
+    pub fn in_tenant(mut self, tenant: TenantScope) -> Self {
+        self.tenant = tenant;
+        self
     }
 
     pub fn with_category(mut self, category: impl Into<String>) -> Self {
@@ -89,8 +135,13 @@ impl GroupFilter {
             filter.types.push(TypePattern::new(t)?);
         }
         if let Some(c) = &self.category {
-            filter.category = Some(Category::new(c)?);
+            let category = Category::new(c)?;
+            filter.category = Some(match &self.tenant {
+                TenantScope::Only(tenant) => Category::in_tenant(tenant.as_deref(), &category),
+                TenantScope::All => category,
+            });
         }
+        filter.tenant = self.tenant.clone();
         Ok(filter)
     }
 }

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use super::{all_events, event, events, stream};
 use crate::error::Error;
 use crate::event::{Metadata, NewEvent, RecordedEvent};
-use crate::name::Category;
+use crate::name::{Category, StreamName};
 use crate::store::{
     DeleteMode, Direction, EventStore, ExpectedVersion, LogFilter, StreamAppend, StreamListQuery,
     SubscribeFrom,
@@ -422,6 +422,42 @@ pub async fn read_all_filters_by_category(store: Store) {
     );
     let both = LogFilter { types: vec!["order.*".parse().unwrap()], ..filter };
     assert_eq!(types_matching(&store, &both).await, ["order.submitted", "order.failed"]);
+}
+
+/// Tenant-prefixed and `$` names are stored, read back and listed as they are, and their
+/// categories stay per tenant: `order` does not match `acme/order-1`.
+pub async fn tenant_and_system_names_keep_their_own_categories(store: Store) {
+    let local = stream("order-1");
+    let tenant = StreamName::in_tenant(Some("acme"), &local);
+    let audit = StreamName::in_tenant(Some("acme"), &StreamName::system("bifrost-audit").unwrap());
+    store.append(local.clone(), ExpectedVersion::NoStream, vec![event("order.placed", "{}")]).await.unwrap();
+    store.append(tenant.clone(), ExpectedVersion::NoStream, vec![event("order.placed", "{}")]).await.unwrap();
+    store.append(audit.clone(), ExpectedVersion::NoStream, vec![event("bifrost.audit.key.created", "{}")]).await.unwrap();
+    // Same local name, two streams with their own versions.
+    let read = store.read_stream(&tenant, 1, Direction::Forward, 10).await.unwrap().events;
+    assert_eq!((read.len(), read[0].version, read[0].stream.as_str()), (1, 1, "acme/order-1"));
+    assert_eq!(read[0].aggregate_type, "order", "the default aggregate type is the tenant's category");
+    let streams_of = |category: Category| {
+        let store = store.clone();
+        async move {
+            let filter = LogFilter { category: Some(category), ..Default::default() };
+            let page = store.read_all(0, &filter, 100).await.unwrap();
+            page.events.into_iter().map(|e| e.stream.to_string()).collect::<Vec<_>>()
+        }
+    };
+    let order = Category::new("order").unwrap();
+    assert_eq!(streams_of(order.clone()).await, ["order-1"]);
+    assert_eq!(streams_of(Category::in_tenant(Some("acme"), &order)).await, ["acme/order-1"]);
+    let system = Category::in_tenant(Some("acme"), &Category::new("$bifrost").unwrap());
+    assert_eq!(streams_of(system).await, ["acme/$bifrost-audit"]);
+    let listed = store
+        .list_streams(&StreamListQuery { prefix: Some("acme/".into()), limit: 100, ..StreamListQuery::default() })
+        .await
+        .unwrap();
+    let names: Vec<String> = listed.streams.iter().map(|s| s.stream.to_string()).collect();
+    assert_eq!(names, ["acme/$bifrost-audit", "acme/order-1"]);
+    let info = store.stream_info(&audit).await.unwrap();
+    assert_eq!(info.version, 1);
 }
 
 pub async fn read_all_filters_by_correlation_id(store: Store) {

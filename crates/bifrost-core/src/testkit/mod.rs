@@ -197,6 +197,7 @@ macro_rules! __conformance_suite {
             read_all_from_beyond_the_head_is_out_of_range,
             read_all_filters_by_type_pattern,
             read_all_filters_by_category,
+            tenant_and_system_names_keep_their_own_categories,
             read_all_filters_by_correlation_id,
             read_all_filters_by_time_range,
             filtered_read_that_matches_nothing_advances_to_the_head,

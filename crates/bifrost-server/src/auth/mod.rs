@@ -13,6 +13,7 @@ pub(crate) mod access;
 pub(crate) mod jwt;
 pub(crate) mod keys;
 pub(crate) mod principal;
+pub(crate) mod tenancy;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

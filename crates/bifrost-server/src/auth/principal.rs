@@ -156,10 +156,11 @@ impl Principal {
         self.restrict.read.as_ref().is_none_or(|rule| rule.allows(stream))
     }
 
-    /// Whether some streams are hidden from this caller (a read restriction, or `$` streams
-    /// for a caller without `admin`): lists, the log and live feeds must then be filtered.
+    /// Whether some streams are hidden from this caller (other tenants', those outside a
+    /// read restriction, `$` streams without `admin`): lists, the log and live feeds must
+    /// then be filtered ([`Principal::sees`]). Auth off: nothing is hidden.
     pub(crate) fn filters_reads(&self) -> bool {
-        self.restrict.read.is_some() || !self.scopes.is_admin()
+        self.actor.kind != ActorKind::Open
     }
 
     /// Stamps appended events with who appends them, once auth is on: `metadata.tenant_id`

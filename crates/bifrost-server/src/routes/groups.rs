@@ -13,9 +13,11 @@ use bifrost_api::{
     AckBody, AckRequest, DeadLettersBody, FetchBody, GroupBody, GroupConfigRequest, GroupListBody, NackBody,
     NackRequest, Problem, ReplayBody, ReplayRequest,
 };
-use bifrost_core::group::{Fetch, GroupName, LeaseToken, MAX_GROUP_NAME_LEN, Put, Verdict};
+use bifrost_core::group::{Fetch, GroupName, LeaseToken, MAX_GROUP_NAME_LEN, Put, ReplaySelection, Verdict};
 
 use crate::AppState;
+use crate::auth::Caller;
+use crate::auth::tenancy::TenantView;
 use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::extract::{JsonBytes, OptionalJsonBytes, PathParams, QueryParams};
 use crate::routes::json_bytes;
@@ -30,8 +32,10 @@ const MAX_WAIT_MS: u64 = 30_000;
 /// The consumer name of a fetch that gives none.
 const DEFAULT_CONSUMER: &str = "anonymous";
 
-async fn group_body(state: &AppState, name: &GroupName) -> ApiResult<GroupBody> {
-    Ok(wire::group_body(state.groups.status(name).await?))
+async fn group_body(state: &AppState, view: TenantView<'_>, name: &GroupName) -> ApiResult<GroupBody> {
+    let mut status = state.groups.status(name).await.map_err(|e| view.localize_error(e))?;
+    status.name = view.local_group(&status.name);
+    Ok(wire::group_body(status))
 }
 
 /// Creates a consumer group, or changes its settings.
@@ -52,16 +56,20 @@ async fn group_body(state: &AppState, name: &GroupName) -> ApiResult<GroupBody> 
 )]
 pub(crate) async fn put_group(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     body: OptionalJsonBytes,
 ) -> ApiResult<(StatusCode, Json<GroupBody>)> {
-    let name = path.group()?;
-    let config = wire::group_config(body.parse_or_default::<GroupConfigRequest>()?)?;
-    let status = match state.groups.put(&name, config).await? {
+    let view = caller.view();
+    let name = view.group(&path.group()?);
+    let mut config = wire::group_config(body.parse_or_default::<GroupConfigRequest>()?)?;
+    // The group sees its tenant's streams only.
+    config.filter.tenant = view.scope();
+    let status = match state.groups.put(&name, config).await.map_err(|e| view.localize_error(e))? {
         Put::Created => StatusCode::CREATED,
         Put::Updated => StatusCode::OK,
     };
-    Ok((status, Json(group_body(&state, &name).await?)))
+    Ok((status, Json(group_body(&state, view, &name).await?)))
 }
 
 /// A consumer group's settings and figures.
@@ -76,8 +84,13 @@ pub(crate) async fn put_group(
         (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn get_group(State(state): State<AppState>, path: PathParams) -> ApiResult<Json<GroupBody>> {
-    Ok(Json(group_body(&state, &path.group()?).await?))
+pub(crate) async fn get_group(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<Json<GroupBody>> {
+    let view = caller.view();
+    Ok(Json(group_body(&state, view, &view.group(&path.group()?)).await?))
 }
 
 /// Deletes a consumer group with its checkpoint and dead letters.
@@ -92,8 +105,13 @@ pub(crate) async fn get_group(State(state): State<AppState>, path: PathParams) -
         (status = 404, description = "No such group (`bifrost:group-not-found`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn delete_group(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
-    state.groups.delete(&path.group()?).await?;
+pub(crate) async fn delete_group(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    let view = caller.view();
+    state.groups.delete(&view.group(&path.group()?)).await.map_err(|e| view.localize_error(e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -104,11 +122,18 @@ pub(crate) async fn delete_group(State(state): State<AppState>, path: PathParams
     tag = "groups",
     responses((status = 200, description = "Every group", body = GroupListBody))
 )]
-pub(crate) async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<GroupListBody>> {
+pub(crate) async fn list_groups(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<GroupListBody>> {
+    let view = caller.view();
     let mut groups = Vec::new();
-    for name in state.groups.list().await? {
+    for name in state.groups.list().await?.into_iter().filter(|name| view.owns_group(name)) {
         match state.groups.status(&name).await {
-            Ok(status) => groups.push(wire::group_body(status)),
+            Ok(mut status) => {
+                status.name = view.local_group(&status.name);
+                groups.push(wire::group_body(status));
+            }
             // Deleted (through any node) since it was listed.
             Err(bifrost_core::Error::GroupNotFound(_)) => {}
             Err(e) => return Err(e.into()),
@@ -137,19 +162,22 @@ pub(crate) async fn list_groups(State(state): State<AppState>) -> ApiResult<Json
 )]
 pub(crate) async fn fetch(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     query: QueryParams,
 ) -> ApiResult<Response> {
-    let name = path.group()?;
+    let view = caller.view();
+    let name = view.group(&path.group()?);
     let max = query.count("max", DEFAULT_FETCH_MAX, MAX_FETCH_MAX)?;
     let wait = Duration::from_millis(query.u64("wait")?.unwrap_or(0).min(MAX_WAIT_MS));
     let consumer = consumer_name(query.one("consumer")?)?;
-    let leases = tokio::select! {
-        leases = state.groups.fetch(&name, Fetch::new(consumer, max, wait)) => leases?,
+    let mut leases = tokio::select! {
+        leases = state.groups.fetch(&name, Fetch::new(consumer, max, wait)) => leases.map_err(|e| view.localize_error(e))?,
         // Shutdown must not wait for long polls. A fetch cut short here hands nothing out;
         // whatever it had leased comes back after the ack timeout, as a lost answer would.
         () = state.shutdown.cancelled() => Vec::new(),
     };
+    view.localize_leases(&mut leases);
     Ok(json_bytes(wire::fetch_json(&leases)))
 }
 
@@ -181,13 +209,15 @@ fn consumer_name(name: Option<&str>) -> ApiResult<&str> {
 )]
 pub(crate) async fn ack(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<Json<AckBody>> {
-    let name = path.group()?;
+    let view = caller.view();
+    let name = view.group(&path.group()?);
     let request: AckRequest = wire::parse_body(&body)?;
     wire::check_leases(&request.leases)?;
-    let (acked, expired) = settle(&state, &name, &request.leases, Verdict::Ack).await?;
+    let (acked, expired) = settle(&state, view, &name, &request.leases, Verdict::Ack).await?;
     Ok(Json(wire::ack_body(acked, expired)))
 }
 
@@ -207,15 +237,17 @@ pub(crate) async fn ack(
 )]
 pub(crate) async fn nack(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<Json<NackBody>> {
-    let name = path.group()?;
+    let view = caller.view();
+    let name = view.group(&path.group()?);
     let request: NackRequest = wire::parse_body(&body)?;
     wire::check_leases(&request.leases)?;
     let action = wire::nack_action(&request)?;
     let reason = wire::nack_reason(&request)?;
-    let (nacked, expired) = settle(&state, &name, &request.leases, Verdict::Nack(action, reason)).await?;
+    let (nacked, expired) = settle(&state, view, &name, &request.leases, Verdict::Nack(action, reason)).await?;
     Ok(Json(wire::nack_body(nacked, expired)))
 }
 
@@ -223,13 +255,14 @@ pub(crate) async fn nack(
 /// request order, the tokens that were not (including text that is no token at all).
 async fn settle(
     state: &AppState,
+    view: TenantView<'_>,
     name: &GroupName,
     tokens: &[String],
     verdict: Verdict<'_>,
 ) -> ApiResult<(usize, Vec<String>)> {
     let parsed: Vec<Option<LeaseToken>> = tokens.iter().map(|t| t.parse().ok()).collect();
     let leases: Vec<LeaseToken> = parsed.iter().flatten().copied().collect();
-    let settled = state.groups.settle(name, &leases, verdict, false).await?;
+    let settled = state.groups.settle(name, &leases, verdict, false).await.map_err(|e| view.localize_error(e))?;
     let expired: std::collections::HashSet<LeaseToken> = settled.expired.into_iter().collect();
     let not_held = tokens
         .iter()
@@ -258,13 +291,16 @@ async fn settle(
 )]
 pub(crate) async fn dead_letters(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     query: QueryParams,
 ) -> ApiResult<Response> {
-    let name = path.group()?;
+    let view = caller.view();
+    let name = view.group(&path.group()?);
     let limit = query.limit()?;
     let after = query.u64("after")?;
-    let entries = state.groups.dead_letters(&name, after, limit).await?;
+    let mut entries = state.groups.dead_letters(&name, after, limit).await.map_err(|e| view.localize_error(e))?;
+    view.localize_dead_letters(&mut entries);
     let next = if entries.len() == limit { entries.last().map(|e| e.dead_letter.position) } else { None };
     Ok(json_bytes(wire::dead_letters_json(&entries, next)))
 }
@@ -286,12 +322,17 @@ pub(crate) async fn dead_letters(
 )]
 pub(crate) async fn replay(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     body: OptionalJsonBytes,
 ) -> ApiResult<Json<ReplayBody>> {
-    let name = path.group()?;
-    let selection = wire::replay_selection(body.parse_or_default::<ReplayRequest>()?)?;
-    let replayed = state.groups.replay(&name, selection).await?;
+    let view = caller.view();
+    let name = view.group(&path.group()?);
+    let selection = match wire::replay_selection(body.parse_or_default::<ReplayRequest>()?)? {
+        ReplaySelection::Ids(ids) => ReplaySelection::Ids(ids.into_iter().map(|id| view.id(id)).collect()),
+        other => other,
+    };
+    let replayed = state.groups.replay(&name, selection).await.map_err(|e| view.localize_error(e))?;
     Ok(Json(ReplayBody { replayed: u64::try_from(replayed).unwrap_or(u64::MAX) }))
 }
 
@@ -310,17 +351,23 @@ pub(crate) async fn replay(
         (status = 404, description = "No such group (`bifrost:group-not-found`) or dead letter (`bifrost:dead-letter-not-found`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn discard(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
-    let name = path.group()?;
+pub(crate) async fn discard(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    let view = caller.view();
+    let local = path.group()?;
+    let name = view.group(&local);
     let id = path.uuid("event_id")?;
-    if state.groups.discard(&name, id).await? {
+    if state.groups.discard(&name, view.id(id)).await.map_err(|e| view.localize_error(e))? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(
             ProblemType::DeadLetterNotFound,
-            format!("consumer group {name} has no dead letter for event {id}"),
+            format!("consumer group {local} has no dead letter for event {id}"),
         )
-        .with("group", name.as_str().into())
+        .with("group", local.as_str().into())
         .with("event_id", id.to_string().into()))
     }
 }

@@ -43,7 +43,7 @@ pub(crate) async fn subscribe(
     headers: HeaderMap,
     query: QueryParams,
 ) -> ApiResult<Response> {
-    let filter = query.log_filter()?;
+    let filter = caller.view().log_filter(query.log_filter()?);
     let from_position = query.u64("from_position")?;
     let last_event_id = headers
         .get("last-event-id")
@@ -73,8 +73,11 @@ pub(crate) async fn subscribe(
         })
         .filter_map(move |item| {
             let _connected = &guard;
-            let visible = item.ok().filter(|event| !caller.filters_reads() || caller.may_read(&event.stream));
-            ready(visible.map(|event| Ok::<_, Infallible>(sse_event(&event))))
+            let visible = item.ok().filter(|event| !caller.filters_reads() || caller.sees(&event.stream));
+            ready(visible.map(|mut event| {
+                caller.view().localize_one(&mut event);
+                Ok::<_, Infallible>(sse_event(&event))
+            }))
         });
     let keep_alive = KeepAlive::new().interval(state.config.sse_heartbeat).text("heartbeat");
     Ok(Sse::new(events).keep_alive(keep_alive).into_response())

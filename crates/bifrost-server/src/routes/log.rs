@@ -39,12 +39,14 @@ pub(crate) async fn read_log(
 ) -> ApiResult<Response> {
     let after = query.u64("from_position")?.unwrap_or(0);
     let limit = query.limit()?;
-    let filter = query.log_filter()?;
+    let view = caller.view();
+    let filter = view.log_filter(query.log_filter()?);
     let mut slice = state.store.read_all(after, &filter, limit).await?;
     // Hidden streams leave gaps in a page; `next_position` still moves past them.
     if caller.filters_reads() {
-        slice.events.retain(|e| caller.may_read(&e.stream));
+        slice.events.retain(|e| caller.sees(&e.stream));
     }
+    view.localize(&mut slice.events);
     metrics::events_read(slice.events.len());
     Ok(json_bytes(wire::log_events_json(&slice.events, slice.next_position)))
 }
@@ -76,10 +78,16 @@ pub(crate) async fn event_by_id(
     path: PathParams,
 ) -> ApiResult<Response> {
     let id = path.uuid("id")?;
-    let event = state.store.event(id).await?.ok_or_else(|| {
-        ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}"))
-            .with("id", id.to_string().into())
-    })?;
+    let view = caller.view();
+    let not_found = || {
+        ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}")).with("id", id.to_string().into())
+    };
+    let mut event = state.store.event(view.id(id)).await?.ok_or_else(not_found)?;
+    // Another tenant's event does not exist for this caller.
+    if !view.owns(&event.stream) {
+        return Err(not_found());
+    }
+    view.localize_one(&mut event);
     if !caller.may_read(&event.stream) {
         return Err(forbidden(format!("this credential may not read stream {}", event.stream)));
     }

@@ -49,11 +49,19 @@ pub(crate) async fn append(
     let expected = wire::parse_expected_version(request.expected_version)?;
     let mut events = wire::to_new_events(&body, request.events, &state.config)?;
     caller.stamp(&mut events)?;
+    let view = caller.view();
+    let local = view.local_name(&stream);
     let checked: Vec<Checked<'_>> =
-        events.iter().enumerate().map(|(index, event)| Checked { stream: &stream, index, event }).collect();
+        events.iter().enumerate().map(|(index, event)| Checked { stream: &local, index, event }).collect();
     state.schemas.check(caller.tenant.as_deref(), &checked).await?;
     drop(checked);
-    let result = metrics::timed_append(count, state.store.append(stream, expected, events)).await?;
+    for event in &mut events {
+        event.id = view.id(event.id);
+    }
+    let mut result = metrics::timed_append(count, state.store.append(stream, expected, events))
+        .await
+        .map_err(|e| view.localize_error(e))?;
+    result.stream = view.local_name(&result.stream);
     Ok((StatusCode::CREATED, Json(wire::append_result(result))))
 }
 
@@ -84,6 +92,7 @@ pub(crate) async fn append_many(
     }
     let count = request.appends.iter().map(|a| a.events.len()).sum();
     check_event_count(&state, count)?;
+    let view = caller.view();
     let mut appends = Vec::with_capacity(request.appends.len());
     for append in &request.appends {
         let stream = StreamName::new(&append.stream)?;
@@ -98,18 +107,30 @@ pub(crate) async fn append_many(
         let expected = wire::parse_expected_version(append.expected_version)?;
         let mut events = wire::to_new_events(&body, append.events, &state.config)?;
         caller.stamp(&mut events)?;
-        appends.push(StreamAppend::new(stream, expected, events));
+        for event in &mut events {
+            event.id = view.id(event.id);
+        }
+        appends.push(StreamAppend::new(view.stream(&stream), expected, events));
     }
+    let locals: Vec<StreamName> = appends.iter().map(|a| view.local_name(&a.stream)).collect();
     let checked: Vec<Checked<'_>> = appends
         .iter()
-        .flat_map(|a| {
-            a.events.iter().enumerate().map(|(index, event)| Checked { stream: &a.stream, index, event })
+        .zip(&locals)
+        .flat_map(|(a, local)| {
+            a.events.iter().enumerate().map(move |(index, event)| Checked { stream: local, index, event })
         })
         .collect();
     state.schemas.check(caller.tenant.as_deref(), &checked).await?;
     drop(checked);
-    let results = metrics::timed_append(count, state.store.append_many(appends)).await?;
-    let results = results.into_iter().map(wire::append_result).collect();
+    let results =
+        metrics::timed_append(count, state.store.append_many(appends)).await.map_err(|e| view.localize_error(e))?;
+    let results = results
+        .into_iter()
+        .map(|mut result| {
+            result.stream = view.local_name(&result.stream);
+            wire::append_result(result)
+        })
+        .collect();
     Ok((StatusCode::CREATED, Json(MultiAppendResultBody { results })))
 }
 
@@ -141,6 +162,7 @@ fn check_event_count(state: &AppState, count: usize) -> ApiResult<()> {
 )]
 pub(crate) async fn read(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     StreamPath(stream): StreamPath,
     query: QueryParams,
 ) -> ApiResult<Response> {
@@ -158,7 +180,10 @@ pub(crate) async fn read(
         Direction::Backward => u64::MAX,
     });
     let limit = query.limit()?;
-    let slice = state.store.read_stream(&stream, from, direction, limit).await?;
+    let view = caller.view();
+    let mut slice =
+        state.store.read_stream(&stream, from, direction, limit).await.map_err(|e| view.localize_error(e))?;
+    view.localize(&mut slice.events);
     metrics::events_read(slice.events.len());
     Ok(json_bytes(wire::stream_events_json(&slice.events, slice.next)))
 }
@@ -178,9 +203,13 @@ pub(crate) async fn read(
 )]
 pub(crate) async fn info(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     StreamPath(stream): StreamPath,
 ) -> ApiResult<Json<StreamInfoBody>> {
-    Ok(Json(wire::stream_info(state.store.stream_info(&stream).await?)))
+    let view = caller.view();
+    let mut info = state.store.stream_info(&stream).await.map_err(|e| view.localize_error(e))?;
+    info.stream = view.local_name(&info.stream);
+    Ok(Json(wire::stream_info(info)))
 }
 
 /// Deletes a stream: soft by default (a later append continues after the last version),
@@ -202,11 +231,12 @@ pub(crate) async fn info(
 )]
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     StreamPath(stream): StreamPath,
     query: QueryParams,
 ) -> ApiResult<StatusCode> {
     let mode = if query.bool("hard")?.unwrap_or(false) { DeleteMode::Hard } else { DeleteMode::Soft };
-    state.store.delete_stream(&stream, mode).await?;
+    state.store.delete_stream(&stream, mode).await.map_err(|e| caller.view().localize_error(e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -231,19 +261,29 @@ pub(crate) async fn list(
     Caller(caller): Caller,
     query: QueryParams,
 ) -> ApiResult<Json<StreamListBody>> {
+    let view = caller.view();
+    let after = query.one("after")?;
     let listing_query = StreamListQuery {
-        prefix: query.one("prefix")?.map(str::to_owned),
-        category: query.category()?,
-        after: query.one("after")?.map(str::to_owned),
+        prefix: view.prefix(query.one("prefix")?),
+        category: query.category()?.map(|c| view.category(&c)),
+        after: after.and_then(|after| view.prefix(Some(after))),
         limit: query.limit()?,
     };
     let mut listing = state.store.list_streams(&listing_query).await?;
-    // Hidden streams leave a page short; `next` still continues after them.
+    // Hidden streams (other tenants', outside a read restriction, `$` ones without `admin`)
+    // leave a page short; `next` still continues after them.
     if caller.filters_reads() {
-        listing.streams.retain(|s| caller.may_read(&s.stream));
+        listing.streams.retain(|s| caller.sees(&s.stream));
     }
     Ok(Json(StreamListBody {
-        streams: listing.streams.into_iter().map(wire::stream_summary).collect(),
-        next: listing.next.map(|s| s.to_string()),
+        streams: listing
+            .streams
+            .into_iter()
+            .map(|mut summary| {
+                summary.stream = view.local_name(&summary.stream);
+                wire::stream_summary(summary)
+            })
+            .collect(),
+        next: listing.next.map(|s| view.local_name(&s).to_string()),
     }))
 }
