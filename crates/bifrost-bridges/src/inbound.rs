@@ -92,17 +92,29 @@ pub fn to_event(name: &str, spec: &BridgeSpec, msg: &Incoming) -> Result<(Stream
     let event_type = EventType::new(&parts.event_type).map_err(|e| bad(e.to_string()))?;
     let template = StreamTemplate::parse(spec.stream.as_deref().unwrap_or(crate::spec::DEFAULT_STREAM))
         .map_err(NotAnEvent)?;
+    // A tenant's bridge is `acme/{name}` in the store; its messages are the tenant's
+    // events, named and numbered as the tenant's appends are.
+    let name = crate::spec::local_name(name);
+    let tenant = spec.tenant.tenant();
     let stream_text =
         template.render(name, event_type.as_str(), spec.source.as_deref().unwrap_or(""), &msg.subject);
     let stream = StreamName::new(&stream_text).map_err(|e| bad(e.to_string()))?;
     let id = parts.id.or_else(|| msg.message_id.clone()).or_else(|| msg.sequence.clone());
+    let mut metadata = parts.metadata;
+    if let Some(tenant) = tenant {
+        if metadata.tenant_id.as_deref().is_some_and(|t| t != tenant) {
+            return Err(bad("metadata.tenant_id names another tenant than the bridge's".into()));
+        }
+        metadata.tenant_id = Some(tenant.to_owned());
+    }
+    let id = event_id(name, id.as_deref());
     let mut event = NewEvent::new(event_type, parts.data)
-        .with_id(event_id(name, id.as_deref()))
-        .with_metadata(parts.metadata)
+        .with_id(tenant.map_or(id, |tenant| bifrost_core::tenant::mask_id(tenant, id)))
+        .with_metadata(metadata)
         .with_schema_version(parts.schema_version.unwrap_or(1));
     event.occurred_at = parts.occurred_at;
     event.aggregate_type = parts.aggregate_type;
-    Ok((stream, event))
+    Ok((StreamName::in_tenant(tenant, &stream), event))
 }
 
 /// The message's id itself when it is a UUID, else UUIDv5 of `{name}/{id}` in the URL

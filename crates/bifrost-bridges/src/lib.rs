@@ -30,4 +30,4 @@ pub use message::{Outgoing, Target};
 pub use publish::{PublishError, Publisher};
 pub use runner::{BridgeState, Connector};
 pub use service::{BridgeError, Bridges};
-pub use spec::BridgeSpec;
+pub use spec::{BridgeSpec, check_name, check_stored_name, local_name};

@@ -217,8 +217,24 @@ impl Runner {
                 }
                 continue;
             }
+            // A tenant's bridge sends the tenant's names and ids.
+            let localized: Vec<_>;
+            let events = if self.spec.tenant.tenant().is_some() {
+                localized = slice
+                    .events
+                    .iter()
+                    .cloned()
+                    .map(|mut event| {
+                        self.spec.tenant.localize(&mut event);
+                        event
+                    })
+                    .collect();
+                &localized
+            } else {
+                &slice.events
+            };
             let messages: Result<Vec<_>, String> =
-                slice.events.iter().map(|e| outgoing(e, &target, self.spec.content_mode)).collect();
+                events.iter().map(|e| outgoing(e, &target, self.spec.content_mode)).collect();
             let result = match messages {
                 Err(e) => Err(format!("an event cannot be sent: {e}")),
                 Ok(messages) => match self.publish(&mut publisher, &messages, timeout).await {

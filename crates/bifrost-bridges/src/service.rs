@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use bifrost_api::{BridgeBody, BridgeRequest, BridgeStateBody, StartBody};
 use bifrost_core::lease::Leases;
-use bifrost_core::{DurableStore, StateChange};
+use bifrost_core::{DurableStore, StateChange, TenantScope};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letters::{self, DeadLetter};
 use crate::runner::{BridgeState, Connector, Runner, STATE_SCOPE, lease_name, out_lag};
-use crate::spec::{BridgeSpec, InvalidBridge, check_name};
+use crate::spec::{BridgeSpec, InvalidBridge, check_name, check_stored_name};
 
 /// The scope of the bridges' settings.
 const SPEC_SCOPE: &str = "bridges";
@@ -73,9 +73,20 @@ impl Bridges {
     /// Creates (`true`) or replaces a bridge. `start` counts only at creation. A bridge of
     /// the configuration file is [`BridgeError::ConfigManaged`].
     pub async fn put(&self, name: &str, request: BridgeRequest) -> Result<(bool, BridgeBody), BridgeError> {
-        check_name(name)?;
+        self.put_in(name, request, TenantScope::All).await
+    }
+
+    /// [`Self::put`] of a bridge inside `tenant` (whose streams it sends or appends to);
+    /// `name` as the store keeps it (behind the tenant's prefix for a tenant's bridge).
+    pub async fn put_in(
+        &self,
+        name: &str,
+        request: BridgeRequest,
+        tenant: TenantScope,
+    ) -> Result<(bool, BridgeBody), BridgeError> {
+        check_stored_name(name)?;
         self.refuse_managed(name).await?;
-        self.write(name, request).await
+        self.write(name, request, tenant).await
     }
 
     /// Puts the bridges of this node's configuration file and marks them managed; a bridge
@@ -84,7 +95,7 @@ impl Bridges {
     pub async fn configure(&self, bridges: &[(String, BridgeRequest)]) -> Result<(), BridgeError> {
         for (name, request) in bridges {
             check_name(name)?;
-            self.write(name, request.clone()).await?;
+            self.write(name, request.clone(), TenantScope::All).await?;
         }
         let managed = bifrost_core::state::scan_all(self.store.as_ref(), MANAGED_SCOPE).await?;
         let mut changes: Vec<StateChange> = managed
@@ -113,8 +124,13 @@ impl Bridges {
         }
     }
 
-    async fn write(&self, name: &str, request: BridgeRequest) -> Result<(bool, BridgeBody), BridgeError> {
-        let spec = BridgeSpec::from_request(request)?;
+    async fn write(
+        &self,
+        name: &str,
+        request: BridgeRequest,
+        tenant: TenantScope,
+    ) -> Result<(bool, BridgeBody), BridgeError> {
+        let spec = BridgeSpec::from_request(request)?.in_tenant(tenant);
         let existing = self.read_spec(name).await?;
         let value = serde_json::to_vec(&spec).map(Bytes::from).map_err(|e| internal(&e))?;
         let mut write = vec![StateChange::Put { scope: SPEC_SCOPE.into(), key: name.into(), value }];
@@ -134,7 +150,7 @@ impl Bridges {
     }
 
     pub async fn get(&self, name: &str) -> Result<BridgeBody, BridgeError> {
-        check_name(name)?;
+        check_stored_name(name)?;
         let spec = self.read_spec(name).await?.ok_or_else(|| BridgeError::NotFound(name.to_owned()))?;
         self.body(name, spec).await
     }
@@ -149,7 +165,7 @@ impl Bridges {
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), BridgeError> {
-        check_name(name)?;
+        check_stored_name(name)?;
         if self.read_spec(name).await?.is_none() {
             return Err(BridgeError::NotFound(name.to_owned()));
         }
@@ -167,7 +183,7 @@ impl Bridges {
 
     /// An in-bridge's dead letters, oldest first (an out-bridge has none).
     pub async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>, BridgeError> {
-        check_name(name)?;
+        check_stored_name(name)?;
         if self.read_spec(name).await?.is_none() {
             return Err(BridgeError::NotFound(name.to_owned()));
         }
@@ -180,7 +196,7 @@ impl Bridges {
 
     /// Forgets one dead letter.
     pub async fn delete_dead_letter(&self, name: &str, id: &str) -> Result<(), BridgeError> {
-        check_name(name)?;
+        check_stored_name(name)?;
         if self.read_spec(name).await?.is_none() {
             return Err(BridgeError::NotFound(name.to_owned()));
         }

@@ -4,7 +4,7 @@ use bifrost_api::{
     BridgeConfigBody, BridgeContentModeBody, BridgeDirectionBody, BridgeKindBody, BridgeRequest,
     GroupFilterRequest, StartBody,
 };
-use bifrost_core::{Category, EventType, LogFilter, StreamName, TypePattern};
+use bifrost_core::{Category, EventType, LogFilter, StreamName, TenantScope, TypePattern};
 use serde::{Deserialize, Serialize};
 
 use crate::inbound::StreamTemplate;
@@ -24,16 +24,46 @@ pub struct InvalidBridge(pub String);
 
 /// A checked bridge: its settings with every default filled in and the URL as given (the
 /// API shows it with the password masked, [`to_body`](Self::to_body)).
+///
+/// `tenant`: whose streams an out-bridge sends (in their names and ids) and whose streams an
+/// in-bridge appends to: its creator's tenant; every tenant's, as stored, for bridges made
+/// while auth is off and those of the configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct BridgeSpec(BridgeConfigBody);
+pub struct BridgeSpec {
+    #[serde(flatten)]
+    config: BridgeConfigBody,
+    #[serde(default, skip_serializing_if = "is_all")]
+    pub tenant: TenantScope,
+}
+
+fn is_all(scope: &TenantScope) -> bool {
+    *scope == TenantScope::All
+}
 
 impl std::ops::Deref for BridgeSpec {
     type Target = BridgeConfigBody;
 
     fn deref(&self) -> &BridgeConfigBody {
-        &self.0
+        &self.config
     }
+}
+
+/// A bridge name as the store keeps it: a client's name ([`check_name`]), optionally behind
+/// a tenant prefix (`acme/orders-out`).
+pub fn check_stored_name(name: &str) -> Result<(), InvalidBridge> {
+    match name.split_once('/') {
+        Some((tenant, local)) => {
+            bifrost_core::name::validate_tenant(tenant)
+                .map_err(|why| InvalidBridge(format!("invalid bridge name {name:?}: {why}")))?;
+            check_name(local)
+        }
+        None => check_name(name),
+    }
+}
+
+/// The name as its tenant sees it.
+pub fn local_name(name: &str) -> &str {
+    name.split_once('/').map_or(name, |(_, local)| local)
 }
 
 /// A bridge name: 1–128 characters of `A–Z a–z 0–9 _ - . :`.
@@ -51,6 +81,16 @@ pub fn check_name(name: &str) -> Result<(), InvalidBridge> {
 }
 
 impl BridgeSpec {
+    fn new(config: BridgeConfigBody) -> Self {
+        Self { config, tenant: TenantScope::All }
+    }
+
+    /// Inside `tenant`.
+    pub fn in_tenant(mut self, tenant: TenantScope) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
     pub fn from_request(request: BridgeRequest) -> Result<Self, InvalidBridge> {
         let bad = |why: String| Err(InvalidBridge(why));
         let kind = request.kind;
@@ -102,7 +142,7 @@ impl BridgeSpec {
                 return bad(format!("{field} is for in-bridges"));
             }
         }
-        Ok(Self(BridgeConfigBody {
+        Ok(Self::new(BridgeConfigBody {
             direction: request.direction,
             kind,
             url: request.url,
@@ -171,7 +211,7 @@ impl BridgeSpec {
             (_, Some(_)) => return bad("type is for content_mode raw".into()),
             (_, None) => None,
         };
-        Ok(Self(BridgeConfigBody {
+        Ok(Self::new(BridgeConfigBody {
             direction: BridgeDirectionBody::In,
             kind: request.kind,
             url: request.url,
@@ -195,7 +235,10 @@ impl BridgeSpec {
 
     /// The events the bridge sends.
     pub fn log_filter(&self) -> Result<LogFilter, InvalidBridge> {
-        log_filter(&self.filter)
+        let mut filter = log_filter(&self.filter)?;
+        filter.category = filter.category.map(|c| Category::in_tenant(self.tenant.tenant(), &c));
+        filter.tenant = self.tenant.clone();
+        Ok(filter)
     }
 
     pub fn target(&self) -> Result<Target, InvalidBridge> {
@@ -204,7 +247,7 @@ impl BridgeSpec {
 
     /// As the API shows it: the URL's password as `***`.
     pub fn to_body(&self) -> BridgeConfigBody {
-        BridgeConfigBody { url: mask_password(&self.url), ..self.0.clone() }
+        BridgeConfigBody { url: mask_password(&self.url), ..self.config.clone() }
     }
 }
 

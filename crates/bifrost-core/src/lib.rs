@@ -14,11 +14,11 @@ pub mod json_out;
 pub mod lease;
 pub mod memory;
 pub mod name;
-pub mod tenant;
 pub mod pattern;
 pub mod state;
 pub mod store;
 pub mod subscription;
+pub mod tenant;
 pub mod timestamp;
 
 #[cfg(feature = "testkit")]
@@ -35,6 +35,6 @@ pub use store::{
     StreamAppend, StreamInfo, StreamListQuery, StreamListing, StreamSlice, StreamSummary, SubscribeFrom,
     Version,
 };
-pub use tenant::TenantScope;
 pub use subscription::EventStream;
+pub use tenant::TenantScope;
 pub use timestamp::Timestamp;

@@ -104,7 +104,9 @@ pub fn validate_tenant(tenant: &str) -> Result<(), String> {
     if tenant.is_empty() || tenant.len() > MAX_TENANT_LEN {
         return Err(format!("a tenant is 1-{MAX_TENANT_LEN} characters, got {}", tenant.len()));
     }
-    if let Some(c) = tenant.chars().find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')) {
+    if let Some(c) =
+        tenant.chars().find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'))
+    {
         return Err(format!("{c:?} is not allowed in a tenant; use a-z 0-9 _ -"));
     }
     Ok(())

@@ -88,12 +88,17 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
                 format!("invalid stream name in the path: {rejection}"),
             )
         })?;
-        let local = StreamName::new(&name)?;
-        // The caller's tenant's stream of that name: no handler can reach another tenant's.
         let principal = parts
             .extensions
             .get::<std::sync::Arc<crate::auth::Principal>>()
             .ok_or_else(|| ApiError::internal("this route was reached without its credential check"))?;
+        // `$` streams (the audit stream) exist once auth is on: the server's to write (the
+        // append handlers refuse them), `admin`'s to read (which `authorize` checked).
+        let local = match name.strip_prefix('$') {
+            Some(system) if principal.filters_reads() => StreamName::system(system)?,
+            _ => StreamName::new(&name)?,
+        };
+        // The caller's tenant's stream of that name: no handler can reach another tenant's.
         Ok(Self(principal.view().stream(&local)))
     }
 }

@@ -211,16 +211,19 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
     let node = HeaderValue::from_str(state.cluster.node_id())
         .unwrap_or_else(|_| HeaderValue::from_static("unnamed"));
     let guard = auth::Guard { auth: Arc::clone(&state.auth), limits: Arc::clone(&state.limits) };
+    let auditor = auth::audit::Auditor { store: Arc::clone(&state.store) };
     let mut app = api.with_state(state);
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
     // Innermost first: the body limit applies to extraction, panics become 500 problems,
-    // every request's credential is checked against its route before any handler runs,
-    // anything else that is not a problem yet becomes one, and the metrics see the final
-    // status under the matched route template.
+    // every admin write is audited before its answer leaves, every request's credential is
+    // checked against its route before any handler runs, anything else that is not a
+    // problem yet becomes one, and the metrics see the final status under the matched route
+    // template.
     app.layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(auditor, auth::audit::audit))
         .layer(axum::middleware::from_fn_with_state(guard, auth::authorize))
         .layer(axum::middleware::map_response(problems_only))
         .layer(axum::middleware::from_fn(metrics::track_requests))

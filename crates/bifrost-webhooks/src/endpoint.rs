@@ -1,6 +1,7 @@
 //! An endpoint: its settings as validated from the API's request, and its record in the
 //! state space (settings, secrets, disable state), shared by every node.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use bifrost_api::{
     WebhookFilterRequest, WebhookRequest,
 };
 use bifrost_core::group::{Backoff, BackoffKind, GroupConfig, GroupFilter, MAX_DELAY, StartFrom};
-use bifrost_core::{Category, RecordedEvent, Timestamp, TypePattern};
+use bifrost_core::tenant::mask_id;
+use bifrost_core::{Category, EventId, RecordedEvent, TenantScope, Timestamp, TypePattern};
 use serde::{Deserialize, Serialize};
 
 use crate::error::WebhookError;
@@ -204,7 +206,11 @@ impl Spec {
         let first = self.retry_schedule_ms.first().copied().unwrap_or(5_000).max(1);
         let last = self.retry_schedule_ms.iter().copied().max().unwrap_or(first).max(first);
         GroupConfig {
-            filter: GroupFilter { types: self.types.clone(), category: self.category.clone(), ..GroupFilter::default() },
+            filter: GroupFilter {
+                types: self.types.clone(),
+                category: self.category.clone(),
+                ..GroupFilter::default()
+            },
             start: self.start,
             ack_timeout: self.timeout() + LEASE_MARGIN,
             max_attempts: self.max_attempts(),
@@ -283,6 +289,10 @@ pub struct Endpoint {
     /// derived from the disable, so it is stored once.
     #[serde(default = "announced_by_default")]
     pub announced: bool,
+    /// Whose streams it delivers, and in whose names and ids: its creator's tenant (every
+    /// tenant's, as stored, for endpoints made while auth is off).
+    #[serde(default)]
+    pub tenant: TenantScope,
 }
 
 fn announced_by_default() -> bool {
@@ -290,6 +300,33 @@ fn announced_by_default() -> bool {
 }
 
 impl Endpoint {
+    /// Its delivery group's settings: the spec's, inside the endpoint's tenant.
+    pub fn group_config(&self) -> GroupConfig {
+        let mut config = self.spec.group_config();
+        config.filter.tenant = self.tenant.clone();
+        config
+    }
+
+    /// An event id as the endpoint's tenant names it → as stored, and back.
+    pub fn tenant_id(&self, id: EventId) -> EventId {
+        self.tenant.tenant().map_or(id, |tenant| mask_id(tenant, id))
+    }
+
+    /// A stored event as the endpoint's tenant sees it (its names and ids).
+    pub fn localize<'e>(&self, event: &'e RecordedEvent) -> Cow<'e, RecordedEvent> {
+        if self.tenant.tenant().is_none() {
+            return Cow::Borrowed(event);
+        }
+        let mut local = event.clone();
+        self.tenant.localize(&mut local);
+        Cow::Owned(local)
+    }
+
+    /// Whether a stored event is one of the endpoint's messages by its filter.
+    pub fn matches_event(&self, event: &RecordedEvent) -> bool {
+        self.tenant.admits(&event.stream) && self.spec.matches_event(&self.localize(event))
+    }
+
     /// Whether the endpoint delivers.
     pub fn active(&self) -> bool {
         self.spec.enabled && self.disabled_reason.is_none()

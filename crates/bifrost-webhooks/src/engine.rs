@@ -343,7 +343,8 @@ async fn handle_lease(
     if !endpoint.active() {
         return (Decision::Release, Vec::new());
     }
-    let event = &lease.event;
+    let local = endpoint.localize(&lease.event);
+    let event: &RecordedEvent = &local;
     let src = Source::from_event(event);
     let transform = endpoint.spec.transform.as_ref();
     match render::routing_key(&src, transform) {
@@ -933,7 +934,8 @@ async fn run_resend(
         inner.store.write_state(vec![StateChange::delete(RESENDS, key)]).await?;
         return Ok(());
     };
-    let src = Source::from_event(&event);
+    let local = endpoint.localize(&event);
+    let src = Source::from_event(&local);
     let rendered = match inner
         .message_record(endpoint_id, event.position)
         .await?
@@ -947,14 +949,14 @@ async fn run_resend(
     let (body, content_type) = match rendered {
         Ok(found) => found,
         Err(e) => {
-            fail_unrenderable(inner, &endpoint, &EndpointMetrics::new(endpoint_id), &event, e.to_string())
+            fail_unrenderable(inner, &endpoint, &EndpointMetrics::new(endpoint_id), &local, e.to_string())
                 .await;
             inner.store.write_state(vec![StateChange::delete(RESENDS, key)]).await?;
             return Ok(());
         }
     };
     let attempt =
-        Attempt { event: &event, attempt: entry.attempts, trigger: entry.trigger, body, content_type };
+        Attempt { event: &local, attempt: entry.attempts, trigger: entry.trigger, body, content_type };
     let metrics = EndpointMetrics::new(endpoint_id);
     let (after, records) = make_attempt(inner, &endpoint, client, &metrics, &attempt).await;
     if let Err(e) = inner.store.write_state_unflushed(records).await {

@@ -31,7 +31,7 @@ use bifrost_api::{
     RotateSecretRequest, TestRequest, WebhookBody, WebhookMessageBody, WebhookMessagesBody, WebhookRequest,
 };
 use bifrost_core::group::{GroupEngine, GroupKind, GroupName, StartFrom};
-use bifrost_core::{DurableStore, Error, EventId, RecordedEvent, StateChange, Timestamp};
+use bifrost_core::{DurableStore, Error, EventId, RecordedEvent, StateChange, TenantScope, Timestamp};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
@@ -125,7 +125,8 @@ impl Webhooks {
     }
 
     /// Creates an endpoint; the answer carries its secret, shown this once.
-    pub async fn create(&self, req: WebhookRequest) -> Result<(WebhookBody, String)> {
+    /// `tenant`: whose streams it delivers (the creator's).
+    pub async fn create(&self, req: WebhookRequest, tenant: TenantScope) -> Result<(WebhookBody, String)> {
         let inner = &self.inner;
         let secret = req.secret.clone();
         let spec = Spec::from_request(req, &inner.policy)?;
@@ -137,6 +138,7 @@ impl Webhooks {
         let name = group_name(&id)?;
         let head = *inner.store.head().borrow();
         let mut config = spec.group_config();
+        config.filter.tenant = tenant.clone();
         let start_position = config.start_position(head)?;
         config.start = StartFrom::Position(start_position);
         let now = Timestamp::now();
@@ -152,6 +154,7 @@ impl Webhooks {
             last_status: None,
             last_error: None,
             announced: true,
+            tenant,
         };
         inner.groups.put(&name, config).await?;
         let written = inner
@@ -169,23 +172,34 @@ impl Webhooks {
         Ok((endpoint.to_body(0), secret))
     }
 
-    /// Endpoints in creation order after `after`, and the cursor of the next page.
+    /// Endpoints in creation order after `after` that `visible` lets through (by their
+    /// tenant), and the cursor of the next page (a page may be short).
     pub async fn list(
         &self,
         after: Option<&str>,
         limit: Option<usize>,
+        visible: impl Fn(&TenantScope) -> bool,
     ) -> Result<(Vec<WebhookBody>, Option<String>)> {
         let limit = page(limit);
         let entries = self.inner.store.scan_state(ENDPOINTS, after, limit + 1).await?;
         let more = entries.len() > limit;
         let mut bodies = Vec::new();
+        let mut last = None;
         for entry in entries.into_iter().take(limit) {
             let endpoint: Endpoint = decode("endpoint", &entry.value)?;
-            let backlog = self.inner.backlog(&endpoint.id).await;
-            bodies.push(endpoint.to_body(backlog));
+            last = Some(entry.key);
+            if visible(&endpoint.tenant) {
+                let backlog = self.inner.backlog(&endpoint.id).await;
+                bodies.push(endpoint.to_body(backlog));
+            }
         }
-        let next = if more { bodies.last().map(|b| b.id.clone()) } else { None };
+        let next = if more { last } else { None };
         Ok((bodies, next))
+    }
+
+    /// Whose the endpoint is.
+    pub async fn tenant(&self, id: &str) -> Result<TenantScope> {
+        Ok(self.inner.endpoint(id).await?.0.tenant)
     }
 
     pub async fn get(&self, id: &str) -> Result<WebhookBody> {
@@ -320,7 +334,8 @@ impl Webhooks {
         if let Some(record) = self.inner.message_record(id, event.position).await? {
             return Ok(record.to_body());
         }
-        let src = Source::from_event(&event);
+        let local = endpoint.localize(&event);
+        let src = Source::from_event(&local);
         let (payload, last_error) =
             match render::render(&src, endpoint.spec.content_mode, endpoint.spec.transform.as_ref()) {
                 Ok(rendered) => {
@@ -329,7 +344,7 @@ impl Webhooks {
                 Err(e) => (None, Some(e.to_string())),
             };
         Ok(WebhookMessageBody {
-            event_id: event.id.to_string(),
+            event_id: local.id.to_string(),
             position: event.position,
             status: bifrost_api::MessageStatusBody::Pending,
             attempts: 0,
@@ -432,7 +447,8 @@ impl Webhooks {
                 let record: MessageRecord = decode("message", &entry.value)?;
                 let in_window = record.failed_at.is_some_and(|t| t >= since && t < until);
                 if record.status == MessageStatus::Failed && in_window {
-                    failed.push((record.event_id, record.position));
+                    // Records hold the ids the endpoint's tenant sees; resends, the stored.
+                    failed.push((endpoint.tenant_id(record.event_id), record.position));
                 }
             }
         }
@@ -524,7 +540,7 @@ impl Inner {
     /// written).
     async fn sync_group(&self, endpoint: &Endpoint) -> Result<()> {
         let name = group_name(&endpoint.id)?;
-        let mut wanted = endpoint.spec.group_config();
+        let mut wanted = endpoint.group_config();
         wanted.start = StartFrom::Position(endpoint.start_position);
         if self.groups.status(&name).await?.config != wanted {
             self.groups.put(&name, wanted).await?;
@@ -549,11 +565,12 @@ impl Inner {
             ))
         };
         let id: EventId = event_id.parse().map_err(|_| not_found())?;
-        let event = self.store.event(id).await?.ok_or_else(not_found)?;
-        if event.position <= endpoint.start_position || !endpoint.spec.matches_event(&event) {
+        let event = self.store.event(endpoint.tenant_id(id)).await?.ok_or_else(not_found)?;
+        if event.position <= endpoint.start_position || !endpoint.matches_event(&event) {
             return Err(not_found());
         }
-        let src = Source::from_event(&event);
+        let local = endpoint.localize(&event);
+        let src = Source::from_event(&local);
         let key = render::routing_key(&src, endpoint.spec.transform.as_ref());
         if key.is_ok_and(|key| !endpoint.spec.matches_routing_key(&key)) {
             return Err(not_found());

@@ -88,6 +88,7 @@ impl Trigger {
 /// A message that has been attempted (or failed before any attempt).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct MessageRecord {
+    /// As the endpoint's tenant sees it (see `Endpoint::tenant_id`).
     pub event_id: EventId,
     pub position: u64,
     pub status: MessageStatus,
@@ -124,6 +125,7 @@ impl MessageRecord {
 pub(crate) struct AttemptRecord {
     pub id: String,
     pub at: Timestamp,
+    /// As the endpoint's tenant sees it.
     pub event_id: EventId,
     pub attempt: u32,
     pub trigger: Trigger,

@@ -70,7 +70,7 @@ impl Backend {
     }
 
     fn api(&self, server: &Server) -> Api {
-        Api { addr: server.addr.clone() }
+        Api { addr: server.addr.clone(), key: None }
     }
 }
 
@@ -126,6 +126,7 @@ on_each_store! {
         private_and_loopback_targets_are_refused_without_the_allow_list,
         rate_limit_spaces_attempts_without_failing_them,
         webhook_metrics_are_exported,
+        tenant_endpoints_deliver_only_their_tenants_events_in_their_names,
     ],
     postgres_only: [
         several_nodes_deliver_each_message_once_and_lose_nothing_when_one_is_killed,
@@ -138,6 +139,8 @@ on_each_store! {
 /// The API of one node, by its address.
 struct Api {
     addr: String,
+    /// `Authorization: Bearer` of every call, when the server has auth on.
+    key: Option<String>,
 }
 
 #[derive(Debug)]
@@ -174,9 +177,15 @@ impl Answer {
 
 impl Api {
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
-        let headers: &[(&str, &str)] =
-            if body.is_some() { &[("content-type", "application/json")] } else { &[] };
-        let answer = receiver::send(&self.addr, method, path, headers, body.unwrap_or("").as_bytes())
+        let bearer = self.key.as_ref().map(|key| format!("Bearer {key}"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        if let Some(bearer) = &bearer {
+            headers.push(("authorization", bearer));
+        }
+        let answer = receiver::send(&self.addr, method, path, &headers, body.unwrap_or("").as_bytes())
             .unwrap_or_else(|e| panic!("{method} http://{}{path}: {e}", self.addr));
         let text = answer.text();
         Answer {
@@ -1829,4 +1838,84 @@ fn several_nodes_deliver_each_message_once_and_lose_nothing_when_one_is_killed(b
     let tested =
         survivor.post(&format!("/v1/webhooks/{ep}/test"), &json!({})).expect(200, "test on the survivor");
     assert_eq!(tested["attempt"]["response_status"], 200, "{tested}");
+}
+
+/// A tenant's endpoint delivers its tenant's events only, with the names and ids the tenant
+/// appended them with; another tenant's endpoint is 404 and missing from its list.
+fn tenant_endpoints_deliver_only_their_tenants_events_in_their_names(b: &Backend) {
+    const ADMIN: &str = "the-admin-key-of-the-webhook-tenancy-test-0123";
+    let mut args = ALLOW_LOOPBACK.to_vec();
+    args.extend(["--admin-key", ADMIN]);
+    let server = b.server_with(&args);
+    let admin = Api { addr: server.addr.clone(), key: Some(ADMIN.to_owned()) };
+    let tenant = |name: &str| {
+        let body = json!({"name": name, "scopes": ["admin"], "tenant": name});
+        let key = admin.post("/v1/keys", &body).expect(201, "a tenant's admin key");
+        Api { addr: server.addr.clone(), key: Some(key["secret"].as_str().unwrap().to_owned()) }
+    };
+    let (acme, globex) = (tenant("acme"), tenant("globex"));
+    let receiver = Receiver::start();
+    let (acme_ep, _) =
+        create(&acme, &endpoint(&receiver.url("/acme"), json!({"filter": {"category": "order"}})));
+    let (globex_ep, _) = create(&globex, &endpoint(&receiver.url("/globex"), json!({})));
+    let (default_ep, _) = create(&admin, &endpoint(&receiver.url("/default"), json!({})));
+
+    // One id, three tenants: three events.
+    let id = new_id();
+    for api in [&acme, &globex, &admin] {
+        append(api, "order-1", &[(&id, "order.placed", json!({}))]);
+    }
+    let (acme_payment, _) = append_one(&acme, "payment-1", "payment.taken", json!({}));
+    // A last event of each tenant, after the others: once each endpoint has it, whatever
+    // else it was going to get has come too.
+    let markers: Vec<String> = [&acme, &globex, &admin]
+        .iter()
+        .map(|api| append_one(api, "order-2", "order.done", json!({})).0)
+        .collect();
+    let requests =
+        receiver.wait_until("every marker", DEADLINE, |rs| markers.iter().all(|m| has_event(rs, m)));
+    for (path, ep) in [("/acme", &acme_ep), ("/globex", &globex_ep), ("/default", &default_ep)] {
+        let mine: Vec<&Request> = requests
+            .iter()
+            .filter(|r| r.path == path && !markers.iter().any(|m| r.webhook_id().starts_with(m.as_str())))
+            .collect();
+        assert_eq!(mine.len(), 1, "{path}: {:?}", mine.iter().map(|r| r.body_text()).collect::<Vec<_>>());
+        let event = mine[0].json();
+        assert_eq!(
+            (event["id"].as_str(), event["stream"].as_str()),
+            (Some(id.as_str()), Some("order-1")),
+            "{path}: {event}"
+        );
+        assert_eq!(mine[0].webhook_id(), format!("{id}:{ep}"));
+        assert!(!mine[0].body_text().contains("acme/"), "{}", mine[0].body_text());
+    }
+    assert!(!has_event(&requests, &acme_payment), "the category filter is the tenant's");
+
+    // The message is found by the tenant's id; another tenant's endpoint does not exist.
+    let settled = wait_settled(&acme, &acme_ep, &id);
+    assert_eq!(settled["event_id"], id.as_str());
+    globex.get(&format!("/v1/webhooks/{acme_ep}")).expect_problem(
+        404,
+        "bifrost:webhook-not-found",
+        "another tenant's",
+    );
+    admin.get(&format!("/v1/webhooks/{acme_ep}")).expect_problem(
+        404,
+        "bifrost:webhook-not-found",
+        "a tenant's",
+    );
+    globex.delete(&format!("/v1/webhooks/{acme_ep}")).expect_problem(
+        404,
+        "bifrost:webhook-not-found",
+        "delete",
+    );
+    globex.get(&format!("/v1/webhooks/{acme_ep}/messages/{id}")).expect_problem(
+        404,
+        "bifrost:webhook-not-found",
+        "another tenant's messages",
+    );
+    let listed = endpoint_list(&globex);
+    assert_eq!(listed.iter().map(|e| id_of(&e["id"])).collect::<Vec<_>>(), [globex_ep.as_str()]);
+    let listed = endpoint_list(&admin);
+    assert_eq!(listed.iter().map(|e| id_of(&e["id"])).collect::<Vec<_>>(), [default_ep.as_str()]);
 }

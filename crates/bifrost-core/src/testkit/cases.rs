@@ -432,7 +432,10 @@ pub async fn tenant_and_system_names_keep_their_own_categories(store: Store) {
     let audit = StreamName::in_tenant(Some("acme"), &StreamName::system("bifrost-audit").unwrap());
     store.append(local.clone(), ExpectedVersion::NoStream, vec![event("order.placed", "{}")]).await.unwrap();
     store.append(tenant.clone(), ExpectedVersion::NoStream, vec![event("order.placed", "{}")]).await.unwrap();
-    store.append(audit.clone(), ExpectedVersion::NoStream, vec![event("bifrost.audit.key.created", "{}")]).await.unwrap();
+    store
+        .append(audit.clone(), ExpectedVersion::NoStream, vec![event("bifrost.audit.key.created", "{}")])
+        .await
+        .unwrap();
     // Same local name, two streams with their own versions.
     let read = store.read_stream(&tenant, 1, Direction::Forward, 10).await.unwrap().events;
     assert_eq!((read.len(), read[0].version, read[0].stream.as_str()), (1, 1, "acme/order-1"));
@@ -451,7 +454,11 @@ pub async fn tenant_and_system_names_keep_their_own_categories(store: Store) {
     let system = Category::in_tenant(Some("acme"), &Category::new("$bifrost").unwrap());
     assert_eq!(streams_of(system).await, ["acme/$bifrost-audit"]);
     let listed = store
-        .list_streams(&StreamListQuery { prefix: Some("acme/".into()), limit: 100, ..StreamListQuery::default() })
+        .list_streams(&StreamListQuery {
+            prefix: Some("acme/".into()),
+            limit: 100,
+            ..StreamListQuery::default()
+        })
         .await
         .unwrap();
     let names: Vec<String> = listed.streams.iter().map(|s| s.stream.to_string()).collect();

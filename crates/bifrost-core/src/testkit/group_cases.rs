@@ -20,7 +20,9 @@ use crate::group::{
     Backoff, Fetch, GroupConfig, GroupEngine, GroupFilter, GroupName, Lease, LeaseToken, NackAction, Put,
     ReplaySelection, StartFrom, Verdict,
 };
+use crate::name::StreamName;
 use crate::store::{DeleteMode, EventStore, ExpectedVersion};
+use crate::tenant::TenantScope;
 
 /// A fresh store with a group engine on it, for one case.
 #[async_trait]
@@ -436,6 +438,50 @@ pub async fn filters_and_start_points_choose_the_events(f: Fixture) {
     let tail = status(&f, "tail").await;
     assert_eq!((tail.config.max_attempts, tail.config.start), (9, StartFrom::End));
     drop(engine);
+    f.finish().await;
+}
+
+/// A group inside a tenant gets that tenant's events only, its category is the tenant's,
+/// and `$` streams reach only a group whose category names them.
+pub async fn tenant_groups_see_their_tenant_and_dollar_streams_only_by_category(f: Fixture) {
+    let put = |s: &str| {
+        let store = f.store();
+        let name = match s.split_once('/') {
+            Some((tenant, local)) => StreamName::in_tenant(Some(tenant), &StreamName::stored(local).unwrap()),
+            None => StreamName::stored(s).unwrap(),
+        };
+        async move { store.append(name, ExpectedVersion::Any, vec![event("order.placed", "{}")]).await.unwrap() }
+    };
+    for s in
+        ["order-1", "acme/order-1", "globex/order-1", "acme/$bifrost-audit", "$bifrost-audit", "acme/user-1"]
+    {
+        put(s).await;
+    }
+    let only = |tenant: Option<&str>| TenantScope::Only(tenant.map(str::to_owned));
+    let groups = [
+        ("all", GroupFilter::default()),
+        ("default", GroupFilter::default().in_tenant(only(None))),
+        ("acme", GroupFilter::default().in_tenant(only(Some("acme")))),
+        ("acme-orders", GroupFilter::default().with_category("order").in_tenant(only(Some("acme")))),
+        ("acme-audit", GroupFilter::default().with_category("$bifrost").in_tenant(only(Some("acme")))),
+    ];
+    for (group, filter) in &groups {
+        create(&f, group, GroupConfig { filter: filter.clone(), ..quick(5) }).await;
+    }
+    let streams = async |group: &str| -> Vec<String> {
+        let mut out: Vec<String> = drain(&f, group, Duration::from_millis(300))
+            .await
+            .into_iter()
+            .map(|l| l.event.stream.to_string())
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(streams("all").await, ["acme/order-1", "acme/user-1", "globex/order-1", "order-1"]);
+    assert_eq!(streams("default").await, ["order-1"]);
+    assert_eq!(streams("acme").await, ["acme/order-1", "acme/user-1"]);
+    assert_eq!(streams("acme-orders").await, ["acme/order-1"]);
+    assert_eq!(streams("acme-audit").await, ["acme/$bifrost-audit"]);
     f.finish().await;
 }
 

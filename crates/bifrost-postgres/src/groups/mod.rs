@@ -28,7 +28,7 @@ use bifrost_core::group::{
     DeadLetter, DeadLetterEntry, Fetch, GroupConfig, GroupEngine, GroupFilter, GroupKind, GroupName,
     GroupStatus, Lease, LeaseToken, NACKED, NackAction, Put, ReplaySelection, Settled, Verdict, random,
 };
-use bifrost_core::{Error, EventId, NameCache, Position, Result, Timestamp};
+use bifrost_core::{Error, EventId, NameCache, Position, Result, TenantScope, Timestamp};
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -71,11 +71,34 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// A filter as the statements take it: the category (or NULL) and the type patterns as
-/// regular expressions (none: every type).
+/// A filter as the statements take it: a regular expression over the category, and the
+/// type patterns as regular expressions (none: every type).
+///
+/// The category expression carries the name rules of [`LogFilter::admits`] as well: a
+/// category is `tenant/` + the name's own (`acme/order`), so the tenant and a `$` stream are
+/// both read off it. Given a category, it is matched exactly (it already names its tenant,
+/// and only a `$` category matches `$` streams).
 fn filter_params(filter: &GroupFilter) -> Result<(Option<String>, Vec<String>)> {
     let log = filter.to_log_filter()?;
-    Ok((log.category.map(|c| c.as_str().to_owned()), log.types.iter().map(|t| t.to_dotted_regex()).collect()))
+    let category = match (&log.category, &log.tenant) {
+        (Some(category), _) => format!("^{}$", regex_escape(category.as_str())),
+        (None, TenantScope::All) => r"^(?![a-z0-9_-]*/?\$)".to_owned(),
+        (None, TenantScope::Only(None)) => r"^(?!\$)[^/]*$".to_owned(),
+        (None, TenantScope::Only(Some(tenant))) => format!(r"^{}/(?!\$)", regex_escape(tenant)),
+    };
+    Ok((Some(category), log.types.iter().map(|t| t.to_dotted_regex()).collect()))
+}
+
+/// `text` matched literally in a PostgreSQL regular expression.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if !c.is_ascii_alphanumeric() && !matches!(c, '_' | '-' | '/' | ':' | '@') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn decode_config(name: &str, bytes: &[u8]) -> Result<GroupConfig> {

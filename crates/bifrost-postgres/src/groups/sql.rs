@@ -2,7 +2,7 @@
 //!
 //! Time is the database's (`statement_timestamp()`, in microseconds), never a node's: every
 //! node agrees on when a lease expires or a retry is due. A filter is two parameters: the
-//! category (or NULL) and the type patterns as regular expressions over `'.' || type` (an
+//! category rule (a regular expression) and the type patterns as regular expressions over `'.' || type` (an
 //! empty array: every type), as the log's reads use them.
 
 use crate::schema::{EVENT_COLUMNS, Sql};
@@ -57,10 +57,12 @@ pub(crate) struct GroupSql {
     pub(crate) requeue: String,
 }
 
-/// `e` matches the filter given by the parameters `$c` (category) and `$t` (type regexes).
+/// `e` matches the filter given by the parameters `$c` (a regular expression over the
+/// category: the category asked for, or the tenant and `$` rules; see `filter_params`) and
+/// `$t` (type regexes).
 fn matches(c: u8, t: u8) -> String {
     format!(
-        "(${c}::text IS NULL OR e.category = ${c}) AND (cardinality(${t}::text[]) = 0 OR ('.' || e.type) ~ ANY(${t}))"
+        "(${c}::text IS NULL OR e.category ~ ${c}) AND (cardinality(${t}::text[]) = 0 OR ('.' || e.type) ~ ANY(${t}))"
     )
 }
 

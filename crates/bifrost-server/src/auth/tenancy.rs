@@ -57,6 +57,22 @@ impl TenantView<'_> {
         self.open || stream.tenant() == self.tenant
     }
 
+    /// Whether the caller is a tenant's (names carry its prefix, ids its mask).
+    pub(crate) fn is_tenant(&self) -> bool {
+        self.tenant.is_some()
+    }
+
+    /// Whether a resource of `tenant` (`None`: the default tenant) is this caller's.
+    pub(crate) fn owns_tenant(&self, tenant: Option<&str>) -> bool {
+        self.open || tenant == self.tenant
+    }
+
+    /// Whether a resource of tenant scope `scope` (a webhook, a bridge) is this tenant's;
+    /// those made while auth was off belong to the default tenant.
+    pub(crate) fn owns_scope(&self, scope: &TenantScope) -> bool {
+        self.open || scope.tenant() == self.tenant
+    }
+
     /// The scope of this caller's reads of the global log and of what it subscribes.
     pub(crate) fn scope(&self) -> TenantScope {
         if self.open { TenantScope::All } else { TenantScope::Only(self.tenant.map(str::to_owned)) }
@@ -159,9 +175,9 @@ impl TenantView<'_> {
                 }
                 CoreError::WrongExpectedVersion(conflicts)
             }
-            CoreError::GroupNotFound(name) => {
-                CoreError::GroupNotFound(name.split_once('/').map_or(name.clone(), |(_, local)| local.to_owned()))
-            }
+            CoreError::GroupNotFound(name) => CoreError::GroupNotFound(
+                name.split_once('/').map_or(name.clone(), |(_, local)| local.to_owned()),
+            ),
             other => other,
         }
     }

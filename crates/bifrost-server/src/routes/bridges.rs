@@ -5,10 +5,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bifrost_api::{BridgeBody, BridgeListBody, BridgeRequest, Problem};
-use bifrost_bridges::{BridgeError, DeadLetter};
+use bifrost_bridges::{BridgeError, DeadLetter, check_name, local_name};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
+use crate::auth::Caller;
+use crate::auth::tenancy::TenantView;
 use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::extract::{JsonBytes, PathParams};
 use crate::wire::parse_body;
@@ -54,12 +56,42 @@ impl From<BridgeError> for ApiError {
 )]
 pub(crate) async fn put(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     body: JsonBytes,
 ) -> ApiResult<(StatusCode, Json<BridgeBody>)> {
+    let view = caller.view();
     let request: BridgeRequest = parse_body(&body.0)?;
-    let (created, bridge) = state.bridges.put(path.get("name")?, request).await?;
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(bridge)))
+    let name = bridge_name(view, &path)?;
+    let (created, bridge) =
+        state.bridges.put_in(&name, request, view.scope()).await.map_err(|e| local_error(view, e))?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(local_body(view, bridge))))
+}
+
+/// The `{name}` of the path as the store keeps it: in the caller's tenant.
+fn bridge_name(view: TenantView<'_>, path: &PathParams) -> ApiResult<String> {
+    let local = path.get("name")?;
+    check_name(local).map_err(BridgeError::from)?;
+    Ok(view.prefix(Some(local)).unwrap_or_default())
+}
+
+fn local_body(view: TenantView<'_>, mut body: BridgeBody) -> BridgeBody {
+    if view.is_tenant() {
+        body.name = local_name(&body.name).to_owned();
+    }
+    body
+}
+
+fn local_error(view: TenantView<'_>, error: BridgeError) -> BridgeError {
+    match error {
+        BridgeError::NotFound(name) if view.is_tenant() => {
+            BridgeError::NotFound(local_name(&name).to_owned())
+        }
+        BridgeError::ConfigManaged(name) if view.is_tenant() => {
+            BridgeError::ConfigManaged(local_name(&name).to_owned())
+        }
+        other => other,
+    }
 }
 
 /// A bridge: its settings (the URL's password as `***`), whether it runs and where, its
@@ -74,8 +106,14 @@ pub(crate) async fn put(
         (status = 404, description = "`bifrost:bridge-not-found`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn get(State(state): State<AppState>, path: PathParams) -> ApiResult<Json<BridgeBody>> {
-    Ok(Json(state.bridges.get(path.get("name")?).await?))
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<Json<BridgeBody>> {
+    let view = caller.view();
+    let bridge = state.bridges.get(&bridge_name(view, &path)?).await.map_err(|e| local_error(view, e))?;
+    Ok(Json(local_body(view, bridge)))
 }
 
 /// Deletes a bridge; it stops on every node.
@@ -90,8 +128,13 @@ pub(crate) async fn get(State(state): State<AppState>, path: PathParams) -> ApiR
         (status = 409, description = "Set in the configuration file (`bifrost:bridge-config-managed`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn delete(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
-    state.bridges.delete(path.get("name")?).await?;
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    let view = caller.view();
+    state.bridges.delete(&bridge_name(view, &path)?).await.map_err(|e| local_error(view, e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -102,8 +145,18 @@ pub(crate) async fn delete(State(state): State<AppState>, path: PathParams) -> A
     tag = "bridges",
     responses((status = 200, description = "The bridges", body = BridgeListBody))
 )]
-pub(crate) async fn list(State(state): State<AppState>) -> ApiResult<Json<BridgeListBody>> {
-    Ok(Json(BridgeListBody { bridges: state.bridges.list().await? }))
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<BridgeListBody>> {
+    let view = caller.view();
+    let bridges = state.bridges.list().await?;
+    let bridges = bridges
+        .into_iter()
+        .filter(|bridge| view.owns_tenant(bridge.name.split_once('/').map(|(tenant, _)| tenant)))
+        .map(|bridge| local_body(view, bridge))
+        .collect();
+    Ok(Json(BridgeListBody { bridges }))
 }
 
 /// An in-bridge's message that is not an event, acked and kept.
@@ -145,9 +198,12 @@ impl From<DeadLetter> for BridgeDeadLetterBody {
 )]
 pub(crate) async fn dead_letters(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
 ) -> ApiResult<Json<BridgeDeadLetterListBody>> {
-    let letters = state.bridges.dead_letters(path.get("name")?).await?;
+    let view = caller.view();
+    let letters =
+        state.bridges.dead_letters(&bridge_name(view, &path)?).await.map_err(|e| local_error(view, e))?;
     Ok(Json(BridgeDeadLetterListBody { dead_letters: letters.into_iter().map(Into::into).collect() }))
 }
 
@@ -167,8 +223,16 @@ pub(crate) async fn dead_letters(
 )]
 pub(crate) async fn delete_dead_letter(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
 ) -> ApiResult<StatusCode> {
-    state.bridges.delete_dead_letter(path.get("name")?, path.get("id")?).await?;
+    let view = caller.view();
+    let name = bridge_name(view, &path)?;
+    state.bridges.delete_dead_letter(&name, path.get("id")?).await.map_err(|e| match e {
+        BridgeError::DeadLetterNotFound { bridge, id } if view.is_tenant() => {
+            BridgeError::DeadLetterNotFound { bridge: local_name(&bridge).to_owned(), id }
+        }
+        other => local_error(view, other),
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -247,7 +247,8 @@ pub(crate) async fn nack(
     wire::check_leases(&request.leases)?;
     let action = wire::nack_action(&request)?;
     let reason = wire::nack_reason(&request)?;
-    let (nacked, expired) = settle(&state, view, &name, &request.leases, Verdict::Nack(action, reason)).await?;
+    let (nacked, expired) =
+        settle(&state, view, &name, &request.leases, Verdict::Nack(action, reason)).await?;
     Ok(Json(wire::nack_body(nacked, expired)))
 }
 
@@ -262,7 +263,8 @@ async fn settle(
 ) -> ApiResult<(usize, Vec<String>)> {
     let parsed: Vec<Option<LeaseToken>> = tokens.iter().map(|t| t.parse().ok()).collect();
     let leases: Vec<LeaseToken> = parsed.iter().flatten().copied().collect();
-    let settled = state.groups.settle(name, &leases, verdict, false).await.map_err(|e| view.localize_error(e))?;
+    let settled =
+        state.groups.settle(name, &leases, verdict, false).await.map_err(|e| view.localize_error(e))?;
     let expired: std::collections::HashSet<LeaseToken> = settled.expired.into_iter().collect();
     let not_held = tokens
         .iter()
@@ -299,7 +301,8 @@ pub(crate) async fn dead_letters(
     let name = view.group(&path.group()?);
     let limit = query.limit()?;
     let after = query.u64("after")?;
-    let mut entries = state.groups.dead_letters(&name, after, limit).await.map_err(|e| view.localize_error(e))?;
+    let mut entries =
+        state.groups.dead_letters(&name, after, limit).await.map_err(|e| view.localize_error(e))?;
     view.localize_dead_letters(&mut entries);
     let next = if entries.len() == limit { entries.last().map(|e| e.dead_letter.position) } else { None };
     Ok(json_bytes(wire::dead_letters_json(&entries, next)))

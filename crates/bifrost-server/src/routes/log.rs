@@ -80,7 +80,8 @@ pub(crate) async fn event_by_id(
     let id = path.uuid("id")?;
     let view = caller.view();
     let not_found = || {
-        ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}")).with("id", id.to_string().into())
+        ApiError::new(ProblemType::EventNotFound, format!("no event has id {id}"))
+            .with("id", id.to_string().into())
     };
     let mut event = state.store.event(view.id(id)).await?.ok_or_else(not_found)?;
     // Another tenant's event does not exist for this caller.

@@ -8,11 +8,11 @@ use bifrost_api::{
     AppendRequest, AppendResultBody, MultiAppendRequest, MultiAppendResultBody, Problem, StreamEventsBody,
     StreamInfoBody, StreamListBody,
 };
-use bifrost_core::{DeleteMode, Direction, StreamAppend, StreamListQuery, StreamName};
+use bifrost_core::{Category, DeleteMode, Direction, StreamAppend, StreamListQuery, StreamName};
 
 use crate::AppState;
 use crate::auth::{Caller, ClientIp, forbidden};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::extract::{JsonBytes, QueryParams, StreamPath};
 use crate::metrics;
 use crate::routes::json_bytes;
@@ -42,6 +42,12 @@ pub(crate) async fn append(
     StreamPath(stream): StreamPath,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<(StatusCode, Json<AppendResultBody>)> {
+    if stream.is_system() {
+        return Err(ApiError::new(
+            ProblemType::InvalidStreamName,
+            format!("{} is written by the server only", stream.local()),
+        ));
+    }
     let request: AppendRequest<'_> = wire::parse_body(&body)?;
     let count = request.events.len();
     check_event_count(&state, count)?;
@@ -122,8 +128,9 @@ pub(crate) async fn append_many(
         .collect();
     state.schemas.check(caller.tenant.as_deref(), &checked).await?;
     drop(checked);
-    let results =
-        metrics::timed_append(count, state.store.append_many(appends)).await.map_err(|e| view.localize_error(e))?;
+    let results = metrics::timed_append(count, state.store.append_many(appends))
+        .await
+        .map_err(|e| view.localize_error(e))?;
     let results = results
         .into_iter()
         .map(|mut result| {
@@ -235,6 +242,9 @@ pub(crate) async fn delete(
     StreamPath(stream): StreamPath,
     query: QueryParams,
 ) -> ApiResult<StatusCode> {
+    if stream.local() == format!("${}", crate::auth::audit::AUDIT_STREAM) {
+        return Err(ApiError::invalid_argument("the audit stream cannot be deleted"));
+    }
     let mode = if query.bool("hard")?.unwrap_or(false) { DeleteMode::Hard } else { DeleteMode::Soft };
     state.store.delete_stream(&stream, mode).await.map_err(|e| caller.view().localize_error(e))?;
     Ok(StatusCode::NO_CONTENT)
@@ -263,17 +273,22 @@ pub(crate) async fn list(
 ) -> ApiResult<Json<StreamListBody>> {
     let view = caller.view();
     let after = query.one("after")?;
+    let prefix = query.one("prefix")?;
+    let category = query.category()?;
+    // `$` streams are listed when asked for (their category, or a prefix naming them).
+    let system =
+        category.as_ref().is_some_and(Category::is_system) || prefix.is_some_and(|p| p.starts_with('$'));
     let listing_query = StreamListQuery {
-        prefix: view.prefix(query.one("prefix")?),
-        category: query.category()?.map(|c| view.category(&c)),
+        prefix: view.prefix(prefix),
+        category: category.map(|c| view.category(&c)),
         after: after.and_then(|after| view.prefix(Some(after))),
         limit: query.limit()?,
     };
     let mut listing = state.store.list_streams(&listing_query).await?;
     // Hidden streams (other tenants', outside a read restriction, `$` ones without `admin`)
     // leave a page short; `next` still continues after them.
-    if caller.filters_reads() {
-        listing.streams.retain(|s| caller.sees(&s.stream));
+    if caller.filters_reads() || !system {
+        listing.streams.retain(|s| (system || !s.stream.is_system()) && caller.sees(&s.stream));
     }
     Ok(Json(StreamListBody {
         streams: listing

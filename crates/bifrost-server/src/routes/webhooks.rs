@@ -12,6 +12,7 @@ use bifrost_api::{
 use bifrost_webhooks::{WebhookError, Webhooks};
 
 use crate::AppState;
+use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, ProblemType};
 use crate::extract::{JsonBytes, OptionalJsonBytes, PathParams, QueryParams};
 use crate::wire::parse_body;
@@ -38,6 +39,17 @@ fn webhooks(state: &AppState) -> ApiResult<&Webhooks> {
     state.webhooks.as_ref().ok_or_else(|| ApiError::unavailable("webhooks are not running on this server"))
 }
 
+/// The webhooks, once the endpoint `{id}` is found to be the caller's tenant's: another
+/// tenant's endpoint does not exist for it.
+async fn owned<'s>(state: &'s AppState, caller: &Principal, path: &PathParams) -> ApiResult<&'s Webhooks> {
+    let webhooks = webhooks(state)?;
+    let id = path.get("id")?;
+    if !caller.view().owns_scope(&webhooks.tenant(id).await?) {
+        return Err(WebhookError::NotFound(id.to_owned()).into());
+    }
+    Ok(webhooks)
+}
+
 /// Creates an endpoint. The answer carries its secret, shown this once.
 #[utoipa::path(
     post,
@@ -52,10 +64,11 @@ fn webhooks(state: &AppState) -> ApiResult<&Webhooks> {
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     body: JsonBytes,
 ) -> ApiResult<(StatusCode, Json<WebhookCreatedBody>)> {
     let request: WebhookRequest = parse_body(&body.0)?;
-    let (webhook, secret) = webhooks(&state)?.create(request).await?;
+    let (webhook, secret) = webhooks(&state)?.create(request, caller.view().scope()).await?;
     Ok((StatusCode::CREATED, Json(WebhookCreatedBody { webhook, secret })))
 }
 
@@ -72,10 +85,13 @@ pub(crate) async fn create(
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     query: QueryParams,
 ) -> ApiResult<Json<WebhookListBody>> {
     let limit = query.limit()?;
-    let (webhooks, next) = webhooks(&state)?.list(query.one("after")?, Some(limit)).await?;
+    let view = caller.view();
+    let (webhooks, next) =
+        webhooks(&state)?.list(query.one("after")?, Some(limit), |tenant| view.owns_scope(tenant)).await?;
     Ok(Json(WebhookListBody { webhooks, next }))
 }
 
@@ -90,8 +106,12 @@ pub(crate) async fn list(
         (status = 404, description = "`bifrost:webhook-not-found`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn get(State(state): State<AppState>, path: PathParams) -> ApiResult<Json<WebhookBody>> {
-    Ok(Json(webhooks(&state)?.get(path.get("id")?).await?))
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<Json<WebhookBody>> {
+    Ok(Json(owned(&state, &caller, &path).await?.get(path.get("id")?).await?))
 }
 
 /// Changes an endpoint: a JSON merge patch of any field but `secret` and `start`.
@@ -111,11 +131,12 @@ pub(crate) async fn get(State(state): State<AppState>, path: PathParams) -> ApiR
 )]
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     body: JsonBytes,
 ) -> ApiResult<Json<WebhookBody>> {
     let patch: serde_json::Value = parse_body(&body.0)?;
-    Ok(Json(webhooks(&state)?.patch(path.get("id")?, &patch).await?))
+    Ok(Json(owned(&state, &caller, &path).await?.patch(path.get("id")?, &patch).await?))
 }
 
 /// Deletes an endpoint with its messages and attempts.
@@ -129,8 +150,12 @@ pub(crate) async fn patch(
         (status = 404, description = "`bifrost:webhook-not-found`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn delete(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
-    webhooks(&state)?.delete(path.get("id")?).await?;
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    owned(&state, &caller, &path).await?.delete(path.get("id")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -149,11 +174,12 @@ pub(crate) async fn delete(State(state): State<AppState>, path: PathParams) -> A
 )]
 pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     body: OptionalJsonBytes,
 ) -> ApiResult<Json<RotateSecretBody>> {
     let request = body.parse_or_default::<RotateSecretRequest>()?;
-    Ok(Json(webhooks(&state)?.rotate_secret(path.get("id")?, request).await?))
+    Ok(Json(owned(&state, &caller, &path).await?.rotate_secret(path.get("id")?, request).await?))
 }
 
 /// Attempted messages, newest first.
@@ -174,11 +200,13 @@ pub(crate) async fn rotate_secret(
 )]
 pub(crate) async fn messages(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     query: QueryParams,
 ) -> ApiResult<Json<WebhookMessagesBody>> {
     let limit = query.limit()?;
-    let body = webhooks(&state)?
+    let body = owned(&state, &caller, &path)
+        .await?
         .messages(path.get("id")?, query.one("status")?, query.one("before")?, Some(limit))
         .await?;
     Ok(Json(body))
@@ -197,9 +225,10 @@ pub(crate) async fn messages(
 )]
 pub(crate) async fn message(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
 ) -> ApiResult<Json<WebhookMessageBody>> {
-    Ok(Json(webhooks(&state)?.message(path.get("id")?, path.get("event_id")?).await?))
+    Ok(Json(owned(&state, &caller, &path).await?.message(path.get("id")?, path.get("event_id")?).await?))
 }
 
 /// Sends a message again now, with a fresh schedule, whatever its status.
@@ -214,8 +243,12 @@ pub(crate) async fn message(
         (status = 409, description = "The endpoint is disabled (`bifrost:webhook-disabled`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn resend(State(state): State<AppState>, path: PathParams) -> ApiResult<StatusCode> {
-    webhooks(&state)?.resend(path.get("id")?, path.get("event_id")?).await?;
+pub(crate) async fn resend(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    owned(&state, &caller, &path).await?.resend(path.get("id")?, path.get("event_id")?).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -235,11 +268,12 @@ pub(crate) async fn resend(State(state): State<AppState>, path: PathParams) -> A
 )]
 pub(crate) async fn recover(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     body: JsonBytes,
 ) -> ApiResult<(StatusCode, Json<RecoveringBody>)> {
     let request: RecoverRequest = parse_body(&body.0)?;
-    let recovering = webhooks(&state)?.recover(path.get("id")?, request).await?;
+    let recovering = owned(&state, &caller, &path).await?.recover(path.get("id")?, request).await?;
     Ok((StatusCode::ACCEPTED, Json(RecoveringBody { recovering })))
 }
 
@@ -262,11 +296,13 @@ pub(crate) async fn recover(
 )]
 pub(crate) async fn attempts(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     query: QueryParams,
 ) -> ApiResult<Json<AttemptsBody>> {
     let limit = query.limit()?;
-    let body = webhooks(&state)?
+    let body = owned(&state, &caller, &path)
+        .await?
         .attempts(
             path.get("id")?,
             query.one("status")?,
@@ -292,10 +328,11 @@ pub(crate) async fn attempts(
 )]
 pub(crate) async fn test(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
     body: OptionalJsonBytes,
 ) -> ApiResult<Json<TestBody>> {
     let request = body.parse_or_default::<TestRequest>()?;
-    let attempt = webhooks(&state)?.test(path.get("id")?, request).await?;
+    let attempt = owned(&state, &caller, &path).await?.test(path.get("id")?, request).await?;
     Ok(Json(TestBody { attempt }))
 }

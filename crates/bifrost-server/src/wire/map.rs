@@ -102,7 +102,11 @@ pub(crate) fn group_config(request: GroupConfigRequest) -> ApiResult<GroupConfig
             .map_err(|_| ApiError::invalid_argument(format!("max_in_flight {n} is too large")))?,
     };
     Ok(GroupConfig {
-        filter: GroupFilter { types: filter.types.unwrap_or_default(), category: filter.category, ..GroupFilter::default() },
+        filter: GroupFilter {
+            types: filter.types.unwrap_or_default(),
+            category: filter.category,
+            ..GroupFilter::default()
+        },
         start: request.start.map_or(defaults.start, start_from),
         ack_timeout: request.ack_timeout_ms.map_or(defaults.ack_timeout, Duration::from_millis),
         max_attempts: request.max_attempts.unwrap_or(defaults.max_attempts),
