@@ -27,6 +27,19 @@ pub(crate) const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// How often an idle bridge asks its broker for the pending count.
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
+/// A check of the events an in-bridge is about to append, beyond their form: the server's
+/// schema registry. `Ok(Some(reason))`: not an event (kept as a dead letter); `Err`: the check
+/// could not be made now (the batch is tried again later).
+#[async_trait::async_trait]
+pub trait IngestCheck: Send + Sync {
+    async fn check(
+        &self,
+        tenant: Option<&str>,
+        stream: &str,
+        event: &NewEvent,
+    ) -> Result<Option<String>, CoreError>;
+}
+
 /// What became of one fetched message.
 enum Outcome {
     /// Stored: `true` when new, `false` when it was stored already (a replay).
@@ -198,8 +211,16 @@ impl Runner {
     /// Appends the batch's events: one call when all are fine, else one by one to tell the
     /// messages that are not events from the rest. `Err` when the store may take them later.
     async fn append(&self, batch: &[Delivery]) -> Result<Vec<Outcome>, CoreError> {
-        let events: Vec<Result<(StreamName, NewEvent), String>> =
+        let mut events: Vec<Result<(StreamName, NewEvent), String>> =
             batch.iter().map(|d| to_event(&self.name, &self.spec, &d.message).map_err(|e| e.0)).collect();
+        if let Some(check) = &self.check {
+            for event in &mut events {
+                let Ok((stream, new)) = event else { continue };
+                if let Some(reason) = check.check(self.spec.tenant.tenant(), stream.local(), new).await? {
+                    *event = Err(reason);
+                }
+            }
+        }
         let all: Vec<StreamAppend> = events
             .iter()
             .filter_map(|e| e.as_ref().ok())

@@ -26,6 +26,7 @@ pub mod spec;
 pub use consume::{ConsumeError, Consumer, Delivery};
 pub use dead_letters::DeadLetter;
 pub use inbound::Incoming;
+pub use intake::IngestCheck;
 pub use message::{Outgoing, Target};
 pub use publish::{PublishError, Publisher};
 pub use runner::{BridgeState, Connector};

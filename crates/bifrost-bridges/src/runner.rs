@@ -86,6 +86,8 @@ pub(crate) struct Runner {
     pub(crate) leases: Leases,
     pub(crate) heartbeat: Duration,
     pub(crate) connector: Arc<dyn Connector>,
+    /// What an in-bridge's events must pass besides their form (the schema registry).
+    pub(crate) check: Option<Arc<dyn crate::intake::IngestCheck>>,
 }
 
 /// Why a runner stopped publishing for now.

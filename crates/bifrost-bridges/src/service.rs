@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letters::{self, DeadLetter};
+use crate::intake::IngestCheck;
 use crate::runner::{BridgeState, Connector, Runner, STATE_SCOPE, lease_name, out_lag};
 use crate::spec::{BridgeSpec, InvalidBridge, check_name, check_stored_name};
 
@@ -55,6 +56,7 @@ pub struct Bridges {
     leases: Leases,
     heartbeat: Duration,
     connector: Arc<dyn Connector>,
+    check: Option<Arc<dyn IngestCheck>>,
     running: Mutex<HashMap<String, Running>>,
 }
 
@@ -67,7 +69,14 @@ impl Bridges {
         heartbeat: Duration,
         connector: Arc<dyn Connector>,
     ) -> Self {
-        Self { store, leases, heartbeat, connector, running: Mutex::new(HashMap::new()) }
+        Self { store, leases, heartbeat, connector, check: None, running: Mutex::new(HashMap::new()) }
+    }
+
+    /// In-bridges append only events that pass `check` as well (the schema registry); the
+    /// others become dead letters.
+    pub fn with_ingest_check(mut self, check: Arc<dyn IngestCheck>) -> Self {
+        self.check = Some(check);
+        self
     }
 
     /// Creates (`true`) or replaces a bridge. `start` counts only at creation. A bridge of
@@ -264,6 +273,7 @@ impl Bridges {
                 leases: self.leases.clone(),
                 heartbeat: self.heartbeat,
                 connector: Arc::clone(&self.connector),
+                check: self.check.clone(),
             };
             let task = tokio::spawn(runner.run(stop.clone()));
             running.insert(name, Running { spec, stop, task });

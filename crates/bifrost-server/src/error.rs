@@ -67,6 +67,11 @@ impl ApiError {
         &self.detail
     }
 
+    /// An extra member of the problem (`errors` of a schema violation).
+    pub fn extra(&self, key: &str) -> Option<&Value> {
+        self.extra.get(key)
+    }
+
     fn into_body(self) -> Value {
         let mut body = Map::with_capacity(4 + self.extra.len());
         body.insert("type".into(), self.kind.uri().into());

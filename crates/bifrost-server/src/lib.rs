@@ -141,12 +141,15 @@ impl AppState {
         let realtime =
             Arc::new(realtime::Hub::new(Arc::clone(&store), &config, Arc::clone(&auth), shutdown.clone()));
         let cluster = Arc::new(cluster::Cluster::new(Arc::clone(&store), config.cluster.clone()));
-        let bridges = Arc::new(Bridges::new(
-            Arc::clone(&store),
-            cluster.leases.clone(),
-            config.cluster.heartbeat,
-            Arc::new(bifrost_bridges::kinds::Brokers),
-        ));
+        let bridges = Arc::new(
+            Bridges::new(
+                Arc::clone(&store),
+                cluster.leases.clone(),
+                config.cluster.heartbeat,
+                Arc::new(bifrost_bridges::kinds::Brokers),
+            )
+            .with_ingest_check(Arc::new(schemas::IngestSchemas(Arc::clone(&schemas)))),
+        );
         Self {
             store,
             groups,

@@ -268,3 +268,39 @@ async fn bridges_of_the_configuration_file_are_in_place_at_start_and_refused_to_
     assert_eq!(other.call(Method::PUT, "/v1/bridges/by-api", Some(change)).await.0, 201);
     assert_eq!(node.call(Method::DELETE, "/v1/bridges/by-api", None).await.0, 204);
 }
+
+#[tokio::test]
+async fn an_in_bridge_appends_only_events_that_pass_their_schema() {
+    if let Err(e) = redis_command(&["PING"]).await {
+        bifrost_core::testkit::service_unavailable::<()>("Redis", e);
+        return;
+    }
+    let key = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+    let node = Node::start(store, ServerConfig::default()).await;
+    let schema = json!({"schema": {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}});
+    assert_eq!(node.call(Method::PUT, "/v1/schemas/sensor.read/1", Some(schema)).await.0, 201);
+    let inb = json!({"direction": "in", "kind": "redis-stream", "url": "redis://127.0.0.1:6379", "source": key,
+                     "content_mode": "raw", "type": "sensor.read", "stream": "sensor-1"});
+    assert_eq!(node.call(Method::PUT, "/v1/bridges/in", Some(inb)).await.0, 201);
+    redis_command(&["XADD", &key, "*", "event", r#"{"total":"not a number"}"#]).await.unwrap();
+    redis_command(&["XADD", &key, "*", "event", r#"{"total":7}"#]).await.unwrap();
+
+    let mut stored = json!(null);
+    for _ in 0..200 {
+        let (status, body) = node.call(Method::GET, "/v1/streams/sensor-1/events", None).await;
+        if status == 200 && !body["events"].as_array().unwrap().is_empty() {
+            stored = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, letters) = node.call(Method::GET, "/v1/bridges/in/dead-letters", None).await;
+    let _ = redis_command(&["DEL", &key]).await;
+    let events = stored["events"].as_array().expect("the valid message was appended");
+    assert_eq!(events.len(), 1, "{stored}");
+    assert_eq!(events[0]["data"], json!({"total": 7}));
+    let letter = &letters["dead_letters"][0];
+    let reason = letter["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("schema violation") && reason.contains("/total"), "{letters}");
+}

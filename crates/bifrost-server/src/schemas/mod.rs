@@ -345,3 +345,42 @@ fn parse_version(version: &str) -> Result<u32, ApiError> {
         _ => Err(ApiError::invalid_argument(format!("version must be an integer >= 1, got {version:?}"))),
     }
 }
+
+/// The registry as in-bridges' check: a message whose event breaks its type's schema is a
+/// dead letter, named with every violation; a registry it cannot read now is retried.
+pub(crate) struct IngestSchemas(pub(crate) Arc<Registry>);
+
+#[async_trait::async_trait]
+impl bifrost_bridges::IngestCheck for IngestSchemas {
+    async fn check(
+        &self,
+        tenant: Option<&str>,
+        stream: &str,
+        event: &NewEvent,
+    ) -> Result<Option<String>, bifrost_core::Error> {
+        let checked = [Checked { stream, index: 0, event }];
+        let Err(error) = self.0.check(tenant, &checked).await else { return Ok(None) };
+        match error.kind() {
+            ProblemType::SchemaViolation => {
+                let violations: Vec<String> = error
+                    .extra("errors")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e["path"].as_str().unwrap_or(""),
+                            e["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                Ok(Some(format!("schema violation: {}", violations.join("; "))))
+            }
+            ProblemType::SchemaNotRegistered | ProblemType::InvalidRequest => {
+                Ok(Some(error.detail().to_owned()))
+            }
+            _ => Err(bifrost_core::Error::Unavailable(format!("the schema registry: {}", error.detail()))),
+        }
+    }
+}
