@@ -6,34 +6,19 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use bifrost_server::{AuthConfig, ServerConfig};
+use axum::http::StatusCode;
+use bifrost_server::ServerConfig;
 use common::{Resp, TestApp};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "the-admin-key-of-the-audit-test-0123456789";
 
 fn auth_on() -> ServerConfig {
-    ServerConfig {
-        auth: AuthConfig { admin_key: Some(ADMIN_KEY.into()), ..AuthConfig::default() },
-        ..ServerConfig::default()
-    }
+    common::with_admin_key(ADMIN_KEY)
 }
 
 async fn call(app: &TestApp, method: &str, uri: &str, token: &str, body: Option<Value>) -> Resp {
-    let mut builder = Request::builder()
-        .method(Method::from_bytes(method.as_bytes()).unwrap())
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    let body = match body {
-        Some(body) => {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
-            Body::from(body.to_string())
-        }
-        None => Body::empty(),
-    };
-    app.call(builder.body(body).unwrap()).await
+    app.call_as(method, uri, token, body).await
 }
 
 async fn ok(app: &TestApp, method: &str, uri: &str, token: &str, body: Option<Value>) -> Value {

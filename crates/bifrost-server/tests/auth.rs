@@ -500,31 +500,11 @@ async fn a_read_restriction_hides_other_streams_from_lists_the_log_and_sse() {
 
     // SSE from the start: the two order events, then (after a later payment and order) only
     // the order.
-    let response = app
-        .router
-        .clone()
-        .oneshot(
-            Request::get(format!("/v1/subscribe?from_position=0&access_token={secret}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body().into_data_stream();
+    let mut sse = app.sse(&format!("/v1/subscribe?from_position=0&access_token={secret}")).await;
     for stream in ["payment-2", "order-3"] {
         assert_eq!(append_as(&app, ADMIN_KEY, stream, json!({})).await.status, StatusCode::CREATED);
     }
-    let mut seen = String::new();
-    while seen.matches("event: t.x").count() < 3 {
-        let chunk =
-            tokio::time::timeout(std::time::Duration::from_secs(5), futures::StreamExt::next(&mut body))
-                .await
-                .expect("the SSE stream went quiet")
-                .unwrap()
-                .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let seen = sse.read_until(|seen| seen.matches("event: t.x").count() >= 3).await;
     assert!(seen.contains("order-1") && seen.contains("order-2") && seen.contains("order-3"), "{seen}");
     assert!(!seen.contains("payment"), "{seen}");
 }

@@ -6,37 +6,19 @@
 
 mod common;
 
-use std::time::Duration;
-
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use bifrost_server::{AuthConfig, ServerConfig};
+use axum::http::StatusCode;
+use bifrost_server::ServerConfig;
 use common::{Resp, TestApp};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const ADMIN_KEY: &str = "the-admin-key-of-the-tenancy-test-0123456789";
 
 fn auth_on() -> ServerConfig {
-    ServerConfig {
-        auth: AuthConfig { admin_key: Some(ADMIN_KEY.into()), ..AuthConfig::default() },
-        ..ServerConfig::default()
-    }
+    common::with_admin_key(ADMIN_KEY)
 }
 
 async fn call(app: &TestApp, method: &str, uri: &str, token: &str, body: Option<Value>) -> Resp {
-    let mut builder = Request::builder()
-        .method(Method::from_bytes(method.as_bytes()).unwrap())
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    let body = match body {
-        Some(body) => {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
-            Body::from(body.to_string())
-        }
-        None => Body::empty(),
-    };
-    app.call(builder.body(body).unwrap()).await
+    app.call_as(method, uri, token, body).await
 }
 
 /// An admin key of `tenant`.
@@ -178,29 +160,10 @@ async fn the_multi_stream_append_and_sse_stay_inside_the_tenant() {
     );
 
     // SSE from the start as globex: only its own event, by its local name.
-    let response = app
-        .router
-        .clone()
-        .oneshot(
-            Request::get(format!("/v1/subscribe?from_position=0&access_token={globex}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body().into_data_stream();
+    let mut sse = app.sse(&format!("/v1/subscribe?from_position=0&access_token={globex}")).await;
     append(&app, &acme, "order-2", json!([{"type": "order.placed", "data": {"secret": "acme-only"}}])).await;
     append(&app, &globex, "order-9", json!([{"type": "order.placed", "data": {}}])).await;
-    let mut seen = String::new();
-    while !seen.contains("order-9") {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut body))
-            .await
-            .expect("the SSE stream went quiet")
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let seen = sse.read_until(|seen| seen.contains("order-9")).await;
     assert_eq!(seen.matches("event: order.placed").count(), 1, "{seen}");
     assert!(!seen.contains("acme") && !seen.contains("stock") && !seen.contains("order-1"), "{seen}");
     assert!(seen.contains("\"stream\":\"order-9\""), "{seen}");

@@ -96,6 +96,30 @@ impl TestApp {
         self.call(Request::delete(uri).body(Body::empty()).unwrap()).await
     }
 
+    /// A request with `Authorization: Bearer token` and, when given, a JSON body.
+    pub async fn call_as(&self, method: &str, uri: &str, token: &str, body: Option<Value>) -> Resp {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let body = match body {
+            Some(body) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.call(builder.body(body).unwrap()).await
+    }
+
+    /// Opens an SSE response (insisting on 200), to read with [`Sse::read_until`].
+    pub async fn sse(&self, uri: &str) -> Sse {
+        let response =
+            self.router.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        Sse { body: response.into_body().into_data_stream(), seen: String::new() }
+    }
+
     /// Appends and insists on 201.
     pub async fn append(&self, stream: &str, body: Value) -> Value {
         let resp = self.post_json(&format!("/v1/streams/{stream}/events"), body.to_string()).await;
@@ -118,6 +142,39 @@ impl TestApp {
         let listing =
             self.store.list_streams(&StreamListQuery { limit: 1000, ..Default::default() }).await.unwrap();
         (events, listing.streams)
+    }
+}
+
+/// An SSE response being read.
+pub struct Sse {
+    body: axum::body::BodyDataStream,
+    seen: String,
+}
+
+impl Sse {
+    /// Everything read so far, once `done` holds for it; fails when the stream stays quiet
+    /// for 5 s.
+    pub async fn read_until(&mut self, done: impl Fn(&str) -> bool) -> &str {
+        while !done(&self.seen) {
+            let chunk = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                futures::StreamExt::next(&mut self.body),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the SSE stream went quiet after: {}", self.seen))
+            .unwrap()
+            .unwrap();
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        &self.seen
+    }
+}
+
+/// Settings with auth on: `admin_key` is the admin key.
+pub fn with_admin_key(admin_key: &str) -> ServerConfig {
+    ServerConfig {
+        auth: bifrost_server::AuthConfig { admin_key: Some(admin_key.into()), ..Default::default() },
+        ..ServerConfig::default()
     }
 }
 
