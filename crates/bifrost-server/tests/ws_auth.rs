@@ -237,3 +237,70 @@ async fn anonymous_connections_see_only_their_channels_publish_nothing_and_are_n
     assert_eq!(next_frame(&mut guest).await["op"], "join");
     assert_quiet(&mut member).await;
 }
+
+/// Tenants on the WebSocket: each connection's channels are its tenant's, in its names; the
+/// same channel name of two tenants and of the default tenant are three channels.
+#[tokio::test]
+async fn a_tenants_connection_sees_its_tenants_channels_only() {
+    const ADMIN: &str = "the-admin-key-of-the-ws-tenancy-test-0123456789";
+    let config = ServerConfig {
+        auth: AuthConfig { admin_key: Some(ADMIN.into()), ..AuthConfig::default() },
+        ..ServerConfig::default()
+    };
+    let store: Arc<dyn DurableStore> = InMemoryStore::shared();
+    let node = Node::start(store, config).await;
+    let tenant_key = async |tenant: &str| {
+        let body = json!({"name": tenant, "scopes": ["admin"], "tenant": tenant});
+        let (status, key) = node.call_as(Some(ADMIN), reqwest::Method::POST, "/v1/keys", Some(body)).await;
+        assert_eq!(status, 201, "{key}");
+        key["secret"].as_str().unwrap().to_owned()
+    };
+    let (acme, globex) = (tenant_key("acme").await, tenant_key("globex").await);
+    let mut sockets = Vec::new();
+    for token in [&acme, &globex, &ADMIN.to_owned()] {
+        let mut socket = node.open(&format!("/v1/ws?access_token={token}")).await.unwrap();
+        assert_eq!(next_frame(&mut socket).await["op"], "connected");
+        common::ws::subscribe(&mut socket, "stream:order-1", None).await;
+        common::ws::subscribe(&mut socket, "type:order.#", None).await;
+        sockets.push(socket);
+    }
+    let id = "0190a1b2-0000-7000-8000-0000000000c1";
+    for (token, by) in [(&acme, "acme"), (&globex, "globex"), (&ADMIN.to_owned(), "default")] {
+        let body = json!({"events": [{"id": id, "type": "order.placed", "data": {"by": by}}]});
+        let (status, _) =
+            node.call_as(Some(token), reqwest::Method::POST, "/v1/streams/order-1/events", Some(body)).await;
+        assert_eq!(status, 201);
+    }
+    for (socket, by) in sockets.iter_mut().zip(["acme", "globex", "default"]) {
+        // Its one event on each of its two channels, in its names, and nothing else.
+        let mut channels = Vec::new();
+        for _ in 0..2 {
+            let frame = next_frame(socket).await;
+            assert_eq!(frame["op"], "event", "{by}: {frame}");
+            let event = &frame["event"];
+            assert_eq!(
+                (event["data"]["by"].as_str(), event["stream"].as_str(), event["id"].as_str()),
+                (Some(by), Some("order-1"), Some(id)),
+                "{frame}"
+            );
+            channels.push(frame["channel"].as_str().unwrap().to_owned());
+        }
+        channels.sort();
+        assert_eq!(channels, ["stream:order-1", "type:order.#"], "{by}");
+        assert_quiet(socket).await;
+    }
+    // Publishing and presence stay the default tenant's for now.
+    let reply =
+        request(&mut sockets[0], json!({"op": "publish", "channel": "room:r", "type": "t.x", "data": {}}))
+            .await;
+    assert_eq!(reply["code"], "bifrost:forbidden", "{reply}");
+    let (status, _) = node
+        .call_as(
+            Some(&acme),
+            reqwest::Method::POST,
+            "/v1/realtime/publish",
+            Some(json!({"room": "r", "type": "t.x", "data": {}})),
+        )
+        .await;
+    assert_eq!(status, 403);
+}

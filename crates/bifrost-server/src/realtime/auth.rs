@@ -80,7 +80,16 @@ impl Principal {
             }
             Some(_) => return Err(AuthError::new("scope must be a space-separated string")),
         };
-        Ok(Self { user_id: Some(user_id), admin, append, channels, info, expires_at, anonymous: false })
+        Ok(Self {
+            user_id: Some(user_id),
+            admin,
+            append,
+            channels,
+            info,
+            expires_at,
+            anonymous: false,
+            tenant: None,
+        })
     }
 }
 
@@ -99,6 +108,8 @@ pub(crate) struct Principal {
     /// `exp`, unix seconds.
     pub(crate) expires_at: Option<u64>,
     pub(crate) anonymous: bool,
+    /// The credential's tenant: its channels are its own (`None`: the default tenant).
+    pub(crate) tenant: Option<String>,
 }
 
 impl Principal {
@@ -112,6 +123,7 @@ impl Principal {
             info: None,
             expires_at: None,
             anonymous: false,
+            tenant: None,
         }
     }
 
@@ -125,6 +137,7 @@ impl Principal {
             info: None,
             expires_at: None,
             anonymous: true,
+            tenant: None,
         }
     }
 
@@ -227,6 +240,7 @@ mod tests {
                 info: Some(json!({"name": "Alice"})),
                 expires_at: Some(NOW + 300),
                 anonymous: false,
+                tenant: None,
             }
         );
         assert_eq!(p.remaining(NOW, 60), Some(300));
@@ -450,6 +464,7 @@ mod tests {
             info: None,
             expires_at: None,
             anonymous: false,
+            tenant: None,
         };
         assert!(member.may_publish("room:project:1", false));
         assert!(!member.may_publish("room:project:1", true), "persistent needs append");

@@ -347,8 +347,13 @@ impl Session {
         if self.conn.queue.push(subscribed, PriorityBody::Normal, Some(sub_id)).is_err() {
             return self.conn.close(super::hub::CLOSE_SLOW_CONSUMER, "slow consumer");
         }
-        let room = channel.room().map(str::to_owned);
-        let (sub, replay) = self.hub.subscribe(&self.conn, sub_id, name.clone(), channel, position).await;
+        // A tenant's channels are its own: the hub keys them `acme/stream:order-1`. Presence
+        // is the default tenant's for now (a tenant's rooms have events, not presence).
+        let (key, room) = match &self.principal.tenant {
+            Some(tenant) => (format!("{tenant}/{name}"), None),
+            None => (name.clone(), channel.room().map(str::to_owned)),
+        };
+        let (sub, replay) = self.hub.subscribe(&self.conn, sub_id, key, channel, position).await;
         self.subscriptions.insert(name, (sub, room.clone(), replay));
         if let Some(room) = room {
             self.hub.enter(&self.conn, &room).await;
@@ -372,6 +377,9 @@ impl Session {
 
     fn presence(&self, id: Option<&Value>, room: Option<String>) {
         let Some(room) = room else { return self.error(id, "invalid-frame", "presence needs a \"room\"") };
+        if self.principal.tenant.is_some() {
+            return self.error(id, "forbidden", "presence serves the default tenant's rooms only");
+        }
         if let Err(e) = check_room(&room) {
             return self.error(id, "invalid-channel", &e);
         }
@@ -404,6 +412,9 @@ impl Session {
             Ok(channel) => channel,
             Err(e) => return self.error(id, "invalid-channel", &e.0),
         };
+        if self.principal.tenant.is_some() {
+            return self.error(id, "forbidden", "publishing serves the default tenant's channels only");
+        }
         let persistent = request.persistent.unwrap_or(false);
         if !self.principal.may_publish(&name, persistent) {
             let what = if persistent { "a persistent publish to" } else { "a publish to" };

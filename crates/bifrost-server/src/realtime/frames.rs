@@ -3,8 +3,8 @@
 
 use axum::extract::ws::Utf8Bytes;
 use bifrost_api::PriorityBody;
-use bifrost_core::RecordedEvent;
 use bifrost_core::json_out::{write_str, write_u64};
+use bifrost_core::{RecordedEvent, TenantScope};
 use serde_json::Value;
 
 use crate::wire;
@@ -33,13 +33,24 @@ pub(crate) fn error(id: Option<&Value>, code: &str, message: &str) -> Utf8Bytes 
     })
 }
 
-/// `event {"channel", "position", "priority", "event", "integration"?}`.
+/// `event {"channel", "position", "priority", "event", "integration"?}`. A tenant's
+/// channel (`acme/stream:order-1`) gets the channel and the event in the tenant's names.
 pub(crate) fn event(
     channel: &str,
     event: &RecordedEvent,
     priority: PriorityBody,
     integration: Option<&[u8]>,
 ) -> Utf8Bytes {
+    let local;
+    let (channel, event) = match super::route::channel_tenant(channel) {
+        Some(tenant) => {
+            let mut copy = event.clone();
+            TenantScope::Only(Some(tenant.to_owned())).localize(&mut copy);
+            local = copy;
+            (super::route::client_channel(channel), &local)
+        }
+        None => (channel, event),
+    };
     let json = wire::event_json(event);
     let mut out = Vec::with_capacity(json.len() + integration.map_or(0, <[u8]>::len) + 128);
     out.extend_from_slice(b"{\"op\":\"event\",\"channel\":");

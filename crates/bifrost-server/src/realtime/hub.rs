@@ -22,7 +22,7 @@ use bifrost_core::cluster::ClusterBus;
 use bifrost_core::subscription::subscribe as subscribe_log;
 use bifrost_core::{
     DurableStore, EventId, ExpectedVersion, LogFilter, Metadata, NewEvent, RecordedEvent, SubscribeFrom,
-    TenantScope, TypePattern,
+    TypePattern,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -41,16 +41,9 @@ use super::queue::{OutQueue, Refused};
 use super::route::{Route, routes};
 use crate::auth::{Auth, Scope, Scopes};
 
-/// Why a tenant's credential cannot connect: channels are not tenant-scoped yet, so the
-/// hub serves the default tenant's streams only (see `default_tenant`).
-pub(crate) const TENANTS_REFUSED: &str =
-    "the real-time channels serve the default tenant only; a tenant's credential cannot use them";
-
-/// What the hub reads of the log: the default tenant's streams. Another tenant's events
-/// never reach a channel, whoever subscribes.
-fn default_tenant() -> LogFilter {
-    LogFilter { tenant: TenantScope::Only(None), ..LogFilter::default() }
-}
+/// Why a tenant's credential cannot use `/v1/realtime`: publishes, presence and bridging
+/// rules over HTTP are the default tenant's.
+pub(crate) const TENANTS_REFUSED: &str = "the /v1/realtime routes serve the default tenant only; a tenant's connections use its channels over /v1/ws";
 
 /// The bus topic of real-time traffic.
 const TOPIC: &str = "realtime";
@@ -274,9 +267,6 @@ impl Hub {
         let authenticated =
             self.auth.authenticate(token, false).await.map_err(|e| Refusal::Unauthorized(e.0))?;
         let caller = authenticated.principal;
-        if caller.tenant.is_some() {
-            return Err(Refusal::Forbidden(TENANTS_REFUSED.to_owned()));
-        }
         if let Some(claims) = &authenticated.claims {
             // A connection token of the WebSocket contract (`sub`, `channels`, maybe `append`
             // or `admin`) connects; a token whose scopes are all for other routes does not.
@@ -287,6 +277,7 @@ impl Hub {
                 return Err(Refusal::Forbidden("this token has no subscribe scope".to_owned()));
             }
             return Principal::from_claims(&claims.map, claims.expires_at)
+                .map(|p| Principal { tenant: caller.tenant.clone(), ..p })
                 .map_err(|e| Refusal::Unauthorized(e.0));
         }
         if !caller.scopes.allows(Scope::Subscribe) {
@@ -309,6 +300,7 @@ impl Hub {
             info: None,
             expires_at: None,
             anonymous: false,
+            tenant: caller.tenant.clone(),
         })
     }
 
@@ -405,8 +397,8 @@ impl Hub {
     async fn replay(self: Arc<Self>, sub: Arc<Sub>, channel: Channel, from: u64) {
         let conn = &sub.conn;
         let filter = match &channel {
-            Channel::Type(pattern) => LogFilter { types: vec![pattern.clone()], ..default_tenant() },
-            _ => default_tenant(),
+            Channel::Type(pattern) => LogFilter { types: vec![pattern.clone()], ..LogFilter::default() },
+            _ => LogFilter::default(),
         };
         let type_channel = match &channel {
             Channel::Type(pattern) => Some((sub.channel.as_str(), pattern)),
@@ -474,7 +466,7 @@ impl Hub {
         let mut last = from;
         loop {
             let mut events =
-                subscribe_log(Arc::clone(&self.store), SubscribeFrom::After(last), default_tenant());
+                subscribe_log(Arc::clone(&self.store), SubscribeFrom::After(last), LogFilter::default());
             loop {
                 let next = tokio::select! {
                     () = self.shutdown.cancelled() => return,

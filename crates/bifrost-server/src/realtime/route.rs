@@ -84,24 +84,50 @@ pub(crate) fn routes<'t>(
         exclude: no_exclusions.clone(),
         integration: None,
     };
-    add(&mut out, plain(format!("stream:{}", event.stream)));
+    // A tenant's event goes to its tenant's channels only (`acme/stream:order-1`).
+    let tenant = event.stream.tenant();
+    let prefix = tenant.map(|t| format!("{t}/")).unwrap_or_default();
+    add(&mut out, plain(format!("{prefix}stream:{}", event.stream.local())));
     for (channel, pattern) in type_channels {
-        if pattern.matches(event.event_type.as_str()) {
+        if channel_tenant(channel) == tenant && pattern.matches(event.event_type.as_str()) {
             add(&mut out, plain(channel.to_owned()));
         }
     }
     if let Some(meta) = realtime_meta(&event.metadata) {
         let exclude: Arc<[String]> = Arc::from(meta.exclude_users);
         for channel in meta.target.channels() {
+            let channel = format!("{prefix}{channel}");
             let route =
                 Route { channel, priority: meta.priority, exclude: exclude.clone(), integration: None };
             add(&mut out, route);
         }
     }
-    for bridge in bridges {
-        bridge.routes(event, &mut |route| add(&mut out, route));
+    // Bridging rules are the default tenant's.
+    if tenant.is_none() {
+        for bridge in bridges {
+            bridge.routes(event, &mut |route| add(&mut out, route));
+        }
     }
     out
+}
+
+/// The tenant of a channel as the hub keys it: a tenant's connection subscribes to
+/// `acme/stream:order-1` when it names `stream:order-1`. A client's channel has its kind's
+/// `:` before any `/`, a tenant's key a `/` before any `:` (tenant ids have neither).
+pub(crate) fn channel_tenant(channel: &str) -> Option<&str> {
+    let slash = channel.find('/')?;
+    match channel.find(':') {
+        Some(colon) if colon < slash => None,
+        _ => Some(&channel[..slash]),
+    }
+}
+
+/// A channel key as the client named it.
+pub(crate) fn client_channel(channel: &str) -> &str {
+    match channel_tenant(channel) {
+        Some(tenant) => &channel[tenant.len() + 1..],
+        None => channel,
+    }
 }
 
 /// The `realtime` member of stored metadata, if any (looked for only when the bytes name it).
