@@ -289,18 +289,42 @@ async fn a_tenants_connection_sees_its_tenants_channels_only() {
         assert_eq!(channels, ["stream:order-1", "type:order.#"], "{by}");
         assert_quiet(socket).await;
     }
-    // Publishing and presence stay the default tenant's for now.
-    let reply =
-        request(&mut sockets[0], json!({"op": "publish", "channel": "room:r", "type": "t.x", "data": {}}))
-            .await;
+    // Publishes go to the publisher's tenant's channels, stored ones into its streams.
+    for socket in &mut sockets {
+        common::ws::subscribe(socket, "room:r", None).await;
+    }
+    // The message may come before the publish's reply: take both, in any order.
+    send(
+        &mut sockets[0],
+        json!({"op": "publish", "id": "p1", "channel": "room:r", "type": "t.x", "data": {"n": 1}}),
+    )
+    .await;
+    let (first, second) = (next_frame(&mut sockets[0]).await, next_frame(&mut sockets[0]).await);
+    let (reply, message) = if first["op"] == "message" { (second, first) } else { (first, second) };
+    assert_eq!((reply["op"].as_str(), reply["id"].as_str()), (Some("ok"), Some("p1")), "{reply}");
+    assert_eq!(
+        (message["op"].as_str(), message["channel"].as_str()),
+        (Some("message"), Some("room:r")),
+        "{message}"
+    );
+    let stored = json!({"target": {"rooms": ["r"]}, "type": "t.y", "data": {}, "persistent": true});
+    let (status, body) =
+        node.call_as(Some(&acme), reqwest::Method::POST, "/v1/realtime/publish", Some(stored)).await;
+    assert_eq!((status, body["stream"].as_str()), (201, Some("realtime-r")), "{body}");
+    let frame = next_frame(&mut sockets[0]).await;
+    assert_eq!(
+        (frame["channel"].as_str(), frame["event"]["stream"].as_str()),
+        (Some("room:r"), Some("realtime-r")),
+        "{frame}"
+    );
+    assert_eq!(frame["event"]["id"], body["event_id"]);
+    for socket in &mut sockets {
+        assert_quiet(socket).await;
+    }
+    // Presence is the default tenant's for now.
+    let reply = request(&mut sockets[0], json!({"op": "presence", "room": "r"})).await;
     assert_eq!(reply["code"], "bifrost:forbidden", "{reply}");
-    let (status, _) = node
-        .call_as(
-            Some(&acme),
-            reqwest::Method::POST,
-            "/v1/realtime/publish",
-            Some(json!({"room": "r", "type": "t.x", "data": {}})),
-        )
-        .await;
+    let (status, _) =
+        node.call_as(Some(&acme), reqwest::Method::GET, "/v1/realtime/rooms/r/presence", None).await;
     assert_eq!(status, 403);
 }

@@ -412,9 +412,6 @@ impl Session {
             Ok(channel) => channel,
             Err(e) => return self.error(id, "invalid-channel", &e.0),
         };
-        if self.principal.tenant.is_some() {
-            return self.error(id, "forbidden", "publishing serves the default tenant's channels only");
-        }
         let persistent = request.persistent.unwrap_or(false);
         if !self.principal.may_publish(&name, persistent) {
             let what = if persistent { "a persistent publish to" } else { "a publish to" };
@@ -444,7 +441,7 @@ impl Session {
             self.hub.max_event_bytes,
         );
         let publish = match publish {
-            Ok(publish) => publish,
+            Ok(publish) => publish.in_tenant(self.principal.tenant.clone()),
             Err(e) if e.kind() == ProblemType::PayloadTooLarge => {
                 return self.error(id, "payload-too-large", e.detail());
             }

@@ -552,15 +552,21 @@ impl Hub {
     ) -> bifrost_core::Result<(EventId, bifrost_core::StreamName, u64)> {
         let meta = serde_json::to_value(publish.meta())
             .map_err(|e| bifrost_core::Error::Internal(format!("realtime metadata: {e}")))?;
-        let mut metadata = Metadata { user_id: publish.source.user_id.clone(), ..Metadata::default() };
+        let tenant = publish.tenant.as_deref();
+        let mut metadata = Metadata {
+            user_id: publish.source.user_id.clone(),
+            tenant_id: publish.tenant.clone(),
+            ..Metadata::default()
+        };
         metadata.extra.insert("realtime".to_owned(), meta);
         let data = Bytes::copy_from_slice(publish.data.get().as_bytes());
         let event = NewEvent::new(publish.event_type.clone(), data).with_metadata(metadata);
-        let id = event.id;
-        let stream = publish.stream.clone();
-        let result = self.store.append(stream.clone(), ExpectedVersion::Any, vec![event]).await?;
+        // A tenant's publish is its tenant's event: in its stream, its id as it sees it.
+        let id = tenant.map_or(event.id, |t| bifrost_core::tenant::mask_id(t, event.id));
+        let stored = bifrost_core::StreamName::in_tenant(tenant, &publish.stream);
+        let result = self.store.append(stored, ExpectedVersion::Any, vec![event]).await?;
         crate::metrics::realtime_published(true);
-        Ok((id, stream, result.first_position))
+        Ok((id, publish.stream.clone(), result.first_position))
     }
 
     // -----------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ pub(crate) struct Publish {
     pub(crate) persistent: bool,
     /// Where a persistent publish is stored.
     pub(crate) stream: StreamName,
+    /// The publisher's tenant: its channels and, when persistent, its stream.
+    pub(crate) tenant: Option<String>,
 }
 
 impl Publish {
@@ -103,7 +105,17 @@ impl Publish {
                 }
             }
         };
-        Ok(Self { targets, exclude_users, event_type, data, source, priority, persistent, stream })
+        Ok(Self {
+            targets,
+            exclude_users,
+            event_type,
+            data,
+            source,
+            priority,
+            persistent,
+            stream,
+            tenant: None,
+        })
     }
 
     /// What a persistent publish stores in `metadata.realtime`.
@@ -117,9 +129,16 @@ impl Publish {
     }
 
     /// The ephemeral message of this publish.
+    /// Published by a connection or credential of `tenant`.
+    pub(crate) fn in_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
     pub(crate) fn into_ephemeral(self) -> Ephemeral {
+        let prefix = self.tenant.as_ref().map(|t| format!("{t}/")).unwrap_or_default();
         Ephemeral {
-            channels: self.targets.channels().collect(),
+            channels: self.targets.channels().map(|c| format!("{prefix}{c}")).collect(),
             exclude_users: self.exclude_users,
             message_id: uuid::Uuid::now_v7().to_string(),
             event_type: self.event_type.as_str().to_owned(),
@@ -152,7 +171,8 @@ impl Ephemeral {
         let data = self.data.get();
         let mut out = Vec::with_capacity(data.len() + 256);
         out.extend_from_slice(b"{\"op\":\"message\",\"channel\":");
-        write_str(&mut out, channel);
+        // A tenant's channel as the client named it.
+        write_str(&mut out, super::route::client_channel(channel));
         out.extend_from_slice(b",\"message_id\":");
         write_str(&mut out, &self.message_id);
         out.extend_from_slice(b",\"type\":");

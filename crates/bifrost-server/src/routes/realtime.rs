@@ -11,6 +11,7 @@ use bifrost_api::{
 };
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBytes, PathParams};
 use crate::realtime::Publish;
@@ -31,9 +32,14 @@ use crate::wire::parse_body;
         (status = 413, description = "`data` over the event size limit", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn publish(State(state): State<AppState>, body: JsonBytes) -> ApiResult<Response> {
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: JsonBytes,
+) -> ApiResult<Response> {
     let request: PublishRequest = parse_body(&body.0)?;
-    let publish = Publish::from_request(request, state.config.max_event_bytes)?;
+    let publish =
+        Publish::from_request(request, state.config.max_event_bytes)?.in_tenant(caller.tenant.clone());
     let hub = &state.realtime;
     if !publish.persistent {
         let message_id = hub.publish_ephemeral(publish).await;
