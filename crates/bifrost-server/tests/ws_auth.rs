@@ -321,10 +321,27 @@ async fn a_tenants_connection_sees_its_tenants_channels_only() {
     for socket in &mut sockets {
         assert_quiet(socket).await;
     }
-    // Presence is the default tenant's for now.
-    let reply = request(&mut sockets[0], json!({"op": "presence", "room": "r"})).await;
-    assert_eq!(reply["code"], "bifrost:forbidden", "{reply}");
-    let (status, _) =
+    // Presence per tenant: each room `r` holds its own tenant's one connection.
+    let mut users = Vec::new();
+    for socket in &mut sockets {
+        let reply = request(socket, json!({"op": "presence", "room": "r"})).await;
+        assert_eq!(
+            (reply["op"].as_str(), reply["room"].as_str(), reply["user_count"].as_u64()),
+            (Some("presence"), Some("r"), Some(1)),
+            "{reply}"
+        );
+        users.push(reply["users"][0]["user_id"].clone());
+    }
+    assert!(users[0] != users[1] && users[1] != users[2], "{users:?}");
+    let (status, body) =
         node.call_as(Some(&acme), reqwest::Method::GET, "/v1/realtime/rooms/r/presence", None).await;
+    assert_eq!(
+        (status, body["room"].as_str(), body["user_count"].as_u64()),
+        (200, Some("r"), Some(1)),
+        "{body}"
+    );
+    assert_eq!(body["users"][0]["user_id"], users[0]);
+    // Bridging rules are the default tenant's.
+    let (status, _) = node.call_as(Some(&acme), reqwest::Method::GET, "/v1/realtime/bridges", None).await;
     assert_eq!(status, 403);
 }

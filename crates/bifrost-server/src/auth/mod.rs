@@ -268,9 +268,7 @@ pub(crate) async fn authorize(State(guard): State<Guard>, request: Request, next
     if template.is_some() && !principal.scopes.allows(scope) {
         return forbidden(format!("this route needs the {} scope", scope.as_str())).into_response();
     }
-    if principal.tenant.is_some()
-        && template.is_some_and(|t| t.starts_with("/v1/realtime/") && t != "/v1/realtime/publish")
-    {
+    if principal.tenant.is_some() && template.is_some_and(|t| t.starts_with("/v1/realtime/bridges")) {
         return forbidden(crate::realtime::TENANTS_REFUSED).into_response();
     }
     // The names in the path matter only to a restricted credential, or for a `$` stream.

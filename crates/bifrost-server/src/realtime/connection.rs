@@ -347,12 +347,11 @@ impl Session {
         if self.conn.queue.push(subscribed, PriorityBody::Normal, Some(sub_id)).is_err() {
             return self.conn.close(super::hub::CLOSE_SLOW_CONSUMER, "slow consumer");
         }
-        // A tenant's channels are its own: the hub keys them `acme/stream:order-1`. Presence
-        // is the default tenant's for now (a tenant's rooms have events, not presence).
-        let (key, room) = match &self.principal.tenant {
-            Some(tenant) => (format!("{tenant}/{name}"), None),
-            None => (name.clone(), channel.room().map(str::to_owned)),
-        };
+        // A tenant's channels are its own: the hub keys them `acme/stream:order-1`, and its
+        // rooms' presence `acme/r`.
+        let tenant = self.principal.tenant.as_deref();
+        let key = tenant.map_or_else(|| name.clone(), |tenant| format!("{tenant}/{name}"));
+        let room = channel.room().map(|room| super::hub::room_key(tenant, room));
         let (sub, replay) = self.hub.subscribe(&self.conn, sub_id, key, channel, position).await;
         self.subscriptions.insert(name, (sub, room.clone(), replay));
         if let Some(room) = room {
@@ -377,16 +376,13 @@ impl Session {
 
     fn presence(&self, id: Option<&Value>, room: Option<String>) {
         let Some(room) = room else { return self.error(id, "invalid-frame", "presence needs a \"room\"") };
-        if self.principal.tenant.is_some() {
-            return self.error(id, "forbidden", "presence serves the default tenant's rooms only");
-        }
         if let Err(e) = check_room(&room) {
             return self.error(id, "invalid-channel", &e);
         }
         if !self.principal.may_subscribe(&format!("room:{room}")) {
             return self.error(id, "forbidden", &format!("this connection may not see room:{room}"));
         }
-        let snapshot = self.hub.snapshot(&room);
+        let snapshot = self.hub.snapshot(&super::hub::room_key(self.principal.tenant.as_deref(), &room));
         let Ok(Value::Object(fields)) = serde_json::to_value(&snapshot) else { return };
         self.send(reply("presence", id, |out| {
             for (key, value) in &fields {

@@ -41,9 +41,23 @@ use super::queue::{OutQueue, Refused};
 use super::route::{Route, routes};
 use crate::auth::{Auth, Scope, Scopes};
 
-/// Why a tenant's credential cannot use `/v1/realtime`: publishes, presence and bridging
-/// rules over HTTP are the default tenant's.
-pub(crate) const TENANTS_REFUSED: &str = "the /v1/realtime routes serve the default tenant only; a tenant's connections use its channels over /v1/ws";
+/// Why a tenant's credential cannot use realtime bridging rules: they are the default
+/// tenant's.
+pub(crate) const TENANTS_REFUSED: &str = "realtime bridging rules serve the default tenant only; \
+     a tenant publishes, subscribes and sees presence in its own channels";
+
+/// A room key (`acme/r` for a tenant's room; room names have no `/`).
+pub(crate) fn room_key(tenant: Option<&str>, room: &str) -> String {
+    match tenant {
+        Some(tenant) => format!("{tenant}/{room}"),
+        None => room.to_owned(),
+    }
+}
+
+/// A room key as its tenant names the room.
+fn local_room(room: &str) -> &str {
+    room.split_once('/').map_or(room, |(_, local)| local)
+}
 
 /// The bus topic of real-time traffic.
 const TOPIC: &str = "realtime";
@@ -602,7 +616,14 @@ impl Hub {
         }
     }
 
+    /// Who is in `room` (a tenant's room keyed `acme/r`), the room named as its tenant does.
     pub(crate) fn snapshot(&self, room: &str) -> bifrost_api::PresenceBody {
+        let mut body = self.snapshot_of(room);
+        body.room = local_room(room).to_owned();
+        body
+    }
+
+    fn snapshot_of(&self, room: &str) -> bifrost_api::PresenceBody {
         self.presence.lock().map(|p| p.snapshot(room)).unwrap_or_else(|_| bifrost_api::PresenceBody {
             room: room.to_owned(),
             users: Vec::new(),
@@ -614,12 +635,18 @@ impl Hub {
     /// `join`/`leave` to this node's subscribers of the room, but `except` the connection
     /// that caused it.
     fn announce(&self, change: &Change, except: Option<&str>) {
+        // A tenant's room is keyed `acme/r` (room names have no `/`): its channel is
+        // `acme/room:r`, and its frames name the room as the tenant does.
         let (room, frame) = match change {
-            Change::Joined { room, user, info } => (room, frames::join(room, user, info)),
-            Change::Left { room, user } => (room, frames::leave(room, user)),
+            Change::Joined { room, user, info } => (room, frames::join(local_room(room), user, info)),
+            Change::Left { room, user } => (room, frames::leave(local_room(room), user)),
         };
         let Ok(subs) = self.subs.read() else { return };
-        let Some(list) = subs.by_channel.get(&format!("room:{room}")) else { return };
+        let channel = match room.split_once('/') {
+            Some((tenant, local)) => format!("{tenant}/room:{local}"),
+            None => format!("room:{room}"),
+        };
+        let Some(list) = subs.by_channel.get(&channel) else { return };
         for sub in list {
             if except != Some(sub.conn.id.as_str()) {
                 sub.conn.offer(frame.clone(), PriorityBody::Normal, Some(sub.id));

@@ -28,5 +28,5 @@ pub(crate) use auth::Principal;
 pub(crate) use channel::check_room;
 pub use config::RealtimeConfig;
 pub(crate) use connection::serve;
-pub(crate) use hub::{Hub, Refusal, TENANTS_REFUSED};
+pub(crate) use hub::{Hub, Refusal, TENANTS_REFUSED, room_key};
 pub(crate) use publish::Publish;

@@ -64,12 +64,13 @@ pub(crate) async fn publish(
 )]
 pub(crate) async fn presence(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: PathParams,
 ) -> ApiResult<Json<PresenceBody>> {
     let room = path.get("room")?;
     crate::realtime::check_room(room).map_err(ApiError::invalid_argument)?;
     state.realtime.start_cluster().await;
-    Ok(Json(state.realtime.snapshot(room)))
+    Ok(Json(state.realtime.snapshot(&crate::realtime::room_key(caller.tenant.as_deref(), room))))
 }
 
 /// Creates (`201`) or replaces (`200`) a bridging rule.
