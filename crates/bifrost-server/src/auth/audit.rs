@@ -227,7 +227,7 @@ fn redact(value: &mut Value) {
         Value::Object(object) => {
             for (key, member) in object.iter_mut() {
                 let lower = key.to_ascii_lowercase();
-                if ["secret", "password", "token", "authorization", "key"].iter().any(|s| lower.contains(s)) {
+                if is_secret_member(&lower) {
                     *member = Value::String("***".to_owned());
                 } else if lower == "headers" {
                     if let Value::Object(headers) = member {
@@ -248,6 +248,16 @@ fn redact(value: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// A member that holds a credential: `secret`, `password`, `token`, `authorization` in its
+/// name, or a key (`key`, `api_key`, `admin_key`) — not `routing_keys` and the like, which
+/// name no secret.
+fn is_secret_member(lower: &str) -> bool {
+    ["secret", "password", "token", "authorization"].iter().any(|s| lower.contains(s))
+        || lower == "key"
+        || lower.ends_with("_key")
+        || lower.ends_with("apikey")
 }
 
 /// `scheme://user:***@host…` for a URL with a password.
@@ -271,13 +281,15 @@ mod tests {
             "url": "amqp://bob:hunter2@broker:5672/v", "secret": "whsec_x",
             "headers": {"authorization": "Bearer t", "x-a": "1"},
             "nested": [{"api_key": "k", "name": "kept"}],
+            "filter": {"routing_keys": ["order.#"]},
         });
         redact(&mut change);
         assert_eq!(
             change,
             json!({"url": "amqp://bob:***@broker:5672/v", "secret": "***",
                    "headers": {"authorization": "***", "x-a": "***"},
-                   "nested": [{"api_key": "***", "name": "kept"}]})
+                   "nested": [{"api_key": "***", "name": "kept"}],
+                   "filter": {"routing_keys": ["order.#"]}})
         );
     }
 
