@@ -99,8 +99,19 @@ impl TenantView<'_> {
         if self.tenant.is_none() {
             return;
         }
+        // A page is mostly runs of one stream: one local name per run, not per event.
+        let mut last: Option<(StreamName, StreamName)> = None;
         for event in events {
-            self.localize_one(event);
+            event.id = self.id(event.id);
+            let local = match &last {
+                Some((stored, local)) if *stored == event.stream => local.clone(),
+                _ => {
+                    let local = local_name(&event.stream);
+                    last = Some((event.stream.clone(), local.clone()));
+                    local
+                }
+            };
+            event.stream = local;
         }
     }
 
